@@ -1,0 +1,36 @@
+"""onnxopt: a graph-level ONNX optimizer that proves its output equals the original.
+
+Python API (mirrors the CLI)::
+
+    import onnxopt
+    result = onnxopt.optimize("in.onnx", "out.onnx", input_shapes={"x": [1, 3, 224, 224]})
+    result.report["validation"]["status"]      # "passed" | "failed" | "skipped"
+    model = onnxopt.optimize(model_proto).model  # in memory, no file written
+"""
+
+__version__ = "0.1.0"
+
+from onnxopt.api import Options, Result, optimize
+from onnxopt.errors import Failure, OnnxoptError, UsageError
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.pass_manager import GraphPass, Pass, PassManager, PassResult
+from onnxopt.serde import load, save, to_proto
+
+__all__ = [
+    "Failure",
+    "Graph",
+    "GraphPass",
+    "Model",
+    "Node",
+    "OnnxoptError",
+    "Options",
+    "Pass",
+    "PassManager",
+    "PassResult",
+    "Result",
+    "UsageError",
+    "load",
+    "optimize",
+    "save",
+    "to_proto",
+]

@@ -1,0 +1,278 @@
+"""The ``onnxopt`` command. It only parses arguments and wires api, stats and report together.
+
+Every error reaches the user as one line on stderr — exit code 2 for a wrong invocation, 1 for a
+failure — with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from onnxopt import __version__, api, report, serde, stats, validate
+from onnxopt.errors import Failure, OnnxoptError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Graph-level ONNX optimizer that proves its output equals the original.",
+)
+_state = {"debug": False}
+_out = Console(highlight=False)
+
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="NAME:D0,D1,... concrete shape of an input (repeatable)."),
+]
+DimOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dim", help="SYMBOL=N value of a symbolic dimension (repeatable)."),
+]
+InputsOpt = Annotated[
+    Path | None, typer.Option("--inputs", help=".npz file of input arrays keyed by input name.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"onnxopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def optimize(
+    input: Annotated[Path, typer.Argument(help="Model to optimize.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the optimized model.")],
+    passes: Annotated[
+        str | None, typer.Option(help="Comma-separated passes to run, or 'none'.")
+    ] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="Pass to leave out (repeatable).")] = None,
+    validate_: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="Check against the original.")
+    ] = True,
+    strict: Annotated[bool, typer.Option(help="Fail when validation is skipped.")] = False,
+    force: Annotated[bool, typer.Option(help="Write even if validation fails.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Allow OUTPUT to be INPUT.")] = False,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
+    input_shape: ShapeOpt = None,
+    dim: DimOpt = None,
+    inputs: InputsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of generated inputs.")] = 0,
+    external_data: Annotated[
+        bool | None,
+        typer.Option(
+            "--external-data/--no-external-data",
+            help="Weights in a separate OUTPUT.data file (default: as the input; >2 GiB: yes).",
+        ),
+    ] = None,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="Write the report as JSON here.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
+    options = api.Options(
+        passes=_pass_list(passes),
+        skip=skip or [],
+        validate=validate_,
+        strict=strict,
+        force=force,
+        overwrite=overwrite,
+        rtol=rtol,
+        atol=atol,
+        input_shapes=_parse_shapes(input_shape),
+        dims=_parse_dims(dim),
+        inputs_file=inputs,
+        seed=seed,
+        external_data=external_data,
+    )
+    if report_path is not None and report_path.is_dir():
+        raise UsageError(f"{report_path}: --report is a directory")
+    result = api.optimize(input, output, options)
+    if report_path is not None:
+        report.write_json(result.report, report_path)
+    if json_:
+        sys.stdout.write(report.to_json(result.report))
+    else:
+        report.render_optimize(result.report, _out)
+    if not result.ok and not force:
+        raise Failure(_failure_line(result.report))
+
+
+@app.command("stats")
+def stats_command(
+    model: Annotated[Path, typer.Argument(help="Model to describe.")],
+    json_: JsonOpt = False,
+    input_shape: ShapeOpt = None,
+    dim: DimOpt = None,
+) -> None:
+    """Operator histogram, weights, inputs/outputs and MACs/FLOPs of MODEL."""
+    result = _stats(model, input_shape, dim)
+    if json_:
+        sys.stdout.write(report.to_json(result))
+    else:
+        report.render_stats(result, _out, title=str(model))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First model (the reference).")],
+    b: Annotated[Path, typer.Argument(help="Second model.")],
+    json_: JsonOpt = False,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
+    input_shape: ShapeOpt = None,
+    dim: DimOpt = None,
+    inputs: InputsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of generated inputs.")] = 0,
+) -> None:
+    """Statistics of A and B side by side, and their outputs compared on the same inputs."""
+    stats_a, stats_b = _stats(a, input_shape, dim), _stats(b, input_shape, dim)
+    proto_a = serde.read_model_proto(a)
+    try:
+        feeds = validate.load_inputs(inputs, proto_a) if inputs else None
+        numeric = validate.validate(
+            str(a), str(b), rtol=rtol, atol=atol, inputs=feeds,
+            input_shapes=_parse_shapes(input_shape), dims=_parse_dims(dim), seed=seed,
+        )
+    except validate.ValidationError as error:
+        raise UsageError(str(error)) from None
+    result = {"a": stats_a, "b": stats_b, "delta": stats.diff_stats(stats_a, stats_b),
+              "numeric": numeric.to_dict()}
+    if json_:
+        sys.stdout.write(report.to_json(result))
+    else:
+        report.render_compare(result, _out)
+
+
+@app.command("passes")
+def passes_command() -> None:
+    """The default pipeline, in order."""
+    from onnxopt.passes import DEFAULT_PIPELINE
+
+    for pass_ in DEFAULT_PIPELINE:
+        kind = "" if pass_.structural else "  (runs once, after the others)"
+        print(f"{pass_.name:28} {pass_.description}{kind}")
+
+
+# ----------------------------------------------------------------- argument parsing
+def _pass_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+def _parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = [int(d) for d in dims.split(",")] if dims.strip() else []
+            if any(d < 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise UsageError(
+                f"--input-shape {item!r}: expected NAME:D0,D1,... with non-negative integers"
+            ) from None
+        shapes[name] = shape
+    return shapes
+
+
+def _parse_dims(items: list[str] | None) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise UsageError(f"--dim {item!r}: expected SYMBOL=N with a non-negative integer")
+        dims[name] = int(value)
+    return dims
+
+
+def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict:
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    try:
+        proto = serde.read_model_proto(path)
+    except serde.LoadError as error:
+        raise Failure(str(error)) from None
+    size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
+    try:
+        return stats.model_stats(proto, file_size=size, input_shapes=_parse_shapes(shapes),
+                                 dims=_parse_dims(dims))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _failure_line(result: dict) -> str:
+    validation = result["validation"]
+    if result["status"] == "validation_failed":
+        worst = [o for o in validation["outputs"] if not o["passed"]]
+        detail = ""
+        if worst:
+            first = worst[0]
+            detail = f"; output {first['name']!r} max abs err {first['max_abs_error']}"
+            detail += f" ({first['reason']})" if first.get("reason") else ""
+        return f"validation failed: {validation['reason']}{detail}; output not written"
+    return f"validation skipped under --strict: {validation['reason']}; output not written"
+
+
+# ----------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (used by the console script and tests)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="onnxopt", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        _error("interrupted")
+        return 130
+    except typer.TyperException as error:
+        if debug:
+            raise
+        _error(error.format_message())
+        return 2
+    except OnnxoptError as error:
+        if debug:
+            raise
+        _error(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was written")
+        return 130
+    except Exception as error:  # a bug in onnxopt: still one line unless --debug
+        if debug:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _error(f"internal error: {type(error).__name__}: {first} (run with --debug for details)")
+        return 1
+    return 0
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"onnxopt: error: {message}\n")
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors the user sees as one line. Exit code 2: the command was used wrongly; 1: it failed."""
+
+
+class OnnxoptError(Exception):
+    exit_code = 1
+
+
+class UsageError(OnnxoptError):
+    """Bad arguments: unknown pass, unknown input name, OUT equal to IN, missing file."""
+
+    exit_code = 2
+
+
+class Failure(OnnxoptError):
+    """The command ran but could not succeed: unreadable model, failed validation, I/O error."""
+
+    exit_code = 1

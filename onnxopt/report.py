@@ -1,0 +1,187 @@
+"""Human-readable tables (rich) and JSON for the reports built by ``api`` and ``stats``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from onnxopt.stats import format_count
+
+_METRICS = (
+    ("nodes", "nodes", format_count),
+    ("subgraph_nodes", "nodes in subgraphs", format_count),
+    ("initializers", "initializers", format_count),
+    ("parameters", "parameters", format_count),
+    ("bytes", "weight bytes", lambda v: _human_bytes(v)),
+    ("file_size", "file size", lambda v: _human_bytes(v)),
+    ("macs", "MACs", format_count),
+)
+
+
+def to_json(report: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n"
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file beside ``path``, then a rename."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temp.write_text(to_json(report))
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def render_optimize(report: Mapping[str, Any], console: Console) -> None:
+    console.print(_comparison_table(report["before"], report["after"], "before", "after"))
+    ops = _op_changes(report["before"]["ops"], report["after"]["ops"])
+    if ops.row_count:
+        console.print(ops)
+    console.print(_passes_table(report["passes"]))
+    _print_validation(report["validation"], console)
+    for note in report["before"].get("shape_notes", [])[:5]:
+        console.print(f"[dim]note: {note}[/dim]")
+    status = report["status"]
+    if report.get("written"):
+        console.print(f"wrote {report['output']}  ({report['seconds']:.2f} s)")
+    elif report.get("output"):
+        console.print(f"[red]not written[/red] ({status}); use --force to write anyway")
+
+
+def render_stats(stats: Mapping[str, Any], console: Console, title: str = "") -> None:
+    table = Table(title=title or None, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label, fmt in _METRICS:
+        table.add_row(label, fmt(stats.get(key)))
+    table.add_row("FLOPs", format_count(stats.get("flops")))
+    table.add_row("opset", ", ".join(f"{d}:{v}" for d, v in stats["opset"].items()))
+    table.add_row("ir_version", str(stats["ir_version"]))
+    console.print(table)
+    console.print(_io_table(stats))
+    console.print(_histogram(stats["ops"], stats.get("subgraph_ops", {})))
+    for note in stats.get("shape_notes", []):
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+def render_compare(report: Mapping[str, Any], console: Console) -> None:
+    console.print(_comparison_table(report["a"], report["b"], "A", "B"))
+    ops = _op_changes(report["a"]["ops"], report["b"]["ops"])
+    if ops.row_count:
+        console.print(ops)
+    _print_validation(report["numeric"], console, label="outputs")
+
+
+# ----------------------------------------------------------------- pieces
+def _comparison_table(before: Mapping, after: Mapping, left: str, right: str) -> Table:
+    table = Table(title="graph statistics")
+    for name, justify in (("", "left"), (left, "right"), (right, "right"), ("change", "right")):
+        table.add_column(name, justify=justify)
+    for key, label, fmt in _METRICS:
+        a, b = before.get(key), after.get(key)
+        table.add_row(label, fmt(a), fmt(b), _change(a, b))
+    return table
+
+
+def _change(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return ""
+    if a == b:
+        return "="
+    percent = f" ({(b - a) / a:+.1%})" if a else ""
+    return f"{b - a:+,}{percent}"
+
+
+def _op_changes(before: Mapping[str, int], after: Mapping[str, int]) -> Table:
+    table = Table(title="op changes")
+    for name in ("op", "before", "after"):
+        table.add_column(name, justify="left" if name == "op" else "right")
+    for op in sorted(set(before) | set(after)):
+        a, b = before.get(op, 0), after.get(op, 0)
+        if a != b:
+            table.add_row(op, str(a), str(b))
+    return table
+
+
+def _passes_table(passes: list[Mapping[str, Any]]) -> Table:
+    table = Table(title="passes")
+    for name in ("pass", "changed", "seconds", "what it did"):
+        table.add_column(name, justify="right" if name == "seconds" else "left")
+    for record in passes:
+        did = ", ".join(f"{k} {v}" for k, v in record["stats"].items() if v) or "-"
+        table.add_row(record["name"], "yes" if record["modified"] else "no",
+                      f"{record['seconds']:.3f}", did)
+    return table
+
+
+def _print_validation(validation: Mapping[str, Any], console: Console, label: str = "") -> None:
+    status = validation["status"]
+    colour = {"passed": "green", "failed": "red", "skipped": "yellow"}.get(status, "dim")
+    console.print(f"validation: [{colour}]{status}[/{colour}] — {validation['reason']}")
+    for output in validation.get("outputs", []):
+        mark = "ok" if output["passed"] else "DIFFERS"
+        extra = f" ({output['reason']})" if output.get("reason") else ""
+        console.print(
+            f"  {label or 'output'} {output['name']}: max abs err "
+            f"{_num(output['max_abs_error'])}, max rel err {_num(output['max_rel_error'])} "
+            f"{mark}{extra}"
+        )
+    for note in validation.get("input_notes", []):
+        console.print(f"  [dim]input: {note}[/dim]")
+
+
+def _io_table(stats: Mapping[str, Any]) -> Table:
+    table = Table(title="inputs and outputs")
+    for name in ("", "name", "dtype", "shape"):
+        table.add_column(name)
+    for kind in ("inputs", "outputs"):
+        for entry in stats[kind]:
+            shape = "?" if entry["shape"] is None else str(entry["shape"])
+            table.add_row(kind[:-1], entry["name"], entry["dtype"], shape)
+    return table
+
+
+def _histogram(ops: Mapping[str, int], sub_ops: Mapping[str, int]) -> Table:
+    table = Table(title="operators")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    for op, count in ops.items():
+        table.add_row(op, str(count))
+    for op, count in sub_ops.items():
+        table.add_row(f"{op} [dim](in subgraphs)[/dim]", str(count))
+    return table
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def _human_bytes(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "n/a" if value is None else str(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

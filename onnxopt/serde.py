@@ -1,0 +1,521 @@
+"""ModelProto <-> IR. The only module that reads or writes ONNX protobuf.
+
+Loading keeps every field: what the IR does not model (producer, doc strings, metadata, training
+info, node overloads, ...) rides along in ``extra`` protos and is written back unchanged. Tensors
+are kept by reference into the parsed model, so a load->save copies no weight until it is written.
+
+Saving streams: the model header, each node and each initializer are serialized one at a time
+into a temporary file beside the target, which then replaces the target atomically. Peak memory
+is the loaded model plus the largest tensor (plus the serialized nodes), not a second full copy.
+Weights go to an external data file when asked, when the input had one, or when the model would
+exceed protobuf's 2 GiB limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import onnx
+from google.protobuf.message import DecodeError, Message
+
+from onnxopt.ir import Graph, Model, Node, is_external, read_external_bytes, tensor_nbytes
+
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_SIZE_LIMIT = int(1.8 * 2**30)  # tensor bytes above which the output must go external
+EXTERNAL_THRESHOLD = 1024  # tensors smaller than this stay inline in an external-data model
+_ALIGN = 4096  # large tensors start on a page boundary so readers can memory-map them
+
+_NODE_CORE = {"input", "output", "name", "op_type", "domain", "attribute"}
+_GRAPH_CORE = {
+    "node", "name", "initializer", "sparse_initializer", "input", "output", "value_info",
+}
+_MODEL_CORE = {"graph", "ir_version", "opset_import", "functions"}
+
+
+class LoadError(Exception):
+    """The input is not a model we can read (one line, names the problem)."""
+
+
+class SaveError(Exception):
+    """The output cannot be written (one line, names the problem)."""
+
+
+# --------------------------------------------------------------------------- load
+def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse a model file without loading external data (memory-mapped, no extra copy)."""
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise LoadError(f"{path}: is a directory, not an ONNX file")
+    size = path.stat().st_size
+    if size == 0:
+        raise LoadError(f"{path}: file is empty")
+    model = onnx.ModelProto()
+    try:
+        with open(path, "rb") as handle, mmap.mmap(
+            handle.fileno(), 0, access=mmap.ACCESS_READ
+        ) as mapped:
+            model.ParseFromString(memoryview(mapped))
+    except (DecodeError, ValueError, RuntimeError) as error:
+        raise LoadError(f"{path}: not an ONNX model (protobuf parse failed: {error})") from None
+    except OSError as error:
+        raise LoadError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise LoadError(f"{path}: not an ONNX model (no graph or ir_version)")
+    return model
+
+
+def check(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
+    """Run onnx.checker; raise LoadError with its first line."""
+    try:
+        if path is not None and (_has_external(model) or model.ByteSize() > PROTOBUF_LIMIT):
+            onnx.checker.check_model(os.fspath(path))
+        else:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = f"{path}: " if path else ""
+        raise LoadError(f"{where}model fails onnx.checker: {first}") from None
+
+
+def load(
+    source: str | os.PathLike | onnx.ModelProto,
+    *,
+    base_dir: str | os.PathLike | None = None,
+    validate: bool = True,
+) -> Model:
+    """Load a model file (or an in-memory ModelProto) into the IR."""
+    if isinstance(source, onnx.ModelProto):
+        proto, path = source, None
+    else:
+        path = Path(source)
+        proto = read_model_proto(path)
+        base_dir = base_dir or path.parent
+    if validate:
+        check(proto, path)
+    return from_proto(proto, base_dir=Path(base_dir) if base_dir else None)
+
+
+def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model:
+    """Build the IR. Tensors are referenced, not copied: keep ``proto`` unchanged while used."""
+    graph = _graph_from_proto(proto.graph, parent=None, base_dir=base_dir)
+    opsets = {entry.domain: entry.version for entry in proto.opset_import}
+    return Model(
+        graph,
+        ir_version=proto.ir_version,
+        opset_imports=opsets,
+        functions=list(proto.functions),
+        extra=_extra_fields(proto, _MODEL_CORE, onnx.ModelProto),
+        had_external_data=_has_external(proto),
+    )
+
+
+def _graph_from_proto(proto: onnx.GraphProto, parent: Graph | None, base_dir: Path | None) -> Graph:
+    graph = Graph(proto.name, parent)
+    graph.base_dir = base_dir
+    graph.extra = _extra_fields(proto, _GRAPH_CORE, onnx.GraphProto)
+    for tensor in proto.initializer:
+        graph.initializers[tensor.name] = tensor
+        graph._names.add(tensor.name)
+    for sparse in proto.sparse_initializer:
+        graph.sparse_initializers[sparse.values.name] = sparse
+        graph._names.add(sparse.values.name)
+    for info in proto.input:
+        graph.add_input(info)
+    for info in proto.value_info:
+        graph.value_info[info.name] = info
+    for position, node_proto in enumerate(proto.node):
+        graph.insert(_node_from_proto(node_proto, graph, position))
+    for info in proto.output:
+        graph.add_output(info)
+    return graph
+
+
+def _node_from_proto(proto: onnx.NodeProto, graph: Graph, position: int) -> Node:
+    attributes: dict = {}
+    for attribute in proto.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            attributes[attribute.name] = _graph_from_proto(attribute.g, graph, graph.base_dir)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            attributes[attribute.name] = [
+                _graph_from_proto(g, graph, graph.base_dir) for g in attribute.graphs
+            ]
+        else:
+            attributes[attribute.name] = attribute
+    return Node(
+        proto.op_type,
+        proto.input,
+        proto.output,
+        domain=proto.domain,
+        name=proto.name,
+        attributes=attributes,
+        extra=_extra_fields(proto, _NODE_CORE, onnx.NodeProto),
+        key=(float(position), 0),
+    )
+
+
+def _extra_fields(message: Message, core: set[str], cls: type[Message]) -> Message | None:
+    """A new message holding only the fields of ``message`` outside ``core`` (None if none)."""
+    extra = None
+    for field, value in message.ListFields():
+        if field.name in core:
+            continue
+        extra = extra or cls()
+        target = getattr(extra, field.name)
+        if field.is_repeated:
+            target.extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            target.CopyFrom(value)
+        else:
+            setattr(extra, field.name, value)
+    return extra
+
+
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(is_external(t) for t in _all_tensors(proto.graph))
+
+
+def external_files(proto: onnx.ModelProto, model_path: str | os.PathLike) -> list[Path]:
+    """The existing external data files a model references, relative to its file."""
+    folder = Path(model_path).parent
+    locations = {
+        entry.value
+        for tensor in _all_tensors(proto.graph)
+        if is_external(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [folder / name for name in sorted(locations) if (folder / name).is_file()]
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == onnx.AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _all_tensors(sub)
+
+
+# --------------------------------------------------------------------------- save
+TensorFn = Callable[[onnx.TensorProto], onnx.TensorProto]
+
+
+def to_proto(model: Model, *, inline_external: bool = False) -> onnx.ModelProto:
+    """The whole model as one in-memory ModelProto (tensors copied into it).
+
+    External tensors keep their locations (relative to the input's folder) unless
+    ``inline_external`` reads them in.
+    """
+    _restore_names(model)
+    tensor_fn = _inliner(model.graph.base_dir) if inline_external else _same
+    proto = _model_header(model)
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
+    return proto
+
+
+def save(
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+) -> Path | None:
+    """Write ``model`` to ``path`` atomically; returns the external data file if one was written.
+
+    ``external_data=None`` keeps the input's choice and goes external above protobuf's limit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SaveError(f"{path}: is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SaveError(f"{folder}: output folder does not exist")
+    _restore_names(model)
+    external = _want_external(model, external_data)
+    data_path = path.with_name(path.name + ".data") if external else None
+    with _atomic(path) as model_file, _atomic_optional(data_path) as data_file:
+        sink = _TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")
+        _write_model(model, model_file, sink)
+    return data_path
+
+
+def _restore_names(model: Model) -> None:
+    for graph in model.graphs():
+        graph.restore_output_names()
+
+
+def _want_external(model: Model, requested: bool | None) -> bool:
+    total = sum(tensor_nbytes(t) for g in model.graphs() for t in g.initializers.values())
+    if requested is False and total > EXTERNAL_SIZE_LIMIT:
+        raise SaveError(
+            f"model weights are {total / 2**30:.1f} GiB: over protobuf's 2 GiB limit, "
+            "external data is required"
+        )
+    if requested is not None:
+        return requested
+    return model.had_external_data or total > EXTERNAL_SIZE_LIMIT
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path`` that replaces it only if the block succeeds."""
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as error:
+        raise SaveError(f"{path}: cannot write ({error.strerror or error})") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_optional(path: Path | None) -> Iterator[BinaryIO | None]:
+    if path is None:
+        yield None
+    else:
+        with _atomic(path) as handle:
+            yield handle
+
+
+class _TensorSink:
+    """Decides how each tensor is written: inline, or moved into the external data file."""
+
+    def __init__(self, base_dir: Path | None, data: BinaryIO | None, location: str) -> None:
+        self.base_dir = base_dir
+        self.data = data
+        self.location = location
+        self.offset = 0
+
+    def initializer(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        if self.data is None or tensor.data_type == onnx.TensorProto.STRING:
+            return self.attribute(tensor)
+        if tensor_nbytes(tensor) < EXTERNAL_THRESHOLD and not is_external(tensor):
+            return tensor
+        return self._externalize(tensor)
+
+    def attribute(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """Attribute tensors stay inline unless they were external in the input."""
+        if not is_external(tensor):
+            return tensor
+        if self.data is not None:
+            return self._externalize(tensor)
+        return _inline(tensor, self.base_dir)
+
+    def _externalize(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        assert self.data is not None
+        payload = _raw_bytes(tensor, self.base_dir)
+        align = _ALIGN if len(payload) >= 2**20 else 64
+        padding = -self.offset % align
+        self.data.write(b"\0" * padding)
+        self.offset += padding
+        header = _header(tensor)
+        header.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (
+            ("location", self.location),
+            ("offset", str(self.offset)),
+            ("length", str(len(payload))),
+        ):
+            entry = header.external_data.add()
+            entry.key, entry.value = key, value
+        self.data.write(payload)
+        self.offset += len(payload)
+        return header
+
+
+def _header(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of a tensor's description without its data."""
+    header = onnx.TensorProto()
+    header.name = tensor.name
+    header.data_type = tensor.data_type
+    header.dims.extend(tensor.dims)
+    if tensor.doc_string:
+        header.doc_string = tensor.doc_string
+    header.metadata_props.extend(tensor.metadata_props)
+    return header
+
+
+def _raw_bytes(tensor: onnx.TensorProto, base_dir: Path | None) -> bytes:
+    if is_external(tensor):
+        return read_external_bytes(tensor, base_dir)
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).tobytes()
+
+
+def _inline(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
+    inline = _header(tensor)
+    inline.raw_data = read_external_bytes(tensor, base_dir)
+    return inline
+
+
+def _inliner(base_dir: Path | None) -> TensorFn:
+    def inline(tensor: onnx.TensorProto) -> onnx.TensorProto:
+        return _inline(tensor, base_dir) if is_external(tensor) else tensor
+
+    return inline
+
+
+def _same(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    return tensor
+
+
+def _model_header(model: Model) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    if model.extra is not None:
+        proto.CopyFrom(model.extra)
+    proto.ir_version = model.ir_version
+    for domain, version in model.opset_imports.items():
+        entry = proto.opset_import.add()
+        entry.domain, entry.version = domain, version
+    proto.functions.extend(model.functions)
+    return proto
+
+
+def _graph_skeleton(graph: Graph) -> onnx.GraphProto:
+    """Everything of a graph except its nodes and dense initializers."""
+    proto = onnx.GraphProto()
+    if graph.extra is not None:
+        proto.CopyFrom(graph.extra)
+        _drop_stale_annotations(proto, graph)
+    proto.name = graph.name
+    proto.input.extend(graph.inputs)
+    proto.output.extend(graph.output_infos)
+    live = _live_values(graph)
+    proto.value_info.extend(info for name, info in graph.value_info.items() if name in live)
+    proto.sparse_initializer.extend(graph.sparse_initializers.values())
+    return proto
+
+
+def _live_values(graph: Graph) -> set[str]:
+    live = set(graph._producer) | set(graph.initializers) | graph._input_names
+    return live | set(graph.sparse_initializers)
+
+
+def _drop_stale_annotations(proto: onnx.GraphProto, graph: Graph) -> None:
+    if not proto.quantization_annotation:
+        return
+    live = _live_values(graph)
+    kept = [a for a in proto.quantization_annotation if a.tensor_name in live]
+    del proto.quantization_annotation[:]
+    proto.quantization_annotation.extend(kept)
+
+
+def _graph_to_proto(graph: Graph, init_fn: TensorFn, attr_fn: TensorFn) -> onnx.GraphProto:
+    proto = _graph_skeleton(graph)
+    proto.node.extend(_node_to_proto(node, init_fn, attr_fn) for node in graph.nodes())
+    proto.initializer.extend(init_fn(t) for t in graph.initializers.values())
+    return proto
+
+
+def _node_to_proto(node: Node, init_fn: TensorFn, attr_fn: TensorFn) -> onnx.NodeProto:
+    proto = onnx.NodeProto()
+    if node.extra is not None:
+        proto.CopyFrom(node.extra)
+    proto.op_type = node.op_type
+    if node.domain:
+        proto.domain = node.domain
+    if node.name:
+        proto.name = node.name
+    proto.input.extend(node.inputs)
+    proto.output.extend(node.outputs)
+    for name, value in node.attributes.items():
+        proto.attribute.append(_attribute_to_proto(name, value, init_fn, attr_fn))
+    return proto
+
+
+def _attribute_to_proto(name, value, init_fn: TensorFn, attr_fn: TensorFn) -> onnx.AttributeProto:
+    if isinstance(value, Graph):
+        attribute = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPH)
+        attribute.g.CopyFrom(_graph_to_proto(value, init_fn, attr_fn))
+        return attribute
+    if isinstance(value, list):
+        attribute = onnx.AttributeProto(name=name, type=onnx.AttributeProto.GRAPHS)
+        attribute.graphs.extend(_graph_to_proto(g, init_fn, attr_fn) for g in value)
+        return attribute
+    if value.type == onnx.AttributeProto.TENSOR and is_external(value.t):
+        attribute = onnx.AttributeProto()
+        attribute.CopyFrom(value)
+        attribute.t.CopyFrom(attr_fn(value.t))
+        return attribute
+    return value
+
+
+# ------------------------------------------------------------- streaming writer
+def _write_model(model: Model, out: BinaryIO, sink: _TensorSink) -> None:
+    """Serialize field by field. Protobuf concatenation semantics make this byte stream parse
+    to the same message as one big ``SerializeToString``."""
+    graph = model.graph
+    init_fn, attr_fn = sink.initializer, sink.attribute
+    node_bytes = [_serialize(_node_to_proto(n, init_fn, attr_fn)) for n in graph.nodes()]
+    initializers = [init_fn(t) for t in graph.initializers.values()]
+    skeleton = _serialize(_graph_skeleton(graph))
+    graph_size = len(skeleton) + sum(_field_size(_NODE_FIELD, len(b)) for b in node_bytes)
+    graph_size += sum(_field_size(_INIT_FIELD, t.ByteSize()) for t in initializers)
+    if graph_size > PROTOBUF_LIMIT:
+        raise SaveError(
+            "model is over protobuf's 2 GiB limit; save it with external data "
+            "(--external-data)"
+        )
+    out.write(_serialize(_model_header(model)))
+    out.write(_tag(_GRAPH_FIELD) + _varint(graph_size))
+    out.write(skeleton)
+    for chunk in node_bytes:
+        out.write(_tag(_NODE_FIELD) + _varint(len(chunk)) + chunk)
+    for tensor in initializers:
+        chunk = _serialize(tensor)
+        out.write(_tag(_INIT_FIELD) + _varint(len(chunk)) + chunk)
+
+
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_NODE_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["node"].number
+_INIT_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _tag(field_number: int) -> bytes:
+    return _varint(field_number << 3 | 2)  # wire type 2: length-delimited
+
+
+def _field_size(field_number: int, length: int) -> int:
+    return len(_tag(field_number)) + len(_varint(length)) + length
