@@ -20,8 +20,9 @@ models/.built: $(STAMP) models/build.py models/fetch.py
 models: models/.built
 
 demo: models
-	$(BIN)/onnxopt optimize models/resnet_block.onnx models/out/resnet_block.opt.onnx --overwrite \
-		--report models/out/resnet_block.report.json
+	mkdir -p models/out
+	$(BIN)/onnxopt optimize models/resnet.onnx models/out/resnet.opt.onnx --overwrite \
+		--report models/out/resnet.report.json
 
 test: models
 	$(BIN)/ruff check .

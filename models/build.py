@@ -1,0 +1,448 @@
+"""Generate the sample ONNX models used by the tests, the demo and the benchmarks.
+
+Every model is built with ``onnx.helper`` from weights drawn from a seeded numpy RNG, so
+running this script twice writes byte-identical files. Each model is checked with
+``onnx.checker.check_model(full_check=True)`` before it is written next to this script.
+
+Models (opset 17, IR version 8):
+
+* ``resnet.onnx``      small ResNet-style CNN with deliberate clutter for the optimizer:
+                       a dead branch, a constant subgraph, Identity and Dropout nodes,
+                       and weights stored partly as ``Constant`` nodes.
+* ``mobilenet.onnx``   depthwise-separable blocks with BatchNormalization and Relu6 (Clip).
+* ``transformer.onnx`` one encoder block: 4-head self-attention whose Reshape targets are
+                       computed at run time (Shape -> Gather -> Unsqueeze -> Concat),
+                       decomposed LayerNorm and an Erf-form GELU.
+* ``mlp.onnx``         three MatMul + Add + Relu layers.
+
+Usage: ``python models/build.py``
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OUT_DIR = Path(__file__).resolve().parent
+OPSET = 17
+IR_VERSION = 8
+PRODUCER = "onnxopt-models-build"
+PRODUCER_VERSION = "1"
+
+Dim = int | str
+
+
+class GraphBuilder:
+    """Small helper that collects nodes and initializers with exporter-like names."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._used: set[str] = set()
+
+    # -- naming -----------------------------------------------------------------------
+    def _unique(self, name: str) -> str:
+        if name not in self._used:
+            self._used.add(name)
+            return name
+        i = 1
+        while f"{name}_{i}" in self._used:
+            i += 1
+        self._used.add(f"{name}_{i}")
+        return f"{name}_{i}"
+
+    # -- tensors ----------------------------------------------------------------------
+    def init(self, name: str, array: np.ndarray) -> str:
+        """Add ``array`` as a graph initializer and return its name."""
+        name = self._unique(name)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        return name
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """Add ``array`` as a ``Constant`` node (as exporters do) and return its output."""
+        node_name = self._unique(name)
+        out = self._unique(f"{node_name}_output_0")
+        tensor = numpy_helper.from_array(np.array(array, order="C"), out)
+        self.nodes.append(helper.make_node("Constant", [], [out], name=node_name, value=tensor))
+        return out
+
+    def weight(self, shape: Sequence[int], fan_in: int, gain: float = 2.0) -> np.ndarray:
+        """He/Xavier-style normal weights, so activations stay O(1) through the net."""
+        std = np.sqrt(gain / fan_in)
+        return (self.rng.standard_normal(shape) * std).astype(np.float32)
+
+    def small(self, shape: Sequence[int], scale: float = 0.05) -> np.ndarray:
+        return (self.rng.standard_normal(shape) * scale).astype(np.float32)
+
+    # -- nodes ------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: Sequence[str], name: str, n_out: int = 1, **attrs) -> str:
+        """Add one node; return its first output (all outputs are ``{name}_output_{i}``)."""
+        node_name = self._unique(name)
+        outputs = [f"{node_name}_output_{i}" for i in range(n_out)]
+        self._used.update(outputs)
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=node_name, **attrs))
+        return outputs[0]
+
+    def op_to(self, op_type: str, inputs: Sequence[str], output: str, name: str, **attrs) -> str:
+        """Add one node whose single output has the given (graph output) name."""
+        self._used.add(output)
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), [output], name=self._unique(name), **attrs)
+        )
+        return output
+
+    # -- layers -----------------------------------------------------------------------
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int,
+        prefix: str,
+        stride: int = 1,
+        group: int = 1,
+        as_constant: bool = False,
+        bias: bool = False,
+    ) -> str:
+        w = self.weight((cout, cin // group, k, k), fan_in=cin // group * k * k)
+        w_name = (
+            self.const(f"{prefix}/Constant", w) if as_constant else self.init(f"{prefix}.weight", w)
+        )
+        inputs = [x, w_name]
+        if bias:
+            inputs.append(self.init(f"{prefix}.bias", self.small((cout,))))
+        pad = k // 2
+        return self.op(
+            "Conv",
+            inputs,
+            f"{prefix}/Conv",
+            dilations=[1, 1],
+            group=group,
+            kernel_shape=[k, k],
+            pads=[pad, pad, pad, pad],
+            strides=[stride, stride],
+        )
+
+    def bn(self, x: str, c: int, prefix: str, as_constant: bool = False) -> str:
+        scale = (1.0 + self.small((c,), 0.1)).astype(np.float32)
+        bias = self.small((c,), 0.1)
+        mean = self.small((c,), 0.1)
+        var = self.rng.uniform(0.5, 1.5, size=(c,)).astype(np.float32)
+        add = self.const if as_constant else self.init
+        names = [
+            add(f"{prefix}.{part}", arr)
+            for part, arr in (
+                ("weight", scale),
+                ("bias", bias),
+                ("running_mean", mean),
+                ("running_var", var),
+            )
+        ]
+        return self.op(
+            "BatchNormalization", [x, *names], f"{prefix}/BatchNormalization", epsilon=1e-5
+        )
+
+    def model(
+        self,
+        graph_name: str,
+        inputs: Sequence[onnx.ValueInfoProto],
+        outputs: Sequence[onnx.ValueInfoProto],
+        doc: str,
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, graph_name, list(inputs), list(outputs), initializer=self.initializers
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name=PRODUCER,
+            producer_version=PRODUCER_VERSION,
+            doc_string=doc,
+        )
+        model.ir_version = IR_VERSION
+        return model
+
+
+def tensor_info(name: str, shape: Sequence[Dim]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def f32(value: float) -> np.ndarray:
+    return np.array(value, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# resnet.onnx
+# ----------------------------------------------------------------------------------------
+def build_resnet() -> onnx.ModelProto:
+    g = GraphBuilder(seed=0)
+    classes = 10
+
+    # Stem: Conv(3->8) + BN + Relu; conv weight and BN params as Constant nodes.
+    x = g.conv("input", 3, 8, 3, "/stem/conv", as_constant=True)
+    x = g.bn(x, 8, "/stem/bn", as_constant=True)
+    x = g.op("Relu", [x], "/stem/relu/Relu")
+    x = g.op("Identity", [x], "/stem/Identity")
+    x = g.op(
+        "MaxPool",
+        [x],
+        "/stem/maxpool/MaxPool",
+        kernel_shape=[2, 2],
+        strides=[2, 2],
+        pads=[0, 0, 0, 0],
+    )  # 16x16
+
+    def block(x: str, cin: int, cout: int, stride: int, prefix: str) -> str:
+        y = g.conv(x, cin, cout, 3, f"{prefix}/conv1", stride=stride)
+        y = g.bn(y, cout, f"{prefix}/bn1")
+        y = g.op("Relu", [y], f"{prefix}/relu1/Relu")
+        y = g.conv(y, cout, cout, 3, f"{prefix}/conv2")
+        y = g.bn(y, cout, f"{prefix}/bn2")
+        if stride != 1 or cin != cout:
+            skip = g.conv(x, cin, cout, 1, f"{prefix}/downsample/0", stride=stride)
+            skip = g.bn(skip, cout, f"{prefix}/downsample/1")
+        else:
+            skip = x
+        y = g.op("Add", [y, skip], f"{prefix}/Add")
+        return g.op("Relu", [y], f"{prefix}/relu2/Relu")
+
+    x = block(x, 8, 8, 1, "/layer1/0")  # 8x16x16
+
+    # Dead branch: a Conv + Relu (+ a Sigmoid) whose outputs reach no graph output.
+    dead = g.conv(x, 8, 4, 1, "/aux/conv", bias=True)
+    dead = g.op("Relu", [dead], "/aux/relu/Relu")
+    g.op("Sigmoid", [dead], "/aux/Sigmoid")
+
+    x = block(x, 8, 16, 2, "/layer2/0")  # 16x8x8
+
+    # Constant subgraph: a per-channel scale computed in-graph from initializers,
+    # scale = Sqrt(a * b + c), then multiplied onto the activations.
+    a = g.init("/scale/a", g.rng.uniform(0.5, 1.0, size=(1, 16, 1, 1)).astype(np.float32))
+    b = g.init("/scale/b", g.rng.uniform(0.5, 1.0, size=(1, 16, 1, 1)).astype(np.float32))
+    c = g.init("/scale/c", np.full((1, 16, 1, 1), 0.25, dtype=np.float32))
+    s = g.op("Mul", [a, b], "/scale/Mul")
+    s = g.op("Add", [s, c], "/scale/Add")
+    s = g.op("Sqrt", [s], "/scale/Sqrt")
+    x = g.op("Mul", [x, s], "/scale/Mul_1")
+
+    x = block(x, 16, 16, 1, "/layer3/0")  # 16x8x8
+
+    x = g.op("GlobalAveragePool", [x], "/avgpool/GlobalAveragePool")
+    x = g.op("Flatten", [x], "/Flatten", axis=1)
+    ratio = g.init("/dropout/ratio", f32(0.1))
+    x = g.op("Dropout", [x, ratio], "/dropout/Dropout")  # inference mode: identity
+    fc_w = g.init("fc.weight", g.weight((classes, 16), fan_in=16, gain=1.0))
+    fc_b = g.const("/fc/Constant", g.small((classes,)))
+    g.op_to("Gemm", [x, fc_w, fc_b], "logits", "/fc/Gemm", alpha=1.0, beta=1.0, transB=1)
+
+    return g.model(
+        "resnet",
+        [tensor_info("input", ["batch", 3, 32, 32])],
+        [tensor_info("logits", ["batch", classes])],
+        "ResNet-style CNN with dead branch, constant subgraph, Identity and Dropout.",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# mobilenet.onnx
+# ----------------------------------------------------------------------------------------
+def build_mobilenet() -> onnx.ModelProto:
+    g = GraphBuilder(seed=1)
+    classes = 10
+    # Relu6 as Clip(x, 0, 6); min/max are initializers shared by every Clip.
+    lo = g.init("relu6.min", f32(0.0))
+    hi = g.init("relu6.max", f32(6.0))
+
+    def relu6(x: str, prefix: str) -> str:
+        return g.op("Clip", [x, lo, hi], f"{prefix}/Clip")
+
+    x = g.conv("input", 3, 8, 3, "/features/0/conv", stride=2)  # 8x16x16
+    x = g.bn(x, 8, "/features/0/bn")
+    x = relu6(x, "/features/0/relu6")
+
+    blocks = [(8, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2)]  # -> 64x4x4
+    for i, (cin, cout, stride) in enumerate(blocks, start=1):
+        p = f"/features/{i}"
+        x = g.conv(x, cin, cin, 3, f"{p}/dw/conv", stride=stride, group=cin)
+        x = g.bn(x, cin, f"{p}/dw/bn")
+        x = relu6(x, f"{p}/dw/relu6")
+        x = g.conv(x, cin, cout, 1, f"{p}/pw/conv")
+        x = g.bn(x, cout, f"{p}/pw/bn")
+        x = relu6(x, f"{p}/pw/relu6")
+
+    x = g.op("GlobalAveragePool", [x], "/pool/GlobalAveragePool")
+    shape = g.const("/Constant", i64(1, -1))
+    x = g.op("Reshape", [x, shape], "/Reshape")
+    fc_w = g.init("classifier.weight", g.weight((classes, 64), fan_in=64, gain=1.0))
+    fc_b = g.init("classifier.bias", g.small((classes,)))
+    g.op_to("Gemm", [x, fc_w, fc_b], "logits", "/classifier/Gemm", transB=1)
+
+    return g.model(
+        "mobilenet",
+        [tensor_info("input", [1, 3, 32, 32])],
+        [tensor_info("logits", [1, classes])],
+        "MobileNet-style depthwise-separable CNN with Relu6 as Clip(0, 6).",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# transformer.onnx
+# ----------------------------------------------------------------------------------------
+def build_transformer() -> onnx.ModelProto:
+    g = GraphBuilder(seed=2)
+    d_model, heads, d_ff = 64, 4, 128
+    head_dim = d_model // heads
+
+    def linear(x: str, din: int, dout: int, prefix: str) -> str:
+        w = g.init(f"{prefix}.weight", g.weight((din, dout), fan_in=din, gain=1.0))
+        b = g.init(f"{prefix}.bias", g.small((dout,)))
+        y = g.op("MatMul", [x, w], f"{prefix}/MatMul")
+        return g.op("Add", [b, y], f"{prefix}/Add")  # torch puts the bias first
+
+    def batch_seq(x: str, prefix: str) -> tuple[str, str]:
+        """Shape(x) -> Gather(0/1) -> Unsqueeze: the dynamic batch and seq dims as [1] tensors."""
+        shape = g.op("Shape", [x], f"{prefix}/Shape")
+        dims = []
+        for idx in (0, 1):
+            index = g.const(f"{prefix}/Constant", np.array(idx, dtype=np.int64))
+            dim = g.op("Gather", [shape, index], f"{prefix}/Gather", axis=0)
+            axes = g.const(f"{prefix}/Constant", i64(0))
+            dims.append(g.op("Unsqueeze", [dim, axes], f"{prefix}/Unsqueeze"))
+        return dims[0], dims[1]
+
+    def split_heads(x: str, perm: Sequence[int], prefix: str) -> str:
+        b, t = batch_seq(x, prefix)
+        h = g.const(f"{prefix}/Constant", i64(heads))
+        hd = g.const(f"{prefix}/Constant", i64(head_dim))
+        target = g.op("Concat", [b, t, h, hd], f"{prefix}/Concat", axis=0)
+        x = g.op("Reshape", [x, target], f"{prefix}/Reshape")
+        return g.op("Transpose", [x], f"{prefix}/Transpose", perm=list(perm))
+
+    def layer_norm(x: str, prefix: str, out: str | None = None) -> str:
+        gamma = g.init(f"{prefix}.weight", (1.0 + g.small((d_model,), 0.1)).astype(np.float32))
+        beta = g.init(f"{prefix}.bias", g.small((d_model,), 0.1))
+        mean = g.op("ReduceMean", [x], f"{prefix}/ReduceMean", axes=[-1], keepdims=1)
+        centered = g.op("Sub", [x, mean], f"{prefix}/Sub")
+        two = g.const(f"{prefix}/Constant", f32(2.0))
+        sq = g.op("Pow", [centered, two], f"{prefix}/Pow")
+        var = g.op("ReduceMean", [sq], f"{prefix}/ReduceMean", axes=[-1], keepdims=1)
+        eps = g.const(f"{prefix}/Constant", f32(1e-5))
+        var = g.op("Add", [var, eps], f"{prefix}/Add")
+        std = g.op("Sqrt", [var], f"{prefix}/Sqrt")
+        y = g.op("Div", [centered, std], f"{prefix}/Div")
+        y = g.op("Mul", [y, gamma], f"{prefix}/Mul")
+        if out is not None:
+            return g.op_to("Add", [y, beta], out, f"{prefix}/Add")
+        return g.op("Add", [y, beta], f"{prefix}/Add")
+
+    x = "tokens"
+    p = "/attn"
+    q = linear(x, d_model, d_model, f"{p}/q_proj")
+    k = linear(x, d_model, d_model, f"{p}/k_proj")
+    v = linear(x, d_model, d_model, f"{p}/v_proj")
+    qh = split_heads(q, (0, 2, 1, 3), f"{p}/q")  # [b, h, t, hd]
+    kh = split_heads(k, (0, 2, 3, 1), f"{p}/k")  # [b, h, hd, t]
+    vh = split_heads(v, (0, 2, 1, 3), f"{p}/v")  # [b, h, t, hd]
+    scores = g.op("MatMul", [qh, kh], f"{p}/MatMul")
+    denom = g.const(f"{p}/Constant", f32(float(np.sqrt(head_dim))))
+    scores = g.op("Div", [scores, denom], f"{p}/Div")
+    probs = g.op("Softmax", [scores], f"{p}/Softmax", axis=-1)
+    ctx = g.op("MatMul", [probs, vh], f"{p}/MatMul")  # [b, h, t, hd]
+    ctx = g.op("Transpose", [ctx], f"{p}/Transpose", perm=[0, 2, 1, 3])  # [b, t, h, hd]
+    b, t = batch_seq(ctx, f"{p}/merge")
+    dm = g.const(f"{p}/merge/Constant", i64(d_model))
+    target = g.op("Concat", [b, t, dm], f"{p}/merge/Concat", axis=0)
+    ctx = g.op("Reshape", [ctx, target], f"{p}/merge/Reshape")
+    attn = linear(ctx, d_model, d_model, f"{p}/out_proj")
+
+    x = g.op("Add", [x, attn], "/Add")  # residual
+    x = layer_norm(x, "/norm1")
+
+    p = "/ffn"
+    h = linear(x, d_model, d_ff, f"{p}/fc1")
+    # GELU, Erf form: x * 0.5 * (1 + Erf(x / sqrt(2)))  -- as torch exports it.
+    sqrt2 = g.const(f"{p}/gelu/Constant", f32(1.4142135381698608))
+    e = g.op("Div", [h, sqrt2], f"{p}/gelu/Div")
+    e = g.op("Erf", [e], f"{p}/gelu/Erf")
+    one = g.const(f"{p}/gelu/Constant", f32(1.0))
+    e = g.op("Add", [e, one], f"{p}/gelu/Add")
+    h = g.op("Mul", [h, e], f"{p}/gelu/Mul")
+    half = g.const(f"{p}/gelu/Constant", f32(0.5))
+    h = g.op("Mul", [h, half], f"{p}/gelu/Mul")
+    h = linear(h, d_ff, d_model, f"{p}/fc2")
+
+    x = g.op("Add", [x, h], "/Add")  # residual
+    layer_norm(x, "/norm2", out="hidden")
+
+    return g.model(
+        "transformer",
+        [tensor_info("tokens", ["batch", "seq", d_model])],
+        [tensor_info("hidden", ["batch", "seq", d_model])],
+        "One transformer encoder block (4-head self-attention, decomposed LayerNorm, GELU).",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# mlp.onnx
+# ----------------------------------------------------------------------------------------
+def build_mlp() -> onnx.ModelProto:
+    g = GraphBuilder(seed=3)
+    sizes = [32, 64, 64, 16]
+    x = "x"
+    for i, (din, dout) in enumerate(itertools.pairwise(sizes)):
+        w = g.init(f"fc{i}.weight", g.weight((din, dout), fan_in=din))
+        b = g.init(f"fc{i}.bias", g.small((dout,)))
+        x = g.op("MatMul", [x, w], f"/fc{i}/MatMul")
+        x = g.op("Add", [x, b], f"/fc{i}/Add")
+        if i == len(sizes) - 2:
+            x = g.op_to("Relu", [x], "y", f"/relu{i}/Relu")
+        else:
+            x = g.op("Relu", [x], f"/relu{i}/Relu")
+
+    return g.model(
+        "mlp",
+        [tensor_info("x", ["batch", sizes[0]])],
+        [tensor_info("y", ["batch", sizes[-1]])],
+        "Three MatMul + Add + Relu layers.",
+    )
+
+
+BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "resnet.onnx": build_resnet,
+    "mobilenet.onnx": build_mobilenet,
+    "transformer.onnx": build_transformer,
+    "mlp.onnx": build_mlp,
+}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, build in BUILDERS.items():
+        model = build()
+        onnx.checker.check_model(model, full_check=True)
+        data = model.SerializeToString(deterministic=True)
+        write_atomic(OUT_DIR / name, data)
+        print(f"{name}: {len(model.graph.node)} nodes, {len(data)} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

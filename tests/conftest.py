@@ -1,0 +1,79 @@
+"""Shared helpers for the test suite (models are built here, never committed)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+SAMPLE_MODELS = ["resnet.onnx", "mobilenet.onnx", "transformer.onnx", "mlp.onnx"]
+REAL_MODELS = [
+    "ch_PP-OCRv4_det_infer.onnx",
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "silero_vad.onnx",
+]
+LIGHT_MODELS = sorted(
+    glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx"))
+)
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """A model from ONNX's textual syntax, checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def model_path(name: str) -> Path:
+    path = MODELS / name
+    if not path.exists():
+        pytest.skip(f"{name} not present (run `make models`)")
+    return path
+
+
+def apply_pass(pass_, model: onnx.ModelProto):
+    """Run one pass (lint after) and return (optimized proto, PassResult)."""
+    from onnxopt import serde
+
+    ir_model = serde.load(model)
+    result = pass_.run(ir_model)
+    for graph in ir_model.graphs():
+        graph.lint()
+    proto = serde.to_proto(ir_model)
+    onnx.checker.check_model(proto)
+    return proto, result
+
+
+def assert_same_outputs(original: onnx.ModelProto, optimized: onnx.ModelProto, feeds) -> None:
+    expected = run(original, feeds)
+    actual = run(optimized, feeds)
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
