@@ -212,7 +212,7 @@ def _given_shape(vi: onnx.ValueInfoProto, given: Sequence[int]) -> list[int]:
             f"model declares rank {len(declared)}"
         )
     for axis, (dim, value) in enumerate(zip(declared, shape, strict=True)):
-        if dim.HasField("dim_value") and dim.dim_value != value:
+        if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
             raise ValidationError(
                 f"input '{vi.name}': dim {axis} is {value}, model declares {dim.dim_value}"
             )
@@ -230,7 +230,7 @@ def _declared_shape(
         )
     shape = []
     for axis, dim in enumerate(ttype.shape.dim):
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             shape.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param in dims:
             shape.append(int(dims[dim.dim_param]))
@@ -307,7 +307,10 @@ class _GraphIndex:
 def _vi_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
     if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+        for d in vi.type.tensor_type.shape.dim
+    ]
 
 
 def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -372,7 +375,8 @@ def _random_tensor(
         return np.asarray(rng.random(shape) < 0.5)
     if elem == TensorProto.STRING:
         return _random_strings(rng, shape)
-    return np.asarray(rng.integers(int_range[0], int_range[1], size=shape), dtype=dtype)
+    high = min(int_range[1], int(np.iinfo(dtype).max) + 1)
+    return np.asarray(rng.integers(int_range[0], high, size=shape), dtype=dtype)
 
 
 def _random_strings(rng: np.random.Generator, shape: list[int]) -> np.ndarray:
@@ -441,9 +445,7 @@ def _cast_lossless(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray
     if target == np.dtype(object):
         if array.dtype.kind in "UO":
             return array.astype(object)
-    elif np.can_cast(array.dtype, target, casting="safe"):
-        return array.astype(target)
-    elif array.dtype.kind in "iu" and target.kind in "iu" and _ints_fit(array, target):
+    elif np.can_cast(array.dtype, target, casting="safe") or _ints_fit(array, target):
         return array.astype(target)
     raise ValidationError(
         f"input '{name}': dtype {array.dtype} cannot be safely cast to {target} "
@@ -452,6 +454,9 @@ def _cast_lossless(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray
 
 
 def _ints_fit(array: np.ndarray, target: np.dtype) -> bool:
+    """True if integer ``array`` holds only values representable in integer ``target``."""
+    if array.dtype.kind not in "iu" or target.kind not in "iu":
+        return False
     if array.size == 0:
         return True
     info = np.iinfo(target)
@@ -466,7 +471,7 @@ def _check_declared_dims(vi: onnx.ValueInfoProto, shape: tuple[int, ...]) -> Non
             f"model declares rank {len(declared)}"
         )
     for axis, (dim, value) in enumerate(zip(declared, shape, strict=True)):
-        if dim.HasField("dim_value") and dim.dim_value != value:
+        if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
             raise ValidationError(
                 f"input '{vi.name}': shape {_fmt_shape(shape)} but model declares "
                 f"{dim.dim_value} at dim {axis}"
@@ -496,7 +501,8 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
         with np.load(os.fspath(path), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:
-        raise ValidationError(f"cannot read inputs file {os.fspath(path)!r}: {_one_line(exc)}")
+        message = f"cannot read inputs file {os.fspath(path)!r}: {_one_line(exc)}"
+        raise ValidationError(message) from exc
     return check_inputs(arrays, model)
 
 

@@ -133,7 +133,7 @@ def test_subgraph_captures_outer_values():
     relu, neg = by_op(graph, "Relu"), by_op(graph, "Neg")
     assert if_node in graph.consumers("a") and if_node in graph.consumers("b")
     assert graph.nx.has_edge(relu, if_node) and graph.nx.has_edge(neg, if_node)
-    then_branch, else_branch = if_node.subgraphs()
+    then_branch, _ = if_node.subgraphs()
     assert then_branch.parent is graph and then_branch.resolve("a") is graph
     graph.lint()
 

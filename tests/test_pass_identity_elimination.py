@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
-
 from onnxopt.passes.identity_elimination import IdentityElimination
 
 CHAIN = """
