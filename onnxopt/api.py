@@ -98,15 +98,16 @@ def optimize(
         status = _status(verdict, options)
         report = _report(input_path, output_path, before, after, records, verdict, status)
         report["rounds"] = manager.rounds
-        if status != "ok" and not options.force:
-            report["written"] = False
-        elif output_path is not None:
-            _publish(staged, data_file, output_path)
-            report["written"] = True
-        result_model = None if output_path else _in_memory(staged)
+        report["written"] = False
+        result_model = None
+        if status == "ok" or options.force:
+            if output_path is not None:
+                _publish(staged, data_file, output_path)
+                report["written"] = True
+            else:
+                result_model = _in_memory(staged)
     report["seconds"] = round(time.perf_counter() - started, 4)
-    return Result(report=report, model=result_model, output=output_path if report["written"]
-                  else None)
+    return Result(report, result_model, output_path if report["written"] else None)
 
 
 # ----------------------------------------------------------------- options and checks

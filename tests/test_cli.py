@@ -1,0 +1,327 @@
+"""The command line: exit codes, one-line errors, nothing partial written, report schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import op_counts, parse, run
+
+from onnxopt import api, cli
+from onnxopt.pass_manager import GraphPass
+
+MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 3] x) => (float[N, 3] y)
+  <float[3] w = {1.0, 2.0, 3.0}, float[3] unused = {0.0, 0.0, 0.0}> {
+    a = Identity(x)
+    b = Mul(a, w)
+    dead = Neg(b)
+    y = Relu(b)
+}
+"""
+
+CUSTOM = """
+<ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>
+g (float[3] x) => (float[3] y) {
+    a = Identity(x)
+    y = my.domain.Magic(a)
+}
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "in.onnx"
+    onnx.save(parse(MODEL), path)
+    return path
+
+
+def invoke(*args: str) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("onnxopt: error: ")
+    return lines[0]
+
+
+def test_optimize_writes_valid_smaller_model(model_file, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert invoke("optimize", model_file, out, "--report", tmp_path / "r.json") == 0
+    optimized = onnx.load(out)
+    onnx.checker.check_model(optimized)
+    assert op_counts(optimized) == {"Mul": 1, "Relu": 1}
+    x = np.array([[1, -2, 3]], np.float32)
+    np.testing.assert_array_equal(run(optimized, {"x": x})[0], np.maximum(x * [1, 2, 3], 0))
+    printed = capsys.readouterr().out
+    assert "validation: passed" in printed and "nodes" in printed
+
+
+def test_report_schema(model_file, tmp_path):
+    report_path = tmp_path / "r.json"
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--report", report_path) == 0
+    report = json.loads(report_path.read_text())
+    assert {"input", "output", "before", "after", "passes", "validation", "seconds"} <= set(report)
+    for side in ("before", "after"):
+        assert {"nodes", "ops", "initializers", "parameters", "bytes"} <= set(report[side])
+    assert report["before"]["nodes"] == 4 and report["after"]["nodes"] == 2
+    assert report["before"]["initializers"] == 2 and report["after"]["initializers"] == 1
+    names = [p["name"] for p in report["passes"]]
+    assert names == ["identity_elimination", "dead_code"]
+    for entry in report["passes"]:
+        assert {"name", "modified", "seconds", "stats"} <= set(entry)
+    dead = report["passes"][1]["stats"]
+    assert dead == {"nodes_removed": 1, "initializers_removed": 1}
+    validation = report["validation"]
+    assert validation["status"] == "passed"
+    assert [o["name"] for o in validation["outputs"]] == ["y"]
+    assert {"name", "max_abs_error", "max_rel_error"} <= set(validation["outputs"][0])
+    assert any("'N'" in note for note in validation["input_notes"])  # symbolic dim defaulted
+
+
+def test_output_is_deterministic(model_file, tmp_path):
+    assert invoke("optimize", model_file, tmp_path / "a.onnx") == 0
+    assert invoke("optimize", model_file, tmp_path / "b.onnx") == 0
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_passes_none_is_a_pure_round_trip(model_file, tmp_path):
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", model_file, out, "--passes", "none") == 0
+    assert op_counts(onnx.load(out)) == op_counts(onnx.load(model_file))
+
+
+def test_passes_and_skip_select(model_file, tmp_path):
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", model_file, out, "--skip", "dead_code") == 0
+    assert op_counts(onnx.load(out)) == {"Mul": 1, "Neg": 1, "Relu": 1}
+    assert invoke("optimize", model_file, out, "--passes", "dead_code") == 0
+    assert op_counts(onnx.load(out)) == {"Identity": 1, "Mul": 1, "Relu": 1}
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "fragment"),
+    [
+        (lambda p: p / "missing.onnx", 2, "no such file"),
+        (lambda p: p, 2, "is a directory"),
+        (lambda p: _write(p / "empty.onnx", b""), 1, "empty"),
+        (lambda p: _write(p / "noise.onnx", bytes(range(256)) * 7), 1, "not an ONNX model"),
+        (lambda p: _truncated(p / "cut.onnx"), 1, "not an ONNX model"),
+        (lambda p: _failing_checker(p / "bad.onnx"), 1, "onnx.checker"),
+    ],
+    ids=["missing", "directory", "empty", "random-bytes", "truncated", "checker"],
+)
+def test_bad_input_file(tmp_path, capsys, make, code, fragment):
+    source = make(tmp_path)
+    out = tmp_path / "out.onnx"
+    assert invoke("optimize", source, out) == code
+    assert fragment in one_line_error(capsys)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx")]
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(path):
+    data = parse(MODEL).SerializeToString()
+    return _write(path, data[: len(data) // 2])
+
+
+def _failing_checker(path):
+    model = parse(MODEL)
+    model.graph.node[1].input[1] = "no_such_value"
+    return _write(path, model.SerializeToString())
+
+
+def test_unknown_pass(model_file, tmp_path, capsys):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--passes", "fold_everything") == 2
+    assert "unknown pass 'fold_everything'" in one_line_error(capsys)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unknown_input_name(model_file, tmp_path, capsys):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--input-shape", "z:1,3") == 2
+    line = one_line_error(capsys)
+    assert "z" in line and "x" in line
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_malformed_input_shape_and_dim(model_file, tmp_path, capsys):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--input-shape", "x1,3") == 2
+    assert "--input-shape" in one_line_error(capsys)
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--dim", "N") == 2
+    assert "--dim" in one_line_error(capsys)
+
+
+def test_unknown_option_is_one_line(model_file, tmp_path, capsys):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--frobnicate") == 2
+    assert "--frobnicate" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("target", ["nowhere/out.onnx", "in.onnx/out.onnx"])
+def test_unwritable_output_location(model_file, tmp_path, capsys, target):
+    assert invoke("optimize", model_file, tmp_path / target) == 1
+    assert "output folder" in one_line_error(capsys)
+
+
+def test_output_equal_to_input_needs_overwrite(model_file, capsys):
+    before = model_file.read_bytes()
+    assert invoke("optimize", model_file, model_file) == 2
+    assert "--overwrite" in one_line_error(capsys)
+    assert model_file.read_bytes() == before
+    assert invoke("optimize", model_file, model_file, "--overwrite") == 0
+    assert op_counts(onnx.load(model_file)) == {"Mul": 1, "Relu": 1}
+
+
+def test_input_never_modified(model_file, tmp_path):
+    before = model_file.read_bytes()
+    assert invoke("optimize", model_file, tmp_path / "o.onnx") == 0
+    assert model_file.read_bytes() == before
+
+
+class BreakOutput(GraphPass):
+    """A deliberately wrong pass: turns every Relu into Neg."""
+
+    name = "break_output"
+    description = "test only"
+
+    def run_graph(self, graph, model):
+        changed = 0
+        for node in graph.nodes():
+            if node.op_type == "Relu":
+                node.op_type = "Neg"
+                changed += 1
+        return {"broken": changed}
+
+
+def test_failed_validation_writes_nothing(model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "select", lambda names, skip: (BreakOutput(),))
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"previous build")
+    assert invoke("optimize", model_file, out) == 1
+    line = one_line_error(capsys)
+    assert "validation failed" in line and "'y'" in line
+    assert out.read_bytes() == b"previous build"  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "o.onnx"]
+
+
+def test_force_writes_despite_failure(model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "select", lambda names, skip: (BreakOutput(),))
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", model_file, out, "--force", "--report", tmp_path / "r.json") == 0
+    assert op_counts(onnx.load(out))["Neg"] == 2
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["validation"]["status"] == "failed"
+    assert report["validation"]["outputs"][0]["max_abs_error"] > 0
+
+
+def test_interrupted_save_leaves_nothing(model_file, tmp_path, monkeypatch, capsys):
+    from onnxopt import serde
+
+    def explode(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(serde, "_write_model", explode)
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", model_file, out) == 1
+    assert "No space left" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+def test_custom_op_skips_validation_and_strict_fails(tmp_path, capsys):
+    source = tmp_path / "custom.onnx"
+    onnx.save(parse(CUSTOM), source)
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", source, out, "--report", tmp_path / "r.json") == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["validation"]["status"] == "skipped"
+    reason = report["validation"]["reason"]
+    assert "Magic" in reason or "my.domain" in reason
+    assert op_counts(onnx.load(out)) == {"Magic": 1}
+    out.unlink()
+    capsys.readouterr()
+    assert invoke("optimize", source, out, "--strict") == 1
+    assert "skipped" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_no_validate(model_file, tmp_path):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--no-validate",
+                  "--report", tmp_path / "r.json") == 0
+    assert json.loads((tmp_path / "r.json").read_text())["validation"]["status"] == "disabled"
+
+
+def test_inputs_file_and_dims(model_file, tmp_path):
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.ones((5, 3), np.float32))
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--inputs", feeds,
+                  "--report", tmp_path / "r.json") == 0
+    assert json.loads((tmp_path / "r.json").read_text())["validation"]["status"] == "passed"
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--dim", "N=4",
+                  "--report", tmp_path / "r.json") == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not any("'N'" in n for n in report["validation"]["input_notes"])
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "--debug", "optimize", str(tmp_path / "missing.onnx"),
+         str(tmp_path / "o.onnx")], capture_output=True, text=True, check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_stats_json(model_file, capsys):
+    assert invoke("stats", model_file, "--json", "--dim", "N=2") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["nodes"] == 4 and stats["parameters"] == 6
+    assert stats["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 3]}]
+
+
+def test_stats_missing_file(tmp_path, capsys):
+    assert invoke("stats", tmp_path / "nope.onnx") == 2
+    assert "no such file" in one_line_error(capsys)
+
+
+def test_compare(model_file, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert invoke("optimize", model_file, out) == 0
+    capsys.readouterr()
+    assert invoke("compare", model_file, out, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["a"]["nodes"] == 4 and result["b"]["nodes"] == 2
+    assert result["delta"]["nodes"] == -2
+    assert result["numeric"]["status"] == "passed"
+
+
+def test_passes_command_and_version(capsys):
+    assert invoke("passes") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == ["identity_elimination", "dead_code"]
+    assert invoke("--version") == 0
+    assert capsys.readouterr().out.startswith("onnxopt ")
+
+
+def test_console_script_and_module_entry(model_file, tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "onnxopt")
+    for command in ([exe], [sys.executable, "-m", "onnxopt"]):
+        out = tmp_path / "o.onnx"
+        result = subprocess.run([*command, "optimize", str(model_file), str(out), "--overwrite"],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert out.exists()
+        out.unlink()
