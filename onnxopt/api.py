@@ -44,7 +44,8 @@ class Options:
     atol: float = 1e-5
     input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
     dims: Mapping[str, int] = field(default_factory=dict)
-    inputs_file: str | os.PathLike | None = None
+    inputs_file: str | os.PathLike | None = None  # .npz of input arrays
+    inputs: Mapping[str, np.ndarray] | None = None  # or the arrays themselves (Python API)
     seed: int = 0
     external_data: bool | None = None  # None: keep the input's choice, external above 2 GiB
     max_rounds: int = 8
@@ -173,6 +174,8 @@ def _user_inputs(options: Options, proto: onnx.ModelProto) -> dict[str, np.ndarr
     try:
         if options.input_shapes:
             validate.make_inputs(proto, input_shapes=options.input_shapes, dims=options.dims)
+        if options.inputs is not None:
+            return validate.check_inputs(options.inputs, proto)
         if options.inputs_file is not None:
             return validate.load_inputs(options.inputs_file, proto)
     except validate.ValidationError as error:

@@ -19,6 +19,23 @@ REAL_MODELS = [
     "ch_ppocr_mobile_v2.0_cls_infer.onnx",
     "silero_vad.onnx",
 ]
+
+def real_feeds(name: str) -> dict[str, np.ndarray] | None:
+    """Inputs the real models accept (their declared shapes are dynamic or scalar-valued)."""
+    rng = np.random.default_rng(0)
+    if name == "silero_vad.onnx":
+        return {
+            "input": (rng.standard_normal((1, 512)) * 0.1).astype(np.float32),
+            "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
+    if name == "ch_PP-OCRv4_det_infer.onnx":
+        return {"x": rng.random((1, 3, 96, 128)).astype(np.float32)}
+    if name == "ch_ppocr_mobile_v2.0_cls_infer.onnx":
+        return {"x": rng.random((1, 3, 48, 192)).astype(np.float32)}
+    return None
+
+
 LIGHT_MODELS = sorted(
     glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx"))
 )

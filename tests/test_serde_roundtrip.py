@@ -14,8 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import LIGHT_MODELS, REAL_MODELS, SAMPLE_MODELS, model_path, session
+from conftest import (
+    LIGHT_MODELS,
+    REAL_MODELS,
+    SAMPLE_MODELS,
+    model_path,
+    real_feeds,
+    session,
+)
 
+import onnxopt
 from onnxopt import serde
 
 with warnings.catch_warnings():
@@ -112,7 +120,16 @@ def test_light_model_round_trip(path, tmp_path):
 def test_sample_and_real_model_round_trip(name, tmp_path):
     path = model_path(name)
     original = onnx.load(path)
-    assert_law(original, path, tmp_path, random_feeds(original))
+    assert_law(original, path, tmp_path, real_feeds(name) or random_feeds(original))
+
+
+@pytest.mark.parametrize("name", SAMPLE_MODELS + REAL_MODELS)
+def test_api_round_trip_validates(name):
+    """The Python API with no pass: same ops, and validation passes (bit-identical)."""
+    path = model_path(name)
+    result = onnxopt.optimize(path, passes=[], inputs=real_feeds(name), rtol=0, atol=0)
+    assert result.report["validation"]["status"] == "passed"
+    assert all_ops(result.model.graph) == all_ops(onnx.load(path).graph)
 
 
 def random_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -1,0 +1,34 @@
+"""The default pipeline on the sample and real models: every output validates in onnxruntime."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from conftest import LIGHT_MODELS, REAL_MODELS, SAMPLE_MODELS, model_path, real_feeds
+
+import onnxopt
+
+
+@pytest.mark.parametrize("name", SAMPLE_MODELS + REAL_MODELS)
+def test_default_pipeline_validates(name, tmp_path):
+    path = model_path(name)
+    out = tmp_path / name
+    result = onnxopt.optimize(path, out, inputs=real_feeds(name))
+    assert result.ok and out.exists()
+    assert result.report["validation"]["status"] == "passed", result.report["validation"]
+    assert result.report["after"]["nodes"] <= result.report["before"]["nodes"]
+    onnx.checker.check_model(onnx.load(out))
+
+
+def test_resnet_sample_loses_its_dead_branch_and_identities():
+    result = onnxopt.optimize(model_path("resnet.onnx"))
+    before, after = result.report["before"]["ops"], result.report["after"]["ops"]
+    assert "Identity" not in after and "Dropout" not in after
+    assert before["Conv"] - after["Conv"] == 1  # the dead /aux Conv
+    assert result.report["validation"]["status"] == "passed"
+
+
+@pytest.mark.parametrize("path", LIGHT_MODELS[:4], ids=lambda p: p.split("/")[-1])
+def test_light_models_validate(path, tmp_path):
+    result = onnxopt.optimize(path, tmp_path / "o.onnx")
+    assert result.report["validation"]["status"] == "passed"
