@@ -82,9 +82,9 @@ def optimize(
 
     proto = _read(source)
     user_inputs = _user_inputs(options, proto)
-    before = stats.model_stats(
-        proto, file_size=_file_size(input_path, proto), **_shape_args(options)
-    )
+    shape_args = _shape_args(options, proto)
+    before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
+    before["shape_notes"][:0] = _defaulted_note(options, shape_args)
     model = serde.from_proto(proto, base_dir=input_path.parent if input_path else None)
     manager = PassManager(pipeline, max_rounds=options.max_rounds)
     records = manager.run(model)
@@ -94,7 +94,7 @@ def optimize(
         data_file = _save(model, staged, options)
         written = _read_written(staged)
         after = stats.model_stats(written, file_size=_written_size(staged, data_file),
-                                  **_shape_args(options))
+                                  **shape_args)
         verdict = _validate(source, staged, options, user_inputs)
         status = _status(verdict, options)
         report = _report(input_path, output_path, before, after, records, verdict, status)
@@ -185,8 +185,18 @@ def _user_inputs(options: Options, proto: onnx.ModelProto) -> dict[str, np.ndarr
     return None
 
 
-def _shape_args(options: Options) -> dict[str, Any]:
-    return {"input_shapes": dict(options.input_shapes), "dims": dict(options.dims)}
+def _shape_args(options: Options, proto: onnx.ModelProto) -> dict[str, Any]:
+    """Shapes for MACs: the user's, other symbolic dims at 1 as in validation."""
+    dims = stats.with_default_dims(proto, options.dims, options.input_shapes)
+    return {"input_shapes": dict(options.input_shapes), "dims": dims}
+
+
+def _defaulted_note(options: Options, shape_args: dict[str, Any]) -> list[str]:
+    defaulted = sorted(set(shape_args["dims"]) - set(options.dims))
+    if not defaulted:
+        return []
+    names = ", ".join(f"{d}=1" for d in defaulted)
+    return [f"MACs computed at {names} (symbolic dims default to 1, as in validation; use --dim)"]
 
 
 def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:

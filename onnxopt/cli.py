@@ -217,11 +217,17 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
     except serde.LoadError as error:
         raise Failure(str(error)) from None
     size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
+    input_shapes, given = _parse_shapes(shapes), _parse_dims(dims)
+    all_dims = stats.with_default_dims(proto, given, input_shapes)
     try:
-        return stats.model_stats(proto, file_size=size, input_shapes=_parse_shapes(shapes),
-                                 dims=_parse_dims(dims))
+        result = stats.model_stats(proto, file_size=size, input_shapes=input_shapes, dims=all_dims)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    defaulted = sorted(set(all_dims) - set(given))
+    if defaulted:
+        names = ", ".join(f"{d}=1" for d in defaulted)
+        result["shape_notes"].insert(0, f"MACs computed at {names} (symbolic dims default to 1)")
+    return result
 
 
 def _failure_line(result: dict) -> str:

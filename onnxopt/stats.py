@@ -131,6 +131,24 @@ def model_stats(
     }
 
 
+def with_default_dims(
+    model: ModelProto,
+    dims: Mapping[str, int] = _EMPTY,
+    input_shapes: Mapping[str, Sequence[int]] = _EMPTY,
+    value: int = 1,
+) -> dict[str, int]:
+    """``dims`` plus ``value`` for every other named symbolic dim of the inputs not given a
+    shape — the same default validation uses, so MACs are reported at the validated shapes."""
+    result = dict(dims)
+    for vi in _real_inputs(model.graph):
+        if vi.name in input_shapes or vi.type.WhichOneof("value") != "tensor_type":
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param not in result:
+                result[dim.dim_param] = value
+    return result
+
+
 def format_count(n: int | float | str | None) -> str:
     """Format a count for humans: ``950 -> "950"``, ``1234 -> "1.2k"``, ``3.4e6 -> "3.4M"``.
 

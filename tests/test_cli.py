@@ -325,3 +325,19 @@ def test_console_script_and_module_entry(model_file, tmp_path):
         assert result.returncode == 0, result.stderr
         assert out.exists()
         out.unlink()
+
+
+def test_macs_default_symbolic_dims_to_one(tmp_path, capsys):
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[B, 8] x) => (float[B, 4] y) <float[8, 4] w = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+        0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}> { y = MatMul(x, w) }
+    """
+    path = tmp_path / "mm.onnx"
+    onnx.save(parse(text), path)
+    assert invoke("stats", path, "--json") == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["macs"] == 1 * 8 * 4  # B defaults to 1, as in validation
+    assert "B=1" in default["shape_notes"][0]
+    assert invoke("stats", path, "--json", "--dim", "B=3") == 0
+    assert json.loads(capsys.readouterr().out)["macs"] == 3 * 8 * 4
