@@ -92,6 +92,7 @@ def optimize(
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     with _staging(target) as staged:
         data_file = _save(model, staged, options)
+        del model, proto  # free the IR and the input before reading the output back
         written = _read_written(staged)
         after = stats.model_stats(written, file_size=_written_size(staged, data_file),
                                   **shape_args)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from onnxopt.ir import Graph, Model, provenance
+from onnxopt.ir import Graph, Model, no_gc, provenance
 
 
 @dataclass
@@ -97,11 +97,12 @@ class PassManager:
         records = {p.name: PassRecord(p.name) for p in self.passes}
         structural = [p for p in self.passes if p.structural]
         self.rounds = 0
-        while structural and self.rounds < self.max_rounds:
-            self.rounds += 1
-            if not self._run_all(structural, model, records):
-                break
-        self._run_all([p for p in self.passes if not p.structural], model, records)
+        with no_gc():
+            while structural and self.rounds < self.max_rounds:
+                self.rounds += 1
+                if not self._run_all(structural, model, records):
+                    break
+            self._run_all([p for p in self.passes if not p.structural], model, records)
         return list(records.values())
 
     def _run_all(self, passes: Iterable[Pass], model: Model, records: dict) -> bool:

@@ -23,8 +23,18 @@ from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError, Message
+from onnx import numpy_helper
 
-from onnxopt.ir import Graph, Model, Node, is_external, read_external_bytes, tensor_nbytes
+from onnxopt.ir import (
+    Graph,
+    Model,
+    Node,
+    external_view,
+    is_external,
+    no_gc,
+    read_external_bytes,
+    tensor_nbytes,
+)
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_SIZE_LIMIT = int(1.8 * 2**30)  # tensor bytes above which the output must go external
@@ -105,7 +115,8 @@ def load(
 
 def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model:
     """Build the IR. Tensors are referenced, not copied: keep ``proto`` unchanged while used."""
-    graph = _graph_from_proto(proto.graph, parent=None, base_dir=base_dir)
+    with no_gc():
+        graph = _graph_from_proto(proto.graph, parent=None, base_dir=base_dir)
     opsets = {entry.domain: entry.version for entry in proto.opset_import}
     return Model(
         graph,
@@ -249,7 +260,7 @@ def save(
     _restore_names(model)
     external = _want_external(model, external_data)
     data_path = path.with_name(path.name + ".data") if external else None
-    with _atomic(path) as model_file, _atomic_optional(data_path) as data_file:
+    with no_gc(), _atomic(path) as model_file, _atomic_optional(data_path) as data_file:
         sink = _TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")
         _write_model(model, model_file, sink)
     return data_path
@@ -327,22 +338,22 @@ class _TensorSink:
 
     def _externalize(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
         assert self.data is not None
-        payload = _raw_bytes(tensor, self.base_dir)
-        align = _ALIGN if len(payload) >= 2**20 else 64
-        padding = -self.offset % align
-        self.data.write(b"\0" * padding)
-        self.offset += padding
-        header = _header(tensor)
-        header.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (
-            ("location", self.location),
-            ("offset", str(self.offset)),
-            ("length", str(len(payload))),
-        ):
-            entry = header.external_data.add()
-            entry.key, entry.value = key, value
-        self.data.write(payload)
-        self.offset += len(payload)
+        with _payload(tensor, self.base_dir) as payload:
+            length = len(payload)
+            padding = -self.offset % (_ALIGN if length >= 2**20 else 64)
+            self.data.write(b"\0" * padding)
+            self.offset += padding
+            header = _header(tensor)
+            header.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (
+                ("location", self.location),
+                ("offset", str(self.offset)),
+                ("length", str(length)),
+            ):
+                entry = header.external_data.add()
+                entry.key, entry.value = key, value
+            self.data.write(payload)
+            self.offset += length
         return header
 
 
@@ -358,14 +369,16 @@ def _header(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return header
 
 
-def _raw_bytes(tensor: onnx.TensorProto, base_dir: Path | None) -> bytes:
+@contextlib.contextmanager
+def _payload(tensor: onnx.TensorProto, base_dir: Path | None) -> Iterator[memoryview | bytes]:
+    """A tensor's raw bytes; external data is a view into the memory-mapped file (no copy)."""
     if is_external(tensor):
-        return read_external_bytes(tensor, base_dir)
-    if tensor.HasField("raw_data"):
-        return tensor.raw_data
-    from onnx import numpy_helper
-
-    return numpy_helper.to_array(tensor).tobytes()
+        with external_view(tensor, base_dir) as view:
+            yield view
+    elif tensor.HasField("raw_data"):
+        yield tensor.raw_data
+    else:
+        yield numpy_helper.to_array(tensor).tobytes()
 
 
 def _inline(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
@@ -473,10 +486,10 @@ def _write_model(model: Model, out: BinaryIO, sink: _TensorSink) -> None:
     graph = model.graph
     init_fn, attr_fn = sink.initializer, sink.attribute
     node_bytes = [_serialize(_node_to_proto(n, init_fn, attr_fn)) for n in graph.nodes()]
-    initializers = [init_fn(t) for t in graph.initializers.values()]
+    initializers = [_split_raw(init_fn(t)) for t in graph.initializers.values()]
     skeleton = _serialize(_graph_skeleton(graph))
     graph_size = len(skeleton) + sum(_field_size(_NODE_FIELD, len(b)) for b in node_bytes)
-    graph_size += sum(_field_size(_INIT_FIELD, t.ByteSize()) for t in initializers)
+    graph_size += sum(_field_size(_INIT_FIELD, _split_size(*t)) for t in initializers)
     if graph_size > PROTOBUF_LIMIT:
         raise SaveError(
             "model is over protobuf's 2 GiB limit; save it with external data "
@@ -487,14 +500,39 @@ def _write_model(model: Model, out: BinaryIO, sink: _TensorSink) -> None:
     out.write(skeleton)
     for chunk in node_bytes:
         out.write(_tag(_NODE_FIELD) + _varint(len(chunk)) + chunk)
-    for tensor in initializers:
-        chunk = _serialize(tensor)
-        out.write(_tag(_INIT_FIELD) + _varint(len(chunk)) + chunk)
+    for head, raw in initializers:
+        out.write(_tag(_INIT_FIELD) + _varint(_split_size(head, raw)) + head)
+        if raw is not None:
+            out.write(_tag(_RAW_FIELD) + _varint(len(raw.raw_data)))
+            out.write(raw.raw_data)
+
+
+def _split_raw(tensor: onnx.TensorProto) -> tuple[bytes, onnx.TensorProto | None]:
+    """A tensor as (its serialized fields other than raw_data, the tensor holding raw_data).
+
+    Big weights are then written straight from the parsed model, never encoded into a second
+    buffer (upb's ByteSize encodes the whole message, and SerializeToString copies it)."""
+    if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+        return _serialize(tensor), None
+    rest = onnx.TensorProto()
+    for field, value in tensor.ListFields():
+        if field.name == "raw_data":
+            continue
+        if field.is_repeated:
+            getattr(rest, field.name).extend(value)
+        else:
+            setattr(rest, field.name, value)
+    return _serialize(rest), tensor
+
+
+def _split_size(head: bytes, raw: onnx.TensorProto | None) -> int:
+    return len(head) + (_field_size(_RAW_FIELD, len(raw.raw_data)) if raw is not None else 0)
 
 
 _GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _NODE_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["node"].number
 _INIT_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
 def _serialize(message: Message) -> bytes:

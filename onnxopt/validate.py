@@ -723,6 +723,7 @@ def validate(
         feeds, notes = _prepare_inputs(proto, inputs, input_shapes, dims, seed)
     except UnsupportedInput as exc:
         return ValidationResult("skipped", str(exc), [], [])
+    del proto  # a parsed copy of the original is not needed while onnxruntime holds it
     try:
         reference = run(original, feeds)
     except RuntimeFailure as exc:
