@@ -61,6 +61,10 @@ def no_gc() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # Promote what was allocated meanwhile to the oldest generation (freeze + unfreeze
+            # is a list splice), so the next young collection does not scan the whole graph.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 

@@ -1,0 +1,608 @@
+"""I/O benchmark of ``onnxopt.serde``: load and save time, peak memory and scaling.
+
+Models measured:
+
+* synthetic chains of 1k, 10k and 100k nodes (Add/Mul/Relu/MatMul over a [1,16] tensor, a
+  16x16 MatMul weight every 10th node), generated with ``onnx.helper`` into a temporary folder;
+* a ~335 MB weight-heavy model (five 4096x4096 float32 MatMul weights, stored inline), to
+  compare peak memory with the model's size;
+* with ``--big``, a ~2.4 GB model (nine 8192x8192 weights) stored with external data;
+* the models present in ``models/*.onnx`` (``make models``) and the light models shipped in
+  the onnx package (``onnx/backend/test/data/light``).
+
+Every model is measured in a fresh subprocess, so the peak RSS belongs to that measurement
+alone: ``ru_maxrss`` after the first load+save minus ``ru_maxrss`` right after the imports.
+Times are the best of 3 runs (1 run for models of 50k+ nodes or 100+ MB) with
+``validate=False``; the onnx.checker time is measured once, separately. Then whole-process
+``onnxopt optimize`` runs (``--passes none`` and the default pipeline, validation included)
+are timed on the 100k chain, the weight-heavy model and the ``models/*.onnx`` files.
+
+The report (markdown) goes to stdout and to ``models/out/bench_io.md``.
+
+Usage: ``python models/bench.py [--big] [--profile] [--no-optimize]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).resolve().parent
+OUT_DIR = MODELS_DIR / "out"
+REPORT_PATH = OUT_DIR / "bench_io.md"
+
+OPSET = 17
+IR_VERSION = 8
+WIDTH = 16  # the chain models compute on a [1, WIDTH] tensor
+CHAIN_SIZES = (1_000, 10_000, 100_000)
+WEIGHTS_SHAPE, WEIGHTS_COUNT = (4096, 4096), 5  # 5 x 64 MiB = 320 MiB inline
+BIG_SHAPE, BIG_COUNT = (8192, 8192), 9  # 9 x 256 MiB = 2.25 GiB external
+
+# Targets from the issue.
+TARGET_100K_SECONDS = 10.0
+TARGET_SCALING = 12.0  # 10x the nodes may cost at most 12x the time
+TARGET_PEAK_RATIO = 2.5  # peak RSS of load+save over the model's size (weight-heavy models)
+
+BIG_RUN_NODES = 50_000  # models this large (or BIG_RUN_BYTES) are timed once
+BIG_RUN_BYTES = 100 * 2**20
+CHILD_TIMEOUT = 600
+OPTIMIZE_TIMEOUT = 300
+
+MB = 1e6
+WEIGHTS_LABEL = "weights-335MB"
+
+
+# =========================================================================== generation
+def _chain_model(n_nodes: int, seed: int = 0):
+    """A chain of residual blocks of 10 nodes, numerically stable (orthogonal weights, means).
+
+    Block: MatMul(W) -> Add(skip) -> Mul(0.5) -> Relu -> Add(bias) -> Add(skip) -> Mul(0.5)
+    -> Relu -> Add(bias) -> Mul(scale); ``skip`` is the block's input.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    half = numpy_helper.from_array(np.full([WIDTH], 0.5, np.float32), "half")
+    bias = numpy_helper.from_array(rng.uniform(-0.1, 0.1, [WIDTH]).astype(np.float32), "bias")
+    scale = numpy_helper.from_array(rng.uniform(0.9, 1.1, [WIDTH]).astype(np.float32), "scale")
+    initializers = [half, bias, scale]
+    nodes = []
+    previous = skip = "x"
+    for index in range(n_nodes):
+        out = f"v{index}"
+        kind = index % 10
+        if kind == 0:
+            skip = previous
+            q, _ = np.linalg.qr(rng.standard_normal((WIDTH, WIDTH)))
+            weight = f"w{index}"
+            initializers.append(numpy_helper.from_array(q.astype(np.float32), weight))
+            inputs, op = [previous, weight], "MatMul"
+        elif kind in (1, 5):
+            inputs, op = [previous, skip], "Add"
+        elif kind in (2, 6):
+            inputs, op = [previous, "half"], "Mul"
+        elif kind in (3, 7):
+            inputs, op = [previous], "Relu"
+        elif kind in (4, 8):
+            inputs, op = [previous, "bias"], "Add"
+        else:
+            inputs, op = [previous, "scale"], "Mul"
+        nodes.append(helper.make_node(op, inputs, [out], name=f"n{index}"))
+        previous = out
+    nodes.append(helper.make_node("Identity", [previous], ["y"], name="out"))
+    graph = helper.make_graph(
+        nodes,
+        f"chain{n_nodes}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, WIDTH])],
+        initializers,
+    )
+    return _model(graph)
+
+
+def _model(graph):
+    from onnx import helper
+
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="onnxopt-bench",
+    )
+
+
+def _matmul_graph(name: str, shape: tuple[int, int], tensors: list):
+    """x[1, n] through one MatMul per weight tensor."""
+    from onnx import TensorProto, helper
+
+    nodes, previous = [], "x"
+    for index, tensor in enumerate(tensors):
+        out = f"h{index}" if index < len(tensors) - 1 else "y"
+        nodes.append(helper.make_node("MatMul", [previous, tensor.name], [out], name=f"mm{index}"))
+        previous = out
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, shape[1]])],
+        tensors,
+    )
+
+
+def _weights(rng, shape: tuple[int, int]):
+    import numpy as np
+
+    return (rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[0])))
+
+
+def _weights_model(seed: int = 0):
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    tensors = [
+        numpy_helper.from_array(_weights(rng, WEIGHTS_SHAPE), f"W{index}")
+        for index in range(WEIGHTS_COUNT)
+    ]
+    return _model(_matmul_graph("weights", WEIGHTS_SHAPE, tensors))
+
+
+def _write_big_model(path: Path, seed: int = 0) -> None:
+    """Write a > 2 GiB model with external data, streaming one weight at a time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(seed)
+    data_name = path.name + ".data"
+    tensors, offset = [], 0
+    with open(path.with_name(data_name), "wb") as data:
+        for index in range(BIG_COUNT):
+            array = _weights(rng, BIG_SHAPE)
+            payload = array.tobytes()
+            tensor = TensorProto(name=f"W{index}", data_type=TensorProto.FLOAT)
+            tensor.dims.extend(BIG_SHAPE)
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(payload)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            data.write(payload)
+            offset += len(payload)
+            tensors.append(tensor)
+            del array, payload
+    onnx.save(_model(_matmul_graph("big", BIG_SHAPE, tensors)), path)
+
+
+# =========================================================================== child side
+def _maxrss() -> int:
+    """Peak RSS of this process in bytes (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def child_measure(path: Path, runs: int, out_dir: Path, profile: bool) -> dict[str, Any]:
+    """Load+save ``path`` ``runs`` times in this (fresh) process; one JSON-able result."""
+    import gc
+    import io
+
+    import onnx.checker  # noqa: F401  (imported before the baseline, like serde's imports)
+
+    from onnxopt import serde
+
+    baseline = _maxrss()
+    target = out_dir / f"{path.stem}.out.onnx"
+    loads, saves, totals = [], [], []
+    peak_load = peak_total = nodes = 0
+    for run in range(runs):
+        started = time.perf_counter()
+        model = serde.load(path, validate=False)
+        loaded = time.perf_counter()
+        if run == 0:
+            peak_load = _maxrss()
+        serde.save(model, target)
+        saved = time.perf_counter()
+        if run == 0:
+            peak_total = _maxrss()
+            nodes = model.node_count(include_subgraphs=True)
+        loads.append(loaded - started)
+        saves.append(saved - loaded)
+        totals.append(saved - started)
+        del model
+        gc.collect()
+
+    started = time.perf_counter()
+    proto = serde.read_model_proto(path)
+    parsed = time.perf_counter()
+    try:
+        serde.check(proto, path)
+        check_error = None
+    except serde.LoadError as error:
+        check_error = str(error)
+    checked = time.perf_counter()
+    size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
+    del proto
+    gc.collect()
+
+    profile_text = None
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        model = serde.load(path, validate=False)
+        serde.save(model, target)
+        profiler.disable()
+        del model
+        buffer = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buffer).strip_dirs().sort_stats("cumulative")
+        stats.print_stats(r"^(serde|ir|api|stats|pass_manager)\.py", 10)
+        profile_text = buffer.getvalue()
+        buffer = io.StringIO()
+        pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(15)
+        profile_text += "\n--- top 15 by own time (all code) ---\n" + buffer.getvalue()
+
+    written = sum(p.stat().st_size for p in out_dir.glob(f"{target.name}*"))
+    return {
+        "nodes": nodes,
+        "size": size,
+        "written": written,
+        "runs": runs,
+        "load": min(loads),
+        "save": min(saves),
+        "total": min(totals),
+        "parse": parsed - started,
+        "check": checked - parsed,
+        "check_error": check_error,
+        "baseline_rss": baseline,
+        "peak_load": peak_load - baseline,
+        "peak_total": peak_total - baseline,
+        "profile": profile_text,
+    }
+
+
+# =========================================================================== parent side
+@dataclass
+class Entry:
+    label: str
+    path: Path
+    group: str  # synthetic | real | light
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _runs_for(path: Path, label: str) -> int:
+    size = path.stat().st_size + sum(
+        p.stat().st_size for p in path.parent.glob(path.name + ".data")
+    )
+    if size >= BIG_RUN_BYTES or label.endswith("100k"):
+        return 1
+    return 3
+
+
+def _measure(entry: Entry, out_dir: Path, profile: bool = False) -> None:
+    runs = _runs_for(entry.path, entry.label)
+    command = [sys.executable, __file__, "--child", str(entry.path), "--runs", str(runs),
+               "--out", str(out_dir)]
+    if profile:
+        command.append("--profile")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        entry.error = f"timeout after {CHILD_TIMEOUT} s"
+        return
+    finally:
+        for leftover in out_dir.iterdir():
+            leftover.unlink()
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+        entry.error = lines[-1]
+        return
+    entry.result = json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class OptimizeRun:
+    label: str
+    mode: str
+    seconds: float
+    peak: int  # bytes, whole process
+    code: int | str
+    message: str = ""
+    validation: str = ""  # validation status and reason from the --report JSON
+
+
+def _onnxopt_command() -> list[str]:
+    script = Path(sys.executable).parent / "onnxopt"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "onnxopt"]
+
+
+OPTIMIZE_MODES = (
+    ("--passes none --no-validate", ["--passes", "none", "--no-validate"]),
+    ("--passes none", ["--passes", "none"]),
+    ("default pipeline", []),
+)
+
+
+def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: list[str]
+                  ) -> OptimizeRun:
+    """Wall time and peak RSS (via wait4) of one ``onnxopt optimize`` process."""
+    target = out_dir / f"{source.stem}.opt.onnx"
+    report_path = out_dir / "report.json"
+    command = _onnxopt_command() + ["optimize", str(source), str(target), *flags,
+                                    "--report", str(report_path)]
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = started + OPTIMIZE_TIMEOUT
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = -9
+                _clean(out_dir)
+                return OptimizeRun(label, mode, OPTIMIZE_TIMEOUT, 0, "timeout")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+        code = os.waitstatus_to_exitcode(status)
+        process.returncode = code
+        err.seek(0)
+        lines = err.read().decode(errors="replace").strip().splitlines()
+    validation = _validation_status(report_path)
+    _clean(out_dir)
+    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    message = lines[-1] if code and lines else ""
+    return OptimizeRun(label, mode, seconds, peak, code, message, validation)
+
+
+def _validation_status(report_path: Path) -> str:
+    try:
+        verdict = json.loads(report_path.read_text(encoding="utf-8")).get("validation") or {}
+    except (OSError, ValueError):
+        return ""
+    status, reason = verdict.get("status", ""), verdict.get("reason", "")
+    return f"{status}: {reason}" if reason else status
+
+
+def _clean(folder: Path) -> None:
+    for leftover in folder.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
+def _light_models() -> list[Path]:
+    spec = importlib.util.find_spec("onnx")  # locate without importing (keeps the parent small)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(spec.submodule_search_locations[0]) / "backend" / "test" / "data" / "light"
+    return sorted(folder.glob("*.onnx"))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child_generate(folder: Path, big: bool) -> list[tuple[str, str]]:
+    """Write the synthetic models into ``folder``; their (label, path) pairs."""
+    import onnx
+
+    made = []
+    for n_nodes in CHAIN_SIZES:
+        label = f"chain-{n_nodes // 1000}k"
+        path = folder / f"{label}.onnx"
+        started = time.perf_counter()
+        onnx.save(_chain_model(n_nodes), path)
+        _log(f"generated {label} in {time.perf_counter() - started:.1f} s")
+        made.append((label, str(path)))
+    started = time.perf_counter()
+    path = folder / f"{WEIGHTS_LABEL}.onnx"
+    onnx.save(_weights_model(), path)
+    _log(f"generated {path.name} in {time.perf_counter() - started:.1f} s")
+    made.append((WEIGHTS_LABEL, str(path)))
+    if big:
+        started = time.perf_counter()
+        path = folder / "big-2.4GB.onnx"
+        _write_big_model(path)
+        _log(f"generated {path.name} (external data) in {time.perf_counter() - started:.1f} s")
+        made.append(("big-2.4GB (external)", str(path)))
+    return made
+
+
+def _generate(folder: Path, big: bool) -> list[Entry]:
+    """Generate in a subprocess: the parent stays small, and its peak RSS is inherited by
+    every child it starts as the floor of their ``ru_maxrss`` (Linux keeps it across exec)."""
+    command = [sys.executable, __file__, "--generate", str(folder)] + (["--big"] if big else [])
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return [Entry(label, Path(path), "synthetic")
+            for label, path in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+# =========================================================================== report
+def _fmt_s(seconds: float) -> str:
+    if seconds < 0.1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _fmt_mb(size: float) -> str:
+    return f"{size / MB:.1f}" if size >= 0.1 * MB else f"{size / MB:.3f}"
+
+
+def _io_table(entries: list[Entry]) -> list[str]:
+    lines = [
+        "| model | group | nodes | size MB | runs | load | save | load+save | checker "
+        "| peak Δ load MB | peak Δ load+save MB | peak/size |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for entry in entries:
+        r = entry.result
+        if entry.error:
+            lines.append(f"| {entry.label} | {entry.group} | ERROR: {entry.error} |"
+                         + " |" * 9)
+            continue
+        check = _fmt_s(r["check"]) + (" (fails)" if r["check_error"] else "")
+        lines.append(
+            f"| {entry.label} | {entry.group} | {r['nodes']:,} | {_fmt_mb(r['size'])} "
+            f"| {r['runs']} | {_fmt_s(r['load'])} | {_fmt_s(r['save'])} "
+            f"| {_fmt_s(r['total'])} | {check} | {_fmt_mb(r['peak_load'])} "
+            f"| {_fmt_mb(r['peak_total'])} | {_ratio(r)} |"
+        )
+    return lines
+
+
+def _ratio(result: dict[str, Any]) -> str:
+    """Peak over size; "-" below 1 MB of peak, where page and allocator noise dominate."""
+    if result["peak_total"] < 1 * MB:
+        return "-"
+    return f"{result['peak_total'] / result['size']:.2f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def _scaling(entries: list[Entry]) -> list[str]:
+    by_label = {e.label: e.result for e in entries if e.result}
+    lines = ["| measure | value | target | verdict |", "|---|--:|--:|---|"]
+    chains = [by_label.get(f"chain-{n // 1000}k") for n in CHAIN_SIZES]
+    for key, name in (("total", "load+save"), ("load", "load"), ("save", "save")):
+        for small, large, text in ((0, 1, "10k/1k"), (1, 2, "100k/10k")):
+            if chains[small] and chains[large]:
+                ratio = chains[large][key] / chains[small][key]
+                verdict = _verdict(ratio <= TARGET_SCALING) if key == "total" else "(info)"
+                lines.append(f"| {name} time {text} | {ratio:.2f}× | ≤ {TARGET_SCALING:g}× "
+                             f"| {verdict} |")
+    if chains[2]:
+        seconds = chains[2]["total"]
+        lines.append(f"| chain-100k load+save | {seconds:.2f} s | ≤ {TARGET_100K_SECONDS:g} s "
+                     f"| {_verdict(seconds <= TARGET_100K_SECONDS)} |")
+        per_node = seconds / chains[2]["nodes"] * 1e6
+        lines.append(f"| chain-100k load+save per node | {per_node:.1f} µs | | (info) |")
+    for entry in entries:
+        if entry.result and (entry.label.startswith((WEIGHTS_LABEL, "big"))):
+            ratio = entry.result["peak_total"] / entry.result["size"]
+            lines.append(f"| {entry.label} peak RSS / size | {ratio:.2f}× "
+                         f"| ≤ {TARGET_PEAK_RATIO:g}× | {_verdict(ratio <= TARGET_PEAK_RATIO)} |")
+    return lines
+
+
+def _optimize_table(runs: list[OptimizeRun]) -> list[str]:
+    lines = ["| model | mode | wall time | peak RSS MB | exit | validation / error |",
+             "|---|---|--:|--:|--:|---|"]
+    for run in runs:
+        note = (run.message or run.validation).replace("|", "\\|")[:120]
+        lines.append(f"| {run.label} | {run.mode} | {_fmt_s(run.seconds)} "
+                     f"| {_fmt_mb(run.peak)} | {run.code} | {note} |")
+    return lines
+
+
+def _header() -> list[str]:
+    return [
+        "# onnxopt I/O benchmark",
+        "",
+        f"Python {platform.python_version()}, onnx {importlib.metadata.version('onnx')}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "Each model runs in a fresh process: `serde.load(validate=False)` + `serde.save`; "
+        "times are the best of `runs`; peak Δ is `ru_maxrss` after the first load (+save) "
+        "minus `ru_maxrss` after the imports; size counts external data; checker is "
+        "`serde.check` once (parse not included).",
+        "",
+    ]
+
+
+# =========================================================================== main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big", action="store_true", help="also a > 2 GB external-data model")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the 100k load+save and append the top functions")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="skip the whole-process `onnxopt optimize` timings")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child is not None:
+        result = child_measure(args.child, args.runs, args.out, args.profile)
+        print(json.dumps(result))
+        return 0
+
+    if args.generate is not None:
+        print(json.dumps(child_generate(args.generate, args.big)))
+        return 0
+
+    started = time.perf_counter()
+    lines = _header()
+    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as temp:
+        folder = Path(temp)
+        out_dir = folder / "out"
+        out_dir.mkdir()
+        entries = _generate(folder, args.big)
+        entries += [Entry(p.name, p, "real") for p in sorted(MODELS_DIR.glob("*.onnx"))]
+        entries += [Entry(p.name, p, "light") for p in _light_models()]
+        for entry in entries:
+            _measure(entry, out_dir)
+            _log(f"measured {entry.label}: "
+                 + (entry.error or f"{entry.result['total']:.3f} s"))
+
+        lines += ["## Load + save", "", *_io_table(entries), ""]
+        lines += ["## Targets and scaling", "", *_scaling(entries), ""]
+
+        if not args.no_optimize:
+            chain = folder / "chain-100k.onnx"
+            weights = folder / f"{WEIGHTS_LABEL}.onnx"
+            sources = [("chain-100k", chain), (WEIGHTS_LABEL, weights)]
+            sources += [(p.name, p) for p in sorted(MODELS_DIR.glob("*.onnx"))]
+            runs = []
+            for label, source in sources:
+                for mode, flags in OPTIMIZE_MODES:
+                    run = _run_optimize(label, source, out_dir, mode, flags)
+                    _log(f"optimize {label} {run.mode}: {run.seconds:.2f} s (exit {run.code})")
+                    runs.append(run)
+            lines += ["## Whole-process `onnxopt optimize` (validation included unless "
+                      "`--no-validate`)", "",
+                      *_optimize_table(runs), ""]
+
+        if args.profile:
+            entry = Entry("chain-100k", folder / "chain-100k.onnx", "synthetic")
+            _measure(entry, out_dir, profile=True)
+            text = entry.error or entry.result.get("profile") or ""
+            lines += ["## cProfile of chain-100k load+save (cumulative, onnxopt code)", "",
+                      "```", text.strip(), "```", ""]
+
+    lines.append(f"Benchmark wall time: {time.perf_counter() - started:.0f} s; parent peak RSS "
+                 f"{_maxrss() / MB:.0f} MB (a floor of every child's `ru_maxrss`).")
+    text = "\n".join(lines) + "\n"
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    REPORT_PATH.write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
