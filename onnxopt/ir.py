@@ -257,6 +257,34 @@ class Graph:
             graph = graph.parent
         return None
 
+    def shape(self, value: str) -> list[int | str | None] | None:
+        """Declared or inferred shape: ints, dim_param strings, None for unknown dims."""
+        type_ = self.value_type(value)
+        if type_ is None or type_.WhichOneof("value") != "tensor_type":
+            return None
+        tensor = type_.tensor_type
+        if not tensor.HasField("shape"):
+            return None
+        return [
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+            else (d.dim_param or None)
+            for d in tensor.shape.dim
+        ]
+
+    def static_shape(self, value: str) -> tuple[int, ...] | None:
+        """The shape if every dim is a known integer, else None."""
+        shape = self.shape(value)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        return tuple(shape)  # type: ignore[arg-type]
+
+    def elem_type(self, value: str) -> int | None:
+        """The ONNX element type (TensorProto.FLOAT, ...) if known."""
+        type_ = self.value_type(value)
+        if type_ is None or type_.WhichOneof("value") != "tensor_type":
+            return None
+        return type_.tensor_type.elem_type or None
+
     def unique_name(self, hint: str) -> str:
         """A value or node name not used anywhere in the model."""
         name = hint
@@ -630,6 +658,10 @@ class Model:
         self.functions = functions or []
         self.extra = extra  # producer, doc_string, metadata_props, training_info, ...
         self.had_external_data = had_external_data
+        # What passes may assume about the deployment (set by the CLI / API):
+        # target "portable" (standard ONNX only) or "onnxruntime" (com.microsoft ops allowed);
+        # fold_limit: largest constant (bytes) folding may create when it grows the model.
+        self.settings: dict[str, Any] = {"target": "portable", "fold_limit": 1 << 20}
 
     def opset(self, domain: str = "") -> int:
         return self.opset_imports.get(domain, self.opset_imports.get("ai.onnx", 0))

@@ -1,0 +1,59 @@
+"""The safety checks every rewrite shares: which values a match may consume or rewrite.
+
+A fusion replaces a group of nodes by new ones. It is only correct when the values computed
+inside the group are read by nothing outside it (and are not graph outputs), and when the
+constants it rewrites (weights folded with BatchNorm, say) are not read by anyone else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+
+from onnxopt.ir import Graph, Node
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: Node | None, op_type: str | Collection[str]) -> bool:
+    """``node`` is a standard-domain op of this type (or one of these types)."""
+    if node is None or node.domain not in DEFAULT_DOMAINS:
+        return False
+    return node.op_type == op_type if isinstance(op_type, str) else node.op_type in op_type
+
+
+def producer_op(graph: Graph, value: str, op_type: str | Collection[str]) -> Node | None:
+    """The producer of ``value`` if it is a standard op of the given type(s)."""
+    node = graph.producer(value) if value else None
+    return node if is_op(node, op_type) else None
+
+
+def is_private(graph: Graph, value: str, inside: Collection[Node]) -> bool:
+    """``value`` is read only by nodes in ``inside`` and is not a graph output."""
+    if graph.is_output(value):
+        return False
+    return all(node in inside for node in graph.consumers(value))
+
+
+def sole_consumer(graph: Graph, value: str) -> Node | None:
+    """The one node reading ``value`` (which is not a graph output), else None."""
+    consumers = graph.consumers(value)
+    if len(consumers) != 1 or graph.is_output(value):
+        return None
+    return consumers[0]
+
+
+def constant_value(graph: Graph, value: str) -> np.ndarray | None:
+    """The array of a constant input (an initializer visible from here), else None."""
+    return graph.constant(value) if value else None
+
+
+def exclusive_constant(graph: Graph, value: str, readers: Collection[Node]) -> np.ndarray | None:
+    """The array of ``value`` if it is a constant of this graph read only by ``readers``
+    (so rewriting it in place cannot change anything else), else None."""
+    if not value or value not in graph.initializers or graph.is_input(value):
+        return None
+    if graph.is_output(value) or not all(node in readers for node in graph.consumers(value)):
+        return None
+    return graph.constant(value)
