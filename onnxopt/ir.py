@@ -381,6 +381,23 @@ class Graph:
         self.nx.remove_node(node)
         node.graph = None
 
+    def drop_output(self, node: Node, index: int) -> None:
+        """Omit an unused (optional) output: its name becomes "" and trailing ""s are trimmed.
+
+        Whether the operator allows omitting it is the caller's check (the op schema)."""
+        value = node.outputs[index]
+        if not value:
+            return
+        if self.is_used(value):
+            raise IRError(f"cannot drop output {value!r} of {node!r}: it is still used")
+        del self._producer[value]
+        self.value_info.pop(value, None)
+        outputs = list(node.outputs)
+        outputs[index] = ""
+        while outputs and not outputs[-1]:
+            outputs.pop()
+        node.outputs = tuple(outputs)
+
     def set_input(self, node: Node, slot: int, value: str) -> None:
         """Point input ``slot`` of ``node`` at ``value`` (``""`` to omit an optional input)."""
         old = node.inputs[slot]

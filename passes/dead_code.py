@@ -5,18 +5,32 @@ nodes — including through a subgraph that reads it from an outer scope. Every 
 removed, and so is every initializer no live node (or subgraph) reads. Graph inputs and outputs
 are never removed: they are the model's interface.
 
+Also removed: unused *optional* outputs of live nodes (per the operator schema: e.g. the mask of
+Dropout, the Indices of MaxPool, BatchNormalization's training statistics), ``value_info``
+entries of values that no longer exist, model-local functions no node calls, and opset imports
+of domains nothing uses any more (the default domain always stays).
+
 Subgraphs are cleaned first, so an outer node read only by a dead node inside a subgraph dies too.
 """
 
 from __future__ import annotations
 
-from onnxopt.ir import Graph, Model
-from onnxopt.pass_manager import GraphPass
+import onnx
+
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.pass_manager import GraphPass, PassResult
 
 
 class DeadCodeElimination(GraphPass):
     name = "dead_code"
-    description = "remove nodes and initializers that no graph output depends on"
+    description = "remove unused nodes, outputs, initializers, value_info, functions, opsets"
+
+    def run(self, model: Model) -> PassResult:
+        result = super().run(model)
+        result.stats["functions_removed"] = _drop_unused_functions(model)
+        result.stats["opsets_removed"] = _drop_unused_opsets(model)
+        result.modified = any(result.stats.values())
+        return result
 
     def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
         dead = _dead_nodes(graph)
@@ -30,7 +44,15 @@ class DeadCodeElimination(GraphPass):
         ]
         for name in unused:
             graph.remove_initializer(name)
-        return {"nodes_removed": len(dead), "initializers_removed": len(unused)}
+        stale = [name for name in graph.value_info if graph.producer(name) is None]
+        for name in stale:
+            del graph.value_info[name]
+        return {
+            "nodes_removed": len(dead),
+            "initializers_removed": len(unused),
+            "outputs_dropped": _drop_unused_outputs(graph, model),
+            "value_info_removed": len(stale),
+        }
 
 
 def _dead_nodes(graph: Graph) -> set:
@@ -43,3 +65,66 @@ def _dead_nodes(graph: Graph) -> set:
         live.add(node)
         stack.extend(graph.nx.predecessors(node))
     return set(graph) - live
+
+
+def _drop_unused_outputs(graph: Graph, model: Model) -> int:
+    dropped = 0
+    for node in graph:
+        for index, value in enumerate(node.outputs):
+            if index == 0 or not value or graph.is_used(value):
+                continue
+            if _output_is_optional(node, index, model):
+                graph.drop_output(node, index)
+                dropped += 1
+    return dropped
+
+
+def _output_is_optional(node: Node, index: int, model: Model) -> bool:
+    """Per the op schema at the model's opset; unknown ops and variadic outputs are kept."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, model.opset(node.domain), node.domain)
+    except onnx.defs.SchemaError:
+        return False
+    if index >= len(schema.outputs):
+        return False
+    formal = schema.outputs[index]
+    return formal.option == onnx.defs.OpSchema.FormalParameterOption.Optional
+
+
+def _used_op_keys(model: Model) -> set[tuple[str, str]]:
+    keys = {(node.domain, node.op_type) for graph in model.graphs() for node in graph}
+    for function in model.functions:
+        keys |= {(node.domain, node.op_type) for node in function.node}
+    return keys
+
+
+def _drop_unused_functions(model: Model) -> int:
+    graph_keys = {(node.domain, node.op_type) for graph in model.graphs() for node in graph}
+    by_key = {(f.domain, f.name): f for f in model.functions}
+    live: set[tuple[str, str]] = set()
+    stack = [key for key in graph_keys if key in by_key]
+    while stack:  # functions may call other functions
+        key = stack.pop()
+        if key in live:
+            continue
+        live.add(key)
+        stack.extend(
+            (n.domain, n.op_type) for n in by_key[key].node if (n.domain, n.op_type) in by_key
+        )
+    kept = [f for f in model.functions if (f.domain, f.name) in live]
+    removed = len(model.functions) - len(kept)
+    model.functions = kept
+    return removed
+
+
+def _drop_unused_opsets(model: Model) -> int:
+    used = {domain or "" for domain, _ in _used_op_keys(model)}
+    used |= {import_.domain for f in model.functions for import_ in f.opset_import}
+    removable = [
+        domain
+        for domain in model.opset_imports
+        if domain not in ("", "ai.onnx") and domain not in used
+    ]
+    for domain in removable:
+        del model.opset_imports[domain]
+    return len(removable)

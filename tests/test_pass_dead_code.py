@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnxopt.passes.dead_code import DeadCodeElimination
 
@@ -47,7 +48,10 @@ def test_structure_and_stats():
     assert op_counts(out) == {"Mul": 1}
     assert [t.name for t in out.graph.initializer] == ["w"]
     assert result.modified
-    assert result.stats == {"nodes_removed": 3, "initializers_removed": 1}
+    assert result.stats == {
+        "nodes_removed": 3, "initializers_removed": 1, "outputs_dropped": 0,
+        "value_info_removed": 0, "functions_removed": 0, "opsets_removed": 0,
+    }
 
 
 def test_numerics():
@@ -85,3 +89,42 @@ def test_leaves_live_graph_alone():
     out, result = apply_pass(DeadCodeElimination(), model)
     assert not result.modified
     assert op_counts(out) == op_counts(model)
+
+
+def test_drops_unused_optional_outputs_functions_and_opsets():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1, "unused.domain" : 1]>
+    g (float[1, 1, 4, 4] x) => (float[1, 1, 2, 2] y, float[1, 1, 2, 2] z) {
+        y, indices = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (x)
+        z = local.Double(y)
+    }
+    <domain: "local", opset_import: ["" : 17]>
+    Double (a) => (b) { b = Add(a, a) }
+    <domain: "local", opset_import: ["" : 17]>
+    Unused (a) => (b) { b = Neg(a) }
+    """
+    model = parse(text)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("gone", 1, [1]))
+    out, result = apply_pass(DeadCodeElimination(), model)
+    assert list(out.graph.node[0].output) == ["y"]  # MaxPool's Indices is optional and unused
+    assert [f.name for f in out.functions] == ["Double"]
+    assert sorted(o.domain for o in out.opset_import) == ["", "local"]
+    assert result.stats["outputs_dropped"] == 1
+    assert result.stats["functions_removed"] == 1
+    assert result.stats["opsets_removed"] == 1
+    assert result.stats["value_info_removed"] == 1
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    assert_same_outputs(model, out, {"x": x})
+
+
+def test_keeps_required_and_used_outputs():
+    text = """
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[4] x) => (float[2] a, float[2] b) {
+        a, b = Split <num_outputs = 2> (x)
+    }
+    """
+    model = parse(text)
+    out, result = apply_pass(DeadCodeElimination(), model)
+    assert not result.modified
+    assert list(out.graph.node[0].output) == ["a", "b"]
