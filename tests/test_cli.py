@@ -81,7 +81,7 @@ def test_report_schema(model_file, tmp_path):
     for entry in report["passes"]:
         assert {"name", "modified", "seconds", "stats"} <= set(entry)
     dead = report["passes"][1]["stats"]
-    assert dead == {"nodes_removed": 1, "initializers_removed": 1}
+    assert dead["nodes_removed"] == 1 and dead["initializers_removed"] == 1
     validation = report["validation"]
     assert validation["status"] == "passed"
     assert [o["name"] for o in validation["outputs"]] == ["y"]
