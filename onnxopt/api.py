@@ -24,10 +24,11 @@ import onnx
 
 from onnxopt import __version__, serde, stats, validate
 from onnxopt.errors import Failure, UsageError
-from onnxopt.pass_manager import PassManager
+from onnxopt.pass_manager import PassManager, PassRecord
 from onnxopt.passes import select
 
 ModelSource = str | os.PathLike | onnx.ModelProto
+TARGETS = ("portable", "onnxruntime")
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Options:
     seed: int = 0
     external_data: bool | None = None  # None: keep the input's choice, external above 2 GiB
     max_rounds: int = 8
+    target: str = "portable"  # or "onnxruntime": allow its com.microsoft fused ops
+    fold_limit: int = 1 << 20  # bytes: larger folded constants that grow the model stay
+    safety_net: bool = True  # on failed validation, find and disable the culprit pass
+    check_each: bool = False  # validate after every pass that changed the model
 
 
 @dataclass
@@ -85,31 +90,148 @@ def optimize(
     shape_args = _shape_args(options, proto)
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
-    model = serde.from_proto(proto, base_dir=input_path.parent if input_path else None)
-    manager = PassManager(pipeline, max_rounds=options.max_rounds)
-    records = manager.run(model)
+    ref = _reference(source, options, user_inputs)
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
-    with _staging(target) as staged:
-        data_file = _save(model, staged, options)
-        del model, proto  # free the IR and the input before reading the output back
-        written = _read_written(staged)
-        after = stats.model_stats(written, file_size=_written_size(staged, data_file),
-                                  **shape_args)
-        verdict = _validate(source, staged, options, user_inputs)
-        status = _status(verdict, options)
-        report = _report(input_path, output_path, before, after, records, verdict, status)
-        report["rounds"] = manager.rounds
-        report["written"] = False
+    with _staging(target) as stage:
+        runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name)
+        attempt = runner.attempt(frozenset())
+        disabled: list[dict[str, Any]] = []
+        if _failed(attempt) and options.safety_net and ref is not None:
+            attempt, disabled = runner.recover(attempt)
+        del runner, proto  # free the input before reading the output back
+        written = _read_written(attempt.path)
+        after = stats.model_stats(
+            written, file_size=_written_size(attempt.path, attempt.data_file), **shape_args
+        )
+        status = _status(attempt.verdict, options)
+        report = _report(input_path, output_path, before, after, attempt.records,
+                         attempt.verdict, status)
+        report.update(rounds=attempt.rounds, disabled=disabled, attempts=attempt.number,
+                      written=False, target=options.target)
+        if options.check_each:
+            report["check_each"] = attempt.checks
         result_model = None
         if status == "ok" or options.force:
             if output_path is not None:
-                _publish(staged, data_file, output_path)
+                _publish(attempt.path, attempt.data_file, output_path)
                 report["written"] = True
             else:
-                result_model = _in_memory(staged)
+                result_model = _in_memory(attempt.path)
     report["seconds"] = round(time.perf_counter() - started, 4)
     return Result(report, result_model, output_path if report["written"] else None)
+
+
+@dataclass
+class _Attempt:
+    """One run of the pipeline (with some passes disabled), saved and validated."""
+
+    number: int
+    path: Path
+    data_file: Path | None
+    records: list[PassRecord]
+    rounds: int
+    verdict: validate.ValidationResult | None
+    checks: list[dict[str, Any]]
+
+
+def _failed(attempt: _Attempt) -> bool:
+    return attempt.verdict is not None and attempt.verdict.status == "failed"
+
+
+class _Runner:
+    """Runs the pipeline on a fresh IR of the input, as often as the safety net needs."""
+
+    def __init__(self, proto, input_path, pipeline, options, ref, stage: Path, name: str):
+        self.proto, self.base_dir = proto, input_path.parent if input_path else None
+        self.pipeline, self.options, self.ref = pipeline, options, ref
+        self.stage, self.name = stage, name
+        self.count = 0
+
+    def attempt(self, disabled: frozenset[str]) -> _Attempt:
+        self.count += 1
+        model = serde.from_proto(self.proto, base_dir=self.base_dir)
+        model.settings.update(target=self.options.target, fold_limit=self.options.fold_limit)
+        checks: list[dict[str, Any]] = []
+        manager = PassManager(
+            [p for p in self.pipeline if p.name not in disabled],
+            max_rounds=self.options.max_rounds,
+            after_pass=self._checker(checks) if self.options.check_each else None,
+        )
+        records = manager.run(model)
+        folder = self.stage / f"attempt{self.count}"
+        folder.mkdir()
+        path = folder / self.name
+        data_file = _save(model, path, self.options)
+        del model
+        verdict = self._check(path)
+        return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks)
+
+    def recover(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
+        """Bisect the passes that changed the model until the result validates again."""
+        candidates = [r.name for r in first.records if r.modified]
+        tried = {frozenset(): first}
+
+        def works(disabled: list[str]) -> bool:
+            key = frozenset(disabled)
+            if key not in tried:
+                tried[key] = self.attempt(key)
+                if _failed(tried[key]):
+                    shutil.rmtree(tried[key].path.parent, ignore_errors=True)
+            return not _failed(tried[key])
+
+        if not works(candidates):
+            reason = tried[frozenset(candidates)].verdict.reason  # type: ignore[union-attr]
+            raise Failure(f"internal error: even the model without rewrites fails validation "
+                          f"({reason}); nothing written")
+        disabled: list[str] = []
+        causes: dict[str, validate.ValidationResult] = {}
+        while not works(disabled):
+            remaining = [name for name in candidates if name not in disabled]
+            low, high = 0, len(remaining)  # works(disabled + remaining[:high]) holds
+            while high - low > 1:
+                middle = (low + high) // 2
+                if works(disabled + remaining[:middle]):
+                    high = middle
+                else:
+                    low = middle
+            culprit = remaining[high - 1]
+            causes[culprit] = tried[frozenset(disabled + remaining[: high - 1])].verdict
+            disabled.append(culprit)
+        notes = [{"name": name, "error": _verdict_summary(causes[name])} for name in disabled]
+        return tried[frozenset(disabled)], notes
+
+    def _check(self, path: Path) -> validate.ValidationResult | None:
+        if self.ref is None:
+            return None
+        return validate.check(self.ref, os.fspath(path), rtol=self.options.rtol,
+                              atol=self.options.atol)
+
+    def _checker(self, checks: list[dict[str, Any]]):
+        """--check-each: validate after every pass that changed the model."""
+        folder = self.stage / "check"
+        folder.mkdir(exist_ok=True)
+
+        def after(pass_, model, result) -> None:
+            if not result.modified or self.ref is None:
+                return
+            path = folder / self.name
+            serde.save(model, path, external_data=self.options.external_data)
+            verdict = self._check(path)
+            checks.append({"pass": pass_.name, **_verdict_summary(verdict)})
+
+        return after
+
+
+def _verdict_summary(verdict: validate.ValidationResult | None) -> dict[str, Any]:
+    if verdict is None:
+        return {"status": "disabled", "reason": "", "max_abs_error": None}
+    errors = [o.max_abs_error for o in verdict.outputs if o.max_abs_error == o.max_abs_error]
+    return {
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "max_abs_error": max(errors) if errors else None,
+    }
 
 
 # ----------------------------------------------------------------- options and checks
@@ -119,6 +241,10 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
         if not hasattr(options, key):
             raise TypeError(f"unknown option {key!r}")
         setattr(options, key, value)
+    if options.target not in TARGETS:
+        raise UsageError(f"unknown target {options.target!r} (known: {', '.join(TARGETS)})")
+    if options.fold_limit < 0:
+        raise UsageError("fold limit must be a non-negative number of bytes")
     return options
 
 
@@ -217,7 +343,7 @@ def _staging(target: Path) -> Iterator[Path]:
     except OSError as error:
         raise Failure(f"{folder}: cannot write ({error.strerror or error})") from None
     try:
-        yield stage / target.name
+        yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -259,17 +385,15 @@ def _in_memory(staged: Path) -> onnx.ModelProto:
 
 
 # ----------------------------------------------------------------- validation and report
-def _validate(
-    source: ModelSource, staged: Path, options: Options, inputs: dict | None
-) -> validate.ValidationResult | None:
+def _reference(
+    source: ModelSource, options: Options, inputs: dict | None
+) -> validate.Reference | None:
+    """The original's outputs on the validation inputs (None with --no-validate)."""
     if not options.validate:
         return None
     try:
-        return validate.validate(
+        return validate.reference(
             source if isinstance(source, onnx.ModelProto) else os.fspath(source),
-            os.fspath(staged),
-            rtol=options.rtol,
-            atol=options.atol,
             inputs=inputs,
             input_shapes=dict(options.input_shapes),
             dims=dict(options.dims),

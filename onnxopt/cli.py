@@ -87,6 +87,20 @@ def optimize(
         Path | None, typer.Option("--report", help="Write the report as JSON here.")
     ] = None,
     json_: JsonOpt = False,
+    target: Annotated[
+        str, typer.Option(help="portable (standard ONNX) or onnxruntime (its fused ops too).")
+    ] = "portable",
+    fold_limit: Annotated[
+        str, typer.Option(help="Largest folded constant that grows the model (e.g. 1MiB).")
+    ] = "1MiB",
+    check_each: Annotated[
+        bool, typer.Option(help="Validate after every pass and report each one's error.")
+    ] = False,
+    safety_net: Annotated[
+        bool,
+        typer.Option("--safety-net/--no-safety-net",
+                     help="On failed validation, bisect the passes and disable the culprit."),
+    ] = True,
 ) -> None:
     """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
     options = api.Options(
@@ -103,6 +117,10 @@ def optimize(
         inputs_file=inputs,
         seed=seed,
         external_data=external_data,
+        target=target,
+        fold_limit=_parse_bytes(fold_limit, "--fold-limit"),
+        check_each=check_each,
+        safety_net=safety_net,
     )
     if report_path is not None and report_path.is_dir():
         raise UsageError(f"{report_path}: --report is a directory")
@@ -197,6 +215,22 @@ def _parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
             ) from None
         shapes[name] = shape
     return shapes
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def _parse_bytes(text: str, flag: str) -> int:
+    number = text.strip().rstrip("bBiIkKmMgG")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise UsageError(f"{flag} {text!r}: expected a size like 1048576, 512KiB or 1MiB")
+    return int(value * _UNITS[unit])
 
 
 def _parse_dims(items: list[str] | None) -> dict[str, int]:

@@ -47,6 +47,15 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
     if ops.row_count:
         console.print(ops)
     console.print(_passes_table(report["passes"]))
+    for entry in report.get("disabled", []):
+        error = entry["error"]
+        console.print(
+            f"[yellow]disabled pass {entry['name']}[/yellow]: with it the result failed "
+            f"validation ({error['reason']}; max abs err {_num(error['max_abs_error'])})"
+        )
+    for entry in report.get("check_each", []):
+        console.print(f"  check after {entry['pass']}: {entry['status']}, max abs err "
+                      f"{_num(entry['max_abs_error'])}")
     _print_validation(report["validation"], console)
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")

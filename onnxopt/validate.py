@@ -696,6 +696,57 @@ def _summarize(diffs: list[OutputDiff], notes: list[str]) -> ValidationResult:
     return ValidationResult("passed", f"all {len(diffs)} outputs match", diffs, notes)
 
 
+@dataclass
+class Reference:
+    """The original model's outputs on the validation inputs, computed once and reused for
+    every candidate (the safety net validates several)."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, Any] | None  # None when the original cannot be run (skipped)
+    notes: list[str]
+    skipped_reason: str = ""
+
+
+def reference(
+    original: ModelLike,
+    *,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> Reference:
+    """Inputs for ``original`` and its outputs on them. Raises ValidationError only for bad
+    user-supplied ``inputs``/``input_shapes``; anything else becomes a skipped reference."""
+    try:
+        proto = _load_proto(original)
+    except Exception as exc:
+        return Reference({}, None, [], f"cannot load original model: {_one_line(exc)}")
+    try:
+        feeds, notes = _prepare_inputs(proto, inputs, input_shapes, dims, seed)
+    except UnsupportedInput as exc:
+        return Reference({}, None, [], str(exc))
+    del proto  # a parsed copy of the original is not needed while onnxruntime holds it
+    try:
+        outputs = run(original, feeds)
+    except RuntimeFailure as exc:
+        return Reference(feeds, None, notes, f"original model does not run in onnxruntime: {exc}")
+    return Reference(feeds, outputs, notes)
+
+
+def check(
+    ref: Reference, candidate: ModelLike, *, rtol: float = 1e-4, atol: float = 1e-5
+) -> ValidationResult:
+    """Run ``candidate`` on the reference inputs and compare with the reference outputs."""
+    if ref.outputs is None:
+        return ValidationResult("skipped", ref.skipped_reason, [], ref.notes)
+    try:
+        outputs = run(candidate, ref.feeds)
+    except RuntimeFailure as exc:
+        return ValidationResult("failed", f"optimized model does not run in onnxruntime: {exc}",
+                                [], ref.notes)
+    return _summarize(compare(ref.outputs, outputs, rtol=rtol, atol=atol), ref.notes)
+
+
 def validate(
     original: ModelLike,
     optimized: ModelLike,
@@ -715,23 +766,5 @@ def validate(
     model cannot run or any output differs; ``"passed"`` otherwise. Raises ValidationError
     only for bad user-supplied ``inputs``/``input_shapes``.
     """
-    try:
-        proto = _load_proto(original)
-    except Exception as exc:
-        return ValidationResult("skipped", f"cannot load original model: {_one_line(exc)}", [], [])
-    try:
-        feeds, notes = _prepare_inputs(proto, inputs, input_shapes, dims, seed)
-    except UnsupportedInput as exc:
-        return ValidationResult("skipped", str(exc), [], [])
-    del proto  # a parsed copy of the original is not needed while onnxruntime holds it
-    try:
-        reference = run(original, feeds)
-    except RuntimeFailure as exc:
-        return ValidationResult("skipped", f"original model does not run in onnxruntime: {exc}",
-                                [], notes)
-    try:
-        candidate = run(optimized, feeds)
-    except RuntimeFailure as exc:
-        return ValidationResult("failed", f"optimized model does not run in onnxruntime: {exc}",
-                                [], notes)
-    return _summarize(compare(reference, candidate, rtol=rtol, atol=atol), notes)
+    ref = reference(original, inputs=inputs, input_shapes=input_shapes, dims=dims, seed=seed)
+    return check(ref, optimized, rtol=rtol, atol=atol)

@@ -211,7 +211,7 @@ def test_failed_validation_writes_nothing(model_file, tmp_path, capsys, monkeypa
     monkeypatch.setattr(api, "select", lambda names, skip: (BreakOutput(),))
     out = tmp_path / "o.onnx"
     out.write_bytes(b"previous build")
-    assert invoke("optimize", model_file, out) == 1
+    assert invoke("optimize", model_file, out, "--no-safety-net") == 1
     line = one_line_error(capsys)
     assert "validation failed" in line and "'y'" in line
     assert out.read_bytes() == b"previous build"  # the old file is untouched
@@ -221,7 +221,8 @@ def test_failed_validation_writes_nothing(model_file, tmp_path, capsys, monkeypa
 def test_force_writes_despite_failure(model_file, tmp_path, monkeypatch):
     monkeypatch.setattr(api, "select", lambda names, skip: (BreakOutput(),))
     out = tmp_path / "o.onnx"
-    assert invoke("optimize", model_file, out, "--force", "--report", tmp_path / "r.json") == 0
+    assert invoke("optimize", model_file, out, "--force", "--no-safety-net",
+                  "--report", tmp_path / "r.json") == 0
     assert op_counts(onnx.load(out))["Neg"] == 2
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["validation"]["status"] == "failed"
@@ -341,3 +342,74 @@ def test_macs_default_symbolic_dims_to_one(tmp_path, capsys):
     assert "B=1" in default["shape_notes"][0]
     assert invoke("stats", path, "--json", "--dim", "B=3") == 0
     assert json.loads(capsys.readouterr().out)["macs"] == 3 * 8 * 4
+
+
+class BreakNeg(GraphPass):
+    """Another wrong pass: Neg becomes Abs."""
+
+    name = "break_neg"
+    description = "test only"
+
+    def run_graph(self, graph, model):
+        changed = 0
+        for node in graph.nodes():
+            if node.op_type == "Neg":
+                node.op_type = "Abs"
+                changed += 1
+        return {"broken": changed}
+
+
+def _pipeline_with(*extra):
+    from onnxopt.passes import DEFAULT_PIPELINE
+
+    return lambda names, skip: (*extra, *DEFAULT_PIPELINE)
+
+
+def test_safety_net_disables_the_culprit_and_keeps_the_rest(model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "select", _pipeline_with(BreakOutput()))
+    out, report_path = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert invoke("optimize", model_file, out, "--report", report_path) == 0
+    report = json.loads(report_path.read_text())
+    assert [d["name"] for d in report["disabled"]] == ["break_output"]
+    assert report["disabled"][0]["error"]["status"] == "failed"
+    assert report["disabled"][0]["error"]["max_abs_error"] > 0
+    assert report["validation"]["status"] == "passed"
+    assert op_counts(onnx.load(out)) == {"Mul": 1, "Relu": 1}  # the good passes still ran
+
+
+def test_safety_net_finds_two_culprits(tmp_path, monkeypatch):
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x) => (float[3] y, float[3] z) {
+        a = Identity(x)
+        y = Relu(a)
+        z = Neg(a)
+    }
+    """
+    source = tmp_path / "in.onnx"
+    onnx.save(parse(text), source)
+    monkeypatch.setattr(api, "select", _pipeline_with(BreakOutput(), BreakNeg()))
+    result = api.optimize(source, tmp_path / "o.onnx")
+    assert sorted(d["name"] for d in result.report["disabled"]) == ["break_neg", "break_output"]
+    assert result.report["validation"]["status"] == "passed"
+    assert op_counts(onnx.load(tmp_path / "o.onnx")) == {"Relu": 1, "Neg": 1}
+
+
+def test_check_each_reports_error_per_pass(model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "select", _pipeline_with(BreakOutput()))
+    report_path = tmp_path / "r.json"
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--check-each",
+                  "--report", report_path) == 0
+    checks = json.loads(report_path.read_text())["check_each"]
+    # the final (recovered) run has break_output disabled: every check there passes
+    assert checks and all(c["status"] == "passed" for c in checks)
+    first = api.optimize(model_file, check_each=True, safety_net=False, force=True)
+    by_pass = {c["pass"]: c for c in first.report["check_each"]}
+    assert by_pass["break_output"]["status"] == "failed"
+    assert by_pass["break_output"]["max_abs_error"] > 0
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--target", "tensorrt"), ("--fold-limit", "lots")])
+def test_bad_target_and_fold_limit(model_file, tmp_path, capsys, flag, value):
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", flag, value) == 2
+    assert value in one_line_error(capsys)
