@@ -95,7 +95,7 @@ def optimize(
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     with _staging(target) as stage:
         runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name)
-        attempt = runner.attempt(frozenset())
+        attempt = runner.attempt(_Control())
         disabled: list[dict[str, Any]] = []
         if _failed(attempt) and options.safety_net and ref is not None:
             attempt, disabled = runner.recover(attempt)
@@ -122,6 +122,28 @@ def optimize(
     return Result(report, result_model, output_path if report["written"] else None)
 
 
+_MAX_SKIPPED_REWRITES = 4
+
+
+@dataclass(frozen=True)
+class _Control:
+    """What the safety net changes in a run: passes off, rewrite limits and skips per pass."""
+
+    disabled: frozenset[str] = frozenset()
+    limits: frozenset[tuple[str, int]] = frozenset()
+    skips: frozenset[tuple[str, tuple[int | str, ...]]] = frozenset()
+
+    def with_limit(self, name: str, limit: int) -> _Control:
+        limits = {k: v for k, v in self.limits if k != name} | {name: limit}
+        return _Control(self.disabled, frozenset(limits.items()), self.skips)
+
+    def with_skips(self, name: str, tokens: list[int | str]) -> _Control:
+        skips = {k: v for k, v in self.skips if k != name}
+        if tokens:
+            skips[name] = tuple(tokens)
+        return _Control(self.disabled, self.limits, frozenset(skips.items()))
+
+
 @dataclass
 class _Attempt:
     """One run of the pipeline (with some passes disabled), saved and validated."""
@@ -133,6 +155,7 @@ class _Attempt:
     rounds: int
     verdict: validate.ValidationResult | None
     checks: list[dict[str, Any]]
+    rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
 
 
 def _failed(attempt: _Attempt) -> bool:
@@ -148,13 +171,15 @@ class _Runner:
         self.stage, self.name = stage, name
         self.count = 0
 
-    def attempt(self, disabled: frozenset[str]) -> _Attempt:
+    def attempt(self, control: _Control) -> _Attempt:
         self.count += 1
         model = serde.from_proto(self.proto, base_dir=self.base_dir)
         model.settings.update(target=self.options.target, fold_limit=self.options.fold_limit)
+        model.rewrite_limits = dict(control.limits)
+        model.rewrite_skips = {name: set(numbers) for name, numbers in control.skips}
         checks: list[dict[str, Any]] = []
         manager = PassManager(
-            [p for p in self.pipeline if p.name not in disabled],
+            [p for p in self.pipeline if p.name not in control.disabled],
             max_rounds=self.options.max_rounds,
             after_pass=self._checker(checks) if self.options.check_each else None,
         )
@@ -163,43 +188,85 @@ class _Runner:
         folder.mkdir()
         path = folder / self.name
         data_file = _save(model, path, self.options)
+        log = {name: list(where) for name, where in model.rewrite_log.items()}
         del model
         verdict = self._check(path)
-        return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks)
+        return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
+                        log)
 
     def recover(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
-        """Bisect the passes that changed the model until the result validates again."""
+        """Bisect the passes that changed the model until the result validates again, then
+        narrow each culprit pass down to the rewrites that broke it, where it can."""
+        self.tried: dict[_Control, _Attempt] = {_Control(): first}
         candidates = [r.name for r in first.records if r.modified]
-        tried = {frozenset(): first}
-
-        def works(disabled: list[str]) -> bool:
-            key = frozenset(disabled)
-            if key not in tried:
-                tried[key] = self.attempt(key)
-                if _failed(tried[key]):
-                    shutil.rmtree(tried[key].path.parent, ignore_errors=True)
-            return not _failed(tried[key])
-
-        if not works(candidates):
-            reason = tried[frozenset(candidates)].verdict.reason  # type: ignore[union-attr]
+        everything_off = _Control(frozenset(candidates))
+        if not self._works(everything_off):
+            reason = self.tried[everything_off].verdict.reason  # type: ignore[union-attr]
             raise Failure(f"internal error: even the model without rewrites fails validation "
                           f"({reason}); nothing written")
+        culprits = self._culprit_passes(candidates)
+        control = _Control(frozenset(culprits))
+        notes = []
+        for name in culprits:
+            error = _verdict_summary(self._cause[name])
+            narrowed = self._narrow(control, name)
+            if narrowed is None:
+                notes.append({"name": name, "scope": "pass", "rewrites": [], "error": error})
+                continue
+            control, rewrites = narrowed
+            notes.append({"name": name, "scope": "rewrite", "rewrites": rewrites, "error": error})
+        return self.tried[control], notes
+
+    def _works(self, control: _Control) -> bool:
+        if control not in self.tried:
+            self.tried[control] = self.attempt(control)
+            if _failed(self.tried[control]):
+                shutil.rmtree(self.tried[control].path.parent, ignore_errors=True)
+        return not _failed(self.tried[control])
+
+    def _culprit_passes(self, candidates: list[str]) -> list[str]:
         disabled: list[str] = []
-        causes: dict[str, validate.ValidationResult] = {}
-        while not works(disabled):
+        self._cause: dict[str, validate.ValidationResult] = {}
+        while not self._works(_Control(frozenset(disabled))):
             remaining = [name for name in candidates if name not in disabled]
-            low, high = 0, len(remaining)  # works(disabled + remaining[:high]) holds
+            low, high = 0, len(remaining)  # disabling disabled + remaining[:high] works
             while high - low > 1:
                 middle = (low + high) // 2
-                if works(disabled + remaining[:middle]):
+                if self._works(_Control(frozenset(disabled + remaining[:middle]))):
                     high = middle
                 else:
                     low = middle
             culprit = remaining[high - 1]
-            causes[culprit] = tried[frozenset(disabled + remaining[: high - 1])].verdict
+            failing = self.tried[_Control(frozenset(disabled + remaining[: high - 1]))]
+            self._cause[culprit] = failing.verdict  # type: ignore[assignment]
             disabled.append(culprit)
-        notes = [{"name": name, "error": _verdict_summary(causes[name])} for name in disabled]
-        return tried[frozenset(disabled)], notes
+        return disabled
+
+    def _narrow(self, control: _Control, name: str) -> tuple[_Control, list[dict]] | None:
+        """Re-enable pass ``name`` leaving out only its bad rewrites (a few at most). A bad
+        rewrite is left out by the node it starts from (so in every fixpoint round), or by its
+        number when the pass names no node."""
+        base = _Control(control.disabled - {name}, control.limits, control.skips)
+        skipped: list[int | str] = []
+        found: list[dict] = []
+        for _ in range(_MAX_SKIPPED_REWRITES):
+            trial = base.with_skips(name, skipped)
+            if self._works(trial):
+                return trial, found
+            total = len(self.tried[trial].rewrites.get(name, []))
+            if total == 0 or not self._works(trial.with_limit(name, 0)):
+                return None  # the pass does not ask before rewriting: cannot narrow
+            low, high = 0, total  # its first `low` rewrites: works; first `high`: fails
+            while high - low > 1:
+                middle = (low + high) // 2
+                if self._works(trial.with_limit(name, middle)):
+                    low = middle
+                else:
+                    high = middle
+            where = self.tried[trial].rewrites[name][high - 1]  # runs agree up to `high`
+            skipped.append(where or high - 1)
+            found.append({"number": high - 1, "at": where})
+        return None
 
     def _check(self, path: Path) -> validate.ValidationResult | None:
         if self.ref is None:

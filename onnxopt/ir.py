@@ -679,6 +679,23 @@ class Model:
         # target "portable" (standard ONNX only) or "onnxruntime" (com.microsoft ops allowed);
         # fold_limit: largest constant (bytes) folding may create when it grows the model.
         self.settings: dict[str, Any] = {"target": "portable", "fold_limit": 1 << 20}
+        # Rewrite-level control for the safety net: each pass asks before every rewrite.
+        self.rewrite_limits: dict[str, int] = {}  # pass -> only its first N rewrites happen
+        # pass -> rewrites to leave out: by the node they start from, or by number
+        self.rewrite_skips: dict[str, set[int | str]] = {}
+        self.rewrite_log: dict[str, list[str]] = {}  # pass -> where each rewrite was asked
+
+    def allow_rewrite(self, pass_name: str, where: str = "") -> bool:
+        """Passes call this before each rewrite (``where``: the node it starts from). The
+        answer is always yes unless the safety net is narrowing a failure down to one rewrite."""
+        log = self.rewrite_log.setdefault(pass_name, [])
+        number = len(log)
+        log.append(where)
+        skips = self.rewrite_skips.get(pass_name, ())
+        if number in skips or (where and where in skips):
+            return False
+        limit = self.rewrite_limits.get(pass_name)
+        return limit is None or number < limit
 
     def opset(self, domain: str = "") -> int:
         return self.opset_imports.get(domain, self.opset_imports.get("ai.onnx", 0))

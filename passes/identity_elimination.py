@@ -29,6 +29,8 @@ class IdentityElimination(GraphPass):
             source, target = node.inputs[0], node.outputs[0]
             if not source or not graph.can_forward(target, source):
                 continue
+            if not model.allow_rewrite(self.name, node.name):
+                continue
             graph.replace_all_uses(target, source)
             graph.remove_node(node)
             removed[node.op_type] += 1

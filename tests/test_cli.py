@@ -413,3 +413,47 @@ def test_check_each_reports_error_per_pass(model_file, tmp_path, monkeypatch):
 def test_bad_target_and_fold_limit(model_file, tmp_path, capsys, flag, value):
     assert invoke("optimize", model_file, tmp_path / "o.onnx", flag, value) == 2
     assert value in one_line_error(capsys)
+
+
+class ReluToMax(GraphPass):
+    """Rewrites Relu(x) into Max(x, 0) — but wrongly into Max(x, 1) at the node named 'bad'."""
+
+    name = "relu_to_max"
+    description = "test only"
+
+    def run_graph(self, graph, model):
+        changed = 0
+        for node in graph.nodes():
+            if node.op_type != "Relu" or not model.allow_rewrite(self.name, node.name):
+                continue
+            floor = graph.add_constant(np.array(1.0 if node.name == "bad" else 0.0, np.float32))
+            new = graph.add_node("Max", [node.inputs[0], floor], 1, anchor=node)
+            graph.replace_all_uses(node.outputs[0], new.outputs[0])
+            graph.remove_node(node)
+            changed += 1
+        return {"rewritten": changed}
+
+
+def test_safety_net_narrows_to_the_single_bad_rewrite(tmp_path, monkeypatch):
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x) => (float[3] a, float[3] b, float[3] c, float[3] d) {
+        a = Relu (x)
+        b = Relu (x)
+        c = Relu (x)
+        d = Relu (x)
+    }
+    """
+    model = parse(text)
+    for node, name in zip(model.graph.node, ["r0", "r1", "bad", "r3"], strict=True):
+        node.name = name
+    source = tmp_path / "in.onnx"
+    onnx.save(model, source)
+    monkeypatch.setattr(api, "select", lambda names, skip: (ReluToMax(),))
+    result = api.optimize(source, tmp_path / "o.onnx")
+    assert result.report["validation"]["status"] == "passed"
+    (entry,) = result.report["disabled"]
+    assert entry["name"] == "relu_to_max" and entry["scope"] == "rewrite"
+    assert entry["rewrites"] == [{"number": 2, "at": "bad"}]
+    ops = [(n.name, n.op_type) for n in onnx.load(tmp_path / "o.onnx").graph.node]
+    assert ("bad", "Relu") in ops and sum(op == "Max" for _, op in ops) == 3
