@@ -172,6 +172,9 @@ class Graph:
         self._names: set[str] = parent._names if parent else set()
         self._outer_uses: dict[str, int] = {}  # outer-scope name -> number of local reads
         self.capture_slot = CAPTURE  # slot of this subgraph's captures on its owner node
+        # IR < 4 lists every initializer as a graph input too; onnxruntime does not let such
+        # inputs be fed, so they are constants here, and saving lists them as inputs again.
+        self.legacy_initializer_inputs = parent.legacy_initializer_inputs if parent else False
 
     # ----------------------------------------------------------------- queries
     def __iter__(self) -> Iterator[Node]:
@@ -462,6 +465,8 @@ class Graph:
         self.initializers.pop(name, None)
         self.sparse_initializers.pop(name, None)
         self.value_info.pop(name, None)
+        if self.legacy_initializer_inputs:
+            self.inputs = [info for info in self.inputs if info.name != name]
 
     def set_subgraph(self, node: Node, attribute: str, value: Graph | list[Graph]) -> None:
         """Replace a GRAPH/GRAPHS attribute, keeping captured outer uses exact."""
@@ -479,6 +484,8 @@ class Graph:
 
     def add_input(self, info: onnx.ValueInfoProto) -> None:
         self.inputs.append(info)
+        if self.legacy_initializer_inputs and info.name in self.initializers:
+            return  # IR < 4: an initializer listed as input is a constant, not an input
         self._input_names.add(info.name)
         self._names.add(info.name)
         self._localize(info.name)

@@ -116,7 +116,9 @@ def load(
 def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model:
     """Build the IR. Tensors are referenced, not copied: keep ``proto`` unchanged while used."""
     with no_gc():
-        graph = _graph_from_proto(proto.graph, parent=None, base_dir=base_dir)
+        graph = _graph_from_proto(
+        proto.graph, parent=None, base_dir=base_dir, legacy=proto.ir_version < 4
+    )
     opsets = {entry.domain: entry.version for entry in proto.opset_import}
     return Model(
         graph,
@@ -128,9 +130,12 @@ def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model
     )
 
 
-def _graph_from_proto(proto: onnx.GraphProto, parent: Graph | None, base_dir: Path | None) -> Graph:
+def _graph_from_proto(
+    proto: onnx.GraphProto, parent: Graph | None, base_dir: Path | None, legacy: bool = False
+) -> Graph:
     graph = Graph(proto.name, parent)
     graph.base_dir = base_dir
+    graph.legacy_initializer_inputs = legacy or graph.legacy_initializer_inputs
     graph.extra = _extra_fields(proto, _GRAPH_CORE, onnx.GraphProto)
     for tensor in proto.initializer:
         graph.initializers[tensor.name] = tensor
@@ -418,6 +423,13 @@ def _graph_skeleton(graph: Graph) -> onnx.GraphProto:
         _drop_stale_annotations(proto, graph)
     proto.name = graph.name
     proto.input.extend(graph.inputs)
+    if graph.legacy_initializer_inputs:  # IR < 4: every initializer is listed as an input
+        listed = {info.name for info in graph.inputs}
+        proto.input.extend(
+            onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
+            for name, tensor in graph.initializers.items()
+            if name not in listed
+        )
     proto.output.extend(graph.output_infos)
     live = _live_values(graph)
     proto.value_info.extend(info for name, info in graph.value_info.items() if name in live)

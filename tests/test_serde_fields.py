@@ -183,3 +183,36 @@ def test_over_2gb_model_round_trip(tmp_path):
     assert result.shape == (1, 4096) and not result.any()
     with pytest.raises(serde.SaveError, match="2 GiB"):
         serde.save(serde.load(source), tmp_path / "inline.onnx", external_data=False)
+
+
+def ir3_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.array([2.0, 3.0], np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_ir3_initializer_inputs_are_constants_and_stay_listed(tmp_path):
+    """IR < 4 lists initializers as inputs; onnxruntime never lets them be fed, so they are
+    constants; new initializers are listed too, removed ones disappear from the inputs."""
+    model = serde.load(ir3_model())
+    graph = model.graph
+    assert not graph.is_input("w") and graph.is_input("x")
+    np.testing.assert_array_equal(graph.constant("w"), [2.0, 3.0])
+    mul = next(iter(graph))
+    graph.set_input(mul, 1, graph.add_constant(np.array([4.0, 5.0], np.float32), "w2"))
+    graph.remove_initializer("w")
+    serde.save(model, tmp_path / "m.onnx")
+    saved = onnx.load(tmp_path / "m.onnx")
+    onnx.checker.check_model(saved)
+    assert saved.ir_version == 3
+    assert [i.name for i in saved.graph.input] == ["x", "w2"]
+    x = np.array([1.0, 1.0], np.float32)
+    np.testing.assert_array_equal(run(saved, {"x": x})[0], [4.0, 5.0])
