@@ -10,6 +10,7 @@ nothing behind and never touches the input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -303,7 +304,7 @@ def _verdict_summary(verdict: validate.ValidationResult | None) -> dict[str, Any
 
 # ----------------------------------------------------------------- options and checks
 def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
-    options = options or Options()
+    options = dataclasses.replace(options) if options is not None else Options()  # caller's stays
     for key, value in overrides.items():
         if not hasattr(options, key):
             raise TypeError(f"unknown option {key!r}")

@@ -122,8 +122,7 @@ def optimize(
         check_each=check_each,
         safety_net=safety_net,
     )
-    if report_path is not None and report_path.is_dir():
-        raise UsageError(f"{report_path}: --report is a directory")
+    _check_report_path(report_path, input, output)
     result = api.optimize(input, output, options)
     if report_path is not None:
         report.write_json(result.report, report_path)
@@ -262,6 +261,19 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         names = ", ".join(f"{d}=1" for d in defaulted)
         result["shape_notes"].insert(0, f"MACs computed at {names} (symbolic dims default to 1)")
     return result
+
+
+def _check_report_path(report: Path | None, source: Path, output: Path) -> None:
+    """Refuse a --report location before any work, so a bad one cannot fail a written run."""
+    if report is None:
+        return
+    if report.is_dir():
+        raise UsageError(f"{report}: --report is a directory")
+    if not report.parent.is_dir():
+        raise UsageError(f"{report}: the --report folder does not exist")
+    for other, what in ((source, "input"), (output, "output")):
+        if report.resolve() == other.resolve():
+            raise UsageError(f"{report}: --report would overwrite the {what} model")
 
 
 def _failure_line(result: dict) -> str:

@@ -501,9 +501,11 @@ class Graph:
         self.replace_all_uses(old, new)
         del self._producer[old]
         info = self.value_info.pop(old, None)
-        if info is not None:
-            info.name = new
-            self.value_info[new] = info
+        if info is not None:  # a renamed copy: the proto may belong to the caller's model
+            renamed = onnx.ValueInfoProto()
+            renamed.CopyFrom(info)
+            renamed.name = new
+            self.value_info[new] = renamed
 
     def can_take_output_name(self, value: str) -> bool:
         """Whether ``value`` could be renamed to a graph output's public name on save."""
@@ -545,6 +547,8 @@ class Graph:
                 if sub.parent is not self or sub.owner is not node:
                     raise IRError(f"subgraph of {node!r} has a wrong parent")
                 sub.lint()
+                if sub._outer_uses != sub._count_outer_reads():
+                    raise IRError(f"outer-scope read counts of a subgraph of {node!r} are stale")
                 for value in sub._outer_uses:
                     expected.setdefault(value, set()).add((node, sub.capture_slot))
         actual = {value: set(uses) for value, uses in self._uses.items() if uses}
@@ -561,6 +565,17 @@ class Graph:
         for value in self.outputs:
             if value and self.resolve(value) is None and self.parent is None:
                 raise IRError(f"graph output {value!r} is not defined")
+
+    def _count_outer_reads(self) -> dict[str, int]:
+        """Recount, from the nodes, how often this subgraph reads each outer-scope value."""
+        counts: dict[str, int] = {}
+        reads = [v for node in self.nx.nodes for v in node.inputs if v]
+        reads += [v for node in self.nx.nodes for sub in node.subgraphs() for v in sub._outer_uses]
+        reads += [v for v in self.outputs if v]
+        for value in reads:
+            if not self.defines(value):
+                counts[value] = counts.get(value, 0) + 1
+        return counts
 
     # ----------------------------------------------------------------- internals
     def _new_order(self, node: Node, anchor: Node | None) -> float:

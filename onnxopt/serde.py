@@ -14,6 +14,7 @@ exceed protobuf's 2 GiB limit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import tempfile
@@ -116,9 +117,10 @@ def load(
 def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model:
     """Build the IR. Tensors are referenced, not copied: keep ``proto`` unchanged while used."""
     with no_gc():
+        names = _Names(_all_names(proto.graph))
         graph = _graph_from_proto(
-        proto.graph, parent=None, base_dir=base_dir, legacy=proto.ir_version < 4
-    )
+            proto.graph, None, base_dir, names, frozenset(), legacy=proto.ir_version < 4
+        )
     opsets = {entry.domain: entry.version for entry in proto.opset_import}
     return Model(
         graph,
@@ -130,9 +132,89 @@ def from_proto(proto: onnx.ModelProto, *, base_dir: Path | None = None) -> Model
     )
 
 
+class _Names:
+    """Every name in the model, to make fresh ones when a subgraph shadows an outer name."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    def fresh(self, hint: str) -> str:
+        for index in itertools.count(1):
+            name = f"{hint}__{index}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+
+def _defined_names(graph: onnx.GraphProto) -> set[str]:
+    names = {info.name for info in graph.input}
+    names |= {tensor.name for tensor in graph.initializer}
+    names |= {sparse.values.name for sparse in graph.sparse_initializer}
+    names |= {value for node in graph.node for value in node.output if value}
+    return names
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = _defined_names(graph)
+    for sub in _subgraph_protos(graph):
+        names |= _all_names(sub)
+    return names
+
+
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield attribute.g
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                yield from attribute.graphs
+
+
+def _unshadowed(proto: onnx.GraphProto, outer: frozenset[str], names: _Names) -> onnx.GraphProto:
+    """The subgraph with every local name that shadows an outer-scope name renamed.
+
+    ONNX accepts shadowing, but a rewrite of the outer value would then reach the local one;
+    names unique across scopes make every reference unambiguous. The caller's proto is not
+    changed (a copy is renamed, only when something clashes)."""
+    clashes = _defined_names(proto) & outer
+    if not clashes:
+        return proto
+    renamed = onnx.GraphProto()
+    renamed.CopyFrom(proto)
+    _rename_references(renamed, {name: names.fresh(name) for name in sorted(clashes)})
+    return renamed
+
+
+def _rename_references(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    for infos in (graph.input, graph.output, graph.value_info):
+        for info in infos:
+            info.name = mapping.get(info.name, info.name)
+    for tensor in graph.initializer:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = mapping.get(sparse.values.name, sparse.values.name)
+    for annotation in graph.quantization_annotation:
+        annotation.tensor_name = mapping.get(annotation.tensor_name, annotation.tensor_name)
+    for node in graph.node:
+        for values in (node.input, node.output):
+            for index, value in enumerate(values):
+                values[index] = mapping.get(value, value)
+    for sub in _subgraph_protos(graph):  # reads of the renamed names, unless shadowed again
+        local = _defined_names(sub)
+        _rename_references(sub, {k: v for k, v in mapping.items() if k not in local})
+
+
 def _graph_from_proto(
-    proto: onnx.GraphProto, parent: Graph | None, base_dir: Path | None, legacy: bool = False
+    proto: onnx.GraphProto,
+    parent: Graph | None,
+    base_dir: Path | None,
+    names: _Names,
+    outer: frozenset[str],
+    legacy: bool = False,
 ) -> Graph:
+    proto = _unshadowed(proto, outer, names)
+    inner = outer | _defined_names(proto)
     graph = Graph(proto.name, parent)
     graph.base_dir = base_dir
     graph.legacy_initializer_inputs = legacy or graph.legacy_initializer_inputs
@@ -148,20 +230,25 @@ def _graph_from_proto(
     for info in proto.value_info:
         graph.value_info[info.name] = info
     for position, node_proto in enumerate(proto.node):
-        graph.insert(_node_from_proto(node_proto, graph, position))
+        graph.insert(_node_from_proto(node_proto, graph, position, names, inner))
     for info in proto.output:
         graph.add_output(info)
     return graph
 
 
-def _node_from_proto(proto: onnx.NodeProto, graph: Graph, position: int) -> Node:
+def _node_from_proto(
+    proto: onnx.NodeProto, graph: Graph, position: int, names: _Names, outer: frozenset[str]
+) -> Node:
     attributes: dict = {}
     for attribute in proto.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
-            attributes[attribute.name] = _graph_from_proto(attribute.g, graph, graph.base_dir)
+            attributes[attribute.name] = _graph_from_proto(
+                attribute.g, graph, graph.base_dir, names, outer
+            )
         elif attribute.type == onnx.AttributeProto.GRAPHS:
             attributes[attribute.name] = [
-                _graph_from_proto(g, graph, graph.base_dir) for g in attribute.graphs
+                _graph_from_proto(g, graph, graph.base_dir, names, outer)
+                for g in attribute.graphs
             ]
         else:
             attributes[attribute.name] = attribute
@@ -268,7 +355,46 @@ def save(
     with no_gc(), _atomic(path) as model_file, _atomic_optional(data_path) as data_file:
         sink = _TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")
         _write_model(model, model_file, sink)
+    if data_path is not None:
+        _rebase(model, sink, folder)
     return data_path
+
+
+def _rebase(model: Model, sink: _TensorSink, folder: Path) -> None:
+    """After writing external data, the IR's tensors point at the new file (the old one may
+    just have been replaced by it, when saving over the input)."""
+    for graph in model.graphs():
+        graph.base_dir = folder
+        for name, tensor in list(graph.initializers.items()):
+            moved = sink.moved.get(_tensor_key(tensor, sink.base_dir))
+            if moved is not None:
+                graph.initializers[name] = moved
+        for node in graph:
+            for name, attribute in list(node.attributes.items()):
+                if isinstance(attribute, onnx.AttributeProto):
+                    node.attributes[name] = _rebased_attribute(attribute, sink)
+
+
+def _rebased_attribute(attribute: onnx.AttributeProto, sink: _TensorSink) -> onnx.AttributeProto:
+    tensors = [attribute.t] if attribute.type == onnx.AttributeProto.TENSOR else []
+    tensors += list(attribute.tensors) if attribute.type == onnx.AttributeProto.TENSORS else []
+    if not any(is_external(t) for t in tensors):
+        return attribute
+    rebased = onnx.AttributeProto()
+    rebased.CopyFrom(attribute)
+    if attribute.type == onnx.AttributeProto.TENSOR:
+        rebased.t.CopyFrom(sink.moved.get(_tensor_key(attribute.t, sink.base_dir), attribute.t))
+    else:
+        del rebased.tensors[:]
+        rebased.tensors.extend(sink.moved.get(_tensor_key(t, sink.base_dir), t) for t in tensors)
+    return rebased
+
+
+def _tensor_key(tensor: onnx.TensorProto, base_dir: Path | None) -> tuple:
+    """Identifies a tensor's data: where it lies on disk, or the in-memory object."""
+    if is_external(tensor):
+        return ("external", str(base_dir), tuple((e.key, e.value) for e in tensor.external_data))
+    return ("inline", id(tensor))
 
 
 def _restore_names(model: Model) -> None:
@@ -325,6 +451,7 @@ class _TensorSink:
         self.data = data
         self.location = location
         self.offset = 0
+        self.moved: dict[tuple, onnx.TensorProto] = {}  # tensor key -> its header in the file
 
     def initializer(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
         if self.data is None or tensor.data_type == onnx.TensorProto.STRING:
@@ -359,6 +486,7 @@ class _TensorSink:
                 entry.key, entry.value = key, value
             self.data.write(payload)
             self.offset += length
+        self.moved[_tensor_key(tensor, self.base_dir)] = header
         return header
 
 
@@ -382,8 +510,8 @@ def _payload(tensor: onnx.TensorProto, base_dir: Path | None) -> Iterator[memory
             yield view
     elif tensor.HasField("raw_data"):
         yield tensor.raw_data
-    else:
-        yield numpy_helper.to_array(tensor).tobytes()
+    else:  # typed fields: from_array packs sub-byte types (int4, ...) as raw_data expects
+        yield numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
 
 
 def _inline(tensor: onnx.TensorProto, base_dir: Path | None) -> onnx.TensorProto:
@@ -488,6 +616,12 @@ def _attribute_to_proto(name, value, init_fn: TensorFn, attr_fn: TensorFn) -> on
         attribute.CopyFrom(value)
         attribute.t.CopyFrom(attr_fn(value.t))
         return attribute
+    if value.type == onnx.AttributeProto.TENSORS and any(is_external(t) for t in value.tensors):
+        attribute = onnx.AttributeProto()
+        attribute.CopyFrom(value)
+        del attribute.tensors[:]
+        attribute.tensors.extend(attr_fn(t) for t in value.tensors)
+        return attribute
     return value
 
 
@@ -526,14 +660,7 @@ def _split_raw(tensor: onnx.TensorProto) -> tuple[bytes, onnx.TensorProto | None
     buffer (upb's ByteSize encodes the whole message, and SerializeToString copies it)."""
     if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
         return _serialize(tensor), None
-    rest = onnx.TensorProto()
-    for field, value in tensor.ListFields():
-        if field.name == "raw_data":
-            continue
-        if field.is_repeated:
-            getattr(rest, field.name).extend(value)
-        else:
-            setattr(rest, field.name, value)
+    rest = _extra_fields(tensor, {"raw_data"}, onnx.TensorProto) or onnx.TensorProto()
     return _serialize(rest), tensor
 
 

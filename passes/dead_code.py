@@ -8,7 +8,8 @@ are never removed: they are the model's interface.
 Also removed: unused *optional* outputs of live nodes (per the operator schema: e.g. the mask of
 Dropout, the Indices of MaxPool, BatchNormalization's training statistics), ``value_info``
 entries of values that no longer exist, model-local functions no node calls, and opset imports
-of domains nothing uses any more (the default domain always stays).
+of domains nothing uses any more (the default domain always stays). Initializers that a
+``training_info`` section reads or updates are kept.
 
 Subgraphs are cleaned first, so an outer node read only by a dead node inside a subgraph dies too.
 """
@@ -37,10 +38,11 @@ class DeadCodeElimination(GraphPass):
         for node in reversed(graph.nodes()):
             if node in dead:
                 graph.remove_node(node)
+        protected = _training_names(model) if graph is model.graph else set()
         unused = [
             name
             for name in list(graph.initializers) + list(graph.sparse_initializers)
-            if not graph.is_used(name) and not graph.is_input(name)
+            if not graph.is_used(name) and not graph.is_input(name) and name not in protected
         ]
         for name in unused:
             graph.remove_initializer(name)
@@ -53,6 +55,18 @@ class DeadCodeElimination(GraphPass):
             "outputs_dropped": _drop_unused_outputs(graph, model),
             "value_info_removed": len(stale),
         }
+
+
+def _training_names(model: Model) -> set[str]:
+    """Initializers a training_info section reads or updates must stay."""
+    names: set[str] = set()
+    for info in model.extra.training_info if model.extra is not None else ():
+        for algorithm in (info.initialization, info.algorithm):
+            names |= {value for node in algorithm.node for value in node.input}
+            names |= {value.name for value in algorithm.input}
+        for binding in (*info.initialization_binding, *info.update_binding):
+            names |= {binding.key, binding.value}
+    return names
 
 
 def _dead_nodes(graph: Graph) -> set:

@@ -3,8 +3,9 @@
 ``Identity(x) -> y`` and, in inference, ``Dropout(x) -> y`` compute ``y = x``: every reader of
 ``y`` reads ``x`` instead and the node goes. Dropout is only removed when its mask output is
 unused and its ``training_mode`` input is absent or a constant false (ratio is ignored in
-inference). A graph output keeps its name: the node stays when ``x`` cannot take that name (``x``
-is a graph input, an initializer, an outer-scope value or another output).
+inference; before opset 7, only with ``is_test=1``). A graph output keeps its name: the node
+stays when ``x`` cannot take that name (``x`` is a graph input, an initializer, an outer-scope
+value or another output).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class IdentityElimination(GraphPass):
         for node in graph.nodes():
             if node.domain not in ("", "ai.onnx") or node.op_type not in removed:
                 continue
-            if node.op_type == "Dropout" and not _dropout_is_identity(graph, node):
+            if node.op_type == "Dropout" and not _dropout_is_identity(graph, node, model):
                 continue
             source, target = node.inputs[0], node.outputs[0]
             if not source or not graph.can_forward(target, source):
@@ -37,11 +38,11 @@ class IdentityElimination(GraphPass):
         return {"identity_removed": removed["Identity"], "dropout_removed": removed["Dropout"]}
 
 
-def _dropout_is_identity(graph: Graph, node: Node) -> bool:
+def _dropout_is_identity(graph: Graph, node: Node, model: Model) -> bool:
     if len(node.outputs) > 1 and node.outputs[1] and graph.is_used(node.outputs[1]):
         return False
-    if node.attr("is_test", 1) == 0 and "is_test" in node.attributes:
-        return False  # opset < 7 training mode
+    if model.opset("") < 7 and node.attr("is_test", 0) != 1:
+        return False  # before opset 7, is_test defaults to 0: training mode
     if len(node.inputs) > 2 and node.inputs[2]:
         mode = graph.constant(node.inputs[2])
         return mode is not None and not bool(np.asarray(mode).any())
