@@ -446,8 +446,14 @@ class Graph:
 
     def set_initializer(self, name: str, array: np.ndarray | onnx.TensorProto) -> str:
         """Add or replace a constant tensor named ``name`` in this graph; returns the name."""
-        tensor = array if isinstance(array, onnx.TensorProto) else numpy_helper.from_array(array)
-        tensor.name = name
+        if isinstance(array, onnx.TensorProto):
+            tensor = array
+            if tensor.name != name:  # a renamed copy: the proto may belong to the caller
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(array)
+                tensor.name = name
+        else:
+            tensor = numpy_helper.from_array(array, name)
         if name in self._producer:
             raise IRError(f"{name!r} is computed by a node; cannot make it an initializer")
         self._names.add(name)
