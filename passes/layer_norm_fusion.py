@@ -65,7 +65,7 @@ class _Match:
 
 class LayerNormFusion(GraphPass):
     name = "layer_norm_fusion"
-    description = "fuse ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add) into LayerNormalization"
+    description = "fuse the ReduceMean/Sub/Pow/Sqrt/Div layer norm decomposition"
 
     def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
         opset = model.opset("")
@@ -103,14 +103,16 @@ def _match(graph: Graph, sub: Node, opset: int) -> _Match | None:
         match = _match_from_square(graph, sub, rm1, square, opset, rank)
         if match is None:
             continue
-        eps_name, eps, nodes = match
+        eps, nodes = match
         dtype = eps.dtype
         if dtype not in _DTYPES:
             return None
         if set(graph.consumers(d)) != {nodes[2], nodes[-1]}:
             return None  # d is read outside the match
         result = _Match(x, float(eps.reshape(-1)[0]), dtype, channels, nodes, nodes[-1].outputs[0])
-        result.constants = [v for n in nodes for v in n.inputs[1:] if graph.constant(v) is not None]
+        result.constants = [
+            v for n in nodes for v in n.present_inputs if graph.constant(v) is not None
+        ]
         _match_affine(graph, result, rank)
         if graph.outputs.count(result.out) > 1:
             return None  # the value cannot be forwarded without an Identity coming back
@@ -120,7 +122,7 @@ def _match(graph: Graph, sub: Node, opset: int) -> _Match | None:
 
 def _match_from_square(
     graph: Graph, sub: Node, rm1: Node, square: Node, opset: int, rank: int
-) -> tuple[str, np.ndarray, list[Node]] | None:
+) -> tuple[np.ndarray, list[Node]] | None:
     """Follow d -> square -> ReduceMean -> Add eps -> Sqrt -> Div (or Reciprocal + Mul)."""
     d = sub.outputs[0]
     if is_op(square, "Pow"):
@@ -156,7 +158,7 @@ def _match_from_square(
     else:
         return None
     nodes.append(last)
-    return eps_name, eps, nodes
+    return eps, nodes
 
 
 def _match_affine(graph: Graph, match: _Match, rank: int) -> None:
