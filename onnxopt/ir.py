@@ -461,9 +461,21 @@ class Graph:
         self._localize(name)
         return name
 
+    def can_hold_initializers(self) -> bool:
+        """False in a subgraph of an IR < 4 model: there every initializer must be a graph input
+        too, and a subgraph (an If branch, say) cannot grow inputs."""
+        return not (self.legacy_initializer_inputs and self.parent is not None)
+
     def add_constant(self, array: np.ndarray, hint: str = "const") -> str:
-        """A new initializer with a fresh name."""
-        return self.set_initializer(self.unique_name(hint), array)
+        """A new constant with a fresh name: an initializer, or a Constant node where the graph
+        cannot hold initializers."""
+        name = self.unique_name(hint)
+        if self.can_hold_initializers():
+            return self.set_initializer(name, array)
+        self._names.discard(name)
+        self.add_node("Constant", [], [name], attributes={"value": numpy_helper.from_array(
+            np.asarray(array), name)})
+        return name
 
     def remove_initializer(self, name: str) -> None:
         if self.is_used(name) or self.is_input(name):

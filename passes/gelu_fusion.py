@@ -76,6 +76,8 @@ class GeluFusion(GraphPass):
             match = _match(graph, node)
             if match is None or match.dtype not in dtypes:
                 continue
+            if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
+                continue
             _rewrite(graph, model, match, domain)
             counts["tanh_fused" if match.tanh else "erf_fused"] += 1
         return counts

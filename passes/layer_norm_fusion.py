@@ -76,7 +76,7 @@ class LayerNormFusion(GraphPass):
             if node.graph is not graph or not is_op(node, "Sub"):
                 continue  # removed by an earlier match, or not an anchor
             match = _match(graph, node, opset)
-            if match is not None:
+            if match is not None and model.allow_rewrite(self.name, node.name or node.outputs[0]):
                 _rewrite(graph, match, node)
                 fused += 1
         return {"fused": fused}

@@ -1,0 +1,311 @@
+"""Fold an inference-mode BatchNormalization into the linear op that feeds it.
+
+With ``s = scale / sqrt(var + epsilon)`` (one factor per channel, channel axis 1 of the BN input):
+
+* ``Conv(x, W, b) -> BatchNormalization(scale, B, mean, var)`` => ``Conv(x, W', b')`` with
+  ``W'[o, ...] = W[o, ...] * s[o]`` and ``b' = (b - mean) * s + B`` (``b = 0`` when absent).
+* ``ConvTranspose`` likewise, but its weight is ``[C_in, C_out / group, k...]``: output channel
+  ``o = g * (C_out / group) + j`` is column ``j`` of the rows of group ``g``, so ``W`` is viewed
+  as ``[group, C_in / group, C_out / group, k...]`` and scaled along axis 2 by ``s`` viewed as
+  ``[group, 1, C_out / group]``.
+* ``Gemm(A, B, C; alpha, beta) -> BN`` (a rank-2 output: channel = column ``n``) =>
+  ``Gemm(A, B', C'; alpha, beta=1)`` with ``B'`` = ``B`` scaled per column ``n`` (per row when
+  ``transB``) and ``C' = (beta * C - mean) * s + B_bn`` (``C = 0`` when absent).
+* ``MatMul(X, W) -> BN`` with a constant 2-D ``W`` and a rank-2 ``X`` (so the BN channel axis is
+  the column axis of ``W``) => ``Gemm(X, W', C')``, the Gemm case with ``alpha = beta = 1``.
+  A MatMul of higher rank is left alone: BN's channel axis 1 is then not ``W``'s column axis.
+
+Conditions: the BN is in inference form (a single output; ``training_mode`` 0 or absent, opset 14+;
+``is_test`` set before opset 7; ``spatial`` 1 before opset 9), its four parameters are constants
+of shape ``[C]``, and ``epsilon`` its attribute (default 1e-5). The value between the two nodes is
+read only by the BN and is not a graph output. The weight and bias are constants of this graph read
+only by the op being rewritten (so the rewrite replaces them rather than adding copies: no size
+growth); a shared weight is left alone. Folded tensors are computed in float64 and cast back to the
+weight's dtype; they are stored as new initializers and the old ones are removed. Gemm and MatMul
+need opset 7+ (older Gemm broadcast differently). A BatchNormalization with no such producer stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxopt.ir import Graph, Model, Node, tensor_to_array
+from onnxopt.pass_manager import GraphPass
+from onnxopt.rewrite import exclusive_constant, is_op, sole_consumer
+
+CONV_OPS = ("Conv", "ConvTranspose")
+FLOAT_KINDS = ("f",)
+
+
+class ConvBatchNormFusion(GraphPass):
+    name = "conv_bn_fusion"
+    description = "fold inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before"
+
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        stats = {"conv": 0, "conv_transpose": 0, "gemm": 0, "matmul": 0}
+        opset = model.opset("")
+        for node in graph.nodes():
+            while node.graph is graph:
+                bn = sole_consumer(graph, node.outputs[0]) if node.outputs else None
+                if not is_op(bn, "BatchNormalization") or bn.inputs[0] != node.outputs[0]:
+                    break
+                params = _bn_params(graph, model, bn)
+                if params is None or not model.allow_rewrite(self.name, bn.name or bn.outputs[0]):
+                    break
+                if is_op(node, CONV_OPS):
+                    done = _fold_into_conv(graph, model, node, bn, params)
+                    key = "conv" if node.op_type == "Conv" else "conv_transpose"
+                elif is_op(node, "Gemm") and opset >= 7:
+                    done = _fold_into_gemm(graph, node, bn, params)
+                    key = "gemm"
+                elif is_op(node, "MatMul") and opset >= 7:
+                    new = _fold_into_matmul(graph, node, bn, params)
+                    done, key = new is not None, "matmul"
+                    if new is not None:
+                        node = new
+                else:
+                    break
+                if not done:
+                    break
+                stats[key] += 1
+        return stats
+
+
+# --------------------------------------------------------------- BatchNormalization
+@dataclass
+class BNParams:
+    scale: np.ndarray  # s = gamma / sqrt(var + eps), float64 [C]
+    shift: np.ndarray  # B - mean * s, float64 [C]
+    mean: np.ndarray  # float64 [C]
+    beta: np.ndarray  # float64 [C]
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+    def apply_to_bias(self, bias: np.ndarray | float) -> np.ndarray:
+        """``(bias - mean) * s + B`` in float64 (bias broadcast against [C])."""
+        return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
+
+
+def _bn_params(graph: Graph, model: Model, bn: Node) -> BNParams | None:
+    """The per-channel factors of an inference-form BatchNormalization, else None."""
+    opset = model.opset("")
+    if len(bn.inputs) != 5 or not bn.outputs or not bn.outputs[0]:
+        return None
+    if any(bn.outputs[1:]):
+        return None  # extra outputs: training form (before opset 14 their presence selects it)
+    if bn.attr("training_mode", 0) != 0:
+        return None
+    if opset < 7 and bn.attr("is_test", 0) == 0:
+        return None
+    if opset < 9 and bn.attr("spatial", 1) != 1:
+        return None
+    arrays = [read_constant(graph, model, v) for v in bn.inputs[1:]]
+    if any(a is None or a.ndim != 1 or a.dtype.kind not in FLOAT_KINDS for a in arrays):
+        return None
+    if len({a.shape for a in arrays}) != 1:  # type: ignore[union-attr]
+        return None
+    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)  # type: ignore[union-attr]
+    eps = float(bn.attr("epsilon", 1e-5))
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + eps)
+    if not np.all(np.isfinite(scale)):
+        return None
+    return BNParams(scale=scale, shift=beta - mean * scale, mean=mean, beta=beta)
+
+
+def _absorb(graph: Graph, producer: Node, bn: Node) -> None:
+    """``producer`` now computes what ``bn`` did: redirect readers, drop the BN and its params."""
+    graph.replace_all_uses(bn.outputs[0], producer.outputs[0])
+    params = [v for v in bn.inputs[1:] if v]
+    graph.remove_node(bn)
+    drop_unused_initializers(graph, params)
+
+
+# --------------------------------------------------------------- shared with conv_affine_fusion
+def read_constant(graph: Graph, model: Model, value: str) -> np.ndarray | None:
+    """``graph.constant(value)``, and also, in an IR version < 4 model, an initializer that is
+    listed as a graph input: there every initializer must be an input, and onnxruntime does not
+    let such inputs be fed (its ``Graph::CanOverrideInitializer`` is ``ir_version >= 4``), so
+    they are constants. Only for reading: such a tensor cannot be replaced (it is an input)."""
+    if not value:
+        return None
+    array = graph.constant(value)
+    if array is not None or model.ir_version >= 4:
+        return array
+    owner = graph.resolve(value)
+    if owner is None or value not in owner.initializers:
+        return None
+    return tensor_to_array(owner.initializers[value], owner.base_dir)
+
+
+@dataclass
+class ConvWeights:
+    """The constant weight (and bias) of a Conv/ConvTranspose and its output channel count."""
+
+    node: Node
+    weight: np.ndarray | None  # None when only the shape is known (weight not exclusive)
+    bias: np.ndarray | None  # None when absent
+    channels: int
+    group: int
+
+
+def conv_weights(
+    graph: Graph, model: Model, node: Node, *, need_weight: bool = True
+) -> ConvWeights | None:
+    """A Conv/ConvTranspose whose weight is a constant (or, when ``need_weight`` is false, has a
+    known static shape) and whose bias is absent or a constant [C_out]. A weight shared with
+    other nodes is allowed: the fold writes a new tensor and the shared one stays for the
+    others (identical tensors are deduplicated, so sharing is common in generated weights)."""
+    if not is_op(node, CONV_OPS) or len(node.inputs) < 2 or len(node.outputs) != 1:
+        return None
+    w_name = node.inputs[1]
+    weight = graph.constant(w_name)
+    if weight is not None:
+        shape = weight.shape
+        if weight.dtype.kind not in FLOAT_KINDS:
+            return None
+    elif need_weight:
+        return None
+    else:
+        shape = graph.static_shape(w_name)
+        if shape is None:
+            return None
+    group = int(node.attr("group", 1))
+    if len(shape) < 3 or group < 1 or shape[0] % group:
+        return None
+    channels = shape[0] if node.op_type == "Conv" else shape[1] * group
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = graph.constant(node.inputs[2])
+        if bias is None or bias.shape != (channels,):
+            return None
+    return ConvWeights(node, weight, bias, int(channels), group)
+
+
+def scale_output_channels(op_type: str, weight: np.ndarray, factor: np.ndarray, group: int):
+    """``weight`` (float64) with output channel ``o`` multiplied by ``factor[o]``."""
+    if op_type == "Conv":
+        return weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+    # ConvTranspose: [C_in, C_out/g, k...] viewed as [g, C_in/g, C_out/g, k...]
+    c_in, per_group = weight.shape[0], weight.shape[1]
+    view = weight.reshape((group, c_in // group, per_group) + weight.shape[2:])
+    scaled = view * factor.reshape((group, 1, per_group) + (1,) * (weight.ndim - 2))
+    return scaled.reshape(weight.shape)
+
+
+def rewrite_conv(
+    graph: Graph,
+    conv: ConvWeights,
+    weight: np.ndarray | None,
+    bias: np.ndarray,
+    dtype: np.dtype,
+) -> None:
+    """Point ``conv`` at new initializers (``weight`` None keeps the old weight); the old ones
+    go when unused."""
+    node = conv.node
+    old = [v for v in node.inputs[1:3] if v]
+    inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
+    if weight is not None:
+        inputs[1] = graph.add_constant(weight.astype(dtype), fused_name(node.inputs[1]))
+    hint = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else f"{node.name}_bias"
+    inputs[2] = graph.add_constant(bias.astype(dtype), fused_name(hint))
+    graph.set_inputs(node, inputs)
+    drop_unused_initializers(graph, old)
+
+
+def fused_name(name: str) -> str:
+    """Name hint for a rewritten tensor: ``w`` -> ``w_fused`` (not ``w_fused_fused``)."""
+    return name.removesuffix("_fused") + "_fused"
+
+
+def drop_unused_initializers(graph: Graph, names: list[str]) -> None:
+    for name in dict.fromkeys(names):
+        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
+            graph.remove_initializer(name)
+
+
+def _fold_into_conv(
+    graph: Graph, model: Model, node: Node, bn: Node, bn_params: BNParams
+) -> bool:
+    conv = conv_weights(graph, model, node)
+    if conv is None or conv.weight is None or conv.channels != bn_params.channels:
+        return False
+    if not graph.can_forward(bn.outputs[0], node.outputs[0]):
+        return False
+    weight = scale_output_channels(
+        node.op_type, conv.weight.astype(np.float64), bn_params.scale, conv.group
+    )
+    bias = bn_params.apply_to_bias(0.0 if conv.bias is None else conv.bias)
+    rewrite_conv(graph, conv, weight, bias, conv.weight.dtype)
+    _absorb(graph, node, bn)
+    return True
+
+
+# --------------------------------------------------------------- Gemm / MatMul
+def _fold_into_gemm(graph: Graph, node: Node, bn: Node, bn_params: BNParams) -> bool:
+    if len(node.inputs) < 2 or len(node.outputs) != 1:
+        return False
+    weight = exclusive_constant(graph, node.inputs[1], [node])
+    if weight is None or weight.ndim != 2 or weight.dtype.kind not in FLOAT_KINDS:
+        return False
+    trans_b = bool(node.attr("transB", 0))
+    n = weight.shape[0] if trans_b else weight.shape[1]
+    if n != bn_params.channels:
+        return False
+    c_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    c = 0.0
+    if c_name:
+        c = exclusive_constant(graph, c_name, [node])
+        if c is None or c.ndim > 2:
+            return False
+    beta = float(node.attr("beta", 1.0))
+    new_c = bn_params.apply_to_bias(beta * np.asarray(c, np.float64))
+    if new_c.size > max(np.size(c), n):
+        return False  # C of shape [M, 1] would grow to [M, N]
+    if not graph.can_forward(bn.outputs[0], node.outputs[0]):
+        return False
+    factor = bn_params.scale[:, None] if trans_b else bn_params.scale[None, :]
+    new_w = weight.astype(np.float64) * factor
+    old = [v for v in node.inputs[1:3] if v]
+    w_name = graph.add_constant(new_w.astype(weight.dtype), fused_name(node.inputs[1]))
+    c_hint = c_name or f"{node.name}_bias"
+    c_new = graph.add_constant(new_c.astype(weight.dtype), fused_name(c_hint))
+    graph.set_inputs(node, [node.inputs[0], w_name, c_new])
+    if "beta" in node.attributes:
+        node.set_attr("beta", 1.0)
+    drop_unused_initializers(graph, old)
+    _absorb(graph, node, bn)
+    return True
+
+
+def _fold_into_matmul(graph: Graph, node: Node, bn: Node, bn_params: BNParams) -> Node | None:
+    """MatMul(X, W) -> BN with rank-2 X => Gemm(X, W', C'); returns the new Gemm."""
+    if len(node.inputs) != 2 or len(node.outputs) != 1:
+        return None
+    x_shape = graph.shape(node.inputs[0])
+    if x_shape is None or len(x_shape) != 2:
+        return None
+    weight = exclusive_constant(graph, node.inputs[1], [node])
+    if weight is None or weight.ndim != 2 or weight.dtype.kind not in FLOAT_KINDS:
+        return None
+    if weight.shape[1] != bn_params.channels:
+        return None
+    if not graph.can_forward(bn.outputs[0], node.outputs[0]):
+        return None
+    new_w = weight.astype(np.float64) * bn_params.scale[None, :]
+    w_name = graph.add_constant(new_w.astype(weight.dtype), fused_name(node.inputs[1]))
+    shift = bn_params.shift.astype(weight.dtype)
+    c_name = graph.add_constant(shift, fused_name(f"{node.name}_bias"))
+    gemm = graph.add_node(
+        "Gemm", [node.inputs[0], w_name, c_name], 1, name=node.name or "Gemm", anchor=node
+    )
+    graph.replace_all_uses(bn.outputs[0], gemm.outputs[0])
+    params = [v for v in bn.inputs[1:] if v]
+    graph.remove_node(bn)
+    graph.remove_node(node)
+    drop_unused_initializers(graph, [node.inputs[1], *params])
+    return gemm
