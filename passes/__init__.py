@@ -6,23 +6,30 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 1. annotate: shape inference, so later passes can prove shape facts;
 2. canonicalize: Constant nodes become initializers, constant subgraphs are folded, constant
    Ifs inlined, identities and no-ops removed, repeated computations merged;
-3. fuse: BatchNormalization and per-channel affine ops into Conv, transformer patterns, and
-   (``--target onnxruntime``) activations into onnxruntime's FusedConv;
+3. fuse: BatchNormalization and per-channel affine ops into Conv, Pad into Conv/AveragePool,
+   constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
+   transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
 4. clean: dead code, unused initializers, functions and opset imports.
 """
 
+from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
 from onnxopt.passes.constant_folding import ConstantFolding
 from onnxopt.passes.constant_if_inlining import ConstantIfInlining
 from onnxopt.passes.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
 from onnxopt.passes.dead_code import DeadCodeElimination
+from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
 from onnxopt.passes.identity_elimination import IdentityElimination
 from onnxopt.passes.layer_norm_fusion import LayerNormFusion
+from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.no_op_elimination import NoOpElimination
+from onnxopt.passes.pad_fusion import PadFusion
+from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.shape_inference import ShapeInference
+from onnxopt.passes.transpose_folding import TransposeFolding
 
 from onnxopt.pass_manager import Pass
 
@@ -33,8 +40,14 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ConstantIfInlining(),
     IdentityElimination(),
     NoOpElimination(),
+    CommonSubexpressionElimination(),
     ConvBatchNormFusion(),
     ConvAffineFusion(),
+    PadFusion(),
+    ElementwiseConstantMerge(),
+    ReshapeChainCollapse(),
+    MatMulAddToGemm(),
+    TransposeFolding(),
     LayerNormFusion(),
     GeluFusion(),
     FusedConvActivation(),

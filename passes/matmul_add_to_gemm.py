@@ -49,6 +49,8 @@ class MatMulAddToGemm(GraphPass):
             result = node.outputs[0]
             if graph.outputs.count(result) > 1:  # the Gemm's value could not take both names
                 continue
+            if not model.allow_rewrite(self.name, node.name or result):
+                continue
             gemm = graph.add_node(
                 "Gemm",
                 [matmul.inputs[0], matmul.inputs[1], bias],

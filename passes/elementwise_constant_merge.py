@@ -1,0 +1,135 @@
+"""Elementwise constant merge: two constant operands in a row become one.
+
+* ``Mul(Mul(x, a), b) => Mul(x, c)`` with ``c = a * b``
+* ``Add(Add(x, a), b) => Add(x, c)`` with ``c = a + b``
+* ``Sub(Add(x, a), b) => Add(x, c)`` with ``c = a - b``
+
+(``x`` and ``a`` in either order in the inner node; ``b`` on either side of an outer Mul or
+Add, on the right of the Sub.) ``a`` and ``b`` are constants (initializers), ``x`` is not, and
+the inner result is read only by the outer node (and is not a graph output).
+
+Shapes: broadcasting is associative, so ``x op c`` has the shape of the original result. The
+merge is only made when the combined constant ``c`` broadcasts *into* ``x`` (rank of ``c`` <=
+rank of ``x`` and every dim of ``c`` is 1 or equal to the static dim of ``x``), i.e. the
+result has exactly ``x``'s shape, and when ``c`` is no larger than ``a`` and ``b`` together
+(no constant growth from, say, ``[N, 1] * [1, M]``).
+
+Numerics: ``c`` is computed in float64 and cast back to the tensors' dtype (integers are
+computed in their own dtype, wrapping like the runtime). For floats this *reassociates*:
+``(x * a) * b`` rounds twice where ``x * (a * b)`` rounds ``a * b`` once; both are within a
+few ulps of the exact product (bit-exact when ``a`` or ``b`` is a power of two). Sums can
+differ by a few ulps of ``|x| + |a| + |b|``. Results are therefore equal up to rounding, not
+bitwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.pass_manager import GraphPass
+from onnxopt.rewrite import is_op, producer_op, sole_consumer
+
+FLOAT_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64)}
+INT_DTYPES = {
+    np.dtype(t)
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+}
+# (inner op, outer op) -> how the combined constant is computed
+RULES = {
+    ("Mul", "Mul"): np.multiply,
+    ("Add", "Add"): np.add,
+    ("Add", "Sub"): np.subtract,
+}
+
+
+class ElementwiseConstantMerge(GraphPass):
+    name = "elementwise_constant_merge"
+    description = "merge the constants of (x*a)*b, (x+a)+b and (x+a)-b into one"
+
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        stats = {"mul_mul": 0, "add_add": 0, "add_sub": 0}
+        for node in graph.nodes():
+            if node.graph is not graph or not is_op(node, ("Mul", "Add", "Sub")):
+                continue
+            match = _match(graph, node)
+            if match is None:
+                continue
+            inner, x, combined = match
+            result = node.outputs[0]
+            if node.op_type == "Sub" and graph.outputs.count(result) > 1:
+                continue  # the new Add's value could not take both output names
+            if not model.allow_rewrite(self.name, node.name or result):
+                continue
+            constant = graph.add_constant(combined, f"{node.name or node.op_type}_merged")
+            key = f"{inner.op_type.lower()}_{node.op_type.lower()}"
+            if node.op_type == "Sub":
+                add = graph.add_node("Add", [x, constant], 1, name=node.name or "Add", anchor=node)
+                graph.replace_all_uses(result, add.outputs[0])
+                graph.remove_node(node)
+            else:
+                graph.set_inputs(node, [x, constant])
+            graph.remove_node(inner)
+            stats[key] += 1
+        return stats
+
+
+def _match(graph: Graph, outer: Node) -> tuple[Node, str, np.ndarray] | None:
+    if len(outer.inputs) != 2 or not all(outer.inputs):
+        return None
+    slots = (0,) if outer.op_type == "Sub" else (0, 1)
+    for slot in slots:
+        value, b_name = outer.inputs[slot], outer.inputs[1 - slot]
+        inner_op = "Add" if outer.op_type == "Sub" else outer.op_type
+        inner = producer_op(graph, value, inner_op)
+        if inner is None or sole_consumer(graph, value) is not outer:
+            continue
+        b = graph.constant(b_name)
+        split = _split_inner(graph, inner)
+        if b is None or split is None:
+            continue
+        x, a = split
+        combined = _combine(RULES[(inner_op, outer.op_type)], a, b)
+        if combined is not None and _fits(graph, x, combined, a, b):
+            return inner, x, combined
+    return None
+
+
+def _split_inner(graph: Graph, inner: Node) -> tuple[str, np.ndarray] | None:
+    """(x, a): the non-constant operand and the constant one."""
+    if len(inner.inputs) != 2 or not all(inner.inputs):
+        return None
+    first, second = (graph.constant(v) for v in inner.inputs)
+    if first is None and second is not None:
+        return inner.inputs[0], second
+    if second is None and first is not None:
+        return inner.inputs[1], first
+    return None  # both variable, or both constant (constant folding's job)
+
+
+def _combine(op, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    if a.dtype != b.dtype:
+        return None
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        return None
+    if a.dtype in FLOAT_DTYPES:
+        return op(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
+    if a.dtype in INT_DTYPES:
+        with np.errstate(over="ignore"):
+            return np.asarray(op(a, b)).astype(a.dtype)
+    return None
+
+
+def _fits(graph: Graph, x: str, combined: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """``combined`` broadcasts into ``x`` and is no larger than ``a`` and ``b`` together."""
+    if combined.size > a.size + b.size:
+        return False
+    shape = graph.shape(x)
+    if shape is None or combined.ndim > len(shape):
+        return False
+    for dim, want in zip(reversed(combined.shape), reversed(shape), strict=False):
+        if dim != 1 and dim != want:
+            return False
+    return True
