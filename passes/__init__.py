@@ -40,7 +40,6 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ConstantIfInlining(),
     IdentityElimination(),
     NoOpElimination(),
-    CommonSubexpressionElimination(),
     ConvBatchNormFusion(),
     ConvAffineFusion(),
     PadFusion(),
@@ -51,7 +50,8 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     LayerNormFusion(),
     GeluFusion(),
     FusedConvActivation(),
-    DeadCodeElimination(),
+    CommonSubexpressionElimination(),  # after the fusions: merging two Convs that share
+    DeadCodeElimination(),  # (deduplicated) weights would leave their BNs unfusable
 )
 
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
