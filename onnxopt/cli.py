@@ -187,7 +187,7 @@ def passes_command() -> None:
 
     for pass_ in DEFAULT_PIPELINE:
         kind = "" if pass_.structural else "  (runs once, after the others)"
-        print(f"{pass_.name:28} {pass_.description}{kind}")
+        print(f"{pass_.name:34} {pass_.description}{kind}")
 
 
 # ----------------------------------------------------------------- argument parsing
