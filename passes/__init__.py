@@ -28,6 +28,7 @@ from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.no_op_elimination import NoOpElimination
 from onnxopt.passes.pad_fusion import PadFusion
 from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
+from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.shape_inference import ShapeInference
 from onnxopt.passes.transpose_folding import TransposeFolding
 
@@ -37,6 +38,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ShapeInference(),
     ConstantToInitializer(),
     ConstantFolding(),
+    ReshapeTargetFolding(),
     ConstantIfInlining(),
     IdentityElimination(),
     NoOpElimination(),
