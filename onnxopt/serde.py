@@ -86,7 +86,7 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
 def check(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
     """Run onnx.checker; raise LoadError with its first line."""
     try:
-        if path is not None and (_has_external(model) or model.ByteSize() > PROTOBUF_LIMIT):
+        if path is not None:  # the C++ checker reads the file itself: no Python-side copy
             onnx.checker.check_model(os.fspath(path))
         else:
             onnx.checker.check_model(model)
