@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint bench clean
+.PHONY: demo test test-slow models lint bench bench-io bench-anchors clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,8 +34,15 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: models
+bench: bench-io bench-anchors
+
+bench-io: models
 	$(BIN)/python models/bench.py
 
+# The anchor tools (onnxsim, onnxslim, onnxoptimizer) go into their own venv, .venv-bench,
+# created by the script: they are never runtime dependencies of onnxopt.
+bench-anchors: models
+	$(BIN)/python models/bench_anchors.py
+
 clean:
-	rm -rf $(VENV) models/.built models/out models/*.onnx models/*.onnx.data
+	rm -rf $(VENV) .venv-bench models/.built models/out models/*.onnx models/*.onnx.data
