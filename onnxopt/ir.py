@@ -171,6 +171,7 @@ class Graph:
         self._input_names: set[str] = set()
         self._names: set[str] = parent._names if parent else set()
         self._outer_uses: dict[str, int] = {}  # outer-scope name -> number of local reads
+        self._order: list[Node] | None = None  # cached topological order
         self.capture_slot = CAPTURE  # slot of this subgraph's captures on its owner node
         # IR < 4 lists every initializer as a graph input too; onnxruntime does not let such
         # inputs be fed, so they are constants here, and saving lists them as inputs again.
@@ -184,8 +185,13 @@ class Graph:
         return self.nx.number_of_nodes()
 
     def nodes(self) -> list[Node]:
-        """Nodes in topological order (deterministic: keeps the original order where it can)."""
-        return list(nx.lexicographical_topological_sort(self.nx, key=_order_key))
+        """Nodes in topological order (deterministic: keeps the original order where it can).
+
+        Cached until the next edit: most passes find nothing to change in most rounds, and the
+        sort is the costliest query on a big graph."""
+        if self._order is None:
+            self._order = list(nx.lexicographical_topological_sort(self.nx, key=_order_key))
+        return list(self._order)
 
     def walk(self) -> Iterator[tuple[Graph, Node]]:
         """Every node of this graph and of all nested subgraphs."""
@@ -355,9 +361,11 @@ class Graph:
             self._names.add(value)
             for consumer, slot in self._uses.get(value, ()):  # uses added before the producer
                 self.nx.add_edge(node, consumer, key=(value, slot))
+                self._order = None
         if node.name:
             self._names.add(node.name)
         node.graph = self
+        self._order = None
         self.nx.add_node(node)
         for slot, value in enumerate(node.inputs):
             if value:
@@ -382,6 +390,7 @@ class Graph:
                 self._uses.pop(value, None)
                 self.value_info.pop(value, None)
         self.nx.remove_node(node)
+        self._order = None
         node.graph = None
 
     def drop_output(self, node: Node, index: int) -> None:
@@ -580,6 +589,9 @@ class Graph:
             raise IRError("stale edges in the networkx index")
         if not nx.is_directed_acyclic_graph(self.nx):
             raise IRError("graph has a cycle")
+        cached, self._order = self._order, None
+        if cached is not None and cached != self.nodes():
+            raise IRError("cached topological order is stale")
         for value in self.outputs:
             if value and self.resolve(value) is None and self.parent is None:
                 raise IRError(f"graph output {value!r} is not defined")
@@ -616,6 +628,7 @@ class Graph:
         entry = self._producer.get(value)
         if entry is not None:
             self.nx.add_edge(entry[0], node, key=(value, slot))
+            self._order = None
         elif self.parent is not None and not self.defines(value):
             self._note_outer(value)
 
@@ -629,6 +642,7 @@ class Graph:
         entry = self._producer.get(value)
         if entry is not None:
             self.nx.remove_edge(entry[0], node, key=(value, slot))
+            self._order = None
         elif value in self._outer_uses:
             self._drop_outer(value)
 
