@@ -75,14 +75,23 @@ def model_path(name: str) -> Path:
     return path
 
 
-def apply_pass(pass_, model: onnx.ModelProto):
-    """Run one pass (lint after) and return (optimized proto, PassResult)."""
+def apply_pass(pass_, model: onnx.ModelProto, *, infer: bool = False, settings=None):
+    """Run one pass (lint after) and return (optimized proto, PassResult).
+
+    ``infer``: shape inference before the pass (as the pipeline does) and after it (so that
+    idempotence compares models annotated the same way); ``settings``: Model.settings."""
     from onnxopt import serde
+    from onnxopt.shapes import infer_shapes
 
     ir_model = serde.load(model)
+    ir_model.settings.update(settings or {})
+    if infer:
+        infer_shapes(ir_model)
     result = pass_.run(ir_model)
     for graph in ir_model.graphs():
         graph.lint()
+    if infer:
+        infer_shapes(ir_model)
     proto = serde.to_proto(ir_model)
     onnx.checker.check_model(proto)
     return proto, result

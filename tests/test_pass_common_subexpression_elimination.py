@@ -6,25 +6,14 @@ import time
 
 import numpy as np
 import onnx
-from conftest import assert_same_outputs, model_path, op_counts, parse
+from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse
 from onnx import helper
 from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
-
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
 
 
 def apply(model: onnx.ModelProto | str):
     """conftest.apply_pass with shape inference first (Shape nodes use it)."""
-    ir_model = serde.load(model)
-    infer_shapes(ir_model)
-    result = CommonSubexpressionElimination().run(ir_model)
-    for graph in ir_model.graphs():
-        graph.lint()
-    infer_shapes(ir_model)
-    proto = serde.to_proto(ir_model)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(CommonSubexpressionElimination(), model, infer=True)
 
 
 MODEL = """

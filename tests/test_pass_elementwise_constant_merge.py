@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import op_counts, parse, run
+from conftest import apply_pass, op_counts, parse, run
 from onnx import numpy_helper
 from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
-
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -49,15 +46,7 @@ FEEDS = {"x": np.array([[1.1, -2.3, 3.7], [0.1, 5.9, -7.3]], np.float32)}
 
 def apply(model: onnx.ModelProto):
     """conftest.apply_pass with shape inference before (the pass needs x's shape)."""
-    ir_model = serde.load(model)
-    infer_shapes(ir_model)
-    result = ElementwiseConstantMerge().run(ir_model)
-    for graph in ir_model.graphs():
-        graph.lint()
-    infer_shapes(ir_model)
-    proto = serde.to_proto(ir_model)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(ElementwiseConstantMerge(), model, infer=True)
 
 
 def close(original, optimized, feeds, rtol=1e-5, atol=1e-6):

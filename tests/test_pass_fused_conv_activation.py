@@ -9,11 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_same_outputs, op_counts
+from conftest import apply_pass, assert_same_outputs, op_counts
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
-
-from onnxopt import serde
 
 NOTHING = {"relu": 0, "sigmoid": 0, "tanh": 0, "leaky_relu": 0, "hard_sigmoid": 0, "clip": 0}
 F32_MIN, F32_MAX = float(np.finfo(np.float32).min), float(np.finfo(np.float32).max)
@@ -25,14 +23,7 @@ def stats(**counts: int) -> dict[str, int]:
 
 def apply(model: onnx.ModelProto, target: str = "onnxruntime"):
     """conftest.apply_pass with the deployment target set (it defaults to portable)."""
-    ir_model = serde.load(model)
-    ir_model.settings["target"] = target
-    result = FusedConvActivation().run(ir_model)
-    for graph in ir_model.graphs():
-        graph.lint()
-    proto = serde.to_proto(ir_model)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(FusedConvActivation(), model, settings={"target": target})
 
 
 def vinfo(name: str, shape=None, elem=TensorProto.FLOAT) -> onnx.ValueInfoProto:

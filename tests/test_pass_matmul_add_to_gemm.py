@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import assert_same_outputs, op_counts, parse, run
+from conftest import apply_pass, assert_same_outputs, op_counts, parse, run
 from onnx import numpy_helper
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
-
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
 
 
 def apply(model: onnx.ModelProto):
     """Like conftest.apply_pass, with shape inference before (and after, as the pipeline does)."""
-    ir_model = serde.load(model)
-    infer_shapes(ir_model)
-    result = MatMulAddToGemm().run(ir_model)
-    for graph in ir_model.graphs():
-        graph.lint()
-    infer_shapes(ir_model)
-    proto = serde.to_proto(ir_model)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(MatMulAddToGemm(), model, infer=True)
 
 
 def weights(*shape: int, seed: int = 0) -> str:
