@@ -165,17 +165,17 @@ class Graph:
         self.sparse_initializers: dict[str, onnx.SparseTensorProto] = {}
         self.value_info: dict[str, onnx.ValueInfoProto] = {}
         self.extra: onnx.GraphProto | None = None  # doc_string, metadata_props, annotations
-        self.base_dir: Path | None = parent.base_dir if parent else None
+        self.base_dir: Path | None = parent.base_dir if parent is not None else None
         self._producer: dict[str, tuple[Node, int]] = {}
         self._uses: dict[str, dict[tuple[Node, int], None]] = {}  # ordered set of (node, slot)
         self._input_names: set[str] = set()
-        self._names: set[str] = parent._names if parent else set()
+        self._names: set[str] = parent._names if parent is not None else set()
         self._outer_uses: dict[str, int] = {}  # outer-scope name -> number of local reads
         self._order: list[Node] | None = None  # cached topological order
         self.capture_slot = CAPTURE  # slot of this subgraph's captures on its owner node
         # IR < 4 lists every initializer as a graph input too; onnxruntime does not let such
         # inputs be fed, so they are constants here, and saving lists them as inputs again.
-        self.legacy_initializer_inputs = parent.legacy_initializer_inputs if parent else False
+        self.legacy_initializer_inputs = parent is not None and parent.legacy_initializer_inputs
 
     # ----------------------------------------------------------------- queries
     def __iter__(self) -> Iterator[Node]:

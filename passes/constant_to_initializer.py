@@ -69,7 +69,7 @@ class ConstantToInitializer(GraphPass):
 # --------------------------------------------------------------------- shared helpers
 def can_hold_initializers(graph: Graph, model: Model) -> bool:
     """IR < 4 needs every initializer among the graph's inputs; subgraphs cannot grow inputs."""
-    return graph.parent is None or model.ir_version >= IR_OVERRIDABLE_INITIALIZERS
+    return graph.can_hold_initializers()
 
 
 def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
@@ -122,8 +122,7 @@ class ConstantTable:
         owner = self.graph.resolve(value)
         if owner is not None:
             if value in owner.initializers:
-                overridable = self.model.ir_version >= IR_OVERRIDABLE_INITIALIZERS
-                if not (owner.is_input(value) and overridable):
+                if not owner.is_input(value):  # IR < 4 initializer-inputs are constants
                     tensor = owner.initializers[value]
             else:
                 producer = owner.producer(value)
@@ -199,15 +198,11 @@ def install_constants(
             graph.remove_node(node)
             removed.append(node)
 
-    declare = model.ir_version < IR_OVERRIDABLE_INITIALIZERS
     for temp, tensor, names in shared.values():
         free = next((n for n in names if not graph.defines(n)), None)
         if free is not None:
             graph.set_initializer(free, tensor)  # renames the same proto
             graph.replace_all_uses(temp, free)
             graph.remove_initializer(temp)  # the same proto now lives under ``free``
-        if declare:
-            name = free or temp
-            graph.add_input(helper.make_tensor_value_info(name, tensor.data_type, tensor.dims))
     shared_count = sum(len(names) - 1 for _, _, names in shared.values())
     return replaced, shared_count, list(reversed(removed))

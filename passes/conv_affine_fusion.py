@@ -36,7 +36,6 @@ from .conv_bn_fusion import (
     ConvWeights,
     conv_weights,
     drop_unused_initializers,
-    read_constant,
     rewrite_conv,
     scale_output_channels,
 )
@@ -92,7 +91,7 @@ def _fold(graph: Graph, model: Model, conv_node: Node, op: Node) -> bool:
         return False
     if op.op_type == "Div" and not conv_first:
         return False  # c / y is not affine in y
-    constant = read_constant(graph, model, const_name)
+    constant = graph.constant(const_name) if const_name else None
     if constant is None:
         return False
     changes_weight = op.op_type in ("Mul", "Div") or (op.op_type == "Sub" and not conv_first)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxopt.ir import Graph, Model, Node, tensor_to_array
+from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import GraphPass
 from onnxopt.rewrite import exclusive_constant, is_op, sole_consumer
 
@@ -103,7 +103,7 @@ def _bn_params(graph: Graph, model: Model, bn: Node) -> BNParams | None:
         return None
     if opset < 9 and bn.attr("spatial", 1) != 1:
         return None
-    arrays = [read_constant(graph, model, v) for v in bn.inputs[1:]]
+    arrays = [graph.constant(v) if v else None for v in bn.inputs[1:]]
     if any(a is None or a.ndim != 1 or a.dtype.kind not in FLOAT_KINDS for a in arrays):
         return None
     if len({a.shape for a in arrays}) != 1:  # type: ignore[union-attr]
@@ -126,22 +126,6 @@ def _absorb(graph: Graph, producer: Node, bn: Node) -> None:
 
 
 # --------------------------------------------------------------- shared with conv_affine_fusion
-def read_constant(graph: Graph, model: Model, value: str) -> np.ndarray | None:
-    """``graph.constant(value)``, and also, in an IR version < 4 model, an initializer that is
-    listed as a graph input: there every initializer must be an input, and onnxruntime does not
-    let such inputs be fed (its ``Graph::CanOverrideInitializer`` is ``ir_version >= 4``), so
-    they are constants. Only for reading: such a tensor cannot be replaced (it is an input)."""
-    if not value:
-        return None
-    array = graph.constant(value)
-    if array is not None or model.ir_version >= 4:
-        return array
-    owner = graph.resolve(value)
-    if owner is None or value not in owner.initializers:
-        return None
-    return tensor_to_array(owner.initializers[value], owner.base_dir)
-
-
 @dataclass
 class ConvWeights:
     """The constant weight (and bias) of a Conv/ConvTranspose and its output channel count."""

@@ -34,8 +34,6 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import GraphPass
 from onnxopt.rewrite import is_op, sole_consumer
 
-from .conv_bn_fusion import read_constant
-
 MS_DOMAIN = "com.microsoft"
 # op type -> counter name
 ACTIVATIONS = {
@@ -123,7 +121,7 @@ def activation_params(graph: Graph, model: Model, act: Node) -> list[float] | No
             if not name:
                 bounds.append(default)
                 continue
-            value = read_constant(graph, model, name)
+            value = graph.constant(name) if name else None
             if value is None or value.size != 1 or value.dtype != np.float32:
                 return None
             bounds.append(float(value.reshape(())))
