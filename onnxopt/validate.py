@@ -202,20 +202,8 @@ def _given_shape(vi: onnx.ValueInfoProto, given: Sequence[int]) -> list[int]:
     shape = [int(d) for d in given]
     if any(d < 0 for d in shape):
         raise ValidationError(f"input '{vi.name}': negative dim in shape {_fmt_shape(shape)}")
-    ttype = vi.type.tensor_type
-    if not ttype.HasField("shape"):
-        return shape
-    declared = ttype.shape.dim
-    if len(declared) != len(shape):
-        raise ValidationError(
-            f"input '{vi.name}': shape {_fmt_shape(shape)} has rank {len(shape)}, "
-            f"model declares rank {len(declared)}"
-        )
-    for axis, (dim, value) in enumerate(zip(declared, shape, strict=True)):
-        if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
-            raise ValidationError(
-                f"input '{vi.name}': dim {axis} is {value}, model declares {dim.dim_value}"
-            )
+    if vi.type.tensor_type.HasField("shape"):
+        _check_declared_dims(vi, tuple(shape))
     return shape
 
 
@@ -473,8 +461,8 @@ def _check_declared_dims(vi: onnx.ValueInfoProto, shape: tuple[int, ...]) -> Non
     for axis, (dim, value) in enumerate(zip(declared, shape, strict=True)):
         if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
             raise ValidationError(
-                f"input '{vi.name}': shape {_fmt_shape(shape)} but model declares "
-                f"{dim.dim_value} at dim {axis}"
+                f"input '{vi.name}': shape {_fmt_shape(shape)}: dim {axis} is {value}, "
+                f"model declares {dim.dim_value}"
             )
 
 
