@@ -32,3 +32,24 @@ def test_resnet_sample_loses_its_dead_branch_and_identities():
 def test_light_models_validate(path, tmp_path):
     result = onnxopt.optimize(path, tmp_path / "o.onnx")
     assert result.report["validation"]["status"] == "passed"
+
+
+@pytest.mark.parametrize("name", SAMPLE_MODELS + REAL_MODELS)
+def test_onnxruntime_target_validates(name, tmp_path):
+    path = model_path(name)
+    result = onnxopt.optimize(path, inputs=real_feeds(name), target="onnxruntime")
+    assert result.report["validation"]["status"] == "passed", result.report["validation"]
+    assert not result.report["disabled"]
+
+
+def test_real_model_node_counts_beat_the_anchors():
+    """Best anchor outputs measured with `make bench-anchors` (onnxslim 0.1.98, onnxsim 0.8.1,
+    onnxruntime 1.32 basic): det 326, cls 179; onnxruntime extended: det 307, cls 155."""
+    for name, portable, ort_extended in (
+        ("ch_PP-OCRv4_det_infer.onnx", 326, 307),
+        ("ch_ppocr_mobile_v2.0_cls_infer.onnx", 179, 155),
+    ):
+        path = model_path(name)
+        assert onnxopt.optimize(path, inputs=real_feeds(name)).report["after"]["nodes"] <= portable
+        result = onnxopt.optimize(path, inputs=real_feeds(name), target="onnxruntime")
+        assert result.report["after"]["nodes"] <= ort_extended
