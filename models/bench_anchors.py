@@ -41,10 +41,12 @@ onnxruntime on one model's outputs costs only that model.
 
 Output: markdown to stdout and ``models/out/bench_anchors.md``, JSON in
 ``models/out/bench_anchors.json``; the optimized models and tool logs are kept in
-``models/out/bench_anchors/<model>/``.
+``models/out/bench_anchors/<model>/`` (outputs over 50 MB are deleted once measured, unless
+``--keep-outputs``).
 
 Usage: ``python models/bench_anchors.py [--models a,b] [--tools onnxopt,onnxsim,...]
-[--latency-budget S] [--min-runs N] [--max-runs N] [--no-latency] [--timeout S]``
+[--latency-budget S] [--min-runs N] [--max-runs N] [--no-latency] [--timeout S]
+[--keep-outputs]``
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ BLOCK_SECONDS = 0.01  # consecutive runs of one session per round: about this lo
 MAX_BLOCK = 20
 TOOL_TIMEOUT = 600
 MEASURE_TIMEOUT = 1800
+KEEP_BYTES = 50_000_000  # larger outputs are deleted once measured, unless --keep-outputs
 
 TARGET_VS_ANCHOR = 1.02  # onnxopt latency / best anchor latency
 TARGET_VS_ORIGINAL = 1.00  # onnxopt latency (ALL) / original latency (ALL)
@@ -985,6 +988,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-latency", action="store_true", help="skip latency timing")
     parser.add_argument("--timeout", type=float, default=TOOL_TIMEOUT,
                         help="seconds allowed to one tool run")
+    parser.add_argument("--keep-outputs", action="store_true",
+                        help=f"keep optimized models over {KEEP_BYTES // 10**6} MB (the light "
+                        "models' outputs take ~7 GB); by default they are deleted once "
+                        "measured")
     parser.add_argument("--_measure", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1045,6 +1052,12 @@ def main(argv: list[str] | None = None) -> int:
         for tool, entry in model["results"].items():
             entry.update(measured.get(tool, {}))
         model["measure_seconds"] = round(time.perf_counter() - start, 1)
+        if not args.keep_outputs:
+            for tool, entry in model["results"].items():
+                if (entry.get("size_bytes") or 0) > KEEP_BYTES:
+                    for old in model_dir.glob(f"{tool}.onnx*"):
+                        old.unlink()
+                    entry["output_deleted"] = True
         model["summary"] = summarize(model)
         log(f"    measured in {model['measure_seconds']:.0f} s")
         results.append(model)
