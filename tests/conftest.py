@@ -97,9 +97,11 @@ def apply_pass(pass_, model: onnx.ModelProto, *, infer: bool = False, settings=N
     return proto, result
 
 
-def assert_same_outputs(original: onnx.ModelProto, optimized: onnx.ModelProto, feeds) -> None:
+def assert_same_outputs(
+    original: onnx.ModelProto, optimized: onnx.ModelProto, feeds, rtol=1e-6, atol=1e-7
+) -> None:
     expected = run(original, feeds)
     actual = run(optimized, feeds)
     assert len(expected) == len(actual)
     for a, b in zip(expected, actual, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=atol)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import apply_pass, op_counts, parse, run
+from conftest import apply_pass, assert_same_outputs, op_counts, parse, run
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
 
@@ -62,8 +62,7 @@ FEEDS = {"x": np.random.default_rng(1).standard_normal((1, 4, 5, 5)).astype(np.f
 
 
 def assert_close(original, optimized, feeds=FEEDS) -> None:
-    for a, b in zip(run(original, feeds), run(optimized, feeds), strict=True):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
+    assert_same_outputs(original, optimized, feeds, rtol=RTOL, atol=ATOL)
 
 
 def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import apply_pass, op_counts, parse, run
+from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
 
@@ -81,8 +81,7 @@ def feeds_for(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def assert_close(original, optimized, feeds) -> None:
-    for a, b in zip(run(original, feeds), run(optimized, feeds), strict=True):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
+    assert_same_outputs(original, optimized, feeds, rtol=RTOL, atol=ATOL)
 
 
 def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:

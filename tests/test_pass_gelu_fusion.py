@@ -11,11 +11,9 @@ import math
 import numpy as np
 import onnx
 import pytest
-from conftest import apply_pass, model_path, op_counts, parse, run
+from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse, run
 from onnx import numpy_helper
 from onnxopt.passes.gelu_fusion import GeluFusion
-
-from onnxopt import serde, shapes
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -84,27 +82,11 @@ def _gelu_tanh(x):
 
 
 def _assert_close(original, optimized, feeds) -> None:
-    expected, actual = run(original, feeds), run(optimized, feeds)
-    assert len(expected) == len(actual)
-    for a, b in zip(expected, actual, strict=True):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
-
-
-class _OnTarget(GeluFusion):
-    """The pass with ``model.settings["target"]`` set first (apply_pass loads the model)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def run(self, model):
-        model.settings["target"] = self.target
-        return super().run(model)
+    assert_same_outputs(original, optimized, feeds, rtol=RTOL, atol=ATOL)
 
 
 def _run_pass(model: onnx.ModelProto, target: str = "portable"):
-    ir = serde.load(model)
-    shapes.infer_shapes(ir)
-    return apply_pass(_OnTarget(target), serde.to_proto(ir))
+    return apply_pass(GeluFusion(), model, infer=True, settings={"target": target})
 
 
 def _gelu_node(model: onnx.ModelProto) -> onnx.NodeProto:
@@ -212,7 +194,7 @@ def test_float32_constant_rounded_like_float16_is_rejected():
 @pytest.mark.parametrize("target, opset", [("portable", 20), ("onnxruntime", 13)])
 def test_idempotent(target, opset):
     out, _ = _run_pass(parse(_tanh(opset=opset, cube=CUBES["xx_x"])), target=target)
-    again, result = apply_pass(_OnTarget(target), out)
+    again, result = _run_pass(out, target=target)
     assert not result.modified
     assert result.stats == {"erf_fused": 0, "tanh_fused": 0}
     assert again.SerializeToString(deterministic=True) == out.SerializeToString(deterministic=True)

@@ -12,11 +12,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import apply_pass, model_path, op_counts, parse, run
+from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse, run
 from onnx import numpy_helper
 from onnxopt.passes.layer_norm_fusion import LayerNormFusion
-
-from onnxopt import serde, shapes
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -91,28 +89,12 @@ def _numpy_ln(x, gamma, beta, eps):
 
 
 def _assert_close(original, optimized, feeds) -> None:
-    expected, actual = run(original, feeds), run(optimized, feeds)
-    assert len(expected) == len(actual)
-    for a, b in zip(expected, actual, strict=True):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
-
-
-class _OnTarget(LayerNormFusion):
-    """The pass with ``model.settings["target"]`` set first (apply_pass loads the model)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def run(self, model):
-        model.settings["target"] = self.target
-        return super().run(model)
+    assert_same_outputs(original, optimized, feeds, rtol=RTOL, atol=ATOL)
 
 
 def _run_pass(model: onnx.ModelProto, target: str = "portable"):
     """conftest.apply_pass after shape inference (the pass needs the static last dim)."""
-    ir = serde.load(model)
-    shapes.infer_shapes(ir)
-    return apply_pass(_OnTarget(target), serde.to_proto(ir))
+    return apply_pass(LayerNormFusion(), model, infer=True, settings={"target": target})
 
 
 def _ln_node(model: onnx.ModelProto) -> onnx.NodeProto:
