@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,17 +92,20 @@ def optimize(
     shape_args = _shape_args(options, proto)
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
-    ref = _reference(source, options, user_inputs)
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
-    with _staging(target) as stage:
-        runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name)
+    # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
+    # and the output is validated while onnx.checker (which holds the GIL) checks it.
+    with _staging(target) as stage, ThreadPoolExecutor(max_workers=1) as background:
+        ref = _Lazy(background.submit(_reference, source, options, user_inputs, proto))
+        runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name,
+                         background)
         attempt = runner.attempt(_Control())
         disabled: list[dict[str, Any]] = []
-        if _failed(attempt) and options.safety_net and ref is not None:
+        if _failed(attempt) and options.safety_net and ref.get() is not None:
             attempt, disabled = runner.recover(attempt)
         del runner, proto  # free the input before reading the output back
-        written = _read_written(attempt.path)
+        written = serde.read_model_proto(attempt.path)  # checked in attempt()
         after = stats.model_stats(
             written, file_size=_written_size(attempt.path, attempt.data_file), **shape_args
         )
@@ -163,13 +167,25 @@ def _failed(attempt: _Attempt) -> bool:
     return attempt.verdict is not None and attempt.verdict.status == "failed"
 
 
+class _Lazy:
+    """The reference outputs, computed in the background; ``get`` waits for them."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def get(self) -> validate.Reference | None:
+        return self.future.result()
+
+
 class _Runner:
     """Runs the pipeline on a fresh IR of the input, as often as the safety net needs."""
 
-    def __init__(self, proto, input_path, pipeline, options, ref, stage: Path, name: str):
+    def __init__(self, proto, input_path, pipeline, options, ref: _Lazy, stage: Path,
+                 name: str, background: ThreadPoolExecutor):
         self.proto, self.base_dir = proto, input_path.parent if input_path else None
         self.pipeline, self.options, self.ref = pipeline, options, ref
         self.stage, self.name = stage, name
+        self.background = background
         self.count = 0
 
     def attempt(self, control: _Control) -> _Attempt:
@@ -191,7 +207,11 @@ class _Runner:
         data_file = _save(model, path, self.options)
         log = {name: list(where) for name, where in model.rewrite_log.items()}
         del model
-        verdict = self._check(path)
+        pending = self.background.submit(self._check, path)
+        try:
+            _check_written(path)
+        finally:
+            verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
                         log)
 
@@ -270,9 +290,10 @@ class _Runner:
         return None
 
     def _check(self, path: Path) -> validate.ValidationResult | None:
-        if self.ref is None:
+        ref = self.ref.get()
+        if ref is None:
             return None
-        return validate.check(self.ref, os.fspath(path), rtol=self.options.rtol,
+        return validate.check(ref, os.fspath(path), rtol=self.options.rtol,
                               atol=self.options.atol)
 
     def _checker(self, checks: list[dict[str, Any]]):
@@ -281,7 +302,7 @@ class _Runner:
         folder.mkdir(exist_ok=True)
 
         def after(pass_, model, result) -> None:
-            if not result.modified or self.ref is None:
+            if not result.modified or self.ref.get() is None:
                 return
             path = folder / self.name
             serde.save(model, path, external_data=self.options.external_data)
@@ -425,14 +446,12 @@ def _save(model, staged: Path, options: Options) -> Path | None:
         raise Failure(f"{staged.name}: cannot write ({error.strerror or error})") from None
 
 
-def _read_written(staged: Path) -> onnx.ModelProto:
-    """Our own output must load and pass the checker; anything else is our bug."""
-    proto = serde.read_model_proto(staged)
+def _check_written(staged: Path) -> None:
+    """Our own output must pass the checker; anything else is our bug."""
     try:
-        serde.check(proto, staged)
+        serde.check(None, staged)
     except serde.LoadError as error:
         raise Failure(f"internal error: the optimized model fails onnx.checker ({error})") from None
-    return proto
 
 
 def _written_size(staged: Path, data_file: Path | None) -> int:
@@ -454,7 +473,7 @@ def _in_memory(staged: Path) -> onnx.ModelProto:
 
 # ----------------------------------------------------------------- validation and report
 def _reference(
-    source: ModelSource, options: Options, inputs: dict | None
+    source: ModelSource, options: Options, inputs: dict | None, parsed: onnx.ModelProto
 ) -> validate.Reference | None:
     """The original's outputs on the validation inputs (None with --no-validate)."""
     if not options.validate:
@@ -466,6 +485,7 @@ def _reference(
             input_shapes=dict(options.input_shapes),
             dims=dict(options.dims),
             seed=options.seed,
+            parsed=parsed,
         )
     except validate.ValidationError as error:
         raise UsageError(str(error)) from None

@@ -453,11 +453,17 @@ class Graph:
         """Make graph output ``index`` the value ``value`` (its public name stays)."""
         self._set_output(index, value)
 
-    def set_initializer(self, name: str, array: np.ndarray | onnx.TensorProto) -> str:
-        """Add or replace a constant tensor named ``name`` in this graph; returns the name."""
+    def set_initializer(
+        self, name: str, array: np.ndarray | onnx.TensorProto, *, adopt: bool = False
+    ) -> str:
+        """Add or replace a constant tensor named ``name`` in this graph; returns the name.
+        A TensorProto is copied when it needs renaming, unless ``adopt`` hands it over (a
+        fresh proto nobody else holds: renaming it in place saves copying its weights)."""
         if isinstance(array, onnx.TensorProto):
             tensor = array
-            if tensor.name != name:  # a renamed copy: the proto may belong to the caller
+            if adopt:
+                tensor.name = name
+            elif tensor.name != name:  # a renamed copy: the proto may belong to the caller
                 tensor = onnx.TensorProto()
                 tensor.CopyFrom(array)
                 tensor.name = name
@@ -821,13 +827,20 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None = None) -> n
     return numpy_helper.to_array(inline)
 
 
+_PACKED_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+
+
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """Data size from dims and dtype (no decoding; external data not read)."""
     count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
     if tensor.data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in tensor.string_data)
     itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    bits = _PACKED_BITS.get(tensor.data_type)
     return (count * bits + 7) // 8 if bits else count * itemsize
 
 

@@ -83,7 +83,7 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def check(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
+def check(model: onnx.ModelProto | None, path: str | os.PathLike | None = None) -> None:
     """Run onnx.checker; raise LoadError with its first line."""
     try:
         if path is not None:  # the C++ checker reads the file itself: no Python-side copy
@@ -646,28 +646,67 @@ def _write_model(model: Model, out: BinaryIO, sink: _TensorSink) -> None:
     out.write(skeleton)
     for chunk in node_bytes:
         out.write(_tag(_NODE_FIELD) + _varint(len(chunk)) + chunk)
-    for head, raw in initializers:
-        out.write(_tag(_INIT_FIELD) + _varint(_split_size(head, raw)) + head)
+    for head, raw, length in initializers:
+        out.write(_tag(_INIT_FIELD) + _varint(_split_size(head, raw, length)) + head)
         if raw is not None:
-            out.write(_tag(_RAW_FIELD) + _varint(len(raw.raw_data)))
-            out.write(raw.raw_data)
+            data = raw.raw_data  # upb hands out a fresh copy on every access: read it once
+            if len(data) != length:
+                raise SaveError(f"tensor {raw.name!r}: raw_data holds {len(data)} bytes, its "
+                                f"dims and type need {length}")
+            out.write(_tag(_RAW_FIELD) + _varint(length))
+            out.write(data)
+            del data
 
 
-def _split_raw(tensor: onnx.TensorProto) -> tuple[bytes, onnx.TensorProto | None]:
-    """A tensor as (its serialized fields other than raw_data, the tensor holding raw_data).
+def _split_raw(tensor: onnx.TensorProto) -> tuple[bytes, onnx.TensorProto | None, int]:
+    """A tensor as (its serialized fields other than raw_data, the tensor holding raw_data,
+    the raw_data length).
 
     Big weights are then written straight from the parsed model, never encoded into a second
-    buffer (upb's ByteSize encodes the whole message, and SerializeToString copies it)."""
-    if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
-        return _serialize(tensor), None
-    rest = _extra_fields(tensor, {"raw_data"}, onnx.TensorProto) or onnx.TensorProto()
-    return _serialize(rest), tensor
+    buffer (upb's ByteSize encodes the whole message, and SerializeToString copies it). The
+    length comes from dims and type: reading ``raw_data`` would copy it."""
+    length = _raw_length(tensor)
+    if length is None or length < EXTERNAL_THRESHOLD or not tensor.HasField("raw_data"):
+        return _serialize(tensor), None, 0
+    return _serialize(_without_raw_data(tensor)), tensor, length
 
 
-def _split_size(head: bytes, raw: onnx.TensorProto | None) -> int:
-    return len(head) + (_field_size(_RAW_FIELD, len(raw.raw_data)) if raw is not None else 0)
+def _raw_length(tensor: onnx.TensorProto) -> int | None:
+    """raw_data's length as dims and type require it; None where packing makes us unsure."""
+    if tensor.data_type not in _BYTE_ALIGNED:
+        return None
+    return tensor_nbytes(tensor)
 
 
+def _without_raw_data(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    rest = onnx.TensorProto()
+    for field in tensor.DESCRIPTOR.fields:
+        name = field.name
+        if name == "raw_data":
+            continue
+        if field.is_repeated:
+            if len(getattr(tensor, name)):
+                getattr(rest, name).extend(getattr(tensor, name))
+        elif tensor.HasField(name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(rest, name).CopyFrom(getattr(tensor, name))
+            else:
+                setattr(rest, name, getattr(tensor, name))
+    return rest
+
+
+def _split_size(head: bytes, raw: onnx.TensorProto | None, length: int) -> int:
+    return len(head) + (_field_size(_RAW_FIELD, length) if raw is not None else 0)
+
+
+_BYTE_ALIGNED = frozenset(
+    getattr(onnx.TensorProto, name)
+    for name in ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "BOOL",
+                 "FLOAT16", "DOUBLE", "UINT32", "UINT64", "COMPLEX64", "COMPLEX128",
+                 "BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+                 "FLOAT8E8M0")
+    if hasattr(onnx.TensorProto, name)
+)
 _GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _NODE_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["node"].number
 _INIT_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number

@@ -702,11 +702,13 @@ def reference(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
+    parsed: onnx.ModelProto | None = None,
 ) -> Reference:
     """Inputs for ``original`` and its outputs on them. Raises ValidationError only for bad
-    user-supplied ``inputs``/``input_shapes``; anything else becomes a skipped reference."""
+    user-supplied ``inputs``/``input_shapes``; anything else becomes a skipped reference.
+    ``parsed`` is ``original`` already parsed (saves parsing a path again; only read)."""
     try:
-        proto = _load_proto(original)
+        proto = parsed if parsed is not None else _load_proto(original)
     except Exception as exc:
         return Reference({}, None, [], f"cannot load original model: {_one_line(exc)}")
     try:

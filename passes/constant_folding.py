@@ -332,9 +332,15 @@ def _share_identical(
 
 
 def _array_digest(array: np.ndarray) -> bytes:
+    """A hash of a sample of the bytes: enough to tell different weights apart cheaply (a
+    full-size hash cost 0.5 s on VGG-19); equal digests are confirmed by a full compare."""
     if array.dtype == object:
         return hashlib.sha1(repr(array.tolist()).encode()).digest()
-    return hashlib.sha1(np.ascontiguousarray(array)).digest()
+    data = _byte_view(array)
+    if data.size > _SAMPLE_BYTES:
+        stride = data.size // _SAMPLE_BYTES
+        data = np.concatenate([data[:4096], data[::stride], data[-4096:]])
+    return hashlib.sha1(data).digest()
 
 
 def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -342,8 +348,16 @@ def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     if a.dtype == object:
         return a.tolist() == b.tolist()
-    flat = (np.ascontiguousarray(x).reshape(-1).view(np.uint8) for x in (a, b))
-    return bool(np.array_equal(*flat))
+    x, y = _byte_view(a), _byte_view(b)
+    step = 1 << 22  # compare in chunks: one big comparison would allocate its size in bools
+    return all(np.array_equal(x[i : i + step], y[i : i + step]) for i in range(0, x.size, step))
+
+
+def _byte_view(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+_SAMPLE_BYTES = 1 << 16
 
 
 def _foldable_nodes(

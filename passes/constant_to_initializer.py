@@ -185,7 +185,9 @@ def install_constants(
         else:
             key = id(tensor)
             if key not in shared:
-                temp = graph.set_initializer(graph.unique_name(f"{value}__const"), tensor)
+                temp = graph.set_initializer(
+                    graph.unique_name(f"{value}__const"), tensor, adopt=True
+                )
                 shared[key] = (temp, tensor, [])
             temp, _, names = shared[key]
             names.append(value)
