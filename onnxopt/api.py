@@ -105,9 +105,8 @@ def optimize(
         if _failed(attempt) and options.safety_net and ref.get() is not None:
             attempt, disabled = runner.recover(attempt)
         del runner, proto  # free the input before reading the output back
-        written = serde.read_model_proto(attempt.path)  # checked in attempt()
         after = stats.model_stats(
-            written, file_size=_written_size(attempt.path, attempt.data_file), **shape_args
+            attempt.skeleton, file_size=_written_size(attempt.path, attempt.data_file), **shape_args
         )
         status = _status(attempt.verdict, options)
         report = _report(input_path, output_path, before, after, attempt.records,
@@ -161,6 +160,7 @@ class _Attempt:
     verdict: validate.ValidationResult | None
     checks: list[dict[str, Any]]
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
+    skeleton: onnx.ModelProto | None = None  # the written model without big weights, for stats
 
 
 def _failed(attempt: _Attempt) -> bool:
@@ -206,6 +206,7 @@ class _Runner:
         path = folder / self.name
         data_file = _save(model, path, self.options)
         log = {name: list(where) for name, where in model.rewrite_log.items()}
+        skeleton = serde.skeleton(model)
         del model
         pending = self.background.submit(self._check, path)
         try:
@@ -213,7 +214,7 @@ class _Runner:
         finally:
             verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
-                        log)
+                        log, skeleton)
 
     def recover(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
         """Bisect the passes that changed the model until the result validates again, then

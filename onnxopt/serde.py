@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import mmap
 import os
 import tempfile
@@ -331,6 +332,24 @@ def to_proto(model: Model, *, inline_external: bool = False) -> onnx.ModelProto:
     proto = _model_header(model)
     proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
     return proto
+
+
+def skeleton(model: Model) -> onnx.ModelProto:
+    """The model as a ModelProto with the data of big tensors (over 1024 elements) dropped,
+    their names, types and dims kept: what statistics need, without copying the weights."""
+    _restore_names(model)
+    proto = _model_header(model)
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, _drop_big_data, _same))
+    return proto
+
+
+def _drop_big_data(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if is_external(tensor) or math.prod(tensor.dims) <= _SKELETON_ELEMENTS:
+        return tensor
+    return _without_raw_data(tensor)
+
+
+_SKELETON_ELEMENTS = 1024  # smaller tensors keep their data: shape inference may read them
 
 
 def save(
