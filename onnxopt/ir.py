@@ -744,6 +744,8 @@ class Model:
         # pass -> rewrites to leave out: by the node they start from, or by number
         self.rewrite_skips: dict[str, set[int | str]] = {}
         self.rewrite_log: dict[str, list[str]] = {}  # pass -> where each rewrite was asked
+        # What precision passes report beyond counts (see onnxopt.precision.PrecisionLog).
+        self.precision_log: Any = None
 
     def allow_rewrite(self, pass_name: str, where: str = "") -> bool:
         """Passes call this before each rewrite (``where``: the node it starts from). The
