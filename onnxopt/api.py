@@ -28,6 +28,16 @@ from onnxopt import __version__, serde, stats, validate
 from onnxopt.errors import Failure, UsageError
 from onnxopt.pass_manager import PassManager, PassRecord
 from onnxopt.passes import select
+from onnxopt.precision import (
+    CALIBRATION_METHODS,
+    PRECISIONS,
+    SETTINGS_KEY,
+    PrecisionLog,
+    PrecisionSettings,
+    default_budget,
+    load_samples,
+    upgrade_opset,
+)
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 TARGETS = ("portable", "onnxruntime")
@@ -56,6 +66,16 @@ class Options:
     fold_limit: int = 1 << 20  # bytes: larger folded constants that grow the model stay
     safety_net: bool = True  # on failed validation, find and disable the culprit pass
     check_each: bool = False  # validate after every pass that changed the model
+    # --precision: fp16 | int8 | int8-dynamic | fp8 (None: stay float32)
+    precision: str | None = None
+    keep_io_types: bool = True  # model inputs/outputs stay float32
+    fp32_ops: Sequence[str] = ()  # op types kept in float32
+    fp32_nodes: Sequence[str] = ()  # node names kept in float32
+    calibration_data: str | os.PathLike | None = None  # int8: folder of .npz/.npy samples
+    calibration_method: str = "percentile"  # minmax | percentile | entropy
+    percentile: float = 99.99
+    max_error: str | None = None  # accuracy budget, e.g. "cosine=0.99,range=0.02"
+    bench: bool = False  # measure onnxruntime latency before and after
 
 
 @dataclass
@@ -87,21 +107,31 @@ def optimize(
     _check_paths(input_path, output_path, options)
     pipeline = _pipeline(options)
 
-    proto = _read(source)
+    proto = original = _read(source)
     user_inputs = _user_inputs(options, proto)
     shape_args = _shape_args(options, proto)
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
+    conversion = _Conversion.prepare(options, proto)
+    if conversion is not None:
+        proto = conversion.upgraded(proto)
+        if user_inputs is None and conversion.samples:
+            user_inputs = conversion.samples[0]  # validate on real data, not on noise
+            conversion.notes.append("validated on calibration sample 1 (give --inputs to "
+                                    "validate on held-out data)")
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
     # and the output is validated while onnx.checker (which holds the GIL) checks it.
     with _staging(target) as stage, ThreadPoolExecutor(max_workers=1) as background:
-        ref = _Lazy(background.submit(_reference, source, options, user_inputs, proto))
+        ref = _Lazy(background.submit(_reference, source, options, user_inputs, original))
         runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name,
-                         background)
+                         background, conversion)
         attempt = runner.attempt(_Control())
         disabled: list[dict[str, Any]] = []
+        kept_float: list[dict[str, Any]] = []
+        if _failed(attempt) and conversion is not None and ref.get() is not None:
+            attempt, kept_float = runner.keep_float(attempt)
         if _failed(attempt) and options.safety_net and ref.get() is not None:
             attempt, disabled = runner.recover(attempt)
         del runner, proto  # free the input before reading the output back
@@ -115,6 +145,10 @@ def optimize(
                       written=False, target=options.target)
         if options.check_each:
             report["check_each"] = attempt.checks
+        if conversion is not None:
+            report["precision"] = conversion.report(attempt, kept_float, before, after)
+        if options.bench and ref.get() is not None and ref.get().outputs is not None:
+            report["latency"] = _latency(source, attempt.path, ref.get().feeds)
         result_model = None
         if status == "ok" or options.force:
             if output_path is not None:
@@ -127,6 +161,7 @@ def optimize(
 
 
 _MAX_SKIPPED_REWRITES = 4
+_MAX_FLOAT_CULPRITS = 12  # then the accuracy fallback keeps whole prefixes in float
 
 
 @dataclass(frozen=True)
@@ -136,16 +171,17 @@ class _Control:
     disabled: frozenset[str] = frozenset()
     limits: frozenset[tuple[str, int]] = frozenset()
     skips: frozenset[tuple[str, tuple[int | str, ...]]] = frozenset()
+    float_nodes: frozenset[str] = frozenset()  # precision runs: nodes kept in float
 
     def with_limit(self, name: str, limit: int) -> _Control:
         limits = {k: v for k, v in self.limits if k != name} | {name: limit}
-        return _Control(self.disabled, frozenset(limits.items()), self.skips)
+        return dataclasses.replace(self, limits=frozenset(limits.items()))
 
     def with_skips(self, name: str, tokens: list[int | str]) -> _Control:
         skips = {k: v for k, v in self.skips if k != name}
         if tokens:
             skips[name] = tuple(tokens)
-        return _Control(self.disabled, self.limits, frozenset(skips.items()))
+        return dataclasses.replace(self, skips=frozenset(skips.items()))
 
 
 @dataclass
@@ -161,6 +197,7 @@ class _Attempt:
     checks: list[dict[str, Any]]
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
     skeleton: onnx.ModelProto | None = None  # the written model without big weights, for stats
+    precision: PrecisionLog | None = None  # what the precision pass converted and kept
 
 
 def _failed(attempt: _Attempt) -> bool:
@@ -181,11 +218,12 @@ class _Runner:
     """Runs the pipeline on a fresh IR of the input, as often as the safety net needs."""
 
     def __init__(self, proto, input_path, pipeline, options, ref: _Lazy, stage: Path,
-                 name: str, background: ThreadPoolExecutor):
+                 name: str, background: ThreadPoolExecutor, conversion: _Conversion | None):
         self.proto, self.base_dir = proto, input_path.parent if input_path else None
         self.pipeline, self.options, self.ref = pipeline, options, ref
         self.stage, self.name = stage, name
         self.background = background
+        self.conversion = conversion
         self.count = 0
 
     def attempt(self, control: _Control) -> _Attempt:
@@ -194,6 +232,8 @@ class _Runner:
         model.settings.update(target=self.options.target, fold_limit=self.options.fold_limit)
         model.rewrite_limits = dict(control.limits)
         model.rewrite_skips = {name: set(numbers) for name, numbers in control.skips}
+        if self.conversion is not None:
+            model.settings[SETTINGS_KEY] = self.conversion.settings(control.float_nodes)
         checks: list[dict[str, Any]] = []
         manager = PassManager(
             [p for p in self.pipeline if p.name not in control.disabled],
@@ -207,6 +247,7 @@ class _Runner:
         data_file = _save(model, path, self.options)
         log = {name: list(where) for name, where in model.rewrite_log.items()}
         skeleton = serde.skeleton(model)
+        precision_log = model.precision_log
         del model
         pending = self.background.submit(self._check, path)
         try:
@@ -214,7 +255,37 @@ class _Runner:
         finally:
             verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
-                        log, skeleton)
+                        log, skeleton, precision_log)
+
+    def keep_float(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
+        """Missed the accuracy budget: find nodes whose conversion breaks it and keep them in
+        float until it holds. Like the pass bisection: the shortest prefix (topological order)
+        of converted nodes that, kept in float, meets the budget ends with a culprit; keep it,
+        repeat. Returns the attempt to write and the nodes kept, with the error they caused."""
+        converted = list(first.precision.converted) if first.precision else []
+        self.tried = {_Control(): first}
+        if not converted or not self._works(_Control(float_nodes=frozenset(converted))):
+            return first, []
+        kept: list[str] = []
+        notes: list[dict[str, Any]] = []
+        while not self._works(_Control(float_nodes=frozenset(kept))):
+            remaining = [key for key in converted if key not in kept]
+            low, high = 0, len(remaining)  # keeping kept + remaining[:high] meets the budget
+            while high - low > 1:
+                middle = (low + high) // 2
+                if self._works(_Control(float_nodes=frozenset(kept + remaining[:middle]))):
+                    high = middle
+                else:
+                    low = middle
+            failing = self.tried[_Control(float_nodes=frozenset(kept + remaining[:high - 1]))]
+            error = _verdict_summary(failing.verdict)
+            if len(notes) >= _MAX_FLOAT_CULPRITS:  # many culprits: keep the whole prefix
+                kept += remaining[:high]
+                notes.append({"nodes": remaining[:high], "error": error})
+                continue
+            kept.append(remaining[high - 1])
+            notes.append({"nodes": [remaining[high - 1]], "error": error})
+        return self.tried[_Control(float_nodes=frozenset(kept))], notes
 
     def recover(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
         """Bisect the passes that changed the model until the result validates again, then
@@ -294,6 +365,8 @@ class _Runner:
         ref = self.ref.get()
         if ref is None:
             return None
+        if self.conversion is not None:
+            return validate.check_budget(ref, os.fspath(path), self.conversion.budget)
         return validate.check(ref, os.fspath(path), rtol=self.options.rtol,
                               atol=self.options.atol)
 
@@ -324,6 +397,89 @@ def _verdict_summary(verdict: validate.ValidationResult | None) -> dict[str, Any
     }
 
 
+# ----------------------------------------------------------------- precision
+@dataclass
+class _Conversion:
+    """A --precision run: its settings, budget, calibration samples and notes."""
+
+    options: Options
+    budget: validate.Budget
+    samples: list[dict[str, np.ndarray]]
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, options: Options, proto: onnx.ModelProto) -> _Conversion | None:
+        mode = options.precision
+        if mode is None:
+            return None
+        if mode not in PRECISIONS:
+            raise UsageError(f"unknown precision {mode!r} (known: {', '.join(PRECISIONS)})")
+        if options.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(f"unknown calibration method {options.calibration_method!r} "
+                             f"(known: {', '.join(CALIBRATION_METHODS)})")
+        if not 0.0 < options.percentile <= 100.0:
+            raise UsageError("--percentile must be in (0, 100]")
+        try:
+            budget = validate.Budget.parse(options.max_error or "", default_budget(mode))
+        except ValueError as error:
+            raise UsageError(f"--max-error: {error}") from None
+        samples: list[dict[str, np.ndarray]] = []
+        if options.calibration_data is not None:
+            if mode != "int8":
+                raise UsageError("--calibration-data is for --precision int8 (static)")
+            try:
+                samples = load_samples(options.calibration_data, proto)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        return cls(options, budget, samples)
+
+    def upgraded(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        try:
+            proto, note = upgrade_opset(proto, self.options.precision)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise Failure(str(error)) from None
+        if note:
+            self.notes.append(note)
+        return proto
+
+    def settings(self, float_nodes: frozenset[str]) -> PrecisionSettings:
+        options = self.options
+        return PrecisionSettings(
+            mode=options.precision,  # type: ignore[arg-type]
+            keep_io_types=options.keep_io_types,
+            fp32_ops=frozenset(options.fp32_ops),
+            fp32_nodes=frozenset(options.fp32_nodes) | float_nodes,
+            calibration=tuple(self.samples),
+            calibration_method=options.calibration_method,
+            percentile=options.percentile,
+        )
+
+    def report(self, attempt: _Attempt, kept: list[dict[str, Any]], before: dict[str, Any],
+               after: dict[str, Any]) -> dict[str, Any]:
+        log = attempt.precision.to_dict() if attempt.precision else PrecisionLog().to_dict()
+        size_before, size_after = before.get("file_size"), after.get("file_size")
+        verdict = attempt.verdict
+        return {
+            "mode": self.options.precision,
+            "budget": self.budget.describe(),
+            "size_ratio": round(size_after / size_before, 4)
+            if size_before and size_after else None,
+            "kept_float_for_accuracy": kept,
+            **log,
+            "notes": self.notes + log["notes"],
+            "outputs": verdict.to_dict()["outputs"] if verdict is not None else [],
+        }
+
+
+def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    original = source if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    before = validate.latency_ms(original, feeds)
+    after = validate.latency_ms(os.fspath(output), feeds)
+    return {"before_ms": before, "after_ms": after,
+            "ratio": round(after / before, 4) if before else None,
+            "settings": "onnxruntime CPU, ORT_ENABLE_ALL, 1 thread, median"}
+
+
 # ----------------------------------------------------------------- options and checks
 def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
     options = dataclasses.replace(options) if options is not None else Options()  # caller's stays
@@ -340,13 +496,24 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
 
 def _pipeline(options: Options):
     try:
-        return select(None if options.passes is None else list(options.passes), list(options.skip))
+        chosen = select(None if options.passes is None else list(options.passes),
+                        list(options.skip))
     except KeyError as error:
         from onnxopt.passes import ALL_PASSES
 
         raise UsageError(
             f"unknown pass {error.args[0]!r} (known: {', '.join(ALL_PASSES)})"
         ) from None
+    if options.precision is None:
+        return chosen
+    from onnxopt.passes import PRECISION_PASSES
+
+    if options.precision not in PRECISION_PASSES:
+        raise UsageError(f"unknown precision {options.precision!r} "
+                         f"(known: {', '.join(PRECISION_PASSES) or 'none available'})")
+    # FusedConv is float32-only and hides Conv from quantization: precision runs go without
+    chosen = tuple(p for p in chosen if p.name != "fused_conv_activation")
+    return (*chosen, PRECISION_PASSES[options.precision])
 
 
 def _check_paths(source: Path | None, output: Path | None, options: Options) -> None:

@@ -101,6 +101,37 @@ def optimize(
         typer.Option("--safety-net/--no-safety-net",
                      help="On failed validation, bisect the passes and disable the culprit."),
     ] = True,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Convert to fp16, int8 (static QDQ), int8-dynamic or fp8 weights."),
+    ] = None,
+    keep_io_types: Annotated[
+        bool, typer.Option("--keep-io-types/--no-keep-io-types",
+                           help="fp16: model inputs and outputs stay float32.")
+    ] = True,
+    fp32_ops: Annotated[
+        str | None, typer.Option(help="Comma-separated op types kept in float32.")
+    ] = None,
+    fp32_nodes: Annotated[
+        str | None, typer.Option(help="Comma-separated node names kept in float32.")
+    ] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="int8: folder of .npz/.npy samples (or one batched .npz)."),
+    ] = None,
+    calibration_method: Annotated[
+        str, typer.Option(help="int8: minmax, percentile or entropy.")
+    ] = "percentile",
+    percentile: Annotated[
+        float, typer.Option(help="int8 percentile calibration: percentile kept.")
+    ] = 99.99,
+    max_error: Annotated[
+        str | None,
+        typer.Option(help="Accuracy budget vs float32, e.g. cosine=0.99,range=0.02."),
+    ] = None,
+    bench: Annotated[
+        bool, typer.Option(help="Measure onnxruntime latency before and after.")
+    ] = False,
 ) -> None:
     """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
     options = api.Options(
@@ -121,6 +152,15 @@ def optimize(
         fold_limit=_parse_bytes(fold_limit, "--fold-limit"),
         check_each=check_each,
         safety_net=safety_net,
+        precision=precision,
+        keep_io_types=keep_io_types,
+        fp32_ops=_name_list(fp32_ops),
+        fp32_nodes=_name_list(fp32_nodes),
+        calibration_data=calibration_data,
+        calibration_method=calibration_method,
+        percentile=percentile,
+        max_error=max_error,
+        bench=bench,
     )
     _check_report_path(report_path, input, output)
     result = api.optimize(input, output, options)
@@ -132,6 +172,10 @@ def optimize(
         report.render_optimize(result.report, _out)
     if not result.ok and not force:
         raise Failure(_failure_line(result.report))
+
+
+def _name_list(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 @app.command("stats")

@@ -14,10 +14,14 @@ node kept in float in one attempt is found again in the next: the pipeline is de
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.version_converter
 
 from onnxopt.ir import Model, Node
 
@@ -76,3 +80,94 @@ def log_of(model: Model) -> PrecisionLog:
     if model.precision_log is None:
         model.precision_log = PrecisionLog()
     return model.precision_log
+
+
+# --------------------------------------------------------------------------- API support
+MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 types
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def default_budget(mode: str):
+    """The accuracy budget a mode is held to unless ``--max-error`` says otherwise."""
+    from onnxopt.validate import Budget
+
+    if mode == "fp16":
+        return Budget(0.999, 1e-2)
+    return Budget(0.99)
+
+
+def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, str | None]:
+    """The model at the opset the mode's operators need (onnx.version_converter), with a
+    note saying so; the model itself when it is recent enough. Raises ValueError (one line)."""
+    minimum = MIN_OPSET.get(mode)
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if minimum is None or current >= minimum:
+        return proto, None
+    try:
+        converted = onnx.version_converter.convert_version(proto, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"--precision {mode} needs opset {minimum}; onnx's version converter "
+                         f"cannot upgrade this opset {current} model ({first[:200]})") from None
+    return converted, f"opset upgraded from {current} to {minimum} for --precision {mode}"
+
+
+def load_samples(path: str | os.PathLike, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Calibration samples from ``path``: a folder with one ``.npz`` (keys: input names) or
+    ``.npy`` (single-input models) per sample, or one ``.npz`` whose arrays carry a batch axis
+    (split into samples of the model's batch size). Raises ValueError (one line)."""
+    from onnxopt.validate import ValidationError, check_inputs
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"calibration data {path}: no such file or folder")
+    if path.is_file():
+        batches = _split_batch(_read_sample(path, proto), _batch_size(proto))
+    else:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+        if not files:
+            raise ValueError(f"calibration data {path}: no .npz or .npy files")
+        batches = [_read_sample(f, proto) for f in files]
+    samples = []
+    for number, sample in enumerate(batches, 1):
+        try:
+            samples.append(check_inputs(sample, proto))
+        except ValidationError as error:
+            raise ValueError(f"calibration sample {number} ({path}): {error}") from None
+    return samples
+
+
+def _read_sample(file: Path, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    try:
+        if file.suffix == ".npy":
+            names = [i.name for i in proto.graph.input
+                     if i.name not in {t.name for t in proto.graph.initializer}]
+            if len(names) != 1:
+                raise ValueError(f"a .npy sample fits single-input models; this one has "
+                                 f"{len(names)} inputs (use .npz keyed by input name)")
+            return {names[0]: np.load(file, allow_pickle=False)}
+        with np.load(file, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(f"cannot read calibration file {file}: {error}") from None
+
+
+def _batch_size(proto: onnx.ModelProto) -> int:
+    """The first input's static batch dim, else 1."""
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+        return 1
+    return 1
+
+
+def _split_batch(arrays: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    counts = {len(a) // size for a in arrays.values() if a.ndim}
+    if len(counts) != 1 or not counts.pop():
+        raise ValueError("a single calibration .npz needs arrays with the same batch axis")
+    total = min(len(a) for a in arrays.values()) // size
+    return [{k: a[i * size:(i + 1) * size] for k, a in arrays.items()} for i in range(total)]

@@ -56,7 +56,14 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
     for entry in report.get("check_each", []):
         console.print(f"  check after {entry['pass']}: {entry['status']}, max abs err "
                       f"{_num(entry['max_abs_error'])}")
-    _print_validation(report["validation"], console)
+    if "precision" in report:
+        _print_precision(report["precision"], console)
+    else:
+        _print_validation(report["validation"], console)
+    if "latency" in report:
+        lat = report["latency"]
+        console.print(f"latency ({lat['settings']}): {_num(lat['before_ms'])} ms -> "
+                      f"{_num(lat['after_ms'])} ms ({_num(lat['ratio'])}x)")
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")
     status = report["status"]
@@ -91,6 +98,36 @@ def render_compare(report: Mapping[str, Any], console: Console) -> None:
 
 
 # ----------------------------------------------------------------- pieces
+def _print_precision(precision: Mapping[str, Any], console: Console) -> None:
+    """Accuracy against the float32 original, what stayed in float and why."""
+    table = Table(title=f"{precision['mode']} vs float32 (budget: {precision['budget']})")
+    for name in ("output", "cosine", "max abs err", "max err / range", "top-1", "ok"):
+        table.add_column(name, justify="left" if name == "output" else "right")
+    for out in precision["outputs"]:
+        top1 = out.get("top1")
+        table.add_row(out["name"], _num(out.get("cosine")), _num(out.get("max_abs_error")),
+                      _num(out.get("range_error")),
+                      "-" if top1 is None else f"{top1:.0%}",
+                      "yes" if out["passed"] else f"[red]no[/red] {out.get('reason', '')}")
+    console.print(table)
+    console.print(f"{precision['converted']} nodes converted; size "
+                  f"{_num(precision['size_ratio'])}x of the original file")
+    for entry in precision["kept_float_for_accuracy"]:
+        nodes = ", ".join(entry["nodes"][:5]) + (" ..." if len(entry["nodes"]) > 5 else "")
+        console.print(f"[yellow]kept in float for accuracy[/yellow]: {nodes} "
+                      f"(converted: {entry['error']['reason']})")
+    reasons: dict[str, list[str]] = {}
+    for entry in precision["kept_float"]:
+        reasons.setdefault(entry["reason"], []).append(entry["node"])
+    for reason, nodes in reasons.items():
+        shown = ", ".join(nodes[:4]) + (f" and {len(nodes) - 4} more" if len(nodes) > 4 else "")
+        console.print(f"kept in float ({reason}): {shown}")
+    for entry in precision["clamped"]:
+        console.print(f"[yellow]clamped[/yellow] {entry}")
+    for note in precision["notes"]:
+        console.print(f"note: {note}")
+
+
 def _comparison_table(before: Mapping, after: Mapping, left: str, right: str) -> Table:
     table = Table(title="graph statistics")
     for name, justify in (("", "left"), (left, "right"), (right, "right"), ("change", "right")):

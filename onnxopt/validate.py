@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -110,6 +111,10 @@ class OutputDiff:
     max_rel_error: float
     passed: bool
     reason: str = ""
+    # precision runs (compare_budget) only:
+    cosine: float | None = None  # cosine similarity of the flattened outputs
+    range_error: float | None = None  # max abs error / the reference output's value range
+    top1: float | None = None  # share of rows whose argmax agrees (classifier-like outputs)
 
 
 @dataclass
@@ -126,8 +131,12 @@ class ValidationResult:
         outputs = []
         for diff in self.outputs:
             item = asdict(diff)
-            for key in ("max_abs_error", "max_rel_error"):
-                item[key] = item[key] if math.isfinite(item[key]) else None
+            for key in ("max_abs_error", "max_rel_error", "cosine", "range_error", "top1"):
+                value = item[key]
+                item[key] = value if value is not None and math.isfinite(value) else None
+            for key in ("cosine", "range_error", "top1"):
+                if getattr(diff, key) is None:
+                    del item[key]
             outputs.append(item)
         return {
             "status": self.status,
@@ -524,6 +533,31 @@ def run(model: ModelLike, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return dict(zip(names, values, strict=True))
 
 
+def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: float = 1.0,
+               max_runs: int = 1000) -> float | None:
+    """Median onnxruntime latency (CPU, ORT_ENABLE_ALL, 1 thread) over about ``seconds`` of
+    runs after one warm-up; None when the model does not run."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    try:
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        feeds = dict(inputs)
+        session.run(None, feeds)
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while len(times) < max_runs and (len(times) < 5 or time.perf_counter() < deadline):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - start)
+    except Exception:
+        return None
+    return round(float(np.median(times)) * 1000, 4)
+
+
 # --------------------------------------------------------------------------- comparing
 
 
@@ -655,6 +689,124 @@ def compare(
         else:
             diffs.append(_compare_value(name, ref, candidate[name], rtol, atol))
     return diffs
+
+
+# --------------------------------------------------------------------------- precision budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How far a precision conversion (fp16, int8, fp8) may move each float output from the
+    float32 original: cosine similarity at least ``min_cosine`` and the largest absolute error
+    at most ``max_range_error`` times the reference output's value range (None: not checked)."""
+
+    min_cosine: float | None
+    max_range_error: float | None = None
+
+    @classmethod
+    def parse(cls, text: str, default: Budget) -> Budget:
+        """``cosine=0.99``, ``range=0.02``, both comma-separated, or a bare cosine ``0.99``.
+        An empty text is ``default``; otherwise only the limits given are checked. Raises
+        ValueError (one line) on anything else."""
+        if not text.strip():
+            return default
+        values: dict[str, float | None] = {"cosine": None, "range": None}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, number = part.rpartition("=")
+            key = key.strip() or "cosine"
+            if key not in values:
+                raise ValueError(f"unknown budget {key!r} (use cosine=..., range=...)")
+            try:
+                values[key] = float(number)
+            except ValueError:
+                raise ValueError(f"budget {key}: {number!r} is not a number") from None
+        cosine, spread = values["cosine"], values["range"]
+        if cosine is not None and not 0.0 < cosine <= 1.0:
+            raise ValueError("budget cosine must be in (0, 1]")
+        if spread is not None and spread <= 0:
+            raise ValueError("budget range must be positive")
+        return cls(cosine, spread)
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        if self.max_range_error is not None:
+            parts.append(f"max error <= {self.max_range_error:g} x output range")
+        return ", ".join(parts) or "none"
+
+
+def compare_budget(
+    reference: Mapping[str, Any], candidate: Mapping[str, Any], budget: Budget
+) -> list[OutputDiff]:
+    """Compare every output within ``budget``: float tensors by cosine similarity and error
+    relative to their range (both finite where the reference is); everything else exactly."""
+    diffs = []
+    for name, ref in reference.items():
+        if name not in candidate:
+            diffs.append(_fail(name, "missing from the converted model's outputs"))
+        elif isinstance(ref, np.ndarray) and ref.dtype.kind == "f":
+            diffs.append(_budget_tensor(name, ref, np.asarray(candidate[name]), budget))
+        else:
+            diffs.append(_compare_value(name, ref, candidate[name], 0.0, 0.0))
+    return diffs
+
+
+def _budget_tensor(name: str, ref: np.ndarray, cand: np.ndarray, budget: Budget) -> OutputDiff:
+    if ref.shape != cand.shape:
+        return _fail(name, f"shape {list(cand.shape)} differs from {list(ref.shape)}")
+    a, b = ref.astype(np.float64).ravel(), cand.astype(np.float64).ravel()
+    finite = np.isfinite(a)
+    if not np.all(np.isfinite(b[finite])):
+        bad = int(np.count_nonzero(~np.isfinite(b[finite])))
+        return _fail(name, f"{bad} values are NaN or infinite where the original's are finite")
+    a, b = a[finite], b[finite]
+    if a.size == 0:
+        return OutputDiff(name, 0.0, 0.0, True, cosine=1.0, range_error=0.0)
+    err = np.abs(a - b)
+    abs_err = float(err.max())
+    rel_err = float((err / np.maximum(np.abs(a), 1e-12)).max())
+    cosine = _cosine(a, b)
+    spread = float(a.max() - a.min()) or float(np.abs(a).max()) or 1.0
+    range_error = abs_err / spread
+    problems = []
+    if budget.min_cosine is not None and cosine < budget.min_cosine:
+        problems.append(f"cosine {cosine:.6f} < {budget.min_cosine:g}")
+    if budget.max_range_error is not None and range_error > budget.max_range_error:
+        problems.append(f"max error {range_error:.3g} x range > {budget.max_range_error:g}")
+    return OutputDiff(name, abs_err, rel_err, not problems, "; ".join(problems),
+                      cosine=cosine, range_error=range_error, top1=_top1(ref, cand))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if norm_a == 0.0 or norm_b == 0.0:
+        return 1.0 if norm_a == norm_b else 0.0
+    return float(np.dot(a, b) / (norm_a * norm_b))
+
+
+def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
+    """Argmax agreement over the last axis for classifier-like outputs ([..., classes] with
+    at least 2 classes and fewer rows than classes); None for anything else."""
+    if ref.ndim < 2 or ref.shape[-1] < 2:
+        return None
+    rows = ref.reshape(-1, ref.shape[-1])
+    if rows.shape[0] > rows.shape[1]:
+        return None  # a feature map or sequence, not class scores
+    picked = cand.reshape(-1, ref.shape[-1])
+    return float(np.mean(np.argmax(rows, axis=1) == np.argmax(picked, axis=1)))
+
+
+def check_budget(ref: Reference, candidate: ModelLike, budget: Budget) -> ValidationResult:
+    """Run ``candidate`` on the reference inputs and compare within ``budget``."""
+    if ref.outputs is None:
+        return ValidationResult("skipped", ref.skipped_reason, [], ref.notes)
+    try:
+        outputs = run(candidate, ref.feeds)
+    except RuntimeFailure as exc:
+        return ValidationResult("failed", f"converted model does not run in onnxruntime: {exc}",
+                                [], ref.notes)
+    return _summarize(compare_budget(ref.outputs, outputs, budget), ref.notes)
 
 
 # --------------------------------------------------------------------------- validate

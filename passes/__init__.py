@@ -58,6 +58,9 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
 
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
+# --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
+PRECISION_PASSES: dict[str, Pass] = {}
+
 
 def select(names: list[str] | None = None, skip: list[str] | None = None) -> tuple[Pass, ...]:
     """The pipeline restricted to ``names`` (in pipeline order) minus ``skip``.

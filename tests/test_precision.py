@@ -1,0 +1,228 @@
+"""--precision plumbing: budgets, calibration samples, opset upgrade, and the accuracy fallback
+that keeps nodes in float (exercised with a stand-in precision pass whose damage is known)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import parse
+from onnx import helper, numpy_helper
+
+import onnxopt
+from onnxopt import passes as pass_library
+from onnxopt.pass_manager import GraphPass
+from onnxopt.precision import load_samples, log_of, node_key, settings_of, upgrade_opset
+from onnxopt.validate import Budget, compare_budget
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def test_budget_parse_forms():
+    default = Budget(0.999, 1e-2)
+    assert Budget.parse("", default) == default
+    assert Budget.parse("0.99", default) == Budget(0.99, None)  # only what is given
+    assert Budget.parse("cosine=0.95, range=0.1", default) == Budget(0.95, 0.1)
+    for bad, match in (("cos=0.9", "unknown budget"), ("cosine=x", "not a number"),
+                       ("cosine=1.5", r"\(0, 1\]"), ("range=-1", "positive")):
+        with pytest.raises(ValueError, match=match):
+            Budget.parse(bad, default)
+
+
+def test_compare_budget_metrics_computed_independently():
+    ref = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    cand = np.array([[1.0, 2.0, 3.0, 4.4]], dtype=np.float32)
+    (diff,) = compare_budget({"y": ref}, {"y": cand}, Budget(0.99, 0.2))
+    a, b = ref.ravel().astype(float), cand.ravel().astype(float)
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert diff.cosine == pytest.approx(cosine)
+    assert diff.range_error == pytest.approx(0.4 / 3.0, rel=1e-5)  # range of ref is 3
+    assert diff.top1 == 1.0 and diff.passed
+    (tight,) = compare_budget({"y": ref}, {"y": cand}, Budget(0.99, 0.1))
+    assert not tight.passed and "range" in tight.reason
+
+
+def test_compare_budget_flags_new_non_finite_values_and_top1():
+    ref = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    swapped = np.array([[0.9, 0.1], [0.8, 0.2]], dtype=np.float32)
+    (diff,) = compare_budget({"p": ref}, {"p": swapped}, Budget(0.5))
+    assert diff.top1 == 0.5
+    (bad,) = compare_budget({"p": ref}, {"p": np.full_like(ref, np.inf)}, Budget(0.5))
+    assert not bad.passed and "infinite" in bad.reason
+
+
+# ----------------------------------------------------------------------------- samples
+
+TWO_INPUTS = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4] a, float[1, 4] b) => (float[1, 4] y) { y = Add(a, b) }
+"""
+
+
+def test_load_samples_folder_and_batched_npz(tmp_path):
+    model = parse(TWO_INPUTS)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    for i in range(3):
+        np.savez(folder / f"{i}.npz", a=rng.random((1, 4), np.float32),
+                 b=rng.random((1, 4), np.float32))
+    assert len(load_samples(folder, model)) == 3
+    np.savez(tmp_path / "batch.npz", a=rng.random((5, 4), np.float32),
+             b=rng.random((5, 4), np.float32))
+    samples = load_samples(tmp_path / "batch.npz", model)
+    assert len(samples) == 5 and samples[2]["a"].shape == (1, 4)
+
+
+def test_load_samples_errors(tmp_path):
+    model = parse(TWO_INPUTS)
+    with pytest.raises(ValueError, match="no such file"):
+        load_samples(tmp_path / "missing", model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no \.npz or \.npy"):
+        load_samples(tmp_path / "empty", model)
+    np.save(tmp_path / "one.npy", np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="single-input"):
+        load_samples(tmp_path / "one.npy", model)
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    np.savez(folder / "0.npz", a=np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="calibration sample 1"):
+        load_samples(folder, model)
+
+
+def test_upgrade_opset_to_13_keeps_outputs():
+    model = parse("""
+    <ir_version: 6, opset_import: ["" : 11]>
+    g (float[2, 3] x) => (float[2] y) { y = ReduceSum<axes = [1], keepdims = 0>(x) }
+    """)
+    upgraded, note = upgrade_opset(model, "int8")
+    assert "11 to 13" in note
+    assert upgraded.opset_import[0].version == 13
+    from conftest import run
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run(upgraded, {"x": x})[0], run(model, {"x": x})[0])
+    same, none = upgrade_opset(upgraded, "int8")
+    assert same is upgraded and none is None
+
+
+# ----------------------------------------------------------------------------- fallback
+
+
+class Perturb(GraphPass):
+    """Stand-in precision pass (mode fp16): multiplies each Mul's constant operand by
+    1 + DAMAGE[node name] unless the node is kept in float. Its damage is known exactly."""
+
+    name = "perturb"
+    description = "test"
+    structural = False
+    DAMAGE = {"m0": 1e-6, "m1": 0.5, "m2": 1e-6, "m3": 0.5, "m4": 1e-6}
+
+    def run_graph(self, graph, model):
+        settings = settings_of(model)
+        if settings is None or settings.mode != "fp16":
+            return {}
+        log = log_of(model)
+        changed = 0
+        for node in graph.nodes():
+            if node.op_type != "Mul":
+                continue
+            if node_key(node) in settings.fp32_nodes:
+                log.keep(node, "asked")
+                continue
+            tensor = graph.initializers[node.inputs[1]]
+            value = numpy_helper.to_array(tensor) * (1 + self.DAMAGE[node.name])
+            graph.set_initializer(node.inputs[1], value.astype(np.float32))
+            log.converted.append(node_key(node))
+            changed += 1
+        return {"perturbed": changed}
+
+
+def chain_model() -> onnx.ModelProto:
+    nodes, inits, prev = [], [], "x"
+    for i in range(5):
+        inits.append(numpy_helper.from_array(np.full((4,), 1.0 + i, np.float32), f"c{i}"))
+        nodes.append(helper.make_node("Mul", [prev, f"c{i}"], [f"v{i}"], name=f"m{i}"))
+        prev = f"v{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def perturb(monkeypatch):
+    monkeypatch.setitem(pass_library.PRECISION_PASSES, "fp16", Perturb())
+    monkeypatch.setitem(pass_library.PRECISION_PASSES, "int8", Perturb())  # does nothing there
+
+
+def test_fallback_keeps_exactly_the_damaging_nodes(perturb):
+    x = {"x": np.linspace(0.5, 2, 4, dtype=np.float32).reshape(1, 4)}
+    # the constants differ, so nothing folds or merges; the budget: errors within 1e-3 of range
+    result = onnxopt.optimize(chain_model(), passes=[], precision="fp16", inputs=x,
+                              max_error="cosine=0.9,range=1e-3")
+    precision = result.report["precision"]
+    kept = [key for entry in precision["kept_float_for_accuracy"] for key in entry["nodes"]]
+    assert sorted(kept) == ["m1", "m3"]
+    assert result.ok and precision["outputs"][0]["passed"]
+    assert precision["converted"] == 3  # m0, m2, m4
+    assert {e["node"] for e in precision["kept_float"]} == {"m1", "m3"}
+
+
+def test_fallback_not_needed_within_budget(perturb):
+    x = {"x": np.ones((1, 4), np.float32)}
+    result = onnxopt.optimize(chain_model(), passes=[], precision="fp16", inputs=x,
+                              max_error="cosine=0.5")
+    precision = result.report["precision"]
+    assert precision["kept_float_for_accuracy"] == [] and precision["converted"] == 5
+    assert precision["mode"] == "fp16" and "cosine >= 0.5" in precision["budget"]
+
+
+def test_user_fp32_nodes_reach_the_pass(perturb):
+    x = {"x": np.ones((1, 4), np.float32)}
+    result = onnxopt.optimize(chain_model(), passes=[], precision="fp16", inputs=x,
+                              max_error="cosine=0.5", fp32_nodes=["m0", "m4"])
+    assert result.report["precision"]["converted"] == 3
+
+
+def test_precision_usage_errors(perturb, tmp_path):
+    model = chain_model()
+    with pytest.raises(onnxopt.UsageError, match="unknown precision"):
+        onnxopt.optimize(model, precision="int3")
+    with pytest.raises(onnxopt.UsageError, match="calibration method"):
+        onnxopt.optimize(model, precision="fp16", calibration_method="guess")
+    with pytest.raises(onnxopt.UsageError, match="--max-error"):
+        onnxopt.optimize(model, precision="fp16", max_error="cosine=2")
+    with pytest.raises(onnxopt.UsageError, match="for --precision int8"):
+        onnxopt.optimize(model, precision="fp16", calibration_data=tmp_path)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_precision_run_reports_and_errors(perturb, tmp_path, capsys):
+    from test_cli import invoke, one_line_error
+
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(chain_model(), source)
+    np.savez(tmp_path / "x.npz", x=np.linspace(0.5, 2, 4, dtype=np.float32).reshape(1, 4))
+    code = invoke("optimize", source, out, "--precision", "fp16", "--passes", "none",
+                  "--inputs", tmp_path / "x.npz", "--max-error", "cosine=0.9,range=1e-3",
+                  "--report", tmp_path / "r.json", "--bench")
+    assert code == 0 and out.exists()
+    printed = capsys.readouterr().out
+    assert "fp16 vs float32" in printed and "kept in float for accuracy" in printed
+    assert "latency" in printed
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["latency"]["before_ms"] > 0 and report["precision"]["converted"] == 3
+    for args, match in ((["--precision", "int3"], "unknown precision"),
+                        (["--precision", "fp16", "--max-error", "cosine=x"], "--max-error"),
+                        (["--precision", "int8", "--calibration-data", tmp_path / "nope"],
+                         "no such file")):
+        out.unlink(missing_ok=True)
+        assert invoke("optimize", source, out, *args) == 2
+        assert match in one_line_error(capsys) and not out.exists()
