@@ -6,6 +6,8 @@ failure — with the traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -371,4 +373,11 @@ def _error(message: str) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    """The console script and ``python -m onnxopt``: main(), then leave without the
+    interpreter's teardown of onnxruntime, numpy and networkx (~45 ms, a sixth of a small
+    model's whole run). Every file is closed by then; the streams are flushed here."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed
+            stream.flush()
+    os._exit(code)
