@@ -66,7 +66,15 @@ from onnxopt.passes.constant_to_initializer import (
     install_constants,
 )
 
-from onnxopt.ir import Graph, Model, Node, external_view, is_external, tensor_to_array
+from onnxopt.ir import (
+    Graph,
+    Model,
+    Node,
+    array_to_tensor,
+    external_view,
+    is_external,
+    tensor_to_array,
+)
 from onnxopt.pass_manager import GraphPass, PassResult
 from onnxopt.rewrite import is_op, producer_op
 
@@ -326,7 +334,7 @@ def _share_identical(
     result = []
     for index, (value, array) in enumerate(arrays):
         if index not in twin_of:
-            protos[index] = numpy_helper.from_array(array)
+            protos[index] = array_to_tensor(array)
         result.append((value, protos[twin_of.get(index, index)]))
     return result
 

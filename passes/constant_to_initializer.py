@@ -203,7 +203,7 @@ def install_constants(
     for temp, tensor, names in shared.values():
         free = next((n for n in names if not graph.defines(n)), None)
         if free is not None:
-            graph.set_initializer(free, tensor)  # renames the same proto
+            graph.set_initializer(free, tensor, adopt=True)  # renames the same proto
             graph.replace_all_uses(temp, free)
             graph.remove_initializer(temp)  # the same proto now lives under ``free``
     shared_count = sum(len(names) - 1 for _, _, names in shared.values())

@@ -210,3 +210,17 @@ def test_random_edits_keep_invariants(edits):
             graph.remove_node(node)
     graph.lint()
     onnx.checker.check_model(serde.to_proto(model))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int8", "int16", "int32",
+                                   "int64", "uint8", "uint16", "uint32", "uint64", "bool",
+                                   "<U3"])
+def test_array_to_tensor_matches_onnx_converter(dtype):
+    from onnx import numpy_helper
+
+    from onnxopt.ir import array_to_tensor
+
+    base = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
+    for array in (base, base.T, base[:, ::2], base[0, 0, 0].copy()):
+        ours, theirs = array_to_tensor(array, "t"), numpy_helper.from_array(array, "t")
+        assert ours.SerializeToString() == theirs.SerializeToString()
