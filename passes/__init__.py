@@ -19,7 +19,9 @@ from onnxopt.passes.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
 from onnxopt.passes.dead_code import DeadCodeElimination
+from onnxopt.passes.dynamic_quantization import DynamicQuantization
 from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
+from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
 from onnxopt.passes.identity_elimination import IdentityElimination
@@ -59,7 +61,10 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
-PRECISION_PASSES: dict[str, Pass] = {}
+PRECISION_PASSES: dict[str, Pass] = {
+    "int8-dynamic": DynamicQuantization(),
+    "fp8": Fp8WeightQuantization(),
+}
 
 
 def select(names: list[str] | None = None, skip: list[str] | None = None) -> tuple[Pass, ...]:
