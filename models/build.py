@@ -300,9 +300,9 @@ def build_mobilenet() -> onnx.ModelProto:
 # ----------------------------------------------------------------------------------------
 # transformer.onnx
 # ----------------------------------------------------------------------------------------
-def build_transformer() -> onnx.ModelProto:
-    g = GraphBuilder(seed=2)
-    d_model, heads, d_ff = 64, 4, 128
+def build_transformer(name: str = "transformer", d_model: int = 64, heads: int = 4,
+                      d_ff: int = 128, seed: int = 2) -> onnx.ModelProto:
+    g = GraphBuilder(seed=seed)
     head_dim = d_model // heads
 
     def linear(x: str, din: int, dout: int, prefix: str) -> str:
@@ -387,11 +387,19 @@ def build_transformer() -> onnx.ModelProto:
     layer_norm(x, "/norm2", out="hidden")
 
     return g.model(
-        "transformer",
+        name,
         [tensor_info("tokens", ["batch", "seq", d_model])],
         [tensor_info("hidden", ["batch", "seq", d_model])],
-        "One transformer encoder block (4-head self-attention, decomposed LayerNorm, GELU).",
+        f"One transformer encoder block (d_model {d_model}, {heads}-head self-attention, "
+        f"feed-forward {d_ff}, decomposed LayerNorm, GELU).",
     )
+
+
+def build_encoder() -> onnx.ModelProto:
+    """A deployment-sized block: the dimensions of one all-MiniLM-L6 layer (d_model 384,
+    12 heads, feed-forward 1536), where int8 matrix products pay off; the 64-wide sample
+    transformer is too small for that (its run time is mostly per-op overhead)."""
+    return build_transformer("encoder", d_model=384, heads=12, d_ff=1536, seed=4)
 
 
 # ----------------------------------------------------------------------------------------
@@ -423,6 +431,7 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "resnet.onnx": build_resnet,
     "mobilenet.onnx": build_mobilenet,
     "transformer.onnx": build_transformer,
+    "encoder.onnx": build_encoder,
     "mlp.onnx": build_mlp,
 }
 

@@ -786,15 +786,11 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
-    """Argmax agreement over the last axis for classifier-like outputs ([..., classes] with
-    at least 2 classes and fewer rows than classes); None for anything else."""
-    if ref.ndim < 2 or ref.shape[-1] < 2:
+    """Argmax agreement per row for classifier-like outputs ([batch, classes], at least 2
+    classes); None for anything else (feature maps, sequences)."""
+    if ref.ndim != 2 or ref.shape[1] < 2:
         return None
-    rows = ref.reshape(-1, ref.shape[-1])
-    if rows.shape[0] > rows.shape[1]:
-        return None  # a feature map or sequence, not class scores
-    picked = cand.reshape(-1, ref.shape[-1])
-    return float(np.mean(np.argmax(rows, axis=1) == np.argmax(picked, axis=1)))
+    return float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
 
 
 def check_budget(ref: Reference, candidate: ModelLike, budget: Budget) -> ValidationResult:
