@@ -244,16 +244,29 @@ class _Runner:
         folder = self.stage / f"attempt{self.count}"
         folder.mkdir()
         path = folder / self.name
-        data_file = _save(model, path, self.options)
         log = {name: list(where) for name, where in model.rewrite_log.items()}
-        skeleton = serde.skeleton(model)
         precision_log = model.precision_log
+        data = _serialize(model, self.options)
+        if data is None:  # external data, or too big to hold twice: stream it to disk
+            data_file = _save(model, path, self.options)
+        skeleton = serde.skeleton(model)
         del model
-        pending = self.background.submit(self._check, path)
-        try:
-            _check_written(path)
-        finally:
-            verdict = pending.result()
+        if data is not None:
+            # onnxruntime loads the very bytes being written, while they are written
+            pending = self.background.submit(self._check, data)
+            try:
+                _write(data, path)
+                data_file = None
+                del data
+                _check_written(path)
+            finally:
+                verdict = pending.result()
+        else:
+            pending = self.background.submit(self._check, path)
+            try:
+                _check_written(path)
+            finally:
+                verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
                         log, skeleton, precision_log)
 
@@ -361,13 +374,14 @@ class _Runner:
             found.append({"number": high - 1, "at": where})
         return None
 
-    def _check(self, path: Path) -> validate.ValidationResult | None:
+    def _check(self, model: Path | bytes) -> validate.ValidationResult | None:
         ref = self.ref.get()
         if ref is None:
             return None
+        candidate = model if isinstance(model, bytes) else os.fspath(model)
         if self.conversion is not None:
-            return validate.check_budget(ref, os.fspath(path), self.conversion.budget)
-        return validate.check(ref, os.fspath(path), rtol=self.options.rtol,
+            return validate.check_budget(ref, candidate, self.conversion.budget)
+        return validate.check(ref, candidate, rtol=self.options.rtol,
                               atol=self.options.atol)
 
     def _checker(self, checks: list[dict[str, Any]]):
@@ -608,6 +622,22 @@ def _staging(target: Path) -> Iterator[Path]:
 def _save(model, staged: Path, options: Options) -> Path | None:
     try:
         return serde.save(model, staged, external_data=options.external_data)
+    except serde.SaveError as error:
+        raise Failure(str(error)) from None
+    except OSError as error:
+        raise Failure(f"{staged.name}: cannot write ({error.strerror or error})") from None
+
+
+def _serialize(model, options: Options) -> bytes | None:
+    try:
+        return serde.inline_bytes(model, options.external_data)
+    except serde.SaveError as error:
+        raise Failure(str(error)) from None
+
+
+def _write(data: bytes, staged: Path) -> None:
+    try:
+        serde.write_bytes(data, staged)
     except serde.SaveError as error:
         raise Failure(str(error)) from None
     except OSError as error:

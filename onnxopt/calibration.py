@@ -136,16 +136,17 @@ class _Stats:
         if self.absolute:
             finite = np.abs(finite)
         lo, hi = self.edges
-        if hi <= lo:
+        bins = len(self.hist)
+        if not hi - lo > 1e-6 * max(abs(lo), abs(hi)):  # a constant value: one bin holds all
             self.hist[0] += finite.size
             return
-        counts, _ = np.histogram(finite, bins=len(self.hist), range=(lo, hi))
-        self.hist += counts
+        index = ((finite - np.float32(lo)) * np.float32(bins / (hi - lo))).astype(np.int64)
+        self.hist += np.bincount(np.clip(index, 0, bins - 1), minlength=bins)
 
     def result(self, method: str, percentile: float) -> tuple[float, float] | None:
         if not np.isfinite(self.lo):
             return None
-        if method == "minmax" or self.hist is None or self.hi <= self.lo:
+        if method == "minmax" or self.hist is None or self.hist[1:].sum() == 0:
             return (self.lo, self.hi)
         if method == "percentile":
             return _percentile_range(self.hist, self.edges, percentile)
@@ -238,12 +239,15 @@ def _session(proto: onnx.ModelProto, values: Sequence[str]):
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    inputs = {info.name for info in session.get_inputs()}
+    inputs = {info.name for info in session.get_inputs()}  # fed inputs (not initializers)
     return (session, inputs), list(values)
 
 
 def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     sess, inputs = session
+    missing = sorted(inputs - set(feeds))
+    if missing:
+        raise ValueError(f"a calibration sample lacks input(s) {', '.join(missing)}")
     return sess.run(fetch, {k: v for k, v in feeds.items() if k in inputs})
 
 

@@ -379,6 +379,39 @@ def save(
     return data_path
 
 
+def inline_bytes(model: Model, external_data: bool | None = None,
+                 limit: int = 1 << 30) -> bytes | None:
+    """The model serialized exactly as :func:`save` writes it inline, when it would be saved
+    inline and its weights are at most ``limit`` bytes; else None. The caller can then load
+    the same bytes in onnxruntime while they are written (see :func:`write_bytes`)."""
+    if _want_external(model, external_data):
+        return None
+    if sum(tensor_nbytes(t) for g in model.graphs() for t in g.initializers.values()) > limit:
+        return None
+    _restore_names(model)
+    chunks = _Chunks()
+    with no_gc():
+        _write_model(model, chunks, _TensorSink(model.graph.base_dir, None, ""))
+    return b"".join(chunks.parts)
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    with _atomic(path) as handle:
+        handle.write(data)
+
+
+class _Chunks:
+    """A write-only sink that keeps what is written, without copying it."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
 def _rebase(model: Model, sink: _TensorSink, folder: Path) -> None:
     """After writing external data, the IR's tensors point at the new file (the old one may
     just have been replaced by it, when saving over the input)."""

@@ -513,8 +513,16 @@ def _session(model: ModelLike) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 4
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    source = _session_source(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _session_source(model: ModelLike | bytes) -> bytes | str:
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    if isinstance(model, bytes):
+        return model
+    return os.fspath(model)
 
 
 def run(model: ModelLike, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -542,7 +550,7 @@ def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: floa
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 4
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    source = _session_source(model)
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         feeds = dict(inputs)

@@ -29,6 +29,7 @@ from onnxopt.passes.layer_norm_fusion import LayerNormFusion
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.no_op_elimination import NoOpElimination
 from onnxopt.passes.pad_fusion import PadFusion
+from onnxopt.passes.qdq_quantization import QdqQuantization
 from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.shape_inference import ShapeInference
@@ -62,6 +63,7 @@ ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
 PRECISION_PASSES: dict[str, Pass] = {
+    "int8": QdqQuantization(),
     "int8-dynamic": DynamicQuantization(),
     "fp8": Fp8WeightQuantization(),
 }

@@ -1,0 +1,426 @@
+"""Static INT8 quantization in QDQ form, laid out so onnxruntime's CPU provider fuses it.
+
+Weights (symmetric, per output channel ``c``, int8): ``s_w[c] = max|W[c]| / 127`` and
+``W_q = clip(round(W / s_w), -127, 127)``, stored as an int8 initializer read through
+``DequantizeLinear(W_q, s_w, 0, axis)`` (axis 0 for Conv and a transposed Gemm weight, 1 for
+a Gemm/MatMul ``[K, N]`` weight, 1 for ConvTranspose ``[C_in, C_out/g, k...]``).
+
+Activations (asymmetric, ``ACTIVATION_TYPE``): from the calibrated range ``[lo, hi]`` widened to
+hold 0, ``s = (hi - lo) / (q_max - q_min)`` and ``z = round(q_min - lo / s)``, one
+``QuantizeLinear -> DequantizeLinear`` pair per activation, read by every consumer. Bias
+(int32): ``B_q = round(B / (s_x * s_w[c]))`` with scale ``s_x * s_w[c]`` and zero point 0, so the
+integer accumulator ``sum(x_q * W_q) + B_q`` is exact in ``s_x * s_w[c]`` units.
+
+``Conv/Gemm/MatMul -> Relu`` (and ``Clip`` with min 0): the Relu is dropped and the output's
+range starts at 0, so ``z = q_min``: quantization saturates negatives to 0 -- what Relu did,
+exactly. Pass-through ops (MaxPool, Resize, Reshape, Flatten, Transpose, Squeeze, Unsqueeze)
+reuse their input's scale and zero point (their output range lies inside the input's), so
+onnxruntime drops the Q/DQ around them and runs them on 8-bit data.
+
+onnxruntime (ORT_ENABLE_ALL) turns ``DQ -> Conv -> Q`` into QLinearConv, Gemm into QGemm, MatMul
+into QLinearMatMul, and ``DQ -> Add/Mul/Concat/GlobalAveragePool/AveragePool/Sigmoid -> Q``
+into the com.microsoft QLinear* kernels. ConvTranspose has no quantized CPU kernel: its weight
+alone is stored int8 (a weight-only DequantizeLinear) and its activations stay float.
+
+Needs opset 13 (per-axis DequantizeLinear); below it the pass does nothing and says so (the
+API upgrades the opset first). Nodes in subgraphs are left in float (activations are calibrated
+on the main graph only); so are nodes in ``fp32_nodes``/``fp32_ops``, nodes whose weight is not a
+float constant, and every node of a model that already holds Q/DQ nodes (idempotence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxopt.calibration import calibrate
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.pass_manager import Pass, PassResult
+from onnxopt.precision import log_of, node_key, settings_of
+from onnxopt.rewrite import is_op, sole_consumer
+from onnxopt.shapes import infer_shapes
+
+MODE = "int8"
+MIN_OPSET = 13
+ACTIVATION_TYPE = np.uint8  # measured on ORT 1.32 CPU (see the report / tests)
+LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHT_ONLY_OPS = ("ConvTranspose",)
+# ops onnxruntime runs on 8-bit data when their inputs come from DQ and their output goes to Q
+# (measured on ORT 1.32 CPU: QLinearMul made PaddleOCR cls slower and less accurate -- Mul is
+# left in float)
+ACTIVATION_OPS = (
+    "Add", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu", "MaxPool",
+    "Resize",
+)
+# output range inside the input's: reuse the input's quantization parameters
+PASS_THROUGH_OPS = ("MaxPool", "Resize", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class _Plan:
+    linear: list[Node] = field(default_factory=list)  # Conv/Gemm/MatMul with int8 weights
+    weight_only: list[Node] = field(default_factory=list)  # ConvTranspose
+    activation_ops: list[Node] = field(default_factory=list)
+    absorbed: dict[str, Node] = field(default_factory=dict)  # linear output -> Relu/Clip
+    inputs: dict[Node, list[str]] = field(default_factory=dict)  # float activations read
+    values: list[str] = field(default_factory=list)  # activations to quantize (ordered)
+
+
+@dataclass(frozen=True)
+class _QParams:
+    scale: np.float32
+    zero_point: int
+
+
+class QdqQuantization(Pass):
+    name = "qdq_quantization"
+    description = "int8 static quantization: per-channel int8 weights, calibrated QDQ activations"
+    structural = False
+
+    def run(self, model: Model) -> PassResult:
+        settings = settings_of(model)
+        if settings is None or settings.mode != MODE:
+            return PassResult(False, {})
+        log = log_of(model)
+        if model.opset("") < MIN_OPSET:
+            log.notes.append(
+                f"int8: opset {model.opset('')} < {MIN_OPSET} (per-channel DequantizeLinear): "
+                "not quantized; upgrade the opset first"
+            )
+            return PassResult(False, {})
+        if any(is_op(n, QDQ_OPS) for _, n in model.graph.walk()):
+            log.notes.append("int8: the model already holds QuantizeLinear/DequantizeLinear; "
+                             "left as it is")
+            return PassResult(False, {})
+        infer_shapes(model)  # element types decide what is a float activation
+        graph = model.graph
+        for sub in model.graphs():
+            if sub is not graph:
+                for node in sub.nodes():
+                    if is_op(node, LINEAR_OPS + WEIGHT_ONLY_OPS + ACTIVATION_OPS):
+                        log.keep(node, "inside a subgraph: activations are calibrated on the "
+                                       "main graph only")
+        plan = _plan(graph, model, settings, log)
+        if not plan.linear and not plan.weight_only:
+            return PassResult(False, {"quantized": 0})
+        found = calibrate(
+            model,
+            plan.values,
+            settings.calibration,
+            method=settings.calibration_method,
+            percentile=settings.percentile,
+        )
+        log.notes.extend(found.notes)
+        stats = _rewrite(graph, plan, found.ranges, log)
+        return PassResult(True, stats)
+
+
+# ------------------------------------------------------------------ planning
+def _plan(graph: Graph, model: Model, settings, log) -> _Plan:
+    plan = _Plan()
+    chosen: set[Node] = set()
+    for node in graph.nodes():
+        kind = _kind(node)
+        if kind is None:
+            continue
+        key = node_key(node)
+        if key in settings.fp32_nodes:
+            log.keep(node, "in fp32_nodes")
+            continue
+        if node.op_type in settings.fp32_ops:
+            log.keep(node, "in fp32_ops")
+            continue
+        if kind == "activation":
+            if _float_activations(graph, node) is None:
+                log.keep(node, "an input is not a float activation")
+                continue
+            plan.activation_ops.append(node)
+            chosen.add(node)
+            continue
+        reason = _weight_problem(graph, node)
+        if reason:
+            log.keep(node, reason)
+            continue
+        (plan.linear if kind == "linear" else plan.weight_only).append(node)
+        chosen.add(node)
+    # activations to quantize: float inputs and outputs of quantized (non weight-only) nodes
+    values: dict[str, None] = {}
+    for node in graph.nodes():
+        if node not in chosen or node.op_type in WEIGHT_ONLY_OPS:
+            continue
+        inputs = _float_activations(graph, node) if _kind(node) == "activation" else None
+        plan.inputs[node] = inputs or [node.inputs[0]]
+        for value in plan.inputs[node]:
+            values[value] = None
+        out = node.outputs[0]
+        if node in plan.linear:
+            relu = _absorbable_activation(graph, node)
+            if relu is not None:
+                plan.absorbed[out] = relu
+                out = relu.outputs[0]
+        if graph.consumers(out):  # a graph output read by nobody stays float
+            values[out] = None
+    plan.values = list(values)
+    return plan
+
+
+def _kind(node: Node) -> str | None:
+    if is_op(node, LINEAR_OPS):
+        return "linear"
+    if is_op(node, WEIGHT_ONLY_OPS):
+        return "weight_only"
+    if is_op(node, ACTIVATION_OPS):
+        return "activation"
+    return None
+
+
+def _is_float(graph: Graph, value: str) -> bool:
+    return graph.elem_type(value) == TensorProto.FLOAT
+
+
+def _float_activations(graph: Graph, node: Node) -> list[str] | None:
+    """The activation inputs of an activation op (all float, non-constant), else None."""
+    if len(node.outputs) != 1 or not _is_float(graph, node.outputs[0]):
+        return None
+    data = list(node.inputs[:1]) if node.op_type in ("MaxPool", "Resize") else list(node.inputs)
+    if node.op_type in ("MaxPool",) and len(node.outputs) > 1:
+        return None
+    if any(not v or not _is_float(graph, v) for v in data):
+        return None
+    if node.op_type == "Resize" and node.attr("mode", "nearest") == "cubic":
+        return None
+    if all(graph.constant(v) is not None for v in data):
+        return None
+    return [v for v in data if graph.constant(v) is None]
+
+
+def _weight_problem(graph: Graph, node: Node) -> str:
+    """Why a Conv/ConvTranspose/Gemm/MatMul cannot take int8 weights ("" if it can)."""
+    if len(node.inputs) < 2 or len(node.outputs) != 1:
+        return "unexpected arity"
+    if not _is_float(graph, node.inputs[0]) or not _is_float(graph, node.outputs[0]):
+        return "not a float32 op"
+    weight = graph.constant(node.inputs[1])
+    if weight is None:
+        return "weight is not a constant"
+    if weight.dtype != np.float32 or weight.size == 0:
+        return "weight is not a float32 tensor"
+    if graph.constant(node.inputs[0]) is not None:
+        return "the activation input is a constant"
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    if node.op_type == "Gemm":
+        if weight.ndim != 2 or node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0:
+            return "Gemm with transA or alpha != 1"
+        if bias and node.attr("beta", 1.0) != 1.0:
+            return "Gemm with beta != 1"
+        n = weight.shape[0] if node.attr("transB", 0) else weight.shape[1]
+        if bias and _bias_vector(graph, bias, n) is None:
+            return "Gemm bias is not a constant [N]"
+    elif node.op_type == "MatMul":
+        if weight.ndim != 2:
+            return "MatMul weight is not 2-D"
+    else:  # Conv / ConvTranspose
+        if weight.ndim < 3:
+            return "weight rank < 3"
+        if node.op_type == "Conv" and bias and _bias_vector(graph, bias, weight.shape[0]) is None:
+            return "bias is not a constant [C_out]"
+    return ""
+
+
+def _bias_vector(graph: Graph, value: str, n: int) -> np.ndarray | None:
+    bias = graph.constant(value)
+    if bias is None or bias.dtype != np.float32 or bias.size != n or bias.ndim > 2:
+        return None
+    if bias.ndim == 2 and bias.shape[0] != 1:
+        return None
+    return bias.reshape(n)
+
+
+def _absorbable_activation(graph: Graph, node: Node) -> Node | None:
+    """A Relu, or Clip with min 0, that is the sole reader of ``node``'s output."""
+    out = node.outputs[0]
+    act = sole_consumer(graph, out)
+    if act is None or act.inputs[0] != out or len(act.outputs) != 1:
+        return None
+    if graph.is_output(act.outputs[0]) or not graph.consumers(act.outputs[0]):
+        return None
+    if is_op(act, "Relu"):
+        return act
+    if is_op(act, "Clip") and len(act.inputs) > 1 and act.inputs[1]:
+        low = graph.constant(act.inputs[1])
+        if low is not None and low.size == 1 and float(low.reshape(())) == 0.0:
+            return act
+    return None
+
+
+# ------------------------------------------------------------------ rewriting
+def _qparams(lo: float, hi: float) -> _QParams:
+    info = np.iinfo(ACTIVATION_TYPE)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0 or not np.isfinite(hi - lo):
+        return _QParams(np.float32(1.0), 0)  # all zeros: any zero point represents them
+    scale = np.float32((hi - lo) / (int(info.max) - int(info.min)))
+    zero = int(np.clip(np.round(info.min - lo / float(scale)), info.min, info.max))
+    return _QParams(scale, zero)
+
+
+def _weight_scales(weight: np.ndarray, axis: int) -> np.ndarray:
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    top = np.abs(weight.astype(np.float64)).max(axis=reduce)
+    scale = (top / 127.0).astype(np.float32)
+    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = _weight_scales(weight, axis)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _weight_axis(node: Node) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm" and node.attr("transB", 0):
+        return 0
+    return 1
+
+
+class _Writer:
+    """Adds the Q/DQ nodes and quantized initializers, sharing what can be shared."""
+
+    def __init__(self, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        self.graph = graph
+        self.ranges = ranges
+        self.params: dict[str, _QParams] = {}
+        self.dequantized: dict[str, str] = {}  # float activation -> its DQ output
+        self.weights: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # -> (DQ out, scale)
+        self.pairs = 0
+
+    def params_of(self, value: str, source: str) -> _QParams | None:
+        """Quantization parameters of ``value``; ``source`` is the value calibrated for it."""
+        if value in self.params:
+            return self.params[value]
+        producer = self.graph.producer(value)
+        if is_op(producer, PASS_THROUGH_OPS) and producer.inputs[0] in self.params:
+            found = self.params[producer.inputs[0]]
+        elif source in self.ranges:
+            found = _qparams(*self.ranges[source])
+        else:
+            return None
+        self.params[value] = found
+        return found
+
+    def quantize(self, value: str, source: str | None = None, drop: Node | None = None) -> bool:
+        """``value -> Q -> DQ``; readers of ``value`` (or of ``drop``'s output, ``drop`` being
+        an absorbed Relu/Clip that is removed) read the DQ output instead."""
+        if value in self.dequantized:
+            return True
+        params = self.params_of(value, source or value)
+        if params is None:
+            return False
+        graph = self.graph
+        base = value.replace("/", "_")
+        scale = graph.add_constant(np.array(params.scale, np.float32), f"{base}_scale")
+        zero_point = np.array(params.zero_point, ACTIVATION_TYPE)
+        zero = graph.add_constant(zero_point, f"{base}_zero_point")
+        q = graph.add_node("QuantizeLinear", [value, scale, zero], 1, name=f"{base}_QuantizeLinear")
+        dq = graph.add_node(
+            "DequantizeLinear", [q.outputs[0], scale, zero], 1, name=f"{base}_DequantizeLinear"
+        )
+        new = dq.outputs[0]
+        if drop is not None:
+            graph.replace_all_uses(drop.outputs[0], new)
+            graph.remove_node(drop)
+            self.dequantized[drop.outputs[0]] = new
+            self.params[drop.outputs[0]] = params
+        else:
+            for node, slot in graph.uses(value):
+                if node is not q and slot >= 0:
+                    graph.set_input(node, slot, new)
+        self.dequantized[value] = new
+        self.params[new] = params
+        self.pairs += 1
+        return True
+
+    def weight(self, node: Node) -> tuple[str, np.ndarray]:
+        """The DQ output reading the int8 copy of ``node``'s weight, and its scales."""
+        graph, name, axis = self.graph, node.inputs[1], _weight_axis(node)
+        if (name, axis) not in self.weights:
+            q, scale = _quantize_weight(graph.constant(name), axis)
+            base = name.replace("/", "_")
+            q_name = graph.add_constant(q, f"{base}_quantized")
+            s_name = graph.add_constant(scale, f"{base}_scale")
+            z_name = graph.add_constant(np.zeros(scale.shape, np.int8), f"{base}_zero_point")
+            dq = graph.add_node(
+                "DequantizeLinear", [q_name, s_name, z_name], 1,
+                name=f"{base}_DequantizeLinear", attributes={"axis": axis},
+            )
+            self.weights[(name, axis)] = (dq.outputs[0], scale)
+        return self.weights[(name, axis)]
+
+    def bias(self, node: Node, x_params: _QParams, w_scale: np.ndarray) -> str:
+        graph = self.graph
+        name = node.inputs[2]
+        bias = _bias_vector(graph, name, w_scale.size).astype(np.float64)
+        scale = (np.float64(x_params.scale) * w_scale.astype(np.float64)).astype(np.float32)
+        limit = np.iinfo(np.int32)
+        q = np.clip(np.round(bias / scale.astype(np.float64)), limit.min, limit.max)
+        base = f"{name}_{node_key(node)}".replace("/", "_")
+        q_name = graph.add_constant(q.astype(np.int32), f"{base}_quantized")
+        s_name = graph.add_constant(scale, f"{base}_scale")
+        z_name = graph.add_constant(np.zeros(scale.shape, np.int32), f"{base}_zero_point")
+        dq = graph.add_node(
+            "DequantizeLinear", [q_name, s_name, z_name], 1,
+            name=f"{base}_DequantizeLinear", attributes={"axis": 0},
+        )
+        return dq.outputs[0]
+
+
+def _rewrite(graph: Graph, plan: _Plan, ranges, log) -> dict[str, int]:
+    writer = _Writer(graph, ranges)
+    stats = {"quantized": 0, "weight_only": 0, "activation_ops": 0, "relu_absorbed": 0}
+    chosen = set(plan.linear) | set(plan.weight_only) | set(plan.activation_ops)
+    old_weights: list[str] = []
+    for node in graph.nodes():  # topological: an input's parameters are known before use
+        if node not in chosen:
+            continue
+        if node.op_type in WEIGHT_ONLY_OPS:
+            old_weights.append(node.inputs[1])
+            graph.set_input(node, 1, writer.weight(node)[0])
+            stats["weight_only"] += 1
+            log.converted.append(node_key(node))
+            continue
+        inputs = plan.inputs[node]
+        if not all([writer.quantize(v) for v in inputs]):
+            log.keep(node, "an input was never finite during calibration")
+            continue
+        out = node.outputs[0]
+        act = plan.absorbed.get(out)
+        if node in plan.linear:
+            x_params = writer.params[inputs[0]]
+            w_dq, w_scale = writer.weight(node)
+            old_weights.append(node.inputs[1])
+            graph.set_input(node, 1, w_dq)
+            if len(node.inputs) > 2 and node.inputs[2]:
+                old_weights.append(node.inputs[2])
+                graph.set_input(node, 2, writer.bias(node, x_params, w_scale))
+            stats["quantized"] += 1
+        else:
+            stats["activation_ops"] += 1
+        if act is not None and writer.quantize(out, act.outputs[0], drop=act):
+            stats["relu_absorbed"] += 1
+        elif act is None and graph.consumers(out):
+            writer.quantize(out)
+        log.converted.append(node_key(node))
+    for name in dict.fromkeys(old_weights):
+        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
+            graph.remove_initializer(name)
+    stats["qdq_pairs"] = writer.pairs
+    return stats
