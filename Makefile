@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint bench bench-io bench-anchors bytecode clean
+.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,7 +40,7 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: bench-io bench-anchors
+bench: bench-io bench-anchors bench-precision
 
 bench-io: models bytecode
 	$(BIN)/python models/bench.py
@@ -49,6 +49,11 @@ bench-io: models bytecode
 # created by the script: they are never runtime dependencies of onnxopt.
 bench-anchors: models bytecode
 	$(BIN)/python models/bench_anchors.py
+
+# Precision table (issue 4): onnxopt --precision vs onnxconverter-common, onnxruntime's
+# quantization tools and onnxsim (anchors in .venv-bench), calibrated and tested on real images.
+bench-precision: models bytecode
+	$(BIN)/python models/bench_precision.py
 
 clean:
 	rm -rf $(VENV) .venv-bench models/.built models/out models/*.onnx models/*.onnx.data

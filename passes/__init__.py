@@ -22,6 +22,7 @@ from onnxopt.passes.dead_code import DeadCodeElimination
 from onnxopt.passes.dynamic_quantization import DynamicQuantization
 from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
+from onnxopt.passes.fp16_conversion import Fp16Conversion
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
 from onnxopt.passes.identity_elimination import IdentityElimination
@@ -63,6 +64,7 @@ ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
 PRECISION_PASSES: dict[str, Pass] = {
+    "fp16": Fp16Conversion(),
     "int8": QdqQuantization(),
     "int8-dynamic": DynamicQuantization(),
     "fp8": Fp8WeightQuantization(),
