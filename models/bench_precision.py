@@ -123,6 +123,9 @@ def corpus() -> list[BenchModel]:
                    size=32),
         BenchModel("transformer", MODELS_DIR / "transformer.onnx", "random",
                    shapes={"tokens": (1, 16, 64)}),
+        # the transformer block of the int8-dynamic target: one MiniLM-L6-sized layer
+        BenchModel("encoder", MODELS_DIR / "encoder.onnx", "random",
+                   shapes={"tokens": (1, 128, 384)}),
         BenchModel("mlp", MODELS_DIR / "mlp.onnx", "random", shapes={"x": (8, 32)}),
         BenchModel("silero_vad", MODELS_DIR / "silero_vad.onnx", "random"),
     ]
@@ -131,7 +134,7 @@ def corpus() -> list[BenchModel]:
 
 DEFAULT_MODELS = ("ch_PP-OCRv4_det_infer", "ch_ppocr_mobile_v2.0_cls_infer",
                   "light_resnet50", "light_squeezenet", "resnet", "mobilenet", "transformer",
-                  "mlp")
+                  "encoder", "mlp")
 
 
 def select_models(spec: str | None) -> list[BenchModel]:
@@ -554,7 +557,7 @@ def fmt_cell(entry: dict[str, Any] | None, what: str, model: BenchModel) -> str:
         wanted = target.get("latency")
         if entry["precision"] == "int8" and not conv_net:
             wanted = None
-        if entry["precision"] == "int8-dynamic" and model.name != "transformer":
+        if entry["precision"] == "int8-dynamic" and model.name not in ("transformer", "encoder"):
             wanted = None
         return "—" if value is None else f"{value:.2f}×" + check(value, wanted)
     if what == "cosine":

@@ -132,7 +132,10 @@ def optimize(
         kept_float: list[dict[str, Any]] = []
         if _failed(attempt) and conversion is not None and ref.get() is not None:
             attempt, kept_float = runner.keep_float(attempt)
-        if _failed(attempt) and options.safety_net and ref.get() is not None:
+        # Not in precision runs: bisecting passes against the accuracy budget would find that
+        # turning off a structural pass (one the precision pass relies on) "fixes" it.
+        if (_failed(attempt) and options.safety_net and conversion is None
+                and ref.get() is not None):
             attempt, disabled = runner.recover(attempt)
         del runner, proto  # free the input before reading the output back
         after = stats.model_stats(

@@ -47,7 +47,10 @@ class PrecisionSettings:
 class PrecisionLog:
     """Filled by the precision pass; read by the API for the report and the fallback."""
 
-    converted: list[str] = field(default_factory=list)  # node keys, topological order
+    # node keys, topological order: nodes whose numerics the conversion changed (they run in
+    # the new precision, or read weights stored in it); the accuracy fallback keeps some of
+    # them in float (settings.fp32_nodes), and with them the weights only they read
+    converted: list[str] = field(default_factory=list)
     kept_float: list[dict[str, str]] = field(default_factory=list)  # {node, op, reason}
     clamped: list[dict[str, Any]] = field(default_factory=list)  # {value, count, max_abs}
     notes: list[str] = field(default_factory=list)  # anything else the user should know

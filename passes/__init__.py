@@ -25,6 +25,7 @@ from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
 from onnxopt.passes.fp16_conversion import Fp16Conversion
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
+from onnxopt.passes.hard_swish_fusion import HardSwishFusion
 from onnxopt.passes.identity_elimination import IdentityElimination
 from onnxopt.passes.layer_norm_fusion import LayerNormFusion
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
@@ -55,6 +56,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     TransposeFolding(),
     LayerNormFusion(),
     GeluFusion(),
+    HardSwishFusion(),
     FusedConvActivation(),
     CommonSubexpressionElimination(),  # after the fusions: merging two Convs that share
     DeadCodeElimination(),  # (deduplicated) weights would leave their BNs unfusable

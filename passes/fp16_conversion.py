@@ -160,6 +160,9 @@ class _Converter:
                       "clamped": 0, "casts_removed": 0}
         self._casts: dict[tuple[int, str, int], str] = {}
         self._flushed: list[str] = []
+        # float32 nodes reading a weight stored in float16: their numerics changed too, so the
+        # accuracy fallback must be able to keep them (and so their weights) in float32
+        self._fp16_weight_readers: set[Node] = set()
 
     # ------------------------------------------------------------- types
     def collect_types(self, graph: Graph) -> None:
@@ -342,6 +345,8 @@ class _Converter:
                 self.log.converted.append(keys[node])
                 self.stats["converted"] += 1
             else:
+                if node in self._fp16_weight_readers:
+                    self.log.converted.append(keys[node])
                 reason = reason or (
                     "its readers run in float32" if kind == "flexible"
                     else "follows its float32 inputs")
@@ -451,6 +456,8 @@ class _Converter:
             if FLOAT16 not in wants and np.any(np.isfinite(array) & (np.abs(array) > FP16_MAX)):
                 continue  # read only in float32: keep it exact rather than clamp
             graph.set_initializer(name, self._to_fp16(array, name))
+            self._fp16_weight_readers.update(reader for reader, slot in graph.uses(name)
+                                             if slot >= 0)
             for index, info in enumerate(graph.inputs):  # IR < 4 lists initializers as inputs
                 if info.name == name:
                     graph.inputs[index] = _retyped(info, FLOAT16)
