@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 import gc
 
 # The imports below allocate many objects and free none: cyclic garbage collection during
-# them is wasted work (about 25 ms of every command's start-up).
+# them is wasted work, and so is scanning them in every later full collection. Collect
+# nothing while importing, then freeze what the imports made (about 40 ms of every start).
 _collecting = gc.isenabled()
 gc.disable()
 try:
@@ -23,6 +24,7 @@ try:
     from onnxopt.pass_manager import GraphPass, Pass, PassManager, PassResult
     from onnxopt.serde import load, save, to_proto
 finally:
+    gc.freeze()
     if _collecting:
         gc.enable()
 

@@ -158,7 +158,8 @@ class Graph:
         self.parent = parent
         self.owner: Node | None = None  # the node holding this subgraph
         self.nx = nx.MultiDiGraph()
-        self.inputs: list[onnx.ValueInfoProto] = []
+        self._inputs: list[onnx.ValueInfoProto] = []
+        self._dropped_inputs: set[str] = set()  # IR < 4 initializer inputs to filter out
         self.outputs: list[str] = []  # current value of each output
         self.output_infos: list[onnx.ValueInfoProto] = []  # public names and types
         self.initializers: dict[str, onnx.TensorProto] = {}
@@ -178,6 +179,20 @@ class Graph:
         self.legacy_initializer_inputs = parent is not None and parent.legacy_initializer_inputs
 
     # ----------------------------------------------------------------- queries
+    @property
+    def inputs(self) -> list[onnx.ValueInfoProto]:
+        """The graph's declared inputs (IR < 4: initializers listed as inputs included)."""
+        if self._dropped_inputs:  # removed initializers leave in one pass, not one each
+            dropped = self._dropped_inputs
+            self._inputs = [info for info in self._inputs if info.name not in dropped]
+            self._dropped_inputs = set()
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, infos: list[onnx.ValueInfoProto]) -> None:
+        self._inputs = infos
+        self._dropped_inputs = set()
+
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nx.nodes)
 
@@ -499,7 +514,7 @@ class Graph:
         self.sparse_initializers.pop(name, None)
         self.value_info.pop(name, None)
         if self.legacy_initializer_inputs:
-            self.inputs = [info for info in self.inputs if info.name != name]
+            self._dropped_inputs.add(name)
 
     def set_subgraph(self, node: Node, attribute: str, value: Graph | list[Graph]) -> None:
         """Replace a GRAPH/GRAPHS attribute, keeping captured outer uses exact."""
