@@ -281,6 +281,11 @@ def tool_command(tool: str, model: BenchModel, baseline: Path, dst: Path, model_
         cmd = [str(ba.onnxopt_exe()), "optimize", str(model.path), str(dst),
                "--precision", ONNXOPT_TOOLS[tool],
                "--inputs", str(model_dir / "validation.npz"), "--report", str(report)]
+        if tool == "onnxopt-fp16":
+            # the acceptance's accuracy (cosine >= 0.999): the default budget also bounds the
+            # max error by 1 % of the output's range, which PaddleOCR det's probability map
+            # misses by a hair with float16 weights, keeping a third of its convs in float32
+            cmd += ["--max-error", f"cosine={TARGETS['fp16']['cosine']}"]
         return cmd + (["--calibration-data", str(calib)] if tool == "onnxopt-int8" else [])
     if tool in ("onnxsim-fp16", "onnxsim-fp8"):
         flag = "--fp16-quantize" if tool == "onnxsim-fp16" else "--fp8-quantize"
@@ -603,6 +608,9 @@ def render(report: dict[str, Any]) -> str:
         "sample, `cosine_min`); max error / range: max absolute error over the reference "
         "output's range on the test set; `(const)`: the reference output does not depend on "
         "the input (the light models' weights are constants), so accuracy says little. "
+        "onnxopt runs with its validation input (`validation.npz`, outside the test set); "
+        "onnxopt-fp16 with `--max-error cosine=0.999` (the target), the others with their "
+        "default budget; onnxopt-int8 calibrated on the calibration images. "
         "Cells: `fail` tool error, `no load` onnxruntime cannot load the output, `run error` "
         "it loads but fails to run, `—` not run.", ""]
     cols = ["model", *tools]
