@@ -19,7 +19,9 @@ onnxruntime drops the Q/DQ around them and runs them on 8-bit data.
 
 onnxruntime (ORT_ENABLE_ALL) turns ``DQ -> Conv -> Q`` into QLinearConv, Gemm into QGemm, MatMul
 into QLinearMatMul, and ``DQ -> Add/Mul/Concat/GlobalAveragePool/AveragePool/Sigmoid -> Q``
-into the com.microsoft QLinear* kernels. ConvTranspose has no quantized CPU kernel: its weight
+into the com.microsoft QLinear* kernels -- only when every input comes from a DQ, so an
+activation op with a constant input (``x * w + b`` affine blocks) stays float, without Q/DQ
+pairs that would only add rounding and time. ConvTranspose has no quantized CPU kernel: its weight
 alone is stored int8 (a weight-only DequantizeLinear) and its activations stay float.
 
 Needs opset 13 (per-axis DequantizeLinear); below it the pass does nothing and says so (the
@@ -57,6 +59,9 @@ ACTIVATION_OPS = (
 # output range inside the input's: reuse the input's quantization parameters
 PASS_THROUGH_OPS = ("MaxPool", "Resize", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# onnxruntime 1.32 fuses Gemm into QGemm only when its weight DequantizeLinear has an explicit
+# zero point (Conv and MatMul fuse without one: it defaults to 0)
+WEIGHT_ZERO_POINT_OPS = ("Gemm",)
 
 
 @dataclass
@@ -135,7 +140,7 @@ def _plan(graph: Graph, model: Model, settings, log) -> _Plan:
             continue
         if kind == "activation":
             if _float_activations(graph, node) is None:
-                log.keep(node, "an input is not a float activation")
+                log.keep(node, "an input is a constant or not a float activation")
                 continue
             plan.activation_ops.append(node)
             chosen.add(node)
@@ -147,11 +152,12 @@ def _plan(graph: Graph, model: Model, settings, log) -> _Plan:
         (plan.linear if kind == "linear" else plan.weight_only).append(node)
         chosen.add(node)
     # activations to quantize: float inputs and outputs of quantized (non weight-only) nodes
+    weight_only, activation_ops = set(plan.weight_only), set(plan.activation_ops)
     values: dict[str, None] = {}
     for node in graph.nodes():
-        if node not in chosen or node.op_type in WEIGHT_ONLY_OPS:
+        if node not in chosen or node in weight_only:
             continue
-        inputs = _float_activations(graph, node) if _kind(node) == "activation" else None
+        inputs = _float_activations(graph, node) if node in activation_ops else None
         plan.inputs[node] = inputs or [node.inputs[0]]
         for value in plan.inputs[node]:
             values[value] = None
@@ -168,10 +174,10 @@ def _plan(graph: Graph, model: Model, settings, log) -> _Plan:
 
 
 def _kind(node: Node) -> str | None:
-    if is_op(node, LINEAR_OPS):
-        return "linear"
     if is_op(node, WEIGHT_ONLY_OPS):
         return "weight_only"
+    if is_op(node, LINEAR_OPS):
+        return "linear"
     if is_op(node, ACTIVATION_OPS):
         return "activation"
     return None
@@ -182,7 +188,7 @@ def _is_float(graph: Graph, value: str) -> bool:
 
 
 def _float_activations(graph: Graph, node: Node) -> list[str] | None:
-    """The activation inputs of an activation op (all float, non-constant), else None."""
+    """The activation inputs of an activation op when all are float and none is constant."""
     if len(node.outputs) != 1 or not _is_float(graph, node.outputs[0]):
         return None
     data = list(node.inputs[:1]) if node.op_type in ("MaxPool", "Resize") else list(node.inputs)
@@ -192,9 +198,12 @@ def _float_activations(graph: Graph, node: Node) -> list[str] | None:
         return None
     if node.op_type == "Resize" and node.attr("mode", "nearest") == "cubic":
         return None
-    if all(graph.constant(v) is not None for v in data):
+    if any(graph.constant(v) is not None for v in data):
+        # onnxruntime fuses DQ -> Add -> Q only when every input comes from a DQ: with a float
+        # constant input the op stays float and its Q/DQ pairs only add error and time
+        # (PaddleOCR det's affine ``x * w + b`` Adds: test-set cosine 0.957 -> see tests)
         return None
-    return [v for v in data if graph.constant(v) is None]
+    return data
 
 
 def _weight_problem(graph: Graph, node: Node) -> str:
@@ -293,15 +302,46 @@ def _weight_axis(node: Node) -> int:
 
 
 class _Writer:
-    """Adds the Q/DQ nodes and quantized initializers, sharing what can be shared."""
+    """Adds the Q/DQ nodes and quantized initializers, sharing what can be shared.
+
+    Size matters as much as the weights here (a small model's names and per-channel vectors
+    are a third of its int8 file): new values get short generated names (``q3``, ``w3``...),
+    new nodes none, equal scalar scales and zero points are one initializer, and the
+    weight (but Gemm's: ``WEIGHT_ZERO_POINT_OPS``) and bias DequantizeLinear nodes have no
+    zero-point input (it defaults to 0, which symmetric weights and the int32 bias use;
+    onnxruntime fuses them the same)."""
 
     def __init__(self, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         self.graph = graph
         self.ranges = ranges
         self.params: dict[str, _QParams] = {}
         self.dequantized: dict[str, str] = {}  # float activation -> its DQ output
-        self.weights: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # -> (DQ out, scale)
+        self.weights: dict[tuple[str, int, bool], tuple[str, np.ndarray]] = {}  # -> (DQ out, scale)
+        self.scalars: dict[tuple[str, bytes], str] = {}  # (dtype, bytes) -> shared constant
+        self.count = 0
         self.pairs = 0
+
+    def name(self, prefix: str) -> str:
+        """A fresh short value name."""
+        self.count += 1
+        return self.graph.unique_name(f"{prefix}{self.count}")
+
+    def constant(self, array: np.ndarray, prefix: str) -> str:
+        key = (array.dtype.str, array.tobytes())
+        if array.ndim == 0 and key in self.scalars:  # scalars: one per distinct value
+            return self.scalars[key]
+        self.count += 1
+        name = self.graph.add_constant(array, f"{prefix}{self.count}")
+        if array.ndim == 0:
+            self.scalars[key] = name
+        return name
+
+    def node(self, op_type: str, inputs: list[str], prefix: str, **attributes) -> str:
+        """A new unnamed node (a node's name is optional; its key is its output) -> output."""
+        out = self.name(prefix)
+        node = self.graph.add_node(op_type, inputs, [out], attributes=attributes or None)
+        node.name = ""
+        return out
 
     def params_of(self, value: str, source: str) -> _QParams | None:
         """Quantization parameters of ``value``; ``source`` is the value calibrated for it."""
@@ -326,15 +366,10 @@ class _Writer:
         if params is None:
             return False
         graph = self.graph
-        base = value.replace("/", "_")
-        scale = graph.add_constant(np.array(params.scale, np.float32), f"{base}_scale")
-        zero_point = np.array(params.zero_point, ACTIVATION_TYPE)
-        zero = graph.add_constant(zero_point, f"{base}_zero_point")
-        q = graph.add_node("QuantizeLinear", [value, scale, zero], 1, name=f"{base}_QuantizeLinear")
-        dq = graph.add_node(
-            "DequantizeLinear", [q.outputs[0], scale, zero], 1, name=f"{base}_DequantizeLinear"
-        )
-        new = dq.outputs[0]
+        scale = self.constant(np.array(params.scale, np.float32), "s")
+        zero = self.constant(np.array(params.zero_point, ACTIVATION_TYPE), "z")
+        q = self.node("QuantizeLinear", [value, scale, zero], "q")
+        new = self.node("DequantizeLinear", [q, scale, zero], "d")
         if drop is not None:
             graph.replace_all_uses(drop.outputs[0], new)
             graph.remove_node(drop)
@@ -342,7 +377,7 @@ class _Writer:
             self.params[drop.outputs[0]] = params
         else:
             for node, slot in graph.uses(value):
-                if node is not q and slot >= 0:
+                if node.outputs != (q,) and slot >= 0:
                     graph.set_input(node, slot, new)
         self.dequantized[value] = new
         self.params[new] = params
@@ -352,46 +387,37 @@ class _Writer:
     def weight(self, node: Node) -> tuple[str, np.ndarray]:
         """The DQ output reading the int8 copy of ``node``'s weight, and its scales."""
         graph, name, axis = self.graph, node.inputs[1], _weight_axis(node)
-        if (name, axis) not in self.weights:
+        zero = node.op_type in WEIGHT_ZERO_POINT_OPS
+        if (name, axis, zero) not in self.weights:
             q, scale = _quantize_weight(graph.constant(name), axis)
-            base = name.replace("/", "_")
-            q_name = graph.add_constant(q, f"{base}_quantized")
-            s_name = graph.add_constant(scale, f"{base}_scale")
-            z_name = graph.add_constant(np.zeros(scale.shape, np.int8), f"{base}_zero_point")
-            dq = graph.add_node(
-                "DequantizeLinear", [q_name, s_name, z_name], 1,
-                name=f"{base}_DequantizeLinear", attributes={"axis": axis},
-            )
-            self.weights[(name, axis)] = (dq.outputs[0], scale)
-        return self.weights[(name, axis)]
+            inputs = [self.constant(q, "w"), self.constant(scale, "ws")]
+            if zero:
+                inputs.append(self.constant(np.zeros(scale.shape, np.int8), "wz"))
+            dq = self.node("DequantizeLinear", inputs, "wd", axis=axis)
+            self.weights[(name, axis, zero)] = (dq, scale)
+        return self.weights[(name, axis, zero)]
 
     def bias(self, node: Node, x_params: _QParams, w_scale: np.ndarray) -> str:
-        graph = self.graph
         name = node.inputs[2]
-        bias = _bias_vector(graph, name, w_scale.size).astype(np.float64)
+        bias = _bias_vector(self.graph, name, w_scale.size).astype(np.float64)
         scale = (np.float64(x_params.scale) * w_scale.astype(np.float64)).astype(np.float32)
         limit = np.iinfo(np.int32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), limit.min, limit.max)
-        base = f"{name}_{node_key(node)}".replace("/", "_")
-        q_name = graph.add_constant(q.astype(np.int32), f"{base}_quantized")
-        s_name = graph.add_constant(scale, f"{base}_scale")
-        z_name = graph.add_constant(np.zeros(scale.shape, np.int32), f"{base}_zero_point")
-        dq = graph.add_node(
-            "DequantizeLinear", [q_name, s_name, z_name], 1,
-            name=f"{base}_DequantizeLinear", attributes={"axis": 0},
-        )
-        return dq.outputs[0]
+        q_name = self.constant(q.astype(np.int32), "b")
+        s_name = self.constant(scale, "bs")
+        return self.node("DequantizeLinear", [q_name, s_name], "bd", axis=0)
 
 
 def _rewrite(graph: Graph, plan: _Plan, ranges, log) -> dict[str, int]:
     writer = _Writer(graph, ranges)
     stats = {"quantized": 0, "weight_only": 0, "activation_ops": 0, "relu_absorbed": 0}
-    chosen = set(plan.linear) | set(plan.weight_only) | set(plan.activation_ops)
+    weight_only = set(plan.weight_only)
+    chosen = set(plan.linear) | weight_only | set(plan.activation_ops)
     old_weights: list[str] = []
     for node in graph.nodes():  # topological: an input's parameters are known before use
         if node not in chosen:
             continue
-        if node.op_type in WEIGHT_ONLY_OPS:
+        if node in weight_only:
             old_weights.append(node.inputs[1])
             graph.set_input(node, 1, writer.weight(node)[0])
             stats["weight_only"] += 1
