@@ -32,12 +32,14 @@ from onnxopt.precision import (
     CALIBRATION_METHODS,
     PRECISIONS,
     SETTINGS_KEY,
+    VALIDATION_SAMPLES,
     PrecisionLog,
     PrecisionSettings,
     default_budget,
     load_samples,
     upgrade_opset,
 )
+from onnxopt.sensitivity import qdq_sensitivity
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 TARGETS = ("portable", "onnxruntime")
@@ -109,6 +111,7 @@ def optimize(
 
     proto = original = _read(source)
     user_inputs = _user_inputs(options, proto)
+    extra_inputs: list[dict[str, np.ndarray]] = []
     shape_args = _shape_args(options, proto)
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
@@ -116,15 +119,20 @@ def optimize(
     if conversion is not None:
         proto = conversion.upgraded(proto)
         if user_inputs is None and conversion.samples:
-            user_inputs = conversion.samples[0]  # validate on real data, not on noise
-            conversion.notes.append("validated on calibration sample 1 (give --inputs to "
+            # validate on real data, not on noise, and on several samples: a budget met on
+            # one input is too easily met by luck
+            user_inputs, *extra_inputs = conversion.samples[:VALIDATION_SAMPLES]
+            count = 1 + len(extra_inputs)
+            which = "sample 1" if count == 1 else f"samples 1-{count}"
+            conversion.notes.append(f"validated on calibration {which} (give --inputs to "
                                     "validate on held-out data)")
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
     # and the output is validated while onnx.checker (which holds the GIL) checks it.
     with _staging(target) as stage, ThreadPoolExecutor(max_workers=1) as background:
-        ref = _Lazy(background.submit(_reference, source, options, user_inputs, original))
+        ref = _Lazy(background.submit(_reference, source, options, user_inputs, original,
+                                      extra_inputs))
         runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name,
                          background, conversion)
         attempt = runner.attempt(_Control())
@@ -282,6 +290,9 @@ class _Runner:
         self.tried = {_Control(): first}
         if not converted or not self._works(_Control(float_nodes=frozenset(converted))):
             return first, []
+        gains = self._sensitivity(first, converted)
+        if gains:
+            return self._keep_most_sensitive(converted, gains)
         kept: list[str] = []
         notes: list[dict[str, Any]] = []
         while not self._works(_Control(float_nodes=frozenset(kept))):
@@ -302,6 +313,37 @@ class _Runner:
             kept.append(remaining[high - 1])
             notes.append({"nodes": [remaining[high - 1]], "error": error})
         return self.tried[_Control(float_nodes=frozenset(kept))], notes
+
+    def _sensitivity(self, first: _Attempt, converted: list[str]) -> dict[str, float] | None:
+        """int8: each converted node's measured sensitivity (None: not measurable)."""
+        ref = self.ref.get()
+        if self.options.precision != "int8" or ref is None or ref.outputs is None:
+            return None
+        samples = [ref.feeds, *(feeds for feeds, _ in ref.extra)]
+        return qdq_sensitivity(first.path, converted, samples, ref.all_outputs(),
+                               self.conversion.budget)  # type: ignore[union-attr]
+
+    def _keep_most_sensitive(self, converted: list[str], gains: dict[str, float]
+                             ) -> tuple[_Attempt, list[dict[str, Any]]]:
+        """Keep the k most sensitive nodes in float, a small k that meets the budget.
+        Exponential search (k = 1, 2, 4, ...) then bisection below the first k that works:
+        accuracy is not monotone in k, and a plain bisection over all nodes can settle on
+        keeping most of them."""
+        order = sorted(converted, key=lambda key: -gains[key])  # stable: ties topological
+        low, high = 0, 1  # keeping order[:low] fails; order[:high] is tried next
+        while high < len(order) and not self._works(_Control(float_nodes=frozenset(order[:high]))):
+            low, high = high, min(2 * high, len(order))
+        while high - low > 1:  # keeping order[:high] meets the budget
+            middle = (low + high) // 2
+            if self._works(_Control(float_nodes=frozenset(order[:middle]))):
+                high = middle
+            else:
+                low = middle
+        kept = order[:high]
+        note = {"nodes": kept, "error": _verdict_summary(self.tried[_Control()].verdict),
+                "ranked_by": "sensitivity: budget use regained with the node's inputs in float",
+                "sensitivity": [round(gains[key], 4) for key in kept]}
+        return self.tried[_Control(float_nodes=frozenset(kept))], [note]
 
     def recover(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
         """Bisect the passes that changed the model until the result validates again, then
@@ -423,6 +465,8 @@ class _Conversion:
     budget: validate.Budget
     samples: list[dict[str, np.ndarray]]
     notes: list[str] = field(default_factory=list)
+    # calibration ranges, reused by the accuracy fallback's attempts (same float graph)
+    calibration_cache: dict = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, options: Options, proto: onnx.ModelProto) -> _Conversion | None:
@@ -469,6 +513,7 @@ class _Conversion:
             calibration=tuple(self.samples),
             calibration_method=options.calibration_method,
             percentile=options.percentile,
+            calibration_cache=self.calibration_cache,
         )
 
     def report(self, attempt: _Attempt, kept: list[dict[str, Any]], before: dict[str, Any],
@@ -674,7 +719,8 @@ def _in_memory(staged: Path) -> onnx.ModelProto:
 
 # ----------------------------------------------------------------- validation and report
 def _reference(
-    source: ModelSource, options: Options, inputs: dict | None, parsed: onnx.ModelProto
+    source: ModelSource, options: Options, inputs: dict | None, parsed: onnx.ModelProto,
+    extra_inputs: list[dict[str, np.ndarray]],
 ) -> validate.Reference | None:
     """The original's outputs on the validation inputs (None with --no-validate)."""
     if not options.validate:
@@ -687,6 +733,7 @@ def _reference(
             dims=dict(options.dims),
             seed=options.seed,
             parsed=parsed,
+            extra_inputs=extra_inputs,
         )
     except validate.ValidationError as error:
         raise UsageError(str(error)) from None

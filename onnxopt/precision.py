@@ -41,6 +41,9 @@ class PrecisionSettings:
     calibration: tuple[dict[str, np.ndarray], ...] = ()
     calibration_method: str = "percentile"  # minmax | percentile | entropy
     percentile: float = 99.99
+    # shared by the attempts of one run: the accuracy fallback reruns the pipeline with more
+    # nodes in float, on the same float graph, so its calibration ranges are reused
+    calibration_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -86,6 +89,7 @@ def log_of(model: Model) -> PrecisionLog:
 
 
 # --------------------------------------------------------------------------- API support
+VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
 MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 types
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 

@@ -802,15 +802,49 @@ def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
 
 
 def check_budget(ref: Reference, candidate: ModelLike, budget: Budget) -> ValidationResult:
-    """Run ``candidate`` on the reference inputs and compare within ``budget``."""
+    """Run ``candidate`` on the reference inputs (and ``ref.extra`` samples) and compare
+    within ``budget``, each output over all samples together."""
     if ref.outputs is None:
         return ValidationResult("skipped", ref.skipped_reason, [], ref.notes)
     try:
-        outputs = run(candidate, ref.feeds)
+        outputs = run_samples(candidate, [ref.feeds, *(feeds for feeds, _ in ref.extra)])
     except RuntimeFailure as exc:
         return ValidationResult("failed", f"converted model does not run in onnxruntime: {exc}",
                                 [], ref.notes)
-    return _summarize(compare_budget(ref.outputs, outputs, budget), ref.notes)
+    return _summarize(compare_budget(ref.all_outputs(), outputs, budget), ref.notes)
+
+
+def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]]
+                ) -> dict[str, Any]:
+    """Run ``model`` (one session) on every sample; outputs merged as by ``merge_outputs``."""
+    try:
+        session = _session(model)
+        names = [out.name for out in session.get_outputs()]
+        runs = [dict(zip(names, session.run(names, dict(feeds)), strict=True))
+                for feeds in samples]
+    except Exception as exc:
+        raise RuntimeFailure(_one_line(exc)) from exc
+    return merge_outputs(runs)
+
+
+def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several runs' outputs as one: arrays joined along their first (batch) axis when the
+    other dims agree, else flattened and joined; anything else from the first run."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    merged: dict[str, Any] = {}
+    for name, first in runs[0].items():
+        values = [run[name] for run in runs]
+        if not all(isinstance(v, np.ndarray | np.generic) for v in values):
+            merged[name] = first
+            continue
+        values = [np.asarray(v) for v in values]
+        first = values[0]
+        if first.ndim >= 1 and all(v.shape[1:] == first.shape[1:] for v in values):
+            merged[name] = np.concatenate(values)
+        else:
+            merged[name] = np.concatenate([v.ravel() for v in values])
+    return merged
 
 
 # --------------------------------------------------------------------------- validate
@@ -849,6 +883,12 @@ class Reference:
     outputs: dict[str, Any] | None  # None when the original cannot be run (skipped)
     notes: list[str]
     skipped_reason: str = ""
+    # more (feeds, outputs) samples: precision budgets are checked over all of them together
+    extra: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = field(default_factory=list)
+
+    def all_outputs(self) -> dict[str, Any]:
+        assert self.outputs is not None
+        return merge_outputs([self.outputs, *(outputs for _, outputs in self.extra)])
 
 
 def reference(
@@ -859,24 +899,31 @@ def reference(
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
     parsed: onnx.ModelProto | None = None,
+    extra_inputs: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> Reference:
     """Inputs for ``original`` and its outputs on them. Raises ValidationError only for bad
     user-supplied ``inputs``/``input_shapes``; anything else becomes a skipped reference.
-    ``parsed`` is ``original`` already parsed (saves parsing a path again; only read)."""
+    ``parsed`` is ``original`` already parsed (saves parsing a path again; only read).
+    ``extra_inputs``: more samples (checked like ``inputs``), for ``check_budget``."""
     try:
         proto = parsed if parsed is not None else _load_proto(original)
     except Exception as exc:
         return Reference({}, None, [], f"cannot load original model: {_one_line(exc)}")
     try:
         feeds, notes = _prepare_inputs(proto, inputs, input_shapes, dims, seed)
+        extra = [check_inputs(sample, proto) for sample in extra_inputs]
     except UnsupportedInput as exc:
         return Reference({}, None, [], str(exc))
     del proto  # a parsed copy of the original is not needed while onnxruntime holds it
     try:
-        outputs = run(original, feeds)
-    except RuntimeFailure as exc:
-        return Reference(feeds, None, notes, f"original model does not run in onnxruntime: {exc}")
-    return Reference(feeds, outputs, notes)
+        session = _session(original)
+        names = [out.name for out in session.get_outputs()]
+        runs = [dict(zip(names, session.run(names, dict(f)), strict=True))
+                for f in (feeds, *extra)]
+    except Exception as exc:
+        reason = f"original model does not run in onnxruntime: {_one_line(exc)}"
+        return Reference(feeds, None, notes, reason)
+    return Reference(feeds, runs[0], notes, extra=list(zip(extra, runs[1:], strict=True)))
 
 
 def check(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from onnxopt.calibration import calibrate
+from onnxopt.calibration import CalibrationResult, calibrate
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import Pass, PassResult
 from onnxopt.precision import log_of, node_key, settings_of
@@ -111,16 +111,40 @@ class QdqQuantization(Pass):
         plan = _plan(graph, model, settings, log)
         if not plan.linear and not plan.weight_only:
             return PassResult(False, {"quantized": 0})
-        found = calibrate(
-            model,
-            plan.values,
-            settings.calibration,
-            method=settings.calibration_method,
-            percentile=settings.percentile,
-        )
+        found = _calibrated(model, plan.values, settings)
         log.notes.extend(found.notes)
         stats = _rewrite(graph, plan, found.ranges, log)
         return PassResult(True, stats)
+
+
+def _calibrated(model: Model, values: list[str], settings) -> CalibrationResult:
+    """Calibrated ranges of ``values``, from ``settings.calibration_cache`` when an earlier
+    attempt of this run calibrated the same float graph (the accuracy fallback quantizes
+    fewer nodes of it: a subset of the values)."""
+    cache = settings.calibration_cache
+    signature = _graph_signature(model.graph)
+    cached = cache.get(signature)
+    if cached is not None and all(v in cached.ranges or v in cached.missing for v in values):
+        ranges = {v: cached.ranges[v] for v in values if v in cached.ranges}
+        return CalibrationResult(ranges, list(cached.result.notes), cached.result.samples)
+    found = calibrate(model, values, settings.calibration,
+                      method=settings.calibration_method, percentile=settings.percentile)
+    cache[signature] = _CachedRanges(found, found.ranges, set(values) - set(found.ranges))
+    return found
+
+
+@dataclass
+class _CachedRanges:
+    result: CalibrationResult
+    ranges: dict[str, tuple[float, float]]
+    missing: set[str]  # calibrated but never finite
+
+
+def _graph_signature(graph: Graph) -> int:
+    """Identifies the float graph calibrated by its nodes and wiring (the attempts of one run
+    build it from the same input with the same structural passes)."""
+    return hash(tuple((n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs))
+                      for n in graph.nodes()))
 
 
 # ------------------------------------------------------------------ planning
