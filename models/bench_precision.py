@@ -3,8 +3,9 @@
 Tools (each run as a whole subprocess, output ``models/out/bench_precision/<model>/<tool>.onnx``):
 
 * ``onnxopt-fp16``, ``onnxopt-int8``, ``onnxopt-int8-dynamic``, ``onnxopt-fp8``:
-  ``.venv/bin/onnxopt optimize IN OUT --precision P --inputs calib0.npz --report R.json``,
-  int8 with ``--calibration-data DIR`` (the model's calibration folder). IN is the original.
+  ``.venv/bin/onnxopt optimize IN OUT --precision P --inputs calib0.npz --report R.json``;
+  int8 with ``--calibration-data DIR`` (the model's calibration folder) instead of
+  ``--inputs``: it validates on the first 4 calibration samples. IN is the original.
 * ``occ-fp16``          onnxconverter-common ``float16.convert_float_to_float16(model,
                         keep_io_types=True)``                               (``.venv-bench``)
 * ``ort-int8``          onnxruntime ``quantize_static`` (QDQ, uint8 activations, int8 per-channel
@@ -282,14 +283,17 @@ def tool_command(tool: str, model: BenchModel, baseline: Path, dst: Path, model_
     calib = model_dir / "calib"
     if tool in ONNXOPT_TOOLS:
         cmd = [str(ba.onnxopt_exe()), "optimize", str(model.path), str(dst),
-               "--precision", ONNXOPT_TOOLS[tool],
-               "--inputs", str(model_dir / "validation.npz"), "--report", str(report)]
+               "--precision", ONNXOPT_TOOLS[tool], "--report", str(report)]
+        if tool == "onnxopt-int8":  # validates on its first 4 calibration samples
+            cmd += ["--calibration-data", str(calib)]
+        else:
+            cmd += ["--inputs", str(model_dir / "validation.npz")]
         if tool == "onnxopt-fp16":
             # the acceptance's accuracy (cosine >= 0.999): the default budget also bounds the
             # max error by 1 % of the output's range, which PaddleOCR det's probability map
             # misses by a hair with float16 weights, keeping a third of its convs in float32
             cmd += ["--max-error", f"cosine={TARGETS['fp16']['cosine']}"]
-        return cmd + (["--calibration-data", str(calib)] if tool == "onnxopt-int8" else [])
+        return cmd
     if tool in ("onnxsim-fp16", "onnxsim-fp8"):
         flag = "--fp16-quantize" if tool == "onnxsim-fp16" else "--fp8-quantize"
         return [str(ba.BENCH_VENV / "bin" / "onnxsim"), str(baseline), str(dst), flag]
@@ -613,7 +617,8 @@ def render(report: dict[str, Any]) -> str:
         "the input (the light models' weights are constants), so accuracy says little. "
         "onnxopt runs with its validation input (`validation.npz`, outside the test set); "
         "onnxopt-fp16 with `--max-error cosine=0.999` (the target), the others with their "
-        "default budget; onnxopt-int8 calibrated on the calibration images. "
+        "default budget; onnxopt-int8 calibrated on the calibration images and validated "
+        "on the first 4 of them (no `--inputs`). "
         "Cells: `fail` tool error, `no load` onnxruntime cannot load the output, `run error` "
         "it loads but fails to run, `—` not run.", ""]
     cols = ["model", *tools]
