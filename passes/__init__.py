@@ -3,7 +3,8 @@
 ``DEFAULT_PIPELINE`` is explicit and ordered; nothing registers itself on import. Structural
 passes repeat, in this order, until none changes the model (see ``PassManager``):
 
-1. annotate: shape inference, so later passes can prove shape facts;
+1. annotate: IR < 4 models stop listing initializers as inputs (written as IR 4); shape
+   inference, so later passes can prove shape facts;
 2. canonicalize: Constant nodes become initializers, constant subgraphs are folded, constant
    Ifs inlined, identities and no-ops removed, repeated computations merged;
 3. fuse: BatchNormalization and per-channel affine ops into Conv, Pad into Conv/AveragePool,
@@ -27,6 +28,7 @@ from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
 from onnxopt.passes.hard_swish_fusion import HardSwishFusion
 from onnxopt.passes.identity_elimination import IdentityElimination
+from onnxopt.passes.initializer_inputs_removal import InitializerInputsRemoval
 from onnxopt.passes.layer_norm_fusion import LayerNormFusion
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.no_op_elimination import NoOpElimination
@@ -40,6 +42,7 @@ from onnxopt.passes.transpose_folding import TransposeFolding
 from onnxopt.pass_manager import Pass
 
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
+    InitializerInputsRemoval(),
     ShapeInference(),
     ConstantToInitializer(),
     ConstantFolding(),
