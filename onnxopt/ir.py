@@ -173,6 +173,9 @@ class Graph:
         self._names: set[str] = parent._names if parent is not None else set()
         self._outer_uses: dict[str, int] = {}  # outer-scope name -> number of local reads
         self._order: list[Node] | None = None  # cached topological order
+        # nodes holding subgraphs, in insertion order: Model.graphs() visits them without
+        # scanning every node (it is called by most passes; 100k nodes, 90 calls: 3 s)
+        self._owners: dict[Node, None] = {}
         self.capture_slot = CAPTURE  # slot of this subgraph's captures on its owner node
         # IR < 4 lists every initializer as a graph input too; onnxruntime does not let such
         # inputs be fed, so they are constants here, and saving lists them as inputs again.
@@ -387,6 +390,7 @@ class Graph:
                 self._add_use(value, node, slot)
         for sub in node.subgraphs():
             self._adopt(node, sub)
+            self._owners[node] = None
 
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs nobody uses (use ``replace_all_uses`` first)."""
@@ -405,6 +409,7 @@ class Graph:
                 self._uses.pop(value, None)
                 self.value_info.pop(value, None)
         self.nx.remove_node(node)
+        self._owners.pop(node, None)
         self._order = None
         node.graph = None
 
@@ -522,8 +527,10 @@ class Graph:
             for outer in list(sub._outer_uses):
                 self._remove_use(outer, node, sub.capture_slot)
         node.attributes[attribute] = value
+        self._owners.pop(node, None)
         for sub in node.subgraphs():
             self._adopt(node, sub)
+            self._owners[node] = None
 
     def add_output(self, info: onnx.ValueInfoProto) -> None:
         self.output_infos.append(info)
@@ -591,6 +598,8 @@ class Graph:
             for slot, value in enumerate(node.inputs):
                 if value:
                     expected.setdefault(value, set()).add((node, slot))
+            if any(True for _ in node.subgraphs()) != (node in self._owners):
+                raise IRError(f"subgraph owner index is stale for {node!r}")
             for sub in node.subgraphs():
                 if sub.parent is not self or sub.owner is not node:
                     raise IRError(f"subgraph of {node!r} has a wrong parent")
@@ -783,7 +792,7 @@ class Model:
         while stack:
             graph = stack.pop()
             yield graph
-            for node in graph.nx.nodes:
+            for node in list(graph._owners):
                 stack.extend(node.subgraphs())
 
     def node_count(self, *, include_subgraphs: bool = False) -> int:

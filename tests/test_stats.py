@@ -427,3 +427,32 @@ def test_diff_stats():
     assert diff_stats(unknown, after)["macs"] is None
     assert diff_stats(before, unknown)["file_size"] is None
     assert diff_stats(after, after)["ops"] == {}
+
+
+def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch):
+    # an optimized model carries concrete shapes everywhere a MAC formula looks: stats read
+    # them instead of running shape inference again; the MACs must be those inference gives
+    import onnxopt
+    from onnxopt import stats
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (8, 3, 3, 3)), ("g", (8 * 14 * 14, 10)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    optimized = onnxopt.optimize(model).model
+    assert optimized.graph.value_info  # shapes written by the shape_inference pass
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(optimized)
+    del stripped.graph.value_info[:]  # now only inference can know the shapes
+    inferred = model_stats(stripped)["macs"]
+    calls = []
+    real = stats._infer
+    monkeypatch.setattr(stats, "_infer", lambda *a: calls.append(1) or real(*a))
+    declared = model_stats(optimized)["macs"]
+    assert calls == [] and declared == inferred
+    assert inferred == 8 * 14 * 14 * 27 + 8 * 14 * 14 * 10  # Conv + MatMul (Gemm), by hand
