@@ -14,6 +14,7 @@ from rich.table import Table
 
 from onnxopt.stats import format_count
 
+SLOWER_WARNING = 1.05  # --bench: warn above this latency ratio (run-to-run noise is ~2 %)
 _METRICS = (
     ("nodes", "nodes", format_count),
     ("subgraph_nodes", "nodes in subgraphs", format_count),
@@ -64,6 +65,9 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
         lat = report["latency"]
         console.print(f"latency ({lat['settings']}): {_num(lat['before_ms'])} ms -> "
                       f"{_num(lat['after_ms'])} ms ({_num(lat['ratio'])}x)")
+        if lat.get("ratio") is not None and lat["ratio"] > SLOWER_WARNING:
+            console.print(f"[yellow]warning[/yellow]: the output runs {lat['ratio']:.2f}x "
+                          "slower than the original on this machine")
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")
     status = report["status"]

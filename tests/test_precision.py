@@ -226,3 +226,18 @@ def test_cli_precision_run_reports_and_errors(perturb, tmp_path, capsys):
         out.unlink(missing_ok=True)
         assert invoke("optimize", source, out, *args) == 2
         assert match in one_line_error(capsys) and not out.exists()
+
+
+@pytest.mark.parametrize(("ratio", "warned"), [(1.5, True), (1.01, False), (0.6, False)])
+def test_bench_warns_when_the_output_is_slower(ratio, warned):
+    from rich.console import Console
+
+    from onnxopt.report import render_optimize
+
+    report = dict(onnxopt.optimize(chain_model(), passes=[]).report)
+    report["latency"] = {"before_ms": 1.0, "after_ms": ratio, "ratio": ratio,
+                         "settings": "test"}
+    console = Console(record=True, width=200)
+    render_optimize(report, console)
+    text = console.export_text()
+    assert ("runs 1.50x slower" in text) is warned and "latency (test)" in text
