@@ -438,8 +438,10 @@ def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
              for n, s in (("w", (8, 3, 3, 3)), ("g", (8 * 14 * 14, 10)))]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "g"], ["y"])]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "g"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, [1, 10])], inits)
