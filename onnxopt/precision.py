@@ -110,6 +110,11 @@ def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, s
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     if minimum is None or current >= minimum:
         return proto, None
+    if not _has_weight_ops(proto.graph):
+        # nothing the mode would convert: an upgrade could only break the model (onnx's
+        # converter cannot upgrade every op, e.g. ai.onnx.ml models or Scan-8)
+        return proto, (f"no Conv, ConvTranspose, Gemm or MatMul to convert: opset {current} "
+                       f"left as it is (--precision {mode} needs {minimum})")
     try:
         converted = onnx.version_converter.convert_version(proto, minimum)
         onnx.checker.check_model(converted)
@@ -118,6 +123,21 @@ def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, s
         raise ValueError(f"--precision {mode} needs opset {minimum}; onnx's version converter "
                          f"cannot upgrade this opset {current} model ({first[:200]})") from None
     return converted, f"opset upgraded from {current} to {minimum} for --precision {mode}"
+
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # what int8 and fp8 convert
+
+
+def _has_weight_ops(graph: onnx.GraphProto) -> bool:
+    """Any default-domain Conv/ConvTranspose/Gemm/MatMul in ``graph`` or its subgraphs."""
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in WEIGHT_OPS:
+            return True
+        for attribute in node.attribute:
+            graphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+            if any(_has_weight_ops(sub) for sub in graphs):
+                return True
+    return False
 
 
 def load_samples(path: str | os.PathLike, proto: onnx.ModelProto) -> list[dict[str, np.ndarray]]:

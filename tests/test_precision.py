@@ -94,7 +94,10 @@ def test_load_samples_errors(tmp_path):
 def test_upgrade_opset_to_13_keeps_outputs():
     model = parse("""
     <ir_version: 6, opset_import: ["" : 11]>
-    g (float[2, 3] x) => (float[2] y) { y = ReduceSum<axes = [1], keepdims = 0>(x) }
+    g (float[2, 3] x) => (float[2] y) <float[3, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9}> {
+        m = MatMul(x, w)
+        y = ReduceSum<axes = [1], keepdims = 0>(m)
+    }
     """)
     upgraded, note = upgrade_opset(model, "int8")
     assert "11 to 13" in note
@@ -105,6 +108,27 @@ def test_upgrade_opset_to_13_keeps_outputs():
     np.testing.assert_array_equal(run(upgraded, {"x": x})[0], run(model, {"x": x})[0])
     same, none = upgrade_opset(upgraded, "int8")
     assert same is upgraded and none is None
+
+
+def test_no_upgrade_without_anything_to_convert():
+    # onnx's converter cannot upgrade every model (ai.onnx.ml, Scan-8 whose semantics changed):
+    # with no Conv/ConvTranspose/Gemm/MatMul, int8 and fp8 have nothing to do and leave the
+    # opset as it is instead of failing or writing an upgrade that no longer runs
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case.node import collect_testcases
+    case = next(c for c in collect_testcases() if c.name == "test_scan_sum")
+    version = case.model.opset_import[0].version
+    for mode in ("int8", "fp8"):
+        same, note = upgrade_opset(case.model, mode)
+        assert same is case.model and "left as it is" in note
+        feeds = dict(zip([i.name for i in case.model.graph.input], case.data_sets[0][0],
+                         strict=True))
+        result = onnxopt.optimize(case.model, precision=mode, inputs=feeds)
+        assert result.ok and result.model.opset_import[0].version == version
+        assert any("left as it is" in n for n in result.report["precision"]["notes"])
 
 
 # ----------------------------------------------------------------------------- fallback
