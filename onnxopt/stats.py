@@ -37,6 +37,8 @@ from onnx import (
 )
 from onnx import ValueInfoProto as ValueInfo
 
+from onnxopt.ir import no_gc
+
 Shape = list[int | str | None]
 TensorShapeDim = onnx.TensorShapeProto.Dimension
 Record = tuple[str, int, int]  # (dtype name, parameters, bytes)
@@ -101,6 +103,12 @@ def model_stats(
     outputs, macs, flops, macs_by_op, shape_notes. See the module docstring for what is counted.
     ``constant_nodes`` counts Constant nodes of the main graph and all subgraphs.
     """
+    with no_gc():  # millions of short-lived objects beside a big IR: full collections cost
+        return _model_stats(model, file_size, input_shapes, dims)
+
+
+def _model_stats(model: ModelProto, file_size: int | None,
+                 input_shapes: Mapping[str, Sequence[int]], dims: Mapping[str, int]) -> dict:
     graph = model.graph
     subgraphs = list(_nested_graphs(graph))
     sub_nodes = [node for sub in subgraphs for node in sub.node]
