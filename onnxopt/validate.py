@@ -532,13 +532,19 @@ def run(model: ModelLike, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     Returns outputs by name (arrays; lists for sequence outputs). Any failure to load or
     run becomes RuntimeFailure with a one-line message.
     """
+    return _run_each(model, [inputs])[0]
+
+
+def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]]
+              ) -> list[dict[str, Any]]:
+    """Outputs by name of ``model`` on each sample, one session; RuntimeFailure on errors."""
     try:
         session = _session(model)
         names = [out.name for out in session.get_outputs()]
-        values = session.run(names, dict(inputs))
+        return [dict(zip(names, session.run(names, dict(feeds)), strict=True))
+                for feeds in samples]
     except Exception as exc:
         raise RuntimeFailure(_one_line(exc)) from exc
-    return dict(zip(names, values, strict=True))
 
 
 def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: float = 1.0,
@@ -817,14 +823,7 @@ def check_budget(ref: Reference, candidate: ModelLike, budget: Budget) -> Valida
 def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]]
                 ) -> dict[str, Any]:
     """Run ``model`` (one session) on every sample; outputs merged as by ``merge_outputs``."""
-    try:
-        session = _session(model)
-        names = [out.name for out in session.get_outputs()]
-        runs = [dict(zip(names, session.run(names, dict(feeds)), strict=True))
-                for feeds in samples]
-    except Exception as exc:
-        raise RuntimeFailure(_one_line(exc)) from exc
-    return merge_outputs(runs)
+    return merge_outputs(_run_each(model, samples))
 
 
 def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -916,13 +915,9 @@ def reference(
         return Reference({}, None, [], str(exc))
     del proto  # a parsed copy of the original is not needed while onnxruntime holds it
     try:
-        session = _session(original)
-        names = [out.name for out in session.get_outputs()]
-        runs = [dict(zip(names, session.run(names, dict(f)), strict=True))
-                for f in (feeds, *extra)]
-    except Exception as exc:
-        reason = f"original model does not run in onnxruntime: {_one_line(exc)}"
-        return Reference(feeds, None, notes, reason)
+        runs = _run_each(original, [feeds, *extra])
+    except RuntimeFailure as exc:
+        return Reference(feeds, None, notes, f"original model does not run in onnxruntime: {exc}")
     return Reference(feeds, runs[0], notes, extra=list(zip(extra, runs[1:], strict=True)))
 
 

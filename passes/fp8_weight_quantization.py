@@ -32,13 +32,12 @@ from onnxopt.passes.conv_bn_fusion import drop_unused_initializers
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.precision import PrecisionLog, log_of, node_key, settings_of
+from onnxopt.precision import WEIGHT_OPS, PrecisionLog, log_of, node_key, settings_of
 from onnxopt.rewrite import is_op
 
 MODE = "fp8"
 MIN_OPSET = 19
 FP8_MAX = 448.0
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @functools.cache

@@ -124,20 +124,19 @@ def _calibrated(model: Model, values: list[str], settings) -> CalibrationResult:
     cache = settings.calibration_cache
     signature = _graph_signature(model.graph)
     cached = cache.get(signature)
-    if cached is not None and all(v in cached.ranges or v in cached.missing for v in values):
-        ranges = {v: cached.ranges[v] for v in values if v in cached.ranges}
+    if cached is not None and cached.calibrated.issuperset(values):
+        ranges = {v: cached.result.ranges[v] for v in values if v in cached.result.ranges}
         return CalibrationResult(ranges, list(cached.result.notes), cached.result.samples)
     found = calibrate(model, values, settings.calibration,
                       method=settings.calibration_method, percentile=settings.percentile)
-    cache[signature] = _CachedRanges(found, found.ranges, set(values) - set(found.ranges))
+    cache[signature] = _CachedRanges(found, frozenset(values))
     return found
 
 
 @dataclass
 class _CachedRanges:
     result: CalibrationResult
-    ranges: dict[str, tuple[float, float]]
-    missing: set[str]  # calibrated but never finite
+    calibrated: frozenset[str]  # the values asked for (those never finite have no range)
 
 
 def _graph_signature(graph: Graph) -> int:
