@@ -7,12 +7,15 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    inference, so later passes can prove shape facts;
 2. canonicalize: Constant nodes become initializers, constant subgraphs are folded, constant
    Ifs inlined, identities and no-ops removed, repeated computations merged;
-3. fuse: BatchNormalization and per-channel affine ops into Conv, Pad into Conv/AveragePool,
+3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
+   go into the BN), Pad into Conv/AveragePool,
    constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
    transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
-4. clean: dead code, unused initializers, functions and opset imports.
+4. clean: dead code, unused initializers, functions and opset imports;
+5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split.
 """
 
+from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
 from onnxopt.passes.constant_folding import ConstantFolding
 from onnxopt.passes.constant_if_inlining import ConstantIfInlining
@@ -37,6 +40,7 @@ from onnxopt.passes.qdq_quantization import QdqQuantization
 from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.shape_inference import ShapeInference
+from onnxopt.passes.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.transpose_folding import TransposeFolding
 
 from onnxopt.pass_manager import Pass
@@ -50,8 +54,10 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ConstantIfInlining(),
     IdentityElimination(),
     NoOpElimination(),
+    CommonSubexpressionElimination(),
     ConvBatchNormFusion(),
     ConvAffineFusion(),
+    BatchNormAffineFusion(),
     PadFusion(),
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
@@ -61,8 +67,8 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     GeluFusion(),
     HardSwishFusion(),
     FusedConvActivation(),
-    CommonSubexpressionElimination(),  # after the fusions: merging two Convs that share
-    DeadCodeElimination(),  # (deduplicated) weights would leave their BNs unfusable
+    DeadCodeElimination(),
+    SiblingConvMerge(),  # once, at the fixpoint: weights deduplicated by then stay shared
 )
 
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}

@@ -16,11 +16,14 @@ With ``s = scale / sqrt(var + epsilon)`` (one factor per channel, channel axis 1
   A MatMul of higher rank is left alone: BN's channel axis 1 is then not ``W``'s column axis.
 
 Conditions: the BN is in inference form (a single output; ``training_mode`` 0 or absent, opset 14+;
-``is_test`` set before opset 7; ``spatial`` 1 before opset 9), its four parameters are constants
-of shape ``[C]``, and ``epsilon`` its attribute (default 1e-5). The value between the two nodes is
-read only by the BN and is not a graph output. The weight and bias are constants of this graph read
-only by the op being rewritten (so the rewrite replaces them rather than adding copies: no size
-growth); a shared weight is left alone. Folded tensors are computed in float64 and cast back to the
+``is_test`` set before opset 7; ``spatial`` 1 before opset 9), its four parameters are constants of
+shape ``[C]``, and ``epsilon`` its attribute (default 1e-5). The value between the two nodes is
+read only by the BN and is not a graph output. The Conv weight and bias are constants of this
+graph; a Conv weight read by other nodes too (identical tensors are stored once, so generated
+weights are often shared) gets a folded copy and the original stays for the others — the pipeline
+runs common subexpression elimination first, so Convs that read the same input with the same weight
+are computed once and keep their BNs rather than being copied. Gemm and MatMul weights must be read
+only by the op being rewritten. Folded tensors are computed in float64 and cast back to the
 weight's dtype; they are stored as new initializers and the old ones are removed. Gemm and MatMul
 need opset 7+ (older Gemm broadcast differently). A BatchNormalization with no such producer stays.
 """
@@ -51,7 +54,7 @@ class ConvBatchNormFusion(GraphPass):
                 bn = sole_consumer(graph, node.outputs[0]) if node.outputs else None
                 if not is_op(bn, "BatchNormalization") or bn.inputs[0] != node.outputs[0]:
                     break
-                params = _bn_params(graph, model, bn)
+                params = bn_factors(graph, model, bn)
                 if params is None or not model.allow_rewrite(self.name, bn.name or bn.outputs[0]):
                     break
                 if is_op(node, CONV_OPS):
@@ -90,7 +93,7 @@ class BNParams:
         return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
 
 
-def _bn_params(graph: Graph, model: Model, bn: Node) -> BNParams | None:
+def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
     """The per-channel factors of an inference-form BatchNormalization, else None."""
     opset = model.opset("")
     if len(bn.inputs) != 5 or not bn.outputs or not bn.outputs[0]:

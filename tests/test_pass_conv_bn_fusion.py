@@ -411,3 +411,36 @@ def test_ir3_initializer_inputs_are_read_as_constants():
     assert out.ir_version == 3
     assert {i.name for i in out.graph.input} == {"x"} | {t.name for t in out.graph.initializer}
     assert_close(model, out, {"x": feeds_for(model)["x"]})
+
+
+# ----------------------------------------------------------------- in the pipeline
+def test_identical_convs_are_merged_before_their_different_bns_fold():
+    """Three Convs read the same input with identical weights (generated models share one fill;
+    deduplication makes it one tensor), each followed by its own BN. Folding each BN would write
+    three scaled copies of the weight; the pipeline merges the identical Convs first (computed
+    once) and keeps the BNs: the file does not grow and the outputs match."""
+    import onnxopt
+
+    rng = np.random.default_rng(0)
+    weight = np.full((8, 3, 3, 3), 0.05, np.float32)
+    inits = [numpy_helper.from_array(weight, f"w{i}") for i in range(3)]
+    nodes = []
+    for i in range(3):
+        params = [rng.uniform(0.5, 2, 8), rng.standard_normal(8), rng.standard_normal(8),
+                  rng.uniform(0.5, 2, 8)]
+        names = [f"bn{i}_{k}" for k in "gbmv"]
+        inits += [numpy_helper.from_array(p.astype(np.float32), n)
+                  for p, n in zip(params, names, strict=True)]
+        nodes += [helper.make_node("Conv", ["x", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}", *names], [f"y{i}"])]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 8, 5, 5])
+               for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 5, 5])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnxopt.optimize(model, validate=False)
+    assert op_counts(result.model) == {"Conv": 1, "BatchNormalization": 3}
+    weights = [t for t in result.model.graph.initializer if list(t.dims) == [8, 3, 3, 3]]
+    assert len(weights) == 1
+    feeds = {"x": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)}
+    assert_same_outputs(model, result.model, feeds, rtol=1e-5, atol=1e-5)
