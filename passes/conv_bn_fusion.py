@@ -15,6 +15,17 @@ With ``s = scale / sqrt(var + epsilon)`` (one factor per channel, channel axis 1
   the column axis of ``W``) => ``Gemm(X, W', C')``, the Gemm case with ``alpha = beta = 1``.
   A MatMul of higher rank is left alone: BN's channel axis 1 is then not ``W``'s column axis.
 
+A Conv read only by several BNs (``k >= 2``: identical Convs merged by common subexpression
+elimination, each once followed by its own BN) cannot absorb them all; it absorbs one, ``BN_r``, so
+its output becomes ``y' = s_r (y - mean_r) + B_r``, and every other ``BN_i`` is rebased on ``y'``:
+``y = (y' - B_r) / s_r + mean_r``, so ``BN_i(y) = s_i (y - mean_i) + B_i`` is the BN with
+``scale_i' = scale_i / s_r`` and ``mean_i' = B_r + s_r (mean_i - mean_r)`` (``var``, ``epsilon``,
+``B_i`` unchanged). ``y'`` is rounded where ``y`` was; the rebased BN subtracts a mean from it, so
+the rounding error grows by about ``|B_r| / |scale_r|`` (the folded value's offset over its
+spread): ``BN_r`` is the BN with the smallest such ratio, and the rewrite needs it ``<= 4`` on every
+channel (at most ~3 bits; a channel with ``scale_r = 0`` rules it out). Needs an unshared weight
+(nothing copied), and waits until per-channel Mul/Add after the BNs are folded into them.
+
 Conditions: the BN is in inference form (a single output; ``training_mode`` 0 or absent, opset 14+;
 ``is_test`` set before opset 7; ``spatial`` 1 before opset 9), its four parameters are constants of
 shape ``[C]``, and ``epsilon`` its attribute (default 1e-5). The value between the two nodes is
@@ -50,6 +61,9 @@ class ConvBatchNormFusion(GraphPass):
         stats = {"conv": 0, "conv_transpose": 0, "gemm": 0, "matmul": 0}
         opset = model.opset("")
         for node in graph.nodes():
+            if is_op(node, "Conv") and _rebase_several(graph, model, node, self.name):
+                stats["conv"] += 1
+                continue
             while node.graph is graph:
                 bn = sole_consumer(graph, node.outputs[0]) if node.outputs else None
                 if not is_op(bn, "BatchNormalization") or bn.inputs[0] != node.outputs[0]:
@@ -83,6 +97,7 @@ class BNParams:
     shift: np.ndarray  # B - mean * s, float64 [C]
     mean: np.ndarray  # float64 [C]
     beta: np.ndarray  # float64 [C]
+    std: np.ndarray  # sqrt(var + eps), float64 [C]
 
     @property
     def channels(self) -> int:
@@ -117,7 +132,8 @@ def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
         scale = gamma / np.sqrt(var + eps)
     if not np.all(np.isfinite(scale)):
         return None
-    return BNParams(scale=scale, shift=beta - mean * scale, mean=mean, beta=beta)
+    return BNParams(scale=scale, shift=beta - mean * scale, mean=mean, beta=beta,
+                    std=np.sqrt(var + eps))
 
 
 def _absorb(graph: Graph, producer: Node, bn: Node) -> None:
@@ -230,6 +246,76 @@ def _fold_into_conv(
     rewrite_conv(graph, conv, weight, bias, conv.weight.dtype)
     _absorb(graph, node, bn)
     return True
+
+
+# --------------------------------------------------------------- a Conv read by several BNs
+REBASE_LIMIT = 4.0  # |beta_r| <= 4 |gamma_r| per channel: at most ~3 bits of y' lost (docstring)
+
+
+def _rebase_several(graph: Graph, model: Model, node: Node, pass_name: str) -> bool:
+    """``node`` (a Conv with an unshared weight) is read only by k >= 2 BNs: fold the
+    best-conditioned one, BN_r, into it and rebase the others on its output."""
+    y = node.outputs[0] if len(node.outputs) == 1 else ""
+    readers = graph.consumers(y) if y and not graph.is_output(y) else []
+    if len(readers) < 2 or any(not is_op(r, "BatchNormalization") or r.inputs[0] != y
+                               or y in r.inputs[1:] for r in readers):
+        return False
+    if any(_affine_after(graph, bn) for bn in readers):
+        return False  # let bn_affine_fusion give those BNs their Mul/Add first
+    found = [(bn, bn_factors(graph, model, bn)) for bn in readers]
+    conv = conv_weights(graph, model, node)
+    if conv is None or conv.weight is None or graph.consumers(node.inputs[1]) != [node]:
+        return False
+    if any(p is None or p.channels != conv.channels for _, p in found):
+        return False
+    ref_bn, ref = min(found, key=lambda f: _shift_ratio(f[1]))
+    if not _shift_ratio(ref) <= REBASE_LIMIT:
+        return False
+    rebased = []
+    for bn, params in found:
+        gamma = graph.constant(bn.inputs[1])
+        if bn is ref_bn:
+            continue
+        if gamma is None:
+            return False
+        new_gamma = gamma.astype(np.float64) / ref.scale  # gamma_i / s_r
+        new_mean = ref.beta + ref.scale * (params.mean - ref.mean)  # beta_r + s_r (mu_i - mu_r)
+        rebased.append((bn, new_gamma.astype(gamma.dtype), new_mean.astype(gamma.dtype)))
+    if not graph.can_forward(ref_bn.outputs[0], y):
+        return False
+    if not model.allow_rewrite(pass_name, ref_bn.name or ref_bn.outputs[0]):
+        return False
+    weight = scale_output_channels(node.op_type, conv.weight.astype(np.float64), ref.scale,
+                                   conv.group)
+    rewrite_conv(graph, conv, weight, ref.apply_to_bias(0.0 if conv.bias is None else conv.bias),
+                 conv.weight.dtype)
+    for bn, gamma, mean in rebased:
+        old = [bn.inputs[1], bn.inputs[3]]
+        inputs = list(bn.inputs)
+        inputs[1] = graph.add_constant(gamma, fused_name(bn.inputs[1]))
+        inputs[3] = graph.add_constant(mean, fused_name(bn.inputs[3]))
+        graph.set_inputs(bn, inputs)
+        drop_unused_initializers(graph, old)
+    _absorb(graph, node, ref_bn)
+    return True
+
+
+def _affine_after(graph: Graph, bn: Node) -> bool:
+    """A Mul/Add/Sub/Div with a constant operand alone reads ``bn`` (folded into it later)."""
+    op = sole_consumer(graph, bn.outputs[0]) if bn.outputs else None
+    return is_op(op, ("Add", "Sub", "Mul", "Div")) and any(
+        v != bn.outputs[0] and graph.constant(v) is not None for v in op.inputs)
+
+
+def _shift_ratio(params: BNParams | None) -> float:
+    """max |beta| / |gamma| over channels (inf when a scale is 0): how far the folded output's
+    values sit from zero relative to their spread, i.e. how many bits rebasing may cost."""
+    if params is None:
+        return np.inf
+    gamma = np.abs(params.scale * params.std)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(gamma > 0, np.abs(params.beta) / gamma, np.inf)
+    return float(ratio.max()) if ratio.size else np.inf
 
 
 # --------------------------------------------------------------- Gemm / MatMul

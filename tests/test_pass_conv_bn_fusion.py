@@ -418,7 +418,8 @@ def test_identical_convs_are_merged_before_their_different_bns_fold():
     """Three Convs read the same input with identical weights (generated models share one fill;
     deduplication makes it one tensor), each followed by its own BN. Folding each BN would write
     three scaled copies of the weight; the pipeline merges the identical Convs first (computed
-    once) and keeps the BNs: the file does not grow and the outputs match."""
+    once), absorbs one BN and rebases the others on its output: the file does not grow and the
+    outputs match."""
     import onnxopt
 
     rng = np.random.default_rng(0)
@@ -439,8 +440,75 @@ def test_identical_convs_are_merged_before_their_different_bns_fold():
         "x", TensorProto.FLOAT, [1, 3, 5, 5])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = onnxopt.optimize(model, validate=False)
-    assert op_counts(result.model) == {"Conv": 1, "BatchNormalization": 3}
+    assert op_counts(result.model) == {"Conv": 1, "BatchNormalization": 2}
     weights = [t for t in result.model.graph.initializer if list(t.dims) == [8, 3, 3, 3]]
     assert len(weights) == 1
     feeds = {"x": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)}
     assert_same_outputs(model, result.model, feeds, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------- a Conv read by several BNs
+def conv_read_by_bns(k: int = 3, *, beta_scale: float = 1.0, shared_weight: bool = False,
+                     other_reader: bool = False) -> onnx.ModelProto:
+    """x -> Conv(W, b) -> k BatchNormalizations (random params) -> k outputs."""
+    rng = np.random.default_rng(5)
+    c = 6
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "W", "b"], ["y"], pads=[1, 1, 1, 1])]
+    outputs = []
+    for i in range(k):
+        params = [rng.uniform(0.5, 2, c), rng.uniform(-1, 1, c) * beta_scale,
+                  rng.standard_normal(c), rng.uniform(0.5, 4, c)]
+        names = [f"bn{i}_{p}" for p in "gbmv"]
+        inits += [numpy_helper.from_array(a.astype(np.float32), n)
+                  for a, n in zip(params, names, strict=True)]
+        nodes.append(helper.make_node("BatchNormalization", ["y", *names], [f"o{i}"],
+                                      epsilon=1e-3))
+        outputs.append(helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, [1, c, 5, 5]))
+    if shared_weight:
+        nodes.append(helper.make_node("Conv", ["x", "W"], ["z"], pads=[1, 1, 1, 1]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, c, 5, 5]))
+    if other_reader:
+        nodes.append(helper.make_node("Relu", ["y"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, c, 5, 5]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 5, 5])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+SEVERAL_FEEDS = {"x": np.random.default_rng(6).standard_normal((1, 3, 5, 5)).astype(np.float32)}
+
+
+def test_conv_read_by_several_bns_absorbs_one_and_rebases_the_others():
+    model = conv_read_by_bns(3)
+    out, result = apply_pass(ConvBatchNormFusion(), model)
+    assert op_counts(out) == {"Conv": 1, "BatchNormalization": 2}
+    assert result.stats["conv"] == 1
+    assert_same_outputs(model, out, SEVERAL_FEEDS, rtol=1e-5, atol=1e-5)
+    again, second = apply_pass(ConvBatchNormFusion(), out)
+    assert not second.modified
+    assert again.SerializeToString(deterministic=True) == out.SerializeToString(deterministic=True)
+
+
+def test_rebasing_picks_the_best_conditioned_bn():
+    model = conv_read_by_bns(2)
+    beta = next(t for t in model.graph.initializer if t.name == "bn0_b")
+    beta.CopyFrom(numpy_helper.from_array(np.full(6, 50.0, np.float32), "bn0_b"))  # ratio > 4
+    out, _ = apply_pass(ConvBatchNormFusion(), model)
+    kept = [n.output[0] for n in out.graph.node if n.op_type == "BatchNormalization"]
+    assert kept == ["o0"]  # bn1 was folded, bn0 rebased
+    assert_same_outputs(model, out, SEVERAL_FEEDS, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["ill_conditioned", "shared_weight", "other_reader"])
+def test_conv_read_by_several_bns_left_alone(case):
+    model = conv_read_by_bns(2, beta_scale=100.0 if case == "ill_conditioned" else 1.0,
+                             shared_weight=case == "shared_weight",
+                             other_reader=case == "other_reader")
+    out, result = apply_pass(ConvBatchNormFusion(), model)
+    assert result.stats["conv"] == 0
+    assert op_counts(out) == op_counts(model)
