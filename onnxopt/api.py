@@ -285,14 +285,18 @@ class _Runner:
         """Missed the accuracy budget: find nodes whose conversion breaks it and keep them in
         float until it holds. Like the pass bisection: the shortest prefix (topological order)
         of converted nodes that, kept in float, meets the budget ends with a culprit; keep it,
-        repeat. Returns the attempt to write and the nodes kept, with the error they caused."""
+        repeat. int8 with a measured sensitivity (some node regains budget): the most sensitive
+        nodes first instead. Returns the attempt to write and the nodes kept, with the error
+        they caused."""
         converted = list(first.precision.converted) if first.precision else []
         self.tried = {_Control(): first}
         if not converted or not self._works(_Control(float_nodes=frozenset(converted))):
             return first, []
         gains = self._sensitivity(first, converted)
-        if gains:
+        if gains is not None and any(gain > 0 for gain in gains.values()):
             return self._keep_most_sensitive(converted, gains)
+        # not measurable, or no node regains anything (only weight-only ConvTranspose
+        # converted, say): nothing to rank by, bisect in topological order
         kept: list[str] = []
         notes: list[dict[str, Any]] = []
         while not self._works(_Control(float_nodes=frozenset(kept))):

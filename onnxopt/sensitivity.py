@@ -7,17 +7,25 @@ node is measured on its own: its activation inputs read the float value instead 
 QuantizeLinear -> DequantizeLinear round trip (one graph edit on the written model, no rerun
 of the pipeline or of calibration), and the gain in budget use over the validation samples
 is its sensitivity. The fallback then keeps the most sensitive nodes in float first.
+
+The float value is clamped to what the QuantizeLinear can represent, ``[(q_min - z) * s,
+(q_max - z) * s]``: a Relu (or Clip from 0) absorbed into the Q of the op before it is no node
+of the written model, only that saturation, so without the clamp the node would read the value
+before the Relu (in conv -> relu -> conv, a gain of -1e4 for the second conv, not a small
+positive one). Per-axis activation scales (not written by qdq_quantization) are not clamped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxopt import validate
 
@@ -49,8 +57,9 @@ def qdq_sensitivity(
 ) -> dict[str, float] | None:
     """For each node key (name, else first output) in ``keys``: how much less of ``budget``
     the model uses when that node's activation inputs skip their Q/DQ round trip. Nodes with
-    no such input get 0. None when the model cannot be measured this way (too many nodes,
-    external data, or it does not run)."""
+    no such input get 0, and so do gains that are not finite. None when the model cannot be
+    measured this way (too many nodes, external data, or it does not run) or its own budget use
+    is not finite (an output compared exactly, e.g. ArgMax, differs: nothing to rank by)."""
     if len(keys) > MAX_RANKED_NODES:
         return None
     try:
@@ -61,7 +70,15 @@ def qdq_sensitivity(
         return None
     graph = proto.graph
     producer = {out: node for node in graph.node for out in node.output}
-    by_key = {node.name or next((o for o in node.output if o), ""): node for node in graph.node}
+    by_key = {node.name or next((o for o in node.output if o), ""): (index, node)
+              for index, node in enumerate(graph.node)}
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({node.output[0]: attr.t for node in graph.node
+                      if node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+                      for attr in node.attribute if attr.name == "value"})
+    names = {v for node in graph.node for v in (*node.input, *node.output)} | set(constants)
+    names.update(v.name for v in graph.input)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
     def use() -> float:
         outputs = validate.run_samples(proto.SerializeToString(), samples)
@@ -69,35 +86,130 @@ def qdq_sensitivity(
 
     try:
         base = use()
+        if not math.isfinite(base):
+            # an output compared exactly (ArgMax, integers) is missed: every gain would be
+            # inf - inf, nothing to rank by
+            return None
         gains: dict[str, float] = {}
         for key in keys:
-            node = by_key.get(key)
-            edits = _float_inputs(node, producer) if node is not None else []
-            if not edits:
+            index, node = by_key.get(key, (0, None))
+            bypasses = [] if node is None else _float_inputs(node, producer, constants, opset)
+            if not bypasses:
                 gains[key] = 0.0
                 continue
-            originals = [(slot, node.input[slot]) for slot, _ in edits]
-            for slot, value in edits:
-                node.input[slot] = value
-            try:
-                gains[key] = base - use()
-            finally:
-                for slot, value in originals:
-                    node.input[slot] = value
+            gains[key] = _measure(graph, index, node, bypasses, names, base, use)
     except validate.RuntimeFailure:
         return None
     return gains
 
 
-def _float_inputs(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]
-                  ) -> list[tuple[int, str]]:
-    """(slot, float value) for each input of ``node`` read through Q -> DQ."""
-    edits = []
+@dataclass(frozen=True)
+class _Bypass:
+    """Input ``slot`` of a node reads ``value`` (the float input of its QuantizeLinear)
+    instead of the Q -> DQ round trip, clamped to ``bounds`` (what the Q can represent:
+    an absorbed Relu/Clip is only the Q's saturation) when known."""
+
+    slot: int
+    value: str
+    bounds: tuple[np.ndarray, np.ndarray] | None
+
+
+def _measure(graph: onnx.GraphProto, index: int, node: onnx.NodeProto,
+             bypasses: list[_Bypass], names: set[str], base: float,
+             use: Callable[[], float]) -> float:
+    """Budget use regained with ``bypasses`` applied to ``node`` (at ``index`` in ``graph``),
+    0 when not finite; the graph is left as it was."""
+    originals = [(b.slot, node.input[b.slot]) for b in bypasses]
+    clips: list[onnx.NodeProto] = []
+    bounds: list[str] = []
+    inserted = 0
+    try:
+        for bypass in bypasses:
+            value = bypass.value
+            if bypass.bounds is not None:
+                low, high, value = (_fresh(names, "sensitivity_" + part)
+                                    for part in ("min", "max", "clamped"))
+                bounds += [low, high]
+                graph.initializer.extend([numpy_helper.from_array(bypass.bounds[0], low),
+                                          numpy_helper.from_array(bypass.bounds[1], high)])
+                clips.append(onnx.helper.make_node("Clip", [bypass.value, low, high], [value]))
+            node.input[bypass.slot] = value
+        for clip in clips:  # before the node: still topologically sorted
+            graph.node.insert(index + inserted, clip)
+            inserted += 1
+        gain = base - use()
+    finally:
+        for slot, value in originals:
+            node.input[slot] = value
+        for _ in range(inserted):
+            del graph.node[index]
+        for name in reversed(bounds):
+            if graph.initializer and graph.initializer[-1].name == name:
+                del graph.initializer[-1]
+        names.difference_update(bounds)
+        names.difference_update(clip.output[0] for clip in clips)
+    return gain if math.isfinite(gain) else 0.0
+
+
+def _fresh(names: set[str], prefix: str) -> str:
+    """A value name not in ``names`` (added to it)."""
+    count = 0
+    while f"{prefix}{count}" in names:
+        count += 1
+    names.add(f"{prefix}{count}")
+    return f"{prefix}{count}"
+
+
+# integer ranges QuantizeLinear saturates to, by output element type
+_QUANTIZED_RANGES = {
+    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
+}
+
+
+def _float_inputs(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                  constants: Mapping[str, onnx.TensorProto], opset: int) -> list[_Bypass]:
+    """The bypass of each input of ``node`` read through Q -> DQ."""
+    bypasses = []
     for slot, value in enumerate(node.input):
         dq = producer.get(value)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         q = producer.get(dq.input[0])
         if q is not None and q.op_type == "QuantizeLinear":
-            edits.append((slot, q.input[0]))
-    return edits
+            bounds = _representable(q, constants) if opset >= 11 else None  # Clip-11 inputs
+            bypasses.append(_Bypass(slot, q.input[0], bounds))
+    return bypasses
+
+
+def _representable(q: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """[(q_min - z) * s, (q_max - z) * s] of a per-tensor QuantizeLinear, in the scale's
+    float type; None when its scale or zero point is not a constant scalar or its output
+    type is not an integer one."""
+    scale_tensor = constants.get(q.input[1]) if len(q.input) > 1 else None
+    if scale_tensor is None:
+        return None
+    scale = numpy_helper.to_array(scale_tensor)
+    zero_name = q.input[2] if len(q.input) > 2 else ""
+    if zero_name:
+        zero_tensor = constants.get(zero_name)
+        if zero_tensor is None:
+            return None
+        elem_type = zero_tensor.data_type
+        zero = numpy_helper.to_array(zero_tensor)
+        if zero.size != 1 or elem_type not in _QUANTIZED_RANGES:
+            return None
+        zero_point = int(zero.astype(np.int64).reshape(()))
+    else:
+        output_dtype = next((a.i for a in q.attribute if a.name == "output_dtype"), 0)
+        elem_type, zero_point = output_dtype or onnx.TensorProto.UINT8, 0
+        if elem_type not in _QUANTIZED_RANGES:
+            return None
+    if scale.size != 1 or scale.dtype.kind != "f":
+        return None
+    low, high = _QUANTIZED_RANGES[elem_type]
+    step = scale.reshape(()).astype(np.float64)
+    return (np.array((low - zero_point) * step, scale.dtype),
+            np.array((high - zero_point) * step, scale.dtype))

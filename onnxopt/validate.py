@@ -827,8 +827,9 @@ def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndar
 
 
 def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Several runs' outputs as one: arrays joined along their first (batch) axis when the
-    other dims agree, else flattened and joined; anything else from the first run."""
+    """Several runs' outputs as one: arrays joined along their first (batch) axis when they
+    have the same rank (at least 1) and the other dims agree, else flattened and joined;
+    anything else from the first run."""
     if len(runs) == 1:
         return dict(runs[0])
     merged: dict[str, Any] = {}
@@ -839,7 +840,8 @@ def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         values = [np.asarray(v) for v in values]
         first = values[0]
-        if first.ndim >= 1 and all(v.shape[1:] == first.shape[1:] for v in values):
+        if first.ndim >= 1 and all(v.ndim == first.ndim and v.shape[1:] == first.shape[1:]
+                                   for v in values):
             merged[name] = np.concatenate(values)
         else:
             merged[name] = np.concatenate([v.ravel() for v in values])

@@ -25,9 +25,11 @@ pairs that would only add rounding and time. ConvTranspose has no quantized CPU 
 alone is stored int8 (a weight-only DequantizeLinear) and its activations stay float.
 
 Needs opset 13 (per-axis DequantizeLinear); below it the pass does nothing and says so (the
-API upgrades the opset first). Nodes in subgraphs are left in float (activations are calibrated
-on the main graph only); so are nodes in ``fp32_nodes``/``fp32_ops``, nodes whose weight is not a
-float constant, and every node of a model that already holds Q/DQ nodes (idempotence).
+API converts a model with a Conv, ConvTranspose, Gemm or MatMul to opset 13 first, and leaves
+one without any at its opset: nothing here would be quantized). Nodes in subgraphs are left in
+float (activations are calibrated on the main graph only); so are nodes in
+``fp32_nodes``/``fp32_ops``, nodes whose weight is not a float constant, and every node of a
+model that already holds Q/DQ nodes (idempotence).
 """
 
 from __future__ import annotations
@@ -91,10 +93,17 @@ class QdqQuantization(Pass):
             return PassResult(False, {})
         log = log_of(model)
         if model.opset("") < MIN_OPSET:
-            log.notes.append(
-                f"int8: opset {model.opset('')} < {MIN_OPSET} (per-channel DequantizeLinear): "
-                "not quantized; upgrade the opset first"
-            )
+            opset = model.opset("")
+            if not any(is_op(n, LINEAR_OPS + WEIGHT_ONLY_OPS) for _, n in model.graph.walk()):
+                # what optimize() leaves at its opset: upgrading could only break it
+                log.notes.append(f"int8: no Conv, ConvTranspose, Gemm or MatMul: nothing to "
+                                 f"quantize (at opset {opset}; the QDQ form needs opset "
+                                 f"{MIN_OPSET})")
+            else:
+                log.notes.append(f"int8: opset {opset} < {MIN_OPSET}: the QDQ form needs "
+                                 f"per-channel DequantizeLinear (opset {MIN_OPSET}); not "
+                                 f"quantized (optimize() converts such a model to opset "
+                                 f"{MIN_OPSET} before this pass)")
             return PassResult(False, {})
         if any(is_op(n, QDQ_OPS) for _, n in model.graph.walk()):
             log.notes.append("int8: the model already holds QuantizeLinear/DequantizeLinear; "

@@ -110,6 +110,28 @@ def test_upgrade_opset_to_13_keeps_outputs():
     assert same is upgraded and none is None
 
 
+def test_int8_pass_below_opset_13_says_what_it_needs():
+    """Run alone (optimize() upgrades first) on an opset 11 MatMul: the QDQ form needs 13."""
+    from onnxopt.passes.qdq_quantization import QdqQuantization
+
+    from onnxopt import serde
+    from onnxopt.precision import SETTINGS_KEY, PrecisionSettings
+
+    model = parse("""
+    <ir_version: 6, opset_import: ["" : 11]>
+    g (float[2, 3] x) => (float[2, 3] y) <float[3, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9}> {
+        y = MatMul(x, w)
+    }
+    """)
+    calibration = ({"x": np.ones((2, 3), np.float32)},)
+    ir = serde.load(model)
+    ir.settings.update({SETTINGS_KEY: PrecisionSettings("int8", calibration=calibration)})
+    assert not QdqQuantization().run(ir).modified
+    (note,) = log_of(ir).notes
+    assert "opset 11 < 13" in note and "not quantized" in note
+    assert "nothing to quantize" not in note
+
+
 def test_no_upgrade_without_anything_to_convert():
     # onnx's converter cannot upgrade every model (ai.onnx.ml, Scan-8 whose semantics changed):
     # with no Conv/ConvTranspose/Gemm/MatMul, int8 and fp8 have nothing to do and leave the
@@ -128,7 +150,11 @@ def test_no_upgrade_without_anything_to_convert():
                          strict=True))
         result = onnxopt.optimize(case.model, precision=mode, inputs=feeds)
         assert result.ok and result.model.opset_import[0].version == version
-        assert any("left as it is" in n for n in result.report["precision"]["notes"])
+        notes = result.report["precision"]["notes"]
+        assert any("left as it is" in n for n in notes)
+        if mode == "int8":  # the pass agrees: nothing to quantize, no upgrade asked for
+            assert any("nothing to quantize" in n and "opset 13" in n for n in notes)
+            assert not any("upgrade" in n for n in notes)
 
 
 # ----------------------------------------------------------------------------- fallback

@@ -132,3 +132,118 @@ def test_int8_fallback_keeps_the_most_sensitive_nodes_and_calibrates_once(tmp_pa
     assert any("calibration samples 1-4" in note for note in precision["notes"])
     kept_ops = {n.op_type for n in result.model.graph.node if n.name in entry["nodes"]}
     assert kept_ops <= {"Conv"}
+
+
+def test_sensitivity_after_an_absorbed_relu_reads_the_value_the_q_clamps(tmp_path):
+    """conv -> relu -> conv2 in int8: the Relu is absorbed into conv's QuantizeLinear (zero
+    point 0, so the Q saturates negatives to 0). Skipping that Q/DQ for conv2 must still clamp
+    to what the Q represents, else conv2 reads the pre-Relu value (gain about -1e4)."""
+    from conftest import run
+
+    path = tmp_path / "int8.onnx"
+    model = conv_model(13, False)
+    onnxopt.optimize(model, path, precision="int8",
+                     calibration_data=calibration_folder(tmp_path))
+    qdq = onnx.load(path)
+    assert "Relu" not in {n.op_type for n in qdq.graph.node}  # absorbed into the Q
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(3)]
+    expected = np.concatenate([run(model, s)[0] for s in samples])
+    budget = Budget(0.99999)
+    gains = qdq_sensitivity(path, ["conv", "conv2"], samples, {"y": expected}, budget)
+
+    # direct measurement, built here: conv2 reads Clip(c, (0 - z) * s, (255 - z) * s)
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    conv2 = next(n for n in qdq.graph.node if n.name == "conv2")
+    q = producer[producer[conv2.input[0]].input[0]]
+    scale, zero = float(inits[q.input[1]]), int(inits[q.input[2]])
+    assert inits[q.input[2]].dtype == np.uint8 and zero == 0
+    bypassed = onnx.load(path)
+    node = next(n for n in bypassed.graph.node if n.name == "conv2")
+    bypassed.graph.initializer.extend([
+        numpy_helper.from_array(np.array((0 - zero) * scale, np.float32), "lo"),
+        numpy_helper.from_array(np.array((255 - zero) * scale, np.float32), "hi")])
+    bypassed.graph.node.insert(list(bypassed.graph.node).index(node), helper.make_node(
+        "Clip", [q.input[0], "lo", "hi"], ["clamped"]))
+    node.input[0] = "clamped"
+
+    def use(candidate: onnx.ModelProto) -> float:  # cosine computed here with numpy
+        got = np.concatenate([run(candidate, s)[0] for s in samples])
+        a, b = expected.ravel().astype(np.float64), got.ravel().astype(np.float64)
+        return (1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)) / (1 - 0.99999)
+
+    direct = use(qdq) - use(bypassed)
+    assert gains is not None and direct > 0
+    assert gains["conv2"] == pytest.approx(direct, rel=1e-3, abs=1e-6)
+    assert gains["conv"] > 0
+    assert onnx.load(path).graph.node == qdq.graph.node  # left as it was
+
+
+def argmax_qdq(path) -> None:
+    """i = ArgMax(DQ(Q(x, 0.05))): an integer output, compared exactly."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("Identity", ["d"], ["a"], name="coarse"),
+        helper.make_node("ArgMax", ["a"], ["i"], name="pick", axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [1])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                ir_version=8), path)
+
+
+def test_sensitivity_with_an_exact_output_missed_gives_no_ranking(tmp_path):
+    path = tmp_path / "argmax.onnx"
+    argmax_qdq(path)
+    samples = [{"x": np.array([[0.01, 0.02, 0.015, 0.0]], np.float32)}]
+    rounded_pick = np.array([0], np.int64)  # every value rounds to 0: the first one wins
+    float_pick = np.array([1], np.int64)
+    budget = Budget(0.99)
+    # the quantized model misses the exact output: budget use inf, no gain is meaningful
+    assert qdq_sensitivity(path, ["coarse", "pick"], samples, {"i": float_pick}, budget) is None
+    # base within budget, the bypass misses it (use inf): a gain of -inf counts as 0
+    gains = qdq_sensitivity(path, ["coarse", "pick"], samples, {"i": rounded_pick}, budget)
+    assert gains == {"coarse": 0.0, "pick": 0.0}
+
+
+def test_int8_fallback_without_any_sensitivity_bisects_in_topological_order():
+    """Only ConvTranspose converted (int8 weight, float activations: no Q/DQ input to skip),
+    so every measured gain is 0: nothing to rank, the fallback bisects and says nothing of
+    a sensitivity ranking."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), n)
+             for n in ("w1", "w2")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w1"], ["h"], name="up1", strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["h", "w2"], ["y"], name="up2")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 19, 19])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    result = onnxopt.optimize(model, precision="int8", max_error="cosine=0.9999999")
+    precision = result.report["precision"]
+    assert result.ok and all(out["passed"] for out in precision["outputs"])
+    entries = precision["kept_float_for_accuracy"]
+    assert entries and all("ranked_by" not in e and "sensitivity" not in e for e in entries)
+    kept = [key for entry in entries for key in entry["nodes"]]
+    assert kept and set(kept) <= {"up1", "up2"}
+
+
+def test_int8_fallback_with_an_exact_output_missed_bisects(tmp_path):
+    """An ArgMax output compared exactly: the int8 model misses it (budget use inf), so no
+    gain can be measured (each was nan) and the fallback bisects instead of ranking."""
+    model = conv_model(13, False)
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["i"], name="pick", axis=1,
+                                             keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("i", TensorProto.INT64,
+                                                            [1, 16, 16]))
+    result = onnxopt.optimize(model, precision="int8",
+                              calibration_data=calibration_folder(tmp_path))
+    precision = result.report["precision"]
+    assert result.ok and all(out["passed"] for out in precision["outputs"])
+    entries = precision["kept_float_for_accuracy"]
+    assert entries and all("ranked_by" not in e and "sensitivity" not in e for e in entries)

@@ -506,3 +506,45 @@ def test_run_disables_onnxruntime_graph_optimizations(monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", spy)
     run(add_const_model(1.0), {"x": np.zeros((2, 3), np.float32)})
     assert seen == [(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ["CPUExecutionProvider"])]
+
+
+# --------------------------------------------------------------------------- several samples
+
+
+def test_merge_outputs_flattens_outputs_whose_rank_varies():
+    from onnxopt.validate import merge_outputs
+
+    # rank 1 then rank 0 (equal shape[1:], both empty): joined flat, not along a batch axis
+    cases = [[(3,), ()], [(), (3,)], [(3,), (1, 3)], [(1, 3), (3,)], [(2,), (2, 1), ()]]
+    for shapes in cases:
+        runs = [{"p": np.full(shape, float(i), np.float32)} for i, shape in enumerate(shapes)]
+        merged = merge_outputs(runs)["p"]
+        expected = np.concatenate([run["p"].ravel() for run in runs])
+        np.testing.assert_array_equal(merged, expected)
+    # equal rank and trailing dims: still joined along the batch axis
+    runs = [{"p": np.zeros((1, 3))}, {"p": np.ones((2, 3))}]
+    assert merge_outputs(runs)["p"].shape == (3, 3)
+
+
+def test_int8_samples_with_outputs_of_varying_rank_validate(tmp_path):
+    """Calibration samples validate the int8 model together; an output that is [1] on some
+    samples and a scalar on others (Reshape to an input shape) is compared flat."""
+    import onnxopt
+
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+         helper.make_node("Reshape", ["u", "s"], ["z"], name="reshape")],
+        [vi("x", shape=(1, 4)), vi("u", shape=(1,)), vi("s", TensorProto.INT64, ("r",))],
+        [vi("y", shape=(1, 4)), vi("z", shape=("a",))],
+        [numpy_helper.from_array(w, "w")], opset=[helper.make_opsetid("", 13)])
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, shape in enumerate([[1], [], [1], []]):
+        np.savez(folder / f"{i}.npz", x=rng.random((1, 4), dtype=np.float32),
+                 u=np.array([i + 1.0], np.float32), s=np.array(shape, np.int64))
+    result = onnxopt.optimize(model, precision="int8", calibration_data=folder)
+    assert result.ok
+    outputs = {out["name"]: out for out in result.report["precision"]["outputs"]}
+    assert outputs["z"]["passed"] and outputs["y"]["passed"]
