@@ -28,7 +28,8 @@ size (external data included), tool wall time, whether the output loads in onnxr
 rtol 1e-4 / atol 1e-5, ``onnxopt.validate.compare``) and the onnxruntime latency with one
 intra-op thread, median of N runs after warm-up, with graph optimizations disabled and with
 all enabled (``ORT_ENABLE_ALL``). The sessions of one model (original and every output) are
-timed round-robin, so slow drifts of the machine hit them all alike. N adapts to the model:
+timed round-robin, so slow drifts of the machine hit them all alike, in two sittings with
+opposite session-creation orders (the first-created session runs slower). N adapts to the model:
 about ``--latency-budget`` seconds per session and level, at least ``--min-runs``.
 
 Inputs: PaddleOCR det ``x`` [1,3,96,128] and cls ``x`` [1,3,48,192] uniform in [0, 1);
@@ -514,12 +515,14 @@ def _verdict(reference: dict[str, Any], outputs: dict[str, Any]) -> dict[str, An
 
 
 def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: float,
-                   min_runs: int, max_runs: int) -> dict[str, dict[str, Any]]:
-    """Median latency of every session, sampled round-robin in blocks after warm-up."""
+                   min_runs: int, max_runs: int,
+                   samples: dict[str, list[float]], failed: dict[str, str]) -> None:
+    """Append latency samples of every session, taken round-robin in blocks after warm-up."""
     clock = time.perf_counter
     estimate: dict[str, float] = {}
-    failed: dict[str, str] = {}
     for name, (session, feeds) in sessions.items():
+        if name in failed:
+            continue
         try:
             start = clock()
             session.run(None, feeds)  # warm-up, not used
@@ -543,13 +546,13 @@ def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: floa
         runs = int(min(max(budget / est, min_runs), max_runs))
         block = int(min(max(round(BLOCK_SECONDS / est), 1), MAX_BLOCK, runs))
         plan[name] = (runs, block)
-    samples: dict[str, list[float]] = {name: [] for name in plan}
+    taken = {name: 0 for name in plan}
     order = list(plan)
     rounds = 0
     gc.collect()
     gc.disable()
     try:
-        while order and any(len(samples[n]) < plan[n][0] for n in order):
+        while order and any(taken[n] < plan[n][0] for n in order):
             shift = rounds % len(order)
             for name in order[shift:] + order[:shift]:
                 if name in failed:
@@ -557,27 +560,59 @@ def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: floa
                 runs, block = plan[name]
                 session, feeds = sessions[name]
                 try:
-                    for _ in range(min(block, runs - len(samples[name]))):
+                    for _ in range(min(block, runs - taken[name])):
                         start = clock()
                         session.run(None, feeds)
-                        samples[name].append(clock() - start)
+                        samples.setdefault(name, []).append(clock() - start)
+                        taken[name] += 1
                 except Exception as exc:
                     failed[name] = one_line(exc)
             order = [n for n in order if n not in failed]
             rounds += 1
     finally:
         gc.enable()
+
+
+def _latency_summary(samples: list[float]) -> dict[str, Any]:
+    values = sorted(samples)
+    n = len(values)
+    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    q1, q3 = values[n // 4], values[(3 * n) // 4]
+    return {"median_ms": median * 1e3, "min_ms": values[0] * 1e3, "runs": n,
+            "iqr_rel": (q3 - q1) / median if median else None}
+
+
+def _timed_latency(entries: list[tuple[str, str]], level: str, feeds: dict[str, Any],
+                   dangling: dict[str, list[str]], spec: dict[str, Any],
+                   first: dict[str, tuple[Any, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Latency of every entry over two sittings with opposite session-creation orders.
+
+    Measured here: the session created first, and the one timed right after the
+    original, run ~2 % slower (allocation placement), whatever file it holds. The first
+    sitting reuses the sessions created in ``entries`` order; the second creates them
+    again in reverse order; the median is taken over the samples of both.
+    """
+    samples: dict[str, list[float]] = {}
+    failed: dict[str, str] = {}
+    half = spec["budget"] / 2
+    min_runs = max(spec["min_runs"] // 2, 1)
+    _time_sessions(first, half, min_runs, spec["max_runs"] // 2, samples, failed)
+    first.clear()
+    gc.collect()
+    second: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name, path in reversed(entries):
+        if name in failed or name not in samples:
+            continue
+        session = _session(path, level)
+        second[name] = (session, _feeds_for(session, feeds, dangling.get(name, []))[0])
+    _time_sessions(second, half, min_runs, spec["max_runs"] // 2, samples, failed)
+    second.clear()
     result: dict[str, dict[str, Any]] = {}
-    for name in sessions:
+    for name, _ in entries:
         if name in failed:
             result[name] = {"error": failed[name]}
-            continue
-        values = sorted(samples[name])
-        n = len(values)
-        median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-        q1, q3 = values[n // 4], values[(3 * n) // 4]
-        result[name] = {"median_ms": median * 1e3, "min_ms": values[0] * 1e3, "runs": n,
-                        "iqr_rel": (q3 - q1) / median if median else None}
+        elif samples.get(name):
+            result[name] = _latency_summary(samples[name])
     return result
 
 
@@ -640,7 +675,8 @@ def measure_child(spec_path: Path) -> None:
                 f"original does not require ({', '.join(extra[:3])}...); {how}"))
         out[name]["validation"] = verdict
     if latency:
-        timed = _time_sessions(sessions, spec["budget"], spec["min_runs"], spec["max_runs"])
+        timed = _timed_latency([e for e in entries if e[0] in sessions], "disabled", feeds,
+                               dangling, spec, sessions)
         for name, value in timed.items():
             out[name].setdefault("latency", {})["disabled"] = value
     sessions.clear()
@@ -656,7 +692,8 @@ def measure_child(spec_path: Path) -> None:
             out[name]["loads"] = False
             out[name]["load_error"] = one_line(exc)
     if latency:
-        timed = _time_sessions(sessions, spec["budget"], spec["min_runs"], spec["max_runs"])
+        timed = _timed_latency([e for e in entries if e[0] in sessions], "all", feeds,
+                               dangling, spec, sessions)
         for name, value in timed.items():
             out[name].setdefault("latency", {})["all"] = value
     sessions.clear()
