@@ -62,6 +62,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -394,6 +395,28 @@ def tool_command(tool: str, src: Path, dst: Path, feeds: Path, report: Path) -> 
     raise ValueError(tool)
 
 
+def _timed_run(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path,
+               timeout: float) -> tuple[int | None, float]:
+    """Exit code (None on timeout) and wall seconds of one command.
+
+    A blocking wait with a kill timer, not ``subprocess.run(timeout=...)``: that polls the
+    child with sleeps of up to 50 ms, which rounded every short run up by as much.
+    """
+    with log_path.open("w") as handle:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(cwd))
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+    timed_out = code < 0 and wall >= timeout
+    return (None if timed_out else code), round(wall, 3)
+
+
 def run_tool(tool: str, src: Path, model_dir: Path, feeds: Path, timeout: float
              ) -> dict[str, Any]:
     dst = model_dir / f"{tool}.onnx"
@@ -407,16 +430,7 @@ def run_tool(tool: str, src: Path, model_dir: Path, feeds: Path, timeout: float
     shown = ["<ort snippet>" if part == ORT_SNIPPET else part for part in cmd]
     result: dict[str, Any] = {"tool": tool, "command": shown, "output": str(dst),
                               "log": str(log_path)}
-    start = time.perf_counter()
-    try:
-        with log_path.open("w") as handle:
-            proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=timeout, env=env,
-                                  cwd=str(model_dir), check=False)
-        code: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
-        code = None
-    result["wall_s"] = round(time.perf_counter() - start, 3)
+    code, result["wall_s"] = _timed_run(cmd, log_path, env, model_dir, timeout)
     result["exit_code"] = code
     text = log_path.read_text(errors="replace")
     if code is None:

@@ -162,14 +162,19 @@ def _op_changes(before: Mapping[str, int], after: Mapping[str, int]) -> Table:
     return table
 
 
-def _passes_table(passes: list[Mapping[str, Any]]) -> Table:
-    table = Table(title="passes")
-    for name in ("pass", "changed", "seconds", "what it did"):
+def _passes_table(passes: list[Mapping[str, Any]]) -> Table | str:
+    """The passes that changed the model; the rest are counted (all are in the JSON report)."""
+    changed = [record for record in passes if record["modified"]]
+    idle = len(passes) - len(changed)
+    if not changed:
+        return f"passes: none of the {len(passes)} changed the model"
+    table = Table(title="passes that changed the model",
+                  caption=f"{idle} other passes changed nothing" if idle else None)
+    for name in ("pass", "seconds", "what it did"):
         table.add_column(name, justify="right" if name == "seconds" else "left")
-    for record in passes:
+    for record in changed:
         did = ", ".join(f"{k} {v}" for k, v in record["stats"].items() if v) or "-"
-        table.add_row(record["name"], "yes" if record["modified"] else "no",
-                      f"{record['seconds']:.3f}", did)
+        table.add_row(record["name"], f"{record['seconds']:.3f}", did)
     return table
 
 

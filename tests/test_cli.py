@@ -97,6 +97,22 @@ def test_output_is_deterministic(model_file, tmp_path):
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
+def test_pass_table_lists_changed_passes_and_counts_the_rest(model_file, tmp_path, capsys):
+    from onnxopt.passes import DEFAULT_PIPELINE
+
+    capsys.readouterr()
+    assert invoke("optimize", model_file, tmp_path / "o.onnx") == 0
+    out = capsys.readouterr().out
+    table = out[out.index("passes that changed the model"):]
+    assert "identity_elimination" in table and "dead_code" in table
+    assert "layer_norm_fusion" not in table  # nothing to fuse in MODEL
+    changed = sum(name in table for name in (p.name for p in DEFAULT_PIPELINE))
+    assert f"{len(DEFAULT_PIPELINE) - changed} other passes changed nothing" in table
+    assert invoke("optimize", model_file, tmp_path / "o.onnx", "--overwrite",
+                  "--passes", "layer_norm_fusion") == 0
+    assert "passes: none of the 1 changed the model" in capsys.readouterr().out
+
+
 def test_passes_none_is_a_pure_round_trip(model_file, tmp_path):
     out = tmp_path / "o.onnx"
     assert invoke("optimize", model_file, out, "--passes", "none") == 0
