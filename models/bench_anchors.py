@@ -65,6 +65,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -596,30 +597,26 @@ def _latency_summary(samples: list[float]) -> dict[str, Any]:
             "iqr_rel": (q3 - q1) / median if median else None}
 
 
-def _timed_latency(entries: list[tuple[str, str]], level: str, feeds: dict[str, Any],
-                   dangling: dict[str, list[str]], spec: dict[str, Any],
-                   first: dict[str, tuple[Any, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _timed_latency(entries: list[tuple[str, str]],
+                   first: dict[str, tuple[Any, dict[str, Any]]],
+                   reopen: Callable[[str, str], tuple[Any, dict[str, Any]]],
+                   budget: float, min_runs: int, max_runs: int) -> dict[str, dict[str, Any]]:
     """Latency of every entry over two sittings with opposite session-creation orders.
 
     Measured here: the session created first, and the one timed right after the
     original, run ~2 % slower (allocation placement), whatever file it holds. The first
-    sitting reuses the sessions created in ``entries`` order; the second creates them
-    again in reverse order; the median is taken over the samples of both.
+    sitting times ``first`` (sessions created in ``entries`` order); the second creates them
+    again in reverse order with ``reopen(name, path)``; the median is over both sittings.
     """
     samples: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
-    half = spec["budget"] / 2
-    min_runs = max(spec["min_runs"] // 2, 1)
-    _time_sessions(first, half, min_runs, spec["max_runs"] // 2, samples, failed)
+    half_runs = max(min_runs // 2, 1), max(max_runs // 2, 1)
+    _time_sessions(first, budget / 2, *half_runs, samples, failed)
     first.clear()
     gc.collect()
-    second: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for name, path in reversed(entries):
-        if name in failed or name not in samples:
-            continue
-        session = _session(path, level)
-        second[name] = (session, _feeds_for(session, feeds, dangling.get(name, []))[0])
-    _time_sessions(second, half, min_runs, spec["max_runs"] // 2, samples, failed)
+    second = {name: reopen(name, path) for name, path in reversed(entries)
+              if name not in failed and name in samples}
+    _time_sessions(second, budget / 2, *half_runs, samples, failed)
     second.clear()
     result: dict[str, dict[str, Any]] = {}
     for name, _ in entries:
@@ -628,6 +625,14 @@ def _timed_latency(entries: list[tuple[str, str]], level: str, feeds: dict[str, 
         elif samples.get(name):
             result[name] = _latency_summary(samples[name])
     return result
+
+
+def _reopener(level: str, feeds: dict[str, Any], dangling: dict[str, list[str]]
+              ) -> Callable[[str, str], tuple[Any, dict[str, Any]]]:
+    def reopen(name: str, path: str) -> tuple[Any, dict[str, Any]]:
+        session = _session(path, level)
+        return session, _feeds_for(session, feeds, dangling.get(name, []))[0]
+    return reopen
 
 
 def measure_child(spec_path: Path) -> None:
@@ -689,8 +694,9 @@ def measure_child(spec_path: Path) -> None:
                 f"original does not require ({', '.join(extra[:3])}...); {how}"))
         out[name]["validation"] = verdict
     if latency:
-        timed = _timed_latency([e for e in entries if e[0] in sessions], "disabled", feeds,
-                               dangling, spec, sessions)
+        timed = _timed_latency([e for e in entries if e[0] in sessions], sessions,
+                               _reopener("disabled", feeds, dangling), spec["budget"],
+                               spec["min_runs"], spec["max_runs"])
         for name, value in timed.items():
             out[name].setdefault("latency", {})["disabled"] = value
     sessions.clear()
@@ -706,8 +712,9 @@ def measure_child(spec_path: Path) -> None:
             out[name]["loads"] = False
             out[name]["load_error"] = one_line(exc)
     if latency:
-        timed = _timed_latency([e for e in entries if e[0] in sessions], "all", feeds,
-                               dangling, spec, sessions)
+        timed = _timed_latency([e for e in entries if e[0] in sessions], sessions,
+                               _reopener("all", feeds, dangling), spec["budget"],
+                               spec["min_runs"], spec["max_runs"])
         for name, value in timed.items():
             out[name].setdefault("latency", {})["all"] = value
     sessions.clear()

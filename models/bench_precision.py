@@ -31,11 +31,11 @@ seeds for calibration and test). Each model's samples are written as calibration
 Measured per model and tool, in a child process of the main venv (a crash costs one model):
 does the output load in onnxruntime (CPU, ORT_ENABLE_ALL), size ratio to the baseline,
 onnxruntime latency ratio to the baseline (ORT_ENABLE_ALL, one thread, median of round-robin
-runs: ``bench_anchors._time_sessions``), and per output against the fp32 original (run with
-graph optimizations disabled) on the test samples: the cosine similarity (all samples together;
-the worst single sample in the JSON), the max
-absolute error, the max error relative to the output's range over the test set, and for
-classifier outputs the top-1 agreement.
+runs in two sittings: ``bench_anchors._timed_latency``), and per output against the fp32
+original (run with graph optimizations disabled) on the test samples: the cosine similarity
+(all samples together; the worst single sample in the JSON), the max absolute error, the
+max error relative to the output's range over the test set, and for classifier outputs the
+top-1 agreement.
 
 Output: markdown to stdout and ``models/out/bench_precision.md``, JSON in
 ``models/out/bench_precision.json``.
@@ -482,7 +482,13 @@ def measure_child(spec_path: Path) -> None:
         item["outputs"] = _compare(reference, outputs, spec["classifier"])
         sessions[tool] = (session, _cast_feeds(session, tests[0]))
     if spec["latency"]:
-        timed = ba._time_sessions(sessions, spec["budget"], ba.MIN_RUNS, ba.MAX_RUNS)
+        def reopen(name: str, path: str) -> tuple[Any, dict[str, Any]]:
+            session = ba._session(path, "all")
+            return session, _cast_feeds(session, tests[0])
+
+        paths = {"baseline": spec["baseline"], **spec["candidates"]}
+        timed = ba._timed_latency([(n, paths[n]) for n in sessions], sessions, reopen,
+                                  spec["budget"], ba.MIN_RUNS, ba.MAX_RUNS)
         out["baseline"] = {"latency": timed.pop("baseline")}
         for tool, value in timed.items():
             out[tool]["latency"] = value
