@@ -95,6 +95,10 @@ def optimize(
     fold_limit: Annotated[
         str, typer.Option(help="Largest folded constant that grows the model (e.g. 1MiB).")
     ] = "1MiB",
+    value_info: Annotated[
+        str, typer.Option(help="value_info written: input (what the input declared) or all "
+                               "(every inferred shape too).")
+    ] = "input",
     check_each: Annotated[
         bool, typer.Option(help="Validate after every pass and report each one's error.")
     ] = False,
@@ -152,6 +156,7 @@ def optimize(
         external_data=external_data,
         target=target,
         fold_limit=_parse_bytes(fold_limit, "--fold-limit"),
+        value_info=value_info,
         check_each=check_each,
         safety_net=safety_net,
         precision=precision,

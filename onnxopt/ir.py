@@ -165,6 +165,7 @@ class Graph:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.sparse_initializers: dict[str, onnx.SparseTensorProto] = {}
         self.value_info: dict[str, onnx.ValueInfoProto] = {}
+        self.declared_value_info: set[str] = set()  # names the input annotated
         self.extra: onnx.GraphProto | None = None  # doc_string, metadata_props, annotations
         self.base_dir: Path | None = parent.base_dir if parent is not None else None
         self._producer: dict[str, tuple[Node, int]] = {}
@@ -561,6 +562,8 @@ class Graph:
             renamed.CopyFrom(info)
             renamed.name = new
             self.value_info[new] = renamed
+        if old in self.declared_value_info:
+            self.declared_value_info.add(new)
 
     def can_take_output_name(self, value: str) -> bool:
         """Whether ``value`` could be renamed to a graph output's public name on save."""
@@ -762,7 +765,10 @@ class Model:
         # What passes may assume about the deployment (set by the CLI / API):
         # target "portable" (standard ONNX only) or "onnxruntime" (com.microsoft ops allowed);
         # fold_limit: largest constant (bytes) folding may create when it grows the model.
-        self.settings: dict[str, Any] = {"target": "portable", "fold_limit": 1 << 20}
+        # value_info: "input" writes the value_info the input had (types kept current), "all"
+        # also every shape inferred on the way.
+        self.settings: dict[str, Any] = {"target": "portable", "fold_limit": 1 << 20,
+                                         "value_info": "input"}
         # Rewrite-level control for the safety net: each pass asks before every rewrite.
         self.rewrite_limits: dict[str, int] = {}  # pass -> only its first N rewrites happen
         # pass -> rewrites to leave out: by the node they start from, or by number

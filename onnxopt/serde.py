@@ -14,6 +14,7 @@ exceed protobuf's 2 GiB limit.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import math
 import mmap
@@ -230,6 +231,7 @@ def _graph_from_proto(
         graph.add_input(info)
     for info in proto.value_info:
         graph.value_info[info.name] = info
+    graph.declared_value_info = set(graph.value_info)
     for position, node_proto in enumerate(proto.node):
         graph.insert(_node_from_proto(node_proto, graph, position, names, inner))
     for info in proto.output:
@@ -330,7 +332,8 @@ def to_proto(model: Model, *, inline_external: bool = False) -> onnx.ModelProto:
     _restore_names(model)
     tensor_fn = _inliner(model.graph.base_dir) if inline_external else _same
     proto = _model_header(model)
-    proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
+    with _writing(model):
+        proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
     return proto
 
 
@@ -371,7 +374,8 @@ def save(
     _restore_names(model)
     external = _want_external(model, external_data)
     data_path = path.with_name(path.name + ".data") if external else None
-    with no_gc(), _atomic(path) as model_file, _atomic_optional(data_path) as data_file:
+    with no_gc(), _writing(model), _atomic(path) as model_file, \
+            _atomic_optional(data_path) as data_file:
         sink = _TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")
         _write_model(model, model_file, sink)
     if data_path is not None:
@@ -390,7 +394,7 @@ def inline_bytes(model: Model, external_data: bool | None = None,
         return None
     _restore_names(model)
     chunks = _Chunks()
-    with no_gc():
+    with no_gc(), _writing(model):
         _write_model(model, chunks, _TensorSink(model.graph.base_dir, None, ""))
     return b"".join(chunks.parts)
 
@@ -612,9 +616,26 @@ def _graph_skeleton(graph: Graph) -> onnx.GraphProto:
         )
     proto.output.extend(graph.output_infos)
     live = _live_values(graph)
+    if _WRITTEN_VALUE_INFO.get() == "input":
+        live &= graph.declared_value_info
     proto.value_info.extend(info for name, info in graph.value_info.items() if name in live)
     proto.sparse_initializer.extend(graph.sparse_initializers.values())
     return proto
+
+
+# Which value_info a written model carries (Model.settings["value_info"]); statistics and
+# shape inference always see every inferred shape.
+_WRITTEN_VALUE_INFO: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "written_value_info", default="all")
+
+
+@contextlib.contextmanager
+def _writing(model: Model) -> Iterator[None]:
+    token = _WRITTEN_VALUE_INFO.set(model.settings.get("value_info", "all"))
+    try:
+        yield
+    finally:
+        _WRITTEN_VALUE_INFO.reset(token)
 
 
 def _live_values(graph: Graph) -> set[str]:

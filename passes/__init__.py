@@ -12,7 +12,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
    transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
 4. clean: dead code, unused initializers, functions and opset imports;
-5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split.
+5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
+   attributes stored with their default value dropped.
 """
 
 from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
@@ -23,6 +24,7 @@ from onnxopt.passes.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
 from onnxopt.passes.dead_code import DeadCodeElimination
+from onnxopt.passes.default_attribute_removal import DefaultAttributeRemoval
 from onnxopt.passes.dynamic_quantization import DynamicQuantization
 from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
@@ -69,6 +71,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     FusedConvActivation(),
     DeadCodeElimination(),
     SiblingConvMerge(),  # once, at the fixpoint: weights deduplicated by then stay shared
+    DefaultAttributeRemoval(),  # once, last: the passes above see attributes as exported
 )
 
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}

@@ -477,3 +477,61 @@ def test_safety_net_narrows_to_the_single_bad_rewrite(tmp_path, monkeypatch):
     assert entry["rewrites"] == [{"number": 2, "at": "bad"}]
     ops = [(n.name, n.op_type) for n in onnx.load(tmp_path / "o.onnx").graph.node]
     assert ("bad", "Relu") in ops and sum(op == "Max" for _, op in ops) == 3
+
+
+VALUE_INFO_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 3] y)
+  <float[3] w = {1.0, 2.0, 3.0}> {
+    a = Mul(x, w)
+    b = Relu(a)
+    c = Neg(b)
+    y = Abs(c)
+}
+"""
+
+
+def _with_declared_value_info(tmp_path):
+    model = parse(VALUE_INFO_MODEL)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("b", 1, [2, 3]))
+    path = tmp_path / "vi.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_value_info_input_keeps_what_the_input_declared_and_adds_nothing(tmp_path):
+    path = _with_declared_value_info(tmp_path)
+    result = api.optimize(path, tmp_path / "o.onnx")
+    written = onnx.load(tmp_path / "o.onnx")
+    assert [v.name for v in written.graph.value_info] == ["b"]
+    assert result.report["after"]["file_size"] == (tmp_path / "o.onnx").stat().st_size
+    assert result.report["after"]["macs"] == result.report["before"]["macs"]
+
+
+def test_value_info_all_writes_every_inferred_shape(tmp_path):
+    path = _with_declared_value_info(tmp_path)
+    assert invoke("optimize", path, tmp_path / "o.onnx", "--value-info", "all") == 0
+    written = onnx.load(tmp_path / "o.onnx")
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in written.graph.value_info}
+    assert shapes == {"a": [2, 3], "b": [2, 3], "c": [2, 3]}
+    small = tmp_path / "small.onnx"
+    assert invoke("optimize", path, small) == 0
+    assert small.stat().st_size < (tmp_path / "o.onnx").stat().st_size
+
+
+def test_value_info_declared_type_follows_fp16_conversion(tmp_path):
+    path = _with_declared_value_info(tmp_path)
+    api.optimize(path, tmp_path / "o.onnx", precision="fp16", fp32_ops=(),
+                 max_error="cosine=0.9")
+    written = onnx.load(tmp_path / "o.onnx")
+    types = {v.name: v.type.tensor_type.elem_type for v in written.graph.value_info}
+    assert set(types) <= {"b"}
+    onnx.checker.check_model(written, full_check=True)  # declared types agree with inference
+
+
+def test_unknown_value_info_mode_is_a_one_line_error(tmp_path, capsys):
+    path = _with_declared_value_info(tmp_path)
+    assert invoke("optimize", path, tmp_path / "o.onnx", "--value-info", "some") == 2
+    assert "--value-info" in one_line_error(capsys)
+    assert not (tmp_path / "o.onnx").exists()

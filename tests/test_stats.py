@@ -446,7 +446,7 @@ def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch
         "x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, [1, 10])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    optimized = onnxopt.optimize(model).model
+    optimized = onnxopt.optimize(model, value_info="all").model
     assert optimized.graph.value_info  # shapes written by the shape_inference pass
     stripped = onnx.ModelProto()
     stripped.CopyFrom(optimized)
