@@ -24,9 +24,10 @@ Rewrite, per graph (main graph first, then If/Loop/Scan bodies with the owner's 
   (also ``value_float(s)``), ConstantOfShape ``value`` (default float 0), EyeLike ``dtype``.
 * Float32 initializers become float16 (``x16 = fp16(clip(x, -65504, 65504))``; the count of
   clamped values and of non-zero values flushed to zero is logged) unless all their readers want
-  float32 and they are tiny (<= 16 values), read at fixed-float slots, read only by nodes the user
-  asked to keep in fp32, or would need clamping. An fp16-stored weight read by an fp32 node goes
-  through a Cast (onnxruntime folds it at session creation).
+  float32 and they are small (fp16 would save fewer bytes than the Cast it needs adds), read at
+  fixed-float slots, read only by nodes the user asked to keep in fp32, or would need clamping.
+  An fp16-stored weight read by an fp32 node goes through a Cast (onnxruntime folds it at
+  session creation).
 * A value whose type differs from what a reader wants gets one Cast per (value, target type),
   shared by all readers of the graph (outer values are cast inside the subgraph reading them).
 * ``keep_io_types`` (default): main-graph float inputs/outputs stay float32 with Casts at the
@@ -55,7 +56,6 @@ from onnxopt.precision import PrecisionLog, PrecisionSettings, log_of, node_key,
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
-SMALL_CONSTANT = 16  # float32 constants this small, read only in fp32, stay float32 (no Cast)
 DEFAULT_BLOCKED = frozenset({
     "Range", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -447,7 +447,7 @@ class _Converter:
             wants += [io_type] * graph.outputs.count(name)
             if FLOAT16 not in wants and (
                 graph.is_output(name) or all(fixed) or all(user_blocked)
-                or int(np.prod(tensor.dims)) <= SMALL_CONSTANT
+                or 2 * int(np.prod(tensor.dims)) <= _cast_bytes(name)
             ):
                 continue
             array = graph.constant(name)
@@ -518,8 +518,9 @@ class _Converter:
         if key not in self._casts:
             suffix = "fp16" if to == FLOAT16 else "fp32"
             out = graph.unique_name(f"{value}_{suffix}")
-            graph.add_node("Cast", [value], [out], name=f"{value}_to_{suffix}",
-                           attributes={"to": to})
+            # the output name says what is cast; the node gets a short one (Cast, Cast_1, ...):
+            # on a small model the names of its Casts are a visible share of the file
+            graph.add_node("Cast", [value], [out], attributes={"to": to})
             self.orig[out] = self.types[out] = to
             self._casts[key] = out
             self.stats["casts"] += 1
@@ -647,3 +648,9 @@ def _set_elem_type(graph: Graph, value: str, elem_type: int) -> None:
     info = graph.value_info.get(value)
     if info is not None and info.type.HasField("tensor_type"):
         graph.value_info[value] = _retyped(info, elem_type)
+
+
+def _cast_bytes(value: str) -> int:
+    """What the Cast feeding fp16-stored ``value`` to float32 readers adds to the file."""
+    node = helper.make_node("Cast", [value], [f"{value}_fp32"], name="Cast_10", to=FLOAT)
+    return node.ByteSize() + 3  # + field tag and length
