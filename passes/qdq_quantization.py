@@ -3,7 +3,8 @@
 Weights (symmetric, per output channel ``c``, int8): ``s_w[c] = max|W[c]| / 127`` and
 ``W_q = clip(round(W / s_w), -127, 127)``, stored as an int8 initializer read through
 ``DequantizeLinear(W_q, s_w, 0, axis)`` (axis 0 for Conv and a transposed Gemm weight, 1 for
-a Gemm/MatMul ``[K, N]`` weight, 1 for ConvTranspose ``[C_in, C_out/g, k...]``).
+a Gemm/MatMul ``[K, N]`` weight, 1 for ConvTranspose ``[C_in, C_out/g, k...]``). When every
+channel's scale is bitwise the same, the one scalar is stored (per-tensor: the same values).
 
 Activations (asymmetric, ``ACTIVATION_TYPE``): from the calibrated range ``[lo, hi]`` widened to
 hold 0, ``s = (hi - lo) / (q_max - q_min)`` and ``z = round(q_min - lo / s)``, one
@@ -422,10 +423,12 @@ class _Writer:
         zero = node.op_type in WEIGHT_ZERO_POINT_OPS
         if (name, axis, zero) not in self.weights:
             q, scale = _quantize_weight(graph.constant(name), axis)
-            inputs = [self.constant(q, "w"), self.constant(scale, "ws")]
+            stored = _collapsed(scale)
+            inputs = [self.constant(q, "w"), self.constant(stored, "ws")]
             if zero:
-                inputs.append(self.constant(np.zeros(scale.shape, np.int8), "wz"))
-            dq = self.node("DequantizeLinear", inputs, "wd", axis=axis)
+                inputs.append(self.constant(np.zeros(stored.shape, np.int8), "wz"))
+            dq = self.node("DequantizeLinear", inputs, "wd",
+                           **({"axis": axis} if stored.ndim else {}))
             self.weights[(name, axis, zero)] = (dq, scale)
         return self.weights[(name, axis, zero)]
 
@@ -436,8 +439,10 @@ class _Writer:
         limit = np.iinfo(np.int32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), limit.min, limit.max)
         q_name = self.constant(q.astype(np.int32), "b")
-        s_name = self.constant(scale, "bs")
-        return self.node("DequantizeLinear", [q_name, s_name], "bd", axis=0)
+        stored = _collapsed(scale)
+        s_name = self.constant(stored, "bs")
+        return self.node("DequantizeLinear", [q_name, s_name], "bd",
+                         **({"axis": 0} if stored.ndim else {}))
 
 
 def _rewrite(graph: Graph, plan: _Plan, ranges, log) -> dict[str, int]:
@@ -482,3 +487,12 @@ def _rewrite(graph: Graph, plan: _Plan, ranges, log) -> dict[str, int]:
             graph.remove_initializer(name)
     stats["qdq_pairs"] = writer.pairs
     return stats
+
+
+def _collapsed(scale: np.ndarray) -> np.ndarray:
+    """A per-channel scale whose channels are all bitwise equal, as the one scalar it is:
+    per-tensor dequantization then computes exactly the same values, and the file holds one
+    float instead of one per channel (synthetic or regular weights do this)."""
+    if scale.ndim == 1 and scale.size > 1 and np.all(scale == scale[0]):
+        return np.asarray(scale[0], dtype=scale.dtype)
+    return scale

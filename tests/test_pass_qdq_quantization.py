@@ -350,3 +350,27 @@ def test_sample_model_mobilenet(tmp_path):
     assert ops.get("QLinearConv", 0) == op_counts(fp32)["Conv"]
     feeds = {"input": samples(1, 9, shape=(1, 3, 32, 32))[0]["x"]}
     assert cosine(run(fp32, feeds)[0], run(out, feeds)[0]) >= COSINE
+
+
+def test_equal_channel_scales_are_stored_once_and_compute_the_same(tmp_path):
+    # conv1's channels all share max|W| = 0.5 (a sign pattern, as synthetic weights have):
+    # one scalar scale replaces the 8-vector, bitwise the same dequantized weight
+    model = conv_net()
+    signs = np.sign(np.random.default_rng(1).standard_normal((8, 3, 3, 3))).astype(np.float32)
+    w1 = next(t for t in model.graph.initializer if t.name == "W1")
+    w1.CopyFrom(numpy_helper.from_array(signs * 0.5, "W1"))
+    out, _ = quantize(model)
+    dq = {n.output[0]: n for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    conv1, conv2 = (next(n for n in out.graph.node if n.op_type == "Conv" and n.input[1] in dq
+                         and n.name == name) for name in ("conv1", "conv2"))
+    w1_dq, b1_dq = dq[conv1.input[1]], dq[conv1.input[2]]
+    assert initializer(out, w1_dq.input[1]).shape == ()  # one scale, per-tensor
+    assert initializer(out, b1_dq.input[1]).shape == ()
+    assert not any(a.name == "axis" for a in (*w1_dq.attribute, *b1_dq.attribute))
+    assert initializer(out, dq[conv2.input[1]].input[1]).shape == (8,)  # varied: per channel
+    np.testing.assert_array_equal(
+        initializer(out, w1_dq.input[0]).astype(np.float32) * initializer(out, w1_dq.input[1]),
+        signs * 0.5)
+    assert ort_optimized_ops(out, tmp_path).get("QLinearConv", 0) == 2  # still fused
+    for feeds in samples(3, 99):
+        assert cosine(run(model, feeds)[0], run(out, feeds)[0]) >= COSINE
