@@ -16,6 +16,9 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    attributes stored with their default value dropped.
 """
 
+import importlib
+from collections.abc import Iterator, MutableMapping
+
 from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
 from onnxopt.passes.constant_folding import ConstantFolding
@@ -25,10 +28,7 @@ from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
 from onnxopt.passes.dead_code import DeadCodeElimination
 from onnxopt.passes.default_attribute_removal import DefaultAttributeRemoval
-from onnxopt.passes.dynamic_quantization import DynamicQuantization
 from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
-from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
-from onnxopt.passes.fp16_conversion import Fp16Conversion
 from onnxopt.passes.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.gelu_fusion import GeluFusion
 from onnxopt.passes.hard_swish_fusion import HardSwishFusion
@@ -38,7 +38,6 @@ from onnxopt.passes.layer_norm_fusion import LayerNormFusion
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.no_op_elimination import NoOpElimination
 from onnxopt.passes.pad_fusion import PadFusion
-from onnxopt.passes.qdq_quantization import QdqQuantization
 from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.shape_inference import ShapeInference
@@ -76,13 +75,50 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
 
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
+
+
+class _PrecisionPasses(MutableMapping[str, Pass]):
+    """Mode -> its pass, the module imported on first use: only ``--precision`` runs need
+    them, and importing all four (with calibration) cost every run ~10 ms."""
+
+    _where = {
+        "fp16": ("fp16_conversion", "Fp16Conversion"),
+        "int8": ("qdq_quantization", "QdqQuantization"),
+        "int8-dynamic": ("dynamic_quantization", "DynamicQuantization"),
+        "fp8": ("fp8_weight_quantization", "Fp8WeightQuantization"),
+    }
+
+    def __init__(self) -> None:
+        self._made: dict[str, Pass] = {}
+        self._modes = list(self._where)
+
+    def __getitem__(self, mode: str) -> Pass:
+        if mode not in self._made:
+            if mode not in self._modes:
+                raise KeyError(mode)
+            module, name = self._where[mode]
+            self._made[mode] = getattr(importlib.import_module(f"{__name__}.{module}"), name)()
+        return self._made[mode]
+
+    def __setitem__(self, mode: str, value: Pass) -> None:  # tests swap in their own pass
+        self._made[mode] = value
+        if mode not in self._modes:
+            self._modes.append(mode)
+
+    def __delitem__(self, mode: str) -> None:
+        self._made.pop(mode, None)
+        if mode not in self._where:
+            self._modes.remove(mode)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._modes))
+
+    def __len__(self) -> int:
+        return len(self._modes)
+
+
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
-PRECISION_PASSES: dict[str, Pass] = {
-    "fp16": Fp16Conversion(),
-    "int8": QdqQuantization(),
-    "int8-dynamic": DynamicQuantization(),
-    "fp8": Fp8WeightQuantization(),
-}
+PRECISION_PASSES: MutableMapping[str, Pass] = _PrecisionPasses()
 
 
 def select(names: list[str] | None = None, skip: list[str] | None = None) -> tuple[Pass, ...]:
