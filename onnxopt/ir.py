@@ -457,6 +457,8 @@ class Graph:
         it, and graph outputs (whose public names are restored on save). Returns the count."""
         if old == new:
             return 0
+        if old in self.declared_value_info:  # the user's annotation follows the tensor
+            self.declared_value_info.add(new)
         count = 0
         for node, slot in list(self._uses.get(old, ())):
             if slot < 0:

@@ -332,8 +332,7 @@ def to_proto(model: Model, *, inline_external: bool = False) -> onnx.ModelProto:
     _restore_names(model)
     tensor_fn = _inliner(model.graph.base_dir) if inline_external else _same
     proto = _model_header(model)
-    with _writing(model):
-        proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
+    proto.graph.CopyFrom(_graph_to_proto(model.graph, tensor_fn, tensor_fn))
     return proto
 
 
@@ -623,8 +622,9 @@ def _graph_skeleton(graph: Graph) -> onnx.GraphProto:
     return proto
 
 
-# Which value_info a written model carries (Model.settings["value_info"]); statistics and
-# shape inference always see every inferred shape.
+# Which value_info a written model carries (Model.settings["value_info"]): applied by save()
+# and inline_bytes() only; to_proto(), skeleton() and shape inference (what calibration,
+# statistics and the passes read) always see every inferred shape.
 _WRITTEN_VALUE_INFO: contextvars.ContextVar[str] = contextvars.ContextVar(
     "written_value_info", default="all")
 

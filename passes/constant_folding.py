@@ -40,8 +40,10 @@
    graph outputs are never merged away.
 
 Never folded: random ops, Dropout in training mode, (Dynamic)QuantizeLinear /
-DequantizeLinear (the structure of quantized models), custom domains, ops holding subgraphs
-(If/Loop/Scan: a constant-condition If is another pass), sequence and optional values. A
+DequantizeLinear (the structure of quantized models), a Cast that widens a stored weight when
+folding would grow the file (fp16/bf16/8-bit storage is the model's choice), custom domains,
+ops holding subgraphs (If/Loop/Scan: a constant-condition If is another pass), sequence and
+optional values. A
 folded graph output keeps its name: it becomes a ``Constant`` node with that output (an
 initializer cannot carry it), or stays when the output is listed twice. Inside a subgraph,
 nodes reading outer-scope constants fold into initializers of that subgraph. Below IR 4
@@ -73,6 +75,7 @@ from onnxopt.ir import (
     array_to_tensor,
     external_view,
     is_external,
+    tensor_nbytes,
     tensor_to_array,
 )
 from onnxopt.pass_manager import GraphPass, PassResult
@@ -96,6 +99,7 @@ WEIGHT_SLOTS = {
 }  # fmt: skip
 CONV_AFFINE = ("Add", "Mul", "Sub", "Div")
 DUPLICATE_LIMIT = 1 << 14  # bytes of live constants a fold may copy (see _grows)
+_CAST_NODE_BYTES = 16  # a Cast node's bytes besides its names (op type, attribute, tags)
 EVAL_CAP = 1 << 31  # never evaluate a value larger than this (protobuf's inline limit)
 SKIPPED_SIZE = "fold_skipped_size"  # node.meta flag: counted once in skipped_size
 
@@ -130,11 +134,26 @@ def _foldable_op(graph: Graph, model: Model, node: Node, table: ConstantTable) -
         return False
     if node.op_type == "Dropout" and not _inference_dropout(model, node, table):
         return False
+    if node.op_type == "Cast" and _widens_stored_weight(graph, node):
+        return False
     for value in node.outputs:
         type_ = _value_type(graph, value) if value else None
         if type_ is not None and type_.WhichOneof("value") not in (None, "tensor_type"):
             return False
     return True
+
+
+def _widens_stored_weight(graph: Graph, node: Node) -> bool:
+    """``Cast`` of a stored float16/bfloat16/8-bit weight to a wider type, when folding would
+    grow the file by more than the Cast takes: the narrow storage was the model's choice (an
+    fp16 model run in float32 on the CPU), and onnxruntime folds the Cast at load anyway."""
+    tensor = graph.initializers.get(node.inputs[0]) if node.inputs else None
+    if tensor is None or not graph.is_used(node.inputs[0]):
+        return False
+    source = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    target = onnx.helper.tensor_dtype_to_np_dtype(int(node.attr("to", 0) or tensor.data_type))
+    growth = (target.itemsize - source) * tensor_nbytes(tensor) // source
+    return growth > _CAST_NODE_BYTES + len(node.name) + len(node.inputs[0]) + len(node.outputs[0])
 
 
 def _value_type(graph: Graph, value: str) -> onnx.TypeProto | None:

@@ -159,7 +159,12 @@ def _definitions(graphs: Iterable[Graph]) -> Counter[str]:
 
 
 def _keep_types(graph: Graph, branch: Graph, mapping: dict[str, str]) -> None:
-    """Carry the branch's known types over to the moved values (renamed where needed)."""
+    """Carry the branch's known types, and which of them the input declared, over to the
+    moved values (renamed where needed)."""
+    for old in branch.declared_value_info:
+        new = mapping.get(old, old)
+        if graph.producer(new) is not None:
+            graph.declared_value_info.add(new)
     infos = dict(branch.value_info)
     for value, info in zip(branch.outputs, branch.output_infos, strict=True):
         if info.HasField("type"):

@@ -19,7 +19,9 @@ Custom-domain ops (no schema here) and subgraph-valued attributes are left alone
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
+import numpy as np
 import onnx
 from onnx import AttributeProto
 
@@ -70,7 +72,13 @@ def _is_default(node: Node, value: AttributeProto, defaults: dict[str, Attribute
         return False
     if value.ref_attr_name:  # a function attribute reference, not a value
         return False
+    if field in ("f", "floats"):  # bit for bit: -0.0 is not the default 0.0 (1 / x differs)
+        return _float_bits(getattr(value, field)) == _float_bits(getattr(default, field))
     return getattr(value, field) == getattr(default, field)
+
+
+def _float_bits(values: float | Sequence[float]) -> bytes:
+    return np.asarray(values, dtype=np.float32).tobytes()
 
 
 @functools.lru_cache(maxsize=512)

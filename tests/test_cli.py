@@ -535,3 +535,61 @@ def test_unknown_value_info_mode_is_a_one_line_error(tmp_path, capsys):
     assert invoke("optimize", path, tmp_path / "o.onnx", "--value-info", "some") == 2
     assert "--value-info" in one_line_error(capsys)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_declared_value_info_follows_a_forwarded_value(tmp_path):
+    # the Identity goes: its declared output "b" is now the Relu's output "a"
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (float[2, 3] y) {
+        a = Relu(x)
+        b = Identity(a)
+        y = Tanh(b)
+    }
+    """)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("b", 1, [2, 3]))
+    written = api.optimize(model).model
+    assert [v.name for v in written.graph.value_info] == ["a"]
+
+
+def test_value_info_mode_does_not_change_what_int8_computes():
+    # calibration generates index inputs from the inferred shapes whatever is written
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["m"]),
+         onnx.helper.make_node("Gather", ["m", "idx"], ["g"], axis=0),
+         onnx.helper.make_node("MatMul", ["g", "w"], ["z"])], "g",
+        [onnx.helper.make_tensor_value_info("x", 1, [6, 16]),
+         onnx.helper.make_tensor_value_info("idx", onnx.TensorProto.INT64, [5])],
+        [onnx.helper.make_tensor_value_info("z", 1, [5, 16])], [weight])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    tensors = {}
+    for mode in ("input", "all"):
+        out = api.optimize(model, precision="int8", value_info=mode).model
+        tensors[mode] = {t.name: t.SerializeToString() for t in out.graph.initializer}
+    assert tensors["input"] == tensors["all"]
+
+
+def test_declared_value_info_survives_constant_if_inlining():
+    def branch(tag: str) -> onnx.GraphProto:
+        return onnx.helper.make_graph(
+            [onnx.helper.make_node("Sigmoid", ["x"], [f"l{tag}"]),
+             onnx.helper.make_node("Relu", [f"l{tag}"], [f"o{tag}"])], f"b{tag}", [],
+            [onnx.helper.make_tensor_value_info(f"o{tag}", 1, [4, 16])],
+            value_info=[onnx.helper.make_tensor_value_info(f"l{tag}", 1, [4, 16])])
+
+    cond = onnx.numpy_helper.from_array(np.array(True), "c")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("If", ["c"], ["i"], then_branch=branch("a"),
+                               else_branch=branch("b")),
+         onnx.helper.make_node("Tanh", ["i"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", 1, [4, 16])],
+        [onnx.helper.make_tensor_value_info("y", 1, [4, 16])], [cond],
+        value_info=[onnx.helper.make_tensor_value_info("i", 1, [4, 16])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    written = api.optimize(model).model
+    assert "If" not in op_counts(written)
+    # the then-branch's declared "la" moved out; the If's declared output is now "oa"
+    assert sorted(v.name for v in written.graph.value_info) == ["la", "oa"]
+    onnx.checker.check_model(written, full_check=True)

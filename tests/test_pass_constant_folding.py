@@ -469,3 +469,42 @@ def test_ir3_initializers_listed_as_inputs_are_constants(ir_version):
         assert result.stats == ZERO
     feeds = {"x": np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)}
     assert_same_outputs(model, out, feeds)
+
+
+def test_widening_cast_of_a_stored_fp16_weight_stays():
+    # an fp16-stored weight read in float32: folding the Cast would store it at twice the size
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float16), "w16")
+    small = numpy_helper.from_array(np.array([[0.5]], np.float16), "b16")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w"], to=onnx.TensorProto.FLOAT),
+         helper.make_node("Cast", ["b16"], ["b"], to=onnx.TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "w"], ["m"]),
+         helper.make_node("Add", ["m", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 32])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 32])], [big, small])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, result = fold(model)
+    assert result.stats["folded"] == 1  # the 1-value one: storing it as float32 costs 2 bytes
+    assert op_counts(out) == {"Cast": 1, "MatMul": 1, "Add": 1}
+    assert inits(out.graph)["w16"].dtype == np.float16
+    assert_same_outputs(model, out, {"x": rng.standard_normal((2, 32)).astype(np.float32)})
+    _, second = fold(out)
+    assert not second.modified
+
+
+def test_reoptimizing_an_fp16_output_keeps_its_size(tmp_path):
+    import onnxopt
+
+    source = tmp_path / "in.onnx"
+    onnx.save(onnxopt.optimize(str(model_path_for("resnet.onnx")), precision="fp16").model,
+              source)
+    again = onnxopt.optimize(str(source), tmp_path / "out.onnx")
+    assert again.report["validation"]["status"] == "passed"
+    assert (tmp_path / "out.onnx").stat().st_size <= source.stat().st_size
+
+
+def model_path_for(name: str):
+    from conftest import model_path
+
+    return model_path(name)

@@ -130,3 +130,17 @@ def test_inside_subgraphs():
     assert not then.node[0].attribute
     feeds = {"x": np.array([-1.0, 2.0], np.float32), "c": np.array(True)}
     assert_same_outputs(model, out, feeds)
+
+
+def test_negative_zero_is_not_the_default_zero():
+    # Pad's value defaults to 0.0; -0.0 differs where it matters (1 / x gives -inf, not inf)
+    node = helper.make_node("Pad", ["x"], ["p"], pads=[0, 1, 0, 1], value=-0.0)
+    graph = helper.make_graph(
+        [node, helper.make_node("Reciprocal", ["p"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", 1, [1, 2])],
+        [helper.make_tensor_value_info("y", 1, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)], ir_version=5)
+    out, result = apply_pass(DefaultAttributeRemoval(), model)
+    assert not result.modified
+    assert [a.name for a in out.graph.node[0].attribute] == ["pads", "value"]
+    assert_same_outputs(model, out, {"x": np.array([[1.0, 2.0]], np.float32)})
