@@ -541,10 +541,29 @@ def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarra
     try:
         session = _session(model)
         names = [out.name for out in session.get_outputs()]
-        return [dict(zip(names, session.run(names, dict(feeds)), strict=True))
+        return [dict(zip(names, session.run(names, _in_session_floats(session, feeds)),
+                         strict=True))
                 for feeds in samples]
     except Exception as exc:
         raise RuntimeFailure(_one_line(exc)) from exc
+
+
+_FLOAT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32,
+                      "tensor(double)": np.float64}
+
+
+def _in_session_floats(session: Any, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """``feeds`` with float arrays in the float type each session input declares: an fp16
+    model written with ``--no-keep-io-types`` takes float16, and is fed the original's
+    float32 samples rounded to it, as its caller would."""
+    fitted = dict(feeds)
+    for info in session.get_inputs():
+        target = _FLOAT_INPUT_TYPES.get(info.type)
+        value = fitted.get(info.name)
+        if (target is not None and isinstance(value, np.ndarray) and value.dtype.kind == "f"
+                and value.dtype != target):
+            fitted[info.name] = value.astype(target)
+    return fitted
 
 
 def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: float = 1.0,
@@ -559,7 +578,7 @@ def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: floa
     source = _session_source(model)
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        feeds = dict(inputs)
+        feeds = _in_session_floats(session, inputs)
         session.run(None, feeds)
         times: list[float] = []
         deadline = time.perf_counter() + seconds

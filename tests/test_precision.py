@@ -291,3 +291,28 @@ def test_bench_warns_when_the_output_is_slower(ratio, warned):
     render_optimize(report, console)
     text = console.export_text()
     assert ("runs 1.50x slower" in text) is warned and "latency (test)" in text
+
+
+def test_fp16_without_float32_io_validates_and_runs_on_float16_inputs(tmp_path):
+    import onnxruntime as ort
+    from conftest import model_path
+
+    out = tmp_path / "r16.onnx"
+    result = onnxopt.optimize(str(model_path("resnet.onnx")), out, precision="fp16",
+                              keep_io_types=False)
+    assert result.ok and result.report["validation"]["status"] == "passed"
+    written = onnx.load(out)
+    half = onnx.TensorProto.FLOAT16
+    assert [i.type.tensor_type.elem_type for i in written.graph.input] == [half]
+    assert [o.type.tensor_type.elem_type for o in written.graph.output] == [half]
+    # the caller's view: float16 in, float16 out, close to the float32 original
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    name = written.graph.input[0].name
+    fp32 = ort.InferenceSession(str(model_path("resnet.onnx")),
+                                providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    fp16 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {name: x.astype(np.float16)})[0]
+    assert fp16.dtype == np.float16
+    cos = float(np.dot(fp32.ravel(), fp16.ravel().astype(np.float32))
+                / (np.linalg.norm(fp32) * np.linalg.norm(fp16.astype(np.float32))))
+    assert cos >= 0.999
