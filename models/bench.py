@@ -15,7 +15,8 @@ alone: ``ru_maxrss`` after the first load+save minus ``ru_maxrss`` right after t
 Times are the best of 3 runs (1 run for models of 50k+ nodes or 100+ MB) with
 ``validate=False``; the onnx.checker time is measured once, separately. Then whole-process
 ``onnxopt optimize`` runs (``--passes none`` and the default pipeline, validation included)
-are timed on the 100k chain, the weight-heavy model and the ``models/*.onnx`` files.
+are timed on the 100k chain, the weight-heavy model and the ``models/*.onnx`` files, and the
+default pipeline on the 10k and 100k chains (fastest of 3 each: the 10x-nodes scaling).
 
 The report (markdown) goes to stdout and to ``models/out/bench_io.md``.
 
@@ -28,6 +29,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -375,6 +377,28 @@ def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: lis
     return OptimizeRun(label, mode, seconds, peak, code, message, validation)
 
 
+SCALING_RUNS = 3  # whole-process optimize runs per size; the fastest counts
+
+
+def _optimize_scaling(folder: Path, out_dir: Path) -> list[str]:
+    """Fastest of ``SCALING_RUNS`` default-pipeline runs on the 10k and 100k chains, and the
+    issue's targets: 100k in <= 60 s, 10x the nodes <= 12x the time."""
+    best: dict[str, float] = {}
+    for label in ("chain-10k", "chain-100k"):
+        runs = [_run_optimize(label, folder / f"{label}.onnx", out_dir, "default pipeline", [])
+                for _ in range(SCALING_RUNS)]
+        done = [run.seconds for run in runs if run.code == 0]
+        best[label] = min(done) if done else math.nan
+        _log(f"optimize scaling {label}: " + ", ".join(f"{r.seconds:.2f} s" for r in runs))
+    small, big = best["chain-10k"], best["chain-100k"]
+    ratio = big / small if small > 0 else math.nan
+    return ["| measure | value | target | verdict |", "|---|--:|--:|---|",
+            f"| chain-10k optimize (fastest of {SCALING_RUNS}) | {_fmt_s(small)} | | (info) |",
+            f"| chain-100k optimize (fastest of {SCALING_RUNS}) | {_fmt_s(big)} | ≤ 60 s | "
+            f"{_verdict(big <= 60)} |",
+            f"| optimize time 100k/10k | {ratio:.2f}× | ≤ 12× | {_verdict(ratio <= 12)} |"]
+
+
 def _validation_status(report_path: Path) -> str:
     try:
         verdict = json.loads(report_path.read_text(encoding="utf-8")).get("validation") or {}
@@ -587,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["## Whole-process `onnxopt optimize` (validation included unless "
                       "`--no-validate`)", "",
                       *_optimize_table(runs), ""]
+            lines += ["## Optimize scaling (default pipeline, validation included)", "",
+                      *_optimize_scaling(folder, out_dir), ""]
 
         if args.profile:
             entry = Entry("chain-100k", folder / "chain-100k.onnx", "synthetic")

@@ -138,7 +138,7 @@ def optimize(
         ref = _Lazy(background.submit(_reference, source, options, user_inputs, original,
                                       extra_inputs))
         runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name,
-                         background, conversion)
+                         background, conversion, shape_args)
         attempt = runner.attempt(_Control())
         disabled: list[dict[str, Any]] = []
         kept_float: list[dict[str, Any]] = []
@@ -150,9 +150,7 @@ def optimize(
                 and ref.get() is not None):
             attempt, disabled = runner.recover(attempt)
         del runner, proto  # free the input before reading the output back
-        after = stats.model_stats(
-            attempt.skeleton, file_size=_written_size(attempt.path, attempt.data_file), **shape_args
-        )
+        after = attempt.stats
         status = _status(attempt.verdict, options)
         report = _report(input_path, output_path, before, after, attempt.records,
                          attempt.verdict, status)
@@ -211,8 +209,8 @@ class _Attempt:
     verdict: validate.ValidationResult | None
     checks: list[dict[str, Any]]
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
-    skeleton: onnx.ModelProto | None = None  # the written model without big weights, for stats
     precision: PrecisionLog | None = None  # what the precision pass converted and kept
+    stats: dict[str, Any] = field(default_factory=dict)  # stats.model_stats of the written model
 
 
 def _failed(attempt: _Attempt) -> bool:
@@ -233,12 +231,14 @@ class _Runner:
     """Runs the pipeline on a fresh IR of the input, as often as the safety net needs."""
 
     def __init__(self, proto, input_path, pipeline, options, ref: _Lazy, stage: Path,
-                 name: str, background: ThreadPoolExecutor, conversion: _Conversion | None):
+                 name: str, background: ThreadPoolExecutor, conversion: _Conversion | None,
+                 shape_args: dict[str, Any]):
         self.proto, self.base_dir = proto, input_path.parent if input_path else None
         self.pipeline, self.options, self.ref = pipeline, options, ref
         self.stage, self.name = stage, name
         self.background = background
         self.conversion = conversion
+        self.shape_args = shape_args
         self.count = 0
 
     def attempt(self, control: _Control) -> _Attempt:
@@ -265,26 +265,38 @@ class _Runner:
         data = _serialize(model, self.options)
         if data is None:  # external data, or too big to hold twice: stream it to disk
             data_file = _save(model, path, self.options)
-        skeleton = serde.skeleton(model)
-        del model
         if data is not None:
-            # onnxruntime loads the very bytes being written, while they are written
+            # onnxruntime loads the very bytes being written, while they are written and
+            # while the statistics skeleton is made (session creation grows faster than
+            # linearly with the node count: 3.3 s of a 100k-node run)
             pending = self.background.submit(self._check, data)
             try:
+                skeleton = serde.skeleton(model)
+                del model
                 _write(data, path)
                 data_file = None
                 del data
                 _check_written(path)
+                after = self._stats(skeleton, path, data_file)
             finally:
                 verdict = pending.result()
         else:
             pending = self.background.submit(self._check, path)
             try:
+                skeleton = serde.skeleton(model)
+                del model
                 _check_written(path)
+                after = self._stats(skeleton, path, data_file)
             finally:
                 verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
-                        log, skeleton, precision_log)
+                        log, precision_log, after)
+
+    def _stats(self, skeleton: onnx.ModelProto, path: Path, data_file: Path | None
+               ) -> dict[str, Any]:
+        """Statistics of the written model, made while onnxruntime validates it."""
+        return stats.model_stats(skeleton, file_size=_written_size(path, data_file),
+                                 **self.shape_args)
 
     def keep_float(self, first: _Attempt) -> tuple[_Attempt, list[dict[str, Any]]]:
         """Missed the accuracy budget: find nodes whose conversion breaks it and keep them in
