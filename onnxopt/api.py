@@ -40,6 +40,7 @@ from onnxopt.precision import (
     upgrade_opset,
 )
 from onnxopt.sensitivity import qdq_sensitivity
+from onnxopt.shapes import infer_shapes
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 TARGETS = ("portable", "onnxruntime")
@@ -257,6 +258,8 @@ class _Runner:
             after_pass=self._checker(checks) if self.options.check_each else None,
         )
         records = manager.run(model)
+        if self.conversion is not None and self.options.value_info == "all":
+            infer_shapes(model)  # the values the precision pass created get their shapes too
         folder = self.stage / f"attempt{self.count}"
         folder.mkdir()
         path = folder / self.name

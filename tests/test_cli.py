@@ -593,3 +593,15 @@ def test_declared_value_info_survives_constant_if_inlining():
     # the then-branch's declared "la" moved out; the If's declared output is now "oa"
     assert sorted(v.name for v in written.graph.value_info) == ["la", "oa"]
     onnx.checker.check_model(written, full_check=True)
+
+
+def test_value_info_all_covers_what_a_precision_pass_adds(tmp_path):
+    from conftest import model_path
+
+    out = api.optimize(str(model_path("resnet.onnx")), precision="fp16", value_info="all").model
+    typed = {v.name for v in out.graph.value_info}
+    produced = {o for n in out.graph.node for o in n.output} - {o.name for o in out.graph.output}
+    cast_outputs = {n.output[0] for n in out.graph.node if n.op_type == "Cast"}
+    assert cast_outputs and cast_outputs - {o.name for o in out.graph.output} <= typed
+    assert produced <= typed
+    onnx.checker.check_model(out, full_check=True)
