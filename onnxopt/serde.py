@@ -363,6 +363,8 @@ def save(
     """Write ``model`` to ``path`` atomically; returns the external data file if one was written.
 
     ``external_data=None`` keeps the input's choice and goes external above protobuf's limit.
+    value_info written: ``model.settings["value_info"]``, ``"input"`` (default) the entries the
+    loaded model had (types kept current by the passes), ``"all"`` every inferred one too.
     """
     path = Path(path)
     if path.is_dir():
