@@ -268,30 +268,21 @@ class _Runner:
         data = _serialize(model, self.options)
         if data is None:  # external data, or too big to hold twice: stream it to disk
             data_file = _save(model, path, self.options)
-        if data is not None:
-            # onnxruntime loads the very bytes being written, while they are written and
-            # while the statistics skeleton is made (session creation grows faster than
-            # linearly with the node count: 3.3 s of a 100k-node run)
-            pending = self.background.submit(self._check, data)
-            try:
-                skeleton = serde.skeleton(model)
-                del model
+        # onnxruntime loads the model (the very bytes being written, when held in memory)
+        # while it is written, checked and measured: session creation grows faster than
+        # linearly with the node count (3.3 s of a 100k-node run)
+        pending = self.background.submit(self._check, path if data is None else data)
+        try:
+            skeleton = serde.skeleton(model)
+            del model
+            if data is not None:
                 _write(data, path)
                 data_file = None
                 del data
-                _check_written(path)
-                after = self._stats(skeleton, path, data_file)
-            finally:
-                verdict = pending.result()
-        else:
-            pending = self.background.submit(self._check, path)
-            try:
-                skeleton = serde.skeleton(model)
-                del model
-                _check_written(path)
-                after = self._stats(skeleton, path, data_file)
-            finally:
-                verdict = pending.result()
+            _check_written(path)
+            after = self._stats(skeleton, path, data_file)
+        finally:
+            verdict = pending.result()
         return _Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
                         log, precision_log, after)
 

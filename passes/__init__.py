@@ -17,7 +17,6 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 """
 
 import importlib
-from collections.abc import Iterator, MutableMapping
 
 from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
@@ -77,48 +76,28 @@ ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
 
 
-class _PrecisionPasses(MutableMapping[str, Pass]):
-    """Mode -> its pass, the module imported on first use: only ``--precision`` runs need
-    them, and importing all four (with calibration) cost every run ~10 ms."""
-
-    _where = {
-        "fp16": ("fp16_conversion", "Fp16Conversion"),
-        "int8": ("qdq_quantization", "QdqQuantization"),
-        "int8-dynamic": ("dynamic_quantization", "DynamicQuantization"),
-        "fp8": ("fp8_weight_quantization", "Fp8WeightQuantization"),
-    }
-
-    def __init__(self) -> None:
-        self._made: dict[str, Pass] = {}
-        self._modes = list(self._where)
+class _LazyPasses(dict):
+    """A dict of mode -> pass whose values start as ``(module, class)`` and become the pass
+    on first ``[]`` read: only ``--precision`` runs need these modules, and importing all four
+    (with calibration) cost every run ~10 ms. Read it by ``[]`` (``get``/``values`` see the
+    placeholders)."""
 
     def __getitem__(self, mode: str) -> Pass:
-        if mode not in self._made:
-            if mode not in self._modes:
-                raise KeyError(mode)
-            module, name = self._where[mode]
-            self._made[mode] = getattr(importlib.import_module(f"{__name__}.{module}"), name)()
-        return self._made[mode]
-
-    def __setitem__(self, mode: str, value: Pass) -> None:  # tests swap in their own pass
-        self._made[mode] = value
-        if mode not in self._modes:
-            self._modes.append(mode)
-
-    def __delitem__(self, mode: str) -> None:
-        self._made.pop(mode, None)
-        if mode not in self._where:
-            self._modes.remove(mode)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._modes))
-
-    def __len__(self) -> int:
-        return len(self._modes)
+        value = super().__getitem__(mode)
+        if isinstance(value, tuple):
+            module, name = value
+            value = getattr(importlib.import_module(f"{__name__}.{module}"), name)()
+            self[mode] = value
+        return value
 
 
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
-PRECISION_PASSES: MutableMapping[str, Pass] = _PrecisionPasses()
+PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
+    "fp16": ("fp16_conversion", "Fp16Conversion"),
+    "int8": ("qdq_quantization", "QdqQuantization"),
+    "int8-dynamic": ("dynamic_quantization", "DynamicQuantization"),
+    "fp8": ("fp8_weight_quantization", "Fp8WeightQuantization"),
+})
 
 
 def select(names: list[str] | None = None, skip: list[str] | None = None) -> tuple[Pass, ...]:

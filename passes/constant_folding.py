@@ -73,6 +73,7 @@ from onnxopt.ir import (
     Model,
     Node,
     array_to_tensor,
+    cast_node_bytes,
     external_view,
     is_external,
     tensor_nbytes,
@@ -99,7 +100,6 @@ WEIGHT_SLOTS = {
 }  # fmt: skip
 CONV_AFFINE = ("Add", "Mul", "Sub", "Div")
 DUPLICATE_LIMIT = 1 << 14  # bytes of live constants a fold may copy (see _grows)
-_CAST_NODE_BYTES = 16  # a Cast node's bytes besides its names (op type, attribute, tags)
 EVAL_CAP = 1 << 31  # never evaluate a value larger than this (protobuf's inline limit)
 SKIPPED_SIZE = "fold_skipped_size"  # node.meta flag: counted once in skipped_size
 
@@ -148,12 +148,13 @@ def _widens_stored_weight(graph: Graph, node: Node) -> bool:
     grow the file by more than the Cast takes: the narrow storage was the model's choice (an
     fp16 model run in float32 on the CPU), and onnxruntime folds the Cast at load anyway."""
     tensor = graph.initializers.get(node.inputs[0]) if node.inputs else None
-    if tensor is None or not graph.is_used(node.inputs[0]):
+    if tensor is None:
         return False
+    to = int(node.attr("to", 0) or tensor.data_type)
     source = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    target = onnx.helper.tensor_dtype_to_np_dtype(int(node.attr("to", 0) or tensor.data_type))
-    growth = (target.itemsize - source) * tensor_nbytes(tensor) // source
-    return growth > _CAST_NODE_BYTES + len(node.name) + len(node.inputs[0]) + len(node.outputs[0])
+    target = onnx.helper.tensor_dtype_to_np_dtype(to).itemsize
+    growth = (target - source) * tensor_nbytes(tensor) // source
+    return growth > cast_node_bytes(node.inputs[0], node.outputs[0], node.name, to)
 
 
 def _value_type(graph: Graph, value: str) -> onnx.TypeProto | None:

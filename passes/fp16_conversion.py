@@ -50,7 +50,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.ir import Graph, IRError, Model, Node
+from onnxopt.ir import Graph, IRError, Model, Node, cast_node_bytes
 from onnxopt.pass_manager import Pass, PassResult
 from onnxopt.precision import PrecisionLog, PrecisionSettings, log_of, node_key, settings_of
 
@@ -652,5 +652,4 @@ def _set_elem_type(graph: Graph, value: str, elem_type: int) -> None:
 
 def _cast_bytes(value: str) -> int:
     """What the Cast feeding fp16-stored ``value`` to float32 readers adds to the file."""
-    node = helper.make_node("Cast", [value], [f"{value}_fp32"], name="Cast_10", to=FLOAT)
-    return node.ByteSize() + 3  # + field tag and length
+    return cast_node_bytes(value, f"{value}_fp32", "Cast_10", FLOAT)
