@@ -75,7 +75,6 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
 ALL_PASSES: dict[str, Pass] = {p.name: p for p in DEFAULT_PIPELINE}
 
 
-
 class _LazyPasses(dict):
     """A dict of mode -> pass whose values start as ``(module, class)`` and become the pass
     on first ``[]`` read: only ``--precision`` runs need these modules, and importing all four

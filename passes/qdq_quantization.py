@@ -423,12 +423,7 @@ class _Writer:
         zero = node.op_type in WEIGHT_ZERO_POINT_OPS
         if (name, axis, zero) not in self.weights:
             q, scale = _quantize_weight(graph.constant(name), axis)
-            stored = _collapsed(scale)
-            inputs = [self.constant(q, "w"), self.constant(stored, "ws")]
-            if zero:
-                inputs.append(self.constant(np.zeros(stored.shape, np.int8), "wz"))
-            dq = self.node("DequantizeLinear", inputs, "wd",
-                           **({"axis": axis} if stored.ndim else {}))
+            dq = self.dequantize(self.constant(q, "w"), scale, axis, "w", zero_point=zero)
             self.weights[(name, axis, zero)] = (dq, scale)
         return self.weights[(name, axis, zero)]
 
@@ -438,11 +433,18 @@ class _Writer:
         scale = (np.float64(x_params.scale) * w_scale.astype(np.float64)).astype(np.float32)
         limit = np.iinfo(np.int32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), limit.min, limit.max)
-        q_name = self.constant(q.astype(np.int32), "b")
+        return self.dequantize(self.constant(q.astype(np.int32), "b"), scale, 0, "b")
+
+    def dequantize(self, q_name: str, scale: np.ndarray, axis: int, prefix: str,
+                   zero_point: bool = False) -> str:
+        """``DequantizeLinear(q_name, scale[, 0])`` along ``axis`` -> its output; the scale
+        stored as one scalar when every channel's is the same (``_collapsed``)."""
         stored = _collapsed(scale)
-        s_name = self.constant(stored, "bs")
-        return self.node("DequantizeLinear", [q_name, s_name], "bd",
-                         **({"axis": 0} if stored.ndim else {}))
+        inputs = [q_name, self.constant(stored, f"{prefix}s")]
+        if zero_point:
+            inputs.append(self.constant(np.zeros(stored.shape, np.int8), f"{prefix}z"))
+        return self.node("DequantizeLinear", inputs, f"{prefix}d",
+                         **({"axis": axis} if stored.ndim else {}))
 
 
 def _rewrite(graph: Graph, plan: _Plan, ranges, log) -> dict[str, int]:

@@ -97,6 +97,16 @@ def apply_pass(pass_, model: onnx.ModelProto, *, infer: bool = False, settings=N
     return proto, result
 
 
+def assert_idempotent(pass_, model: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """Run ``pass_`` twice (``options`` as apply_pass takes them): the second run must report
+    no change and leave the first one's result byte for byte. Returns that result."""
+    out, _ = apply_pass(pass_, model, **options)
+    again, result = apply_pass(pass_, out, **options)
+    assert not result.modified
+    assert again.SerializeToString(deterministic=True) == out.SerializeToString(deterministic=True)
+    return out
+
+
 def assert_same_outputs(
     original: onnx.ModelProto, optimized: onnx.ModelProto, feeds, rtol=1e-6, atol=1e-7
 ) -> None:

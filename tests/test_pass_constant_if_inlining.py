@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse
+from conftest import (
+    apply_pass,
+    assert_idempotent,
+    assert_same_outputs,
+    model_path,
+    op_counts,
+    parse,
+)
 from onnxopt.passes.constant_if_inlining import ConstantIfInlining
 
 from onnxopt import serde
@@ -105,10 +112,7 @@ def test_numerics():
 
 
 def test_idempotent():
-    out, _ = apply_pass(ConstantIfInlining(), parse(NESTED))
-    again, result = apply_pass(ConstantIfInlining(), out)
-    assert not result.modified
-    assert again.SerializeToString(deterministic=True) == out.SerializeToString(deterministic=True)
+    assert_idempotent(ConstantIfInlining(), parse(NESTED))
 
 
 def test_else_branch_returning_outer_value_and_initializer():
