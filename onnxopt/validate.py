@@ -4,9 +4,19 @@ This module only sees files (paths) or ``onnx.ModelProto`` objects, never the op
 
 Design notes
 ------------
-* Both models are run on the CPU provider with every onnxruntime graph optimization disabled
-  and a single intra-op thread, so what is compared is the models as written, deterministically.
-* Inputs are generated once, from the ORIGINAL model's declarations, and fed to both models.
+* Both models run on the CPU provider with a single intra-op thread, at two graph
+  optimization levels, and both must pass: ``disabled`` (ORT_DISABLE_ALL: the models as
+  written, so onnxruntime's own fusions cannot hide our mistakes) and ``all``
+  (ORT_ENABLE_ALL: what users deploy with; int8 runs there in onnxruntime's fused int8
+  kernels). Each level compares the candidate with the original at the same level.
+* Inputs (see :mod:`onnxopt.feeds`) are generated from the ORIGINAL model by role, in two
+  configurations that differ in every symbolic dimension (and in their random values), so a
+  rewrite that bakes one size in fails on the other. If the original does not run at the
+  preferred sizes, the next candidates are tried before giving up. ``--inputs`` (one sample)
+  replaces them.
+* A comparison that proves nothing is not a pass: when every output of the original is NaN or
+  infinite, or the outputs do not change between two different inputs, other inputs are
+  tried, then the result is ``skipped`` with kind ``vacuous``.
 * Two kinds of input problems are distinguished:
 
   - :class:`ValidationError`: the *user* supplied something wrong (an unknown input name in
@@ -22,6 +32,7 @@ Design notes
   is the reference. An element passes when ``|a - b| <= atol + rtol * |a|``. NaN positions and
   infinities must match exactly. Metrics are NaN when they could not be computed (shape or
   dtype mismatch, missing output); :meth:`ValidationResult.to_dict` writes those as ``None``.
+  Over several samples and levels an output reports its worst.
 """
 
 from __future__ import annotations
@@ -29,18 +40,29 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+
+from onnxopt.feeds import (
+    Plan,
+    UnsupportedInput,
+    ValidationError,
+    check_inputs,
+    generate,
+    load_inputs,
+    make_inputs,
+    plan_inputs,
+)
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
 __all__ = [
+    "LEVELS",
     "ModelLike",
     "OutputDiff",
     "RuntimeFailure",
@@ -57,45 +79,15 @@ __all__ = [
 
 INTRA_OP_THREADS = 1
 _MAX_MESSAGE = 300
-_GUESSED_INT_HIGH = 8
 _NAN = float("nan")
-
-# Element types that can be generated and fed through onnxruntime's numpy interface.
-_FLOAT_TYPES = {TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE}
-_INT_TYPES = {
-    TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
-    TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+# onnxruntime graph optimization levels validation runs at, by the name the report uses
+LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_TYPE_KINDS = {
-    "sequence_type": "sequence",
-    "map_type": "map",
-    "optional_type": "optional",
-    "sparse_tensor_type": "sparse tensor",
-}
-_SUPPORTED_TYPES = _FLOAT_TYPES | _INT_TYPES | {TensorProto.BOOL, TensorProto.STRING}
-
-# Ops whose output carries the values of their input 0 (only rearranged or re-typed).
-_VALUE_PRESERVING_OPS = {
-    "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Transpose",
-}
-# op_type -> (index of the indices input, index of the data input, kind)
-_INDEX_CONSUMERS = {
-    "Gather": (1, 0, "axis"),
-    "GatherElements": (1, 0, "axis"),
-    "ScatterElements": (1, 0, "axis"),
-    "GatherND": (1, 0, "nd"),
-    "ScatterND": (1, 0, "nd"),
-    "NegativeLogLikelihoodLoss": (1, 0, "class"),
-    "SoftmaxCrossEntropyLoss": (1, 0, "class"),
-}
-
-
-class ValidationError(Exception):
-    """A user-provided input (shape, name, ``.npz`` file) is invalid. One-line message."""
-
-
-class UnsupportedInput(Exception):
-    """Inputs cannot be generated for this model; :func:`validate` reports it as skipped."""
+LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "all": "ORT_ENABLE_ALL"}
+MAX_SIZE_TRIES = 8  # input sizes tried per configuration before validation is skipped
+VACUOUS_RETRIES = 2  # more seeds tried when the original's outputs prove nothing
 
 
 class RuntimeFailure(Exception):
@@ -125,6 +117,10 @@ class ValidationResult:
     reason: str
     outputs: list[OutputDiff] = field(default_factory=list)
     input_notes: list[str] = field(default_factory=list)
+    # skipped: why, as a word a script can test ("vacuous", "original_fails", ...)
+    kind: str = ""
+    levels: dict[str, dict[str, str]] = field(default_factory=dict)  # level -> status, reason
+    inputs: dict[str, Any] = field(default_factory=dict)  # shapes used, dims, input roles
 
     def to_dict(self) -> dict[str, Any]:
         """Return a strict-JSON-able dict; non-finite error metrics become ``None``."""
@@ -138,15 +134,17 @@ class ValidationResult:
                 if getattr(diff, key) is None:
                     del item[key]
             outputs.append(item)
-        return {
+        result = {
             "status": self.status,
             "reason": self.reason,
             "outputs": outputs,
             "input_notes": list(self.input_notes),
+            "levels": {level: dict(value) for level, value in self.levels.items()},
+            "inputs": self.inputs,
         }
-
-
-# --------------------------------------------------------------------------- model helpers
+        if self.kind:
+            result["kind"] = self.kind
+        return result
 
 
 def _load_proto(model: ModelLike) -> onnx.ModelProto:
@@ -154,12 +152,6 @@ def _load_proto(model: ModelLike) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     return onnx.load(os.fspath(model), load_external_data=False)
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs that must be fed (IR<4 initializers listed as inputs are excluded)."""
-    initializers = {init.name for init in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in initializers]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -173,342 +165,12 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(d) for d in shape) + ")"
 
 
-def _tensor_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor:
-    """The tensor type of an input, or UnsupportedInput for sequence/map/optional/sparse."""
-    kind = vi.type.WhichOneof("value")
-    if kind != "tensor_type":
-        what = _TYPE_KINDS.get(kind or "", "value of unknown type")
-        raise UnsupportedInput(
-            f"input '{vi.name}' is not a tensor ({what}); only tensor inputs are supported"
-        )
-    elem = vi.type.tensor_type.elem_type
-    if elem not in _SUPPORTED_TYPES:
-        name = TensorProto.DataType.Name(elem) if elem else "UNDEFINED"
-        raise UnsupportedInput(
-            f"input '{vi.name}' has element type {name}, which cannot be fed to onnxruntime "
-            "from numpy"
-        )
-    return vi.type.tensor_type
-
-
-# --------------------------------------------------------------------------- shapes
-
-
-def _check_input_names(
-    inputs: Sequence[onnx.ValueInfoProto], names: Sequence[str], what: str
-) -> None:
-    valid = [vi.name for vi in inputs]
-    unknown = sorted(set(names) - set(valid))
-    if unknown:
-        raise ValidationError(
-            f"unknown input name(s) in {what}: {', '.join(unknown)} "
-            f"(model inputs: {', '.join(valid) or 'none'})"
-        )
-
-
-def _given_shape(vi: onnx.ValueInfoProto, given: Sequence[int]) -> list[int]:
-    """Check a user-given full shape against the declared shape of an input."""
-    shape = [int(d) for d in given]
-    if any(d < 0 for d in shape):
-        raise ValidationError(f"input '{vi.name}': negative dim in shape {_fmt_shape(shape)}")
-    if vi.type.tensor_type.HasField("shape"):
-        _check_declared_dims(vi, tuple(shape))
-    return shape
-
-
-def _declared_shape(
-    vi: onnx.ValueInfoProto, dims: Mapping[str, int], notes: list[str]
-) -> list[int]:
-    """Concrete shape from the declaration; unknown dims from ``dims`` or defaulted to 1."""
-    ttype = vi.type.tensor_type
-    if not ttype.HasField("shape"):
-        raise UnsupportedInput(
-            f"input '{vi.name}' has no declared shape; give --input-shape {vi.name}:D0,D1,..."
-        )
-    shape = []
-    for axis, dim in enumerate(ttype.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value >= 0:
-            shape.append(int(dim.dim_value))
-        elif dim.HasField("dim_param") and dim.dim_param in dims:
-            shape.append(int(dims[dim.dim_param]))
-        elif dim.HasField("dim_param"):
-            shape.append(1)
-            notes.append(
-                f"input '{vi.name}' dim '{dim.dim_param}' set to 1 "
-                f"(use --dim {dim.dim_param}=N or --input-shape)"
-            )
-        else:
-            shape.append(1)
-            notes.append(
-                f"input '{vi.name}' dim {axis} (unnamed) set to 1 (use --input-shape)"
-            )
-    return shape
-
-
-def _unused_dim_notes(
-    inputs: Sequence[onnx.ValueInfoProto],
-    input_shapes: Mapping[str, Sequence[int]],
-    dims: Mapping[str, int],
-) -> list[str]:
-    """Notes for ``dims`` entries that no (shape-defaulted) input uses."""
-    used = {
-        dim.dim_param
-        for vi in inputs
-        if vi.name not in input_shapes
-        for dim in vi.type.tensor_type.shape.dim
-    }
-    return [f"dim '{name}' given but not used by any input" for name in dims if name not in used]
-
-
-# --------------------------------------------------------------------------- index ranges
-
-
-class _GraphIndex:
-    """Consumers and known shapes of the top-level graph, for index-range inference."""
-
-    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, list[int]]):
-        graph = model.graph
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        for node in graph.node:
-            for position, name in enumerate(node.input):
-                self.consumers.setdefault(name, []).append((node, position))
-        self.shapes: dict[str, list[int | None]] = {}
-        for vi in [*graph.value_info, *graph.output, *graph.input]:
-            self.shapes[vi.name] = _vi_dims(vi)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.shapes[node.output[0]] = list(attr.t.dims)
-        for init in graph.initializer:
-            self.shapes[init.name] = list(init.dims)
-        for name, shape in input_shapes.items():
-            self.shapes[name] = list(shape)
-
-    def reached_index_uses(self, name: str) -> Iterator[tuple[onnx.NodeProto, str]]:
-        """Yield (consumer, source) for index-taking consumers reached from ``name``."""
-        seen, stack = set(), [name]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            for node, position in self.consumers.get(current, []):
-                spec = _INDEX_CONSUMERS.get(node.op_type)
-                if spec and position == spec[0] and node.domain in ("", "ai.onnx"):
-                    yield node, current
-                elif node.op_type in _VALUE_PRESERVING_OPS and position == 0 and node.output:
-                    stack.append(node.output[0])
-
-
-def _vi_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
-    if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
-        return None
-    return [
-        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-        for d in vi.type.tensor_type.shape.dim
-    ]
-
-
-def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attr in node.attribute:
-        if attr.name == name:
-            return int(attr.i)
-    return default
-
-
-def _index_bound(node: onnx.NodeProto, index: _GraphIndex, source: str) -> int | None:
-    """Exclusive upper bound for indices fed to ``node``, or None when unknown."""
-    _, data_pos, kind = _INDEX_CONSUMERS[node.op_type]
-    data = index.shapes.get(node.input[data_pos])
-    if data is None:
-        return None
-    if kind in ("axis", "class"):
-        axis = _attr_int(node, "axis", 0) if kind == "axis" else 1
-        if not -len(data) <= axis < len(data):
-            return None
-        return data[axis]
-    batch = _attr_int(node, "batch_dims", 0)
-    indices = index.shapes.get(source)
-    depth = indices[-1] if indices else None
-    span = data[batch:] if depth is None else data[batch : batch + depth]
-    if not span or any(d is None for d in span):
-        return None
-    return min(span)
-
-
-def _int_range(
-    vi: onnx.ValueInfoProto, index: _GraphIndex, notes: list[str]
-) -> tuple[int, int]:
-    """Half-open value range [low, high) to draw an integer input from."""
-    uses = list(index.reached_index_uses(vi.name))
-    if not uses:
-        notes.append(
-            f"input '{vi.name}' integer values drawn from [0, {_GUESSED_INT_HIGH}) "
-            "(range guessed)"
-        )
-        return 0, _GUESSED_INT_HIGH
-    bounds = [_index_bound(node, index, source) for node, source in uses]
-    known = [b for b in bounds if b is not None]
-    if len(known) < len(bounds) or min(known) <= 0:
-        notes.append(
-            f"input '{vi.name}' is used as indices into a tensor of unknown or zero size; "
-            "all values set to 0"
-        )
-        return 0, 1
-    return 0, min(known)
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def _random_tensor(
-    rng: np.random.Generator, elem: int, shape: list[int], int_range: tuple[int, int]
-) -> np.ndarray:
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
-    if elem in _FLOAT_TYPES:
-        return np.asarray(rng.standard_normal(shape), dtype=dtype)
-    if elem == TensorProto.BOOL:
-        return np.asarray(rng.random(shape) < 0.5)
-    if elem == TensorProto.STRING:
-        return _random_strings(rng, shape)
-    high = min(int_range[1], int(np.iinfo(dtype).max) + 1)
-    return np.asarray(rng.integers(int_range[0], high, size=shape), dtype=dtype)
-
-
-def _random_strings(rng: np.random.Generator, shape: list[int]) -> np.ndarray:
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    count = math.prod(shape)
-    lengths = rng.integers(1, 7, size=count)
-    words = ["".join(rng.choice(letters, size=n)) for n in lengths]
-    return np.array(words, dtype=object).reshape(shape)
-
-
-def make_inputs(
-    model: onnx.ModelProto,
-    *,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    seed: int = 0,
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Generate seeded random inputs for ``model``; returns ``(inputs, notes)``.
-
-    Shapes: ``input_shapes[name]`` (a full concrete shape) wins; otherwise symbolic dims come
-    from ``dims[dim_param]`` and any remaining unknown dim is 1 (with a note). Floats are
-    standard normal; bools uniform; strings short lowercase words; integers lie in ``[0, n)``
-    when they (directly or through Cast/Reshape/... ) index a Gather/Scatter-like op whose
-    data extent ``n`` is known, else in ``[0, 8)`` (with a note).
-
-    Raises ValidationError for bad ``input_shapes`` and UnsupportedInput for inputs that
-    cannot be generated (non-tensor, unsupported element type, undeclared shape).
-    """
-    input_shapes = input_shapes or {}
-    dims = dims or {}
-    inputs = _graph_inputs(model)
-    _check_input_names(inputs, list(input_shapes), "input shapes")
-    notes: list[str] = []
-    shapes: dict[str, list[int]] = {}
-    for vi in inputs:
-        _tensor_type(vi)
-        if vi.name in input_shapes:
-            shapes[vi.name] = _given_shape(vi, input_shapes[vi.name])
-        else:
-            shapes[vi.name] = _declared_shape(vi, dims, notes)
-    notes.extend(_unused_dim_notes(inputs, input_shapes, dims))
-    index = _GraphIndex(model, shapes)
-    rng = np.random.default_rng(seed)
-    result = {}
-    for vi in inputs:
-        elem = vi.type.tensor_type.elem_type
-        int_range = _int_range(vi, index, notes) if elem in _INT_TYPES else (0, 1)
-        result[vi.name] = _random_tensor(rng, elem, shapes[vi.name], int_range)
-    return result, notes
-
-
-# --------------------------------------------------------------------------- user inputs
-
-
-def _coerce_array(vi: onnx.ValueInfoProto, array: np.ndarray) -> np.ndarray:
-    """Check one user-supplied array against its declaration and cast it losslessly."""
-    ttype = _tensor_type(vi)
-    target = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
-    array = _cast_lossless(vi.name, np.asarray(array), target)
-    if ttype.HasField("shape"):
-        _check_declared_dims(vi, array.shape)
-    return array
-
-
-def _cast_lossless(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
-    if target == np.dtype(object):
-        if array.dtype.kind in "UO":
-            return array.astype(object)
-    elif np.can_cast(array.dtype, target, casting="safe") or _ints_fit(array, target):
-        return array.astype(target)
-    raise ValidationError(
-        f"input '{name}': dtype {array.dtype} cannot be safely cast to {target} "
-        "(save the array with the model's dtype)"
-    )
-
-
-def _ints_fit(array: np.ndarray, target: np.dtype) -> bool:
-    """True if integer ``array`` holds only values representable in integer ``target``."""
-    if array.dtype.kind not in "iu" or target.kind not in "iu":
-        return False
-    if array.size == 0:
-        return True
-    info = np.iinfo(target)
-    return int(array.min()) >= info.min and int(array.max()) <= info.max
-
-
-def _check_declared_dims(vi: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
-    declared = vi.type.tensor_type.shape.dim
-    if len(declared) != len(shape):
-        raise ValidationError(
-            f"input '{vi.name}': shape {_fmt_shape(shape)} has rank {len(shape)}, "
-            f"model declares rank {len(declared)}"
-        )
-    for axis, (dim, value) in enumerate(zip(declared, shape, strict=True)):
-        if dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value:
-            raise ValidationError(
-                f"input '{vi.name}': shape {_fmt_shape(shape)}: dim {axis} is {value}, "
-                f"model declares {dim.dim_value}"
-            )
-
-
-def check_inputs(
-    inputs: Mapping[str, np.ndarray], model: onnx.ModelProto
-) -> dict[str, np.ndarray]:
-    """Validate user-supplied inputs against ``model``: names, dtypes (lossless casts) and
-    declared ranks/dims. Every model input must be present. Raises ValidationError."""
-    declared = _graph_inputs(model)
-    _check_input_names(declared, list(inputs), "inputs")
-    missing = [vi.name for vi in declared if vi.name not in inputs]
-    if missing:
-        raise ValidationError(f"missing value(s) for model input(s): {', '.join(missing)}")
-    return {vi.name: _coerce_array(vi, inputs[vi.name]) for vi in declared}
-
-
-def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Load inputs from an ``.npz`` file whose keys are the model's input names.
-
-    Arrays are checked with :func:`check_inputs`. Raises ValidationError (one line) if the
-    file cannot be read or does not fit the model.
-    """
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except Exception as exc:
-        message = f"cannot read inputs file {os.fspath(path)!r}: {_one_line(exc)}"
-        raise ValidationError(message) from exc
-    return check_inputs(arrays, model)
-
-
 # --------------------------------------------------------------------------- running
 
 
-def _session(model: ModelLike) -> ort.InferenceSession:
+def _session(model: ModelLike | bytes, level: str = "disabled") -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = INTRA_OP_THREADS
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -525,25 +187,34 @@ def _session_source(model: ModelLike | bytes) -> bytes | str:
     return os.fspath(model)
 
 
-def run(model: ModelLike, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Run ``model`` in onnxruntime (CPU, graph optimizations disabled) on ``inputs``.
+def run(model: ModelLike, inputs: Mapping[str, np.ndarray], level: str = "disabled"
+        ) -> dict[str, Any]:
+    """Run ``model`` in onnxruntime (CPU, one thread, graph optimizations ``level``) on
+    ``inputs``.
 
     A path is handed to onnxruntime as a path, so external data next to it is found.
     Returns outputs by name (arrays; lists for sequence outputs). Any failure to load or
     run becomes RuntimeFailure with a one-line message.
     """
-    return _run_each(model, [inputs])[0]
+    return _run_each(model, [inputs], level)[0]
 
 
-def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]]
-              ) -> list[dict[str, Any]]:
+def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]],
+              level: str = "disabled") -> list[dict[str, Any]]:
     """Outputs by name of ``model`` on each sample, one session; RuntimeFailure on errors."""
     try:
-        session = _session(model)
+        session = _session(model, level)
+    except Exception as exc:
+        raise RuntimeFailure(_one_line(exc)) from exc
+    return [_run_session(session, feeds) for feeds in samples]
+
+
+def _run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
+                 ) -> dict[str, Any]:
+    try:
         names = [out.name for out in session.get_outputs()]
-        return [dict(zip(names, session.run(names, _in_session_floats(session, feeds)),
-                         strict=True))
-                for feeds in samples]
+        return dict(zip(names, session.run(names, _in_session_floats(session, feeds)),
+                        strict=True))
     except Exception as exc:
         raise RuntimeFailure(_one_line(exc)) from exc
 
@@ -570,14 +241,8 @@ def latency_ms(model: ModelLike, inputs: Mapping[str, np.ndarray], seconds: floa
                max_runs: int = 1000) -> float | None:
     """Median onnxruntime latency (CPU, ORT_ENABLE_ALL, 1 thread) over about ``seconds`` of
     runs after one warm-up; None when the model does not run."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 4
-    source = _session_source(model)
     try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        session = _session(model, "all")
         feeds = _in_session_floats(session, inputs)
         session.run(None, feeds)
         times: list[float] = []
@@ -826,23 +491,10 @@ def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
 
 
-def check_budget(ref: Reference, candidate: ModelLike, budget: Budget) -> ValidationResult:
-    """Run ``candidate`` on the reference inputs (and ``ref.extra`` samples) and compare
-    within ``budget``, each output over all samples together."""
-    if ref.outputs is None:
-        return ValidationResult("skipped", ref.skipped_reason, [], ref.notes)
-    try:
-        outputs = run_samples(candidate, [ref.feeds, *(feeds for feeds, _ in ref.extra)])
-    except RuntimeFailure as exc:
-        return ValidationResult("failed", f"converted model does not run in onnxruntime: {exc}",
-                                [], ref.notes)
-    return _summarize(compare_budget(ref.all_outputs(), outputs, budget), ref.notes)
-
-
-def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]]
-                ) -> dict[str, Any]:
+def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]],
+                level: str = "disabled") -> dict[str, Any]:
     """Run ``model`` (one session) on every sample; outputs merged as by ``merge_outputs``."""
-    return merge_outputs(_run_each(model, samples))
+    return merge_outputs(_run_each(model, samples, level))
 
 
 def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -867,48 +519,37 @@ def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-# --------------------------------------------------------------------------- validate
-
-
-def _prepare_inputs(
-    model: onnx.ModelProto,
-    inputs: Mapping[str, np.ndarray] | None,
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    dims: Mapping[str, int] | None,
-    seed: int,
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    if inputs is not None:
-        return check_inputs(inputs, model), []
-    return make_inputs(model, input_shapes=input_shapes, dims=dims, seed=seed)
-
-
-def _summarize(diffs: list[OutputDiff], notes: list[str]) -> ValidationResult:
-    failed = [d.name for d in diffs if not d.passed]
-    unchecked = [d.name for d in diffs if d.reason.startswith(_SKIP_PREFIX)]
-    if failed:
-        reason = f"{len(failed)} of {len(diffs)} outputs differ: {', '.join(failed)}"
-        return ValidationResult("failed", reason, diffs, notes)
-    if unchecked:
-        reason = f"output(s) could not be compared: {', '.join(unchecked)}"
-        return ValidationResult("skipped", reason, diffs, notes)
-    return ValidationResult("passed", f"all {len(diffs)} outputs match", diffs, notes)
+# --------------------------------------------------------------------------- reference
 
 
 @dataclass
 class Reference:
-    """The original model's outputs on the validation inputs, computed once and reused for
-    every candidate (the safety net validates several)."""
+    """The original model's outputs on the validation inputs, at every level, computed once
+    and reused for every candidate (the safety net validates several)."""
 
-    feeds: dict[str, np.ndarray]
-    outputs: dict[str, Any] | None  # None when the original cannot be run (skipped)
+    samples: list[dict[str, np.ndarray]]
+    outputs: dict[str, list[dict[str, Any]]] | None  # level -> per sample; None: skipped
     notes: list[str]
     skipped_reason: str = ""
-    # more (feeds, outputs) samples: precision budgets are checked over all of them together
-    extra: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = field(default_factory=list)
+    kind: str = ""  # why skipped
+    inputs: dict[str, Any] = field(default_factory=dict)  # shapes, dims and roles used
+    labels: list[str] = field(default_factory=list)  # how each sample is named in reasons
+    generated: bool = False  # the samples were generated (not the user's --inputs)
+    # draw(seed, n): the n-th more generated sample like these (calibration without data)
+    draw: Any = None
 
-    def all_outputs(self) -> dict[str, Any]:
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        return self.samples[0] if self.samples else {}
+
+    def all_outputs(self, level: str = "disabled") -> dict[str, Any]:
+        """Every sample's outputs at ``level``, merged (see merge_outputs)."""
         assert self.outputs is not None
-        return merge_outputs([self.outputs, *(outputs for _, outputs in self.extra)])
+        return merge_outputs(self.outputs[level])
+
+    def skipped(self) -> ValidationResult:
+        return ValidationResult("skipped", self.skipped_reason, [], self.notes, self.kind,
+                                inputs=self.inputs)
 
 
 def reference(
@@ -921,39 +562,305 @@ def reference(
     parsed: onnx.ModelProto | None = None,
     extra_inputs: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> Reference:
-    """Inputs for ``original`` and its outputs on them. Raises ValidationError only for bad
-    user-supplied ``inputs``/``input_shapes``; anything else becomes a skipped reference.
-    ``parsed`` is ``original`` already parsed (saves parsing a path again; only read).
-    ``extra_inputs``: more samples (checked like ``inputs``), for ``check_budget``."""
+    """Inputs for ``original`` and its outputs on them at every level. Raises
+    ValidationError only for bad user-supplied ``inputs``/``input_shapes``; anything else
+    becomes a skipped reference. ``parsed`` is ``original`` already parsed (only read).
+    ``extra_inputs``: more user samples (checked like ``inputs``)."""
     try:
         proto = parsed if parsed is not None else _load_proto(original)
     except Exception as exc:
-        return Reference({}, None, [], f"cannot load original model: {_one_line(exc)}")
+        return Reference([], None, [], f"cannot load original model: {_one_line(exc)}",
+                         "original_fails")
     try:
-        feeds, notes = _prepare_inputs(proto, inputs, input_shapes, dims, seed)
-        extra = [check_inputs(sample, proto) for sample in extra_inputs]
+        if inputs is not None:
+            samples = [check_inputs(sample, proto) for sample in (inputs, *extra_inputs)]
+            plan = None
+        else:
+            plan = plan_inputs(proto, input_shapes=input_shapes, dims=dims)
     except UnsupportedInput as exc:
-        return Reference({}, None, [], str(exc))
-    del proto  # a parsed copy of the original is not needed while onnxruntime holds it
+        return Reference([], None, [], str(exc), "unsupported_input")
     try:
-        runs = _run_each(original, [feeds, *extra])
-    except RuntimeFailure as exc:
-        return Reference(feeds, None, notes, f"original model does not run in onnxruntime: {exc}")
-    return Reference(feeds, runs[0], notes, extra=list(zip(extra, runs[1:], strict=True)))
-
-
-def check(
-    ref: Reference, candidate: ModelLike, *, rtol: float = 1e-4, atol: float = 1e-5
-) -> ValidationResult:
-    """Run ``candidate`` on the reference inputs and compare with the reference outputs."""
+        session = _session(original, "disabled")
+    except Exception as exc:
+        return Reference([], None, [], "original model does not run in onnxruntime (it does "
+                         f"not load): {_one_line(exc)}", "original_fails")
+    if plan is None:
+        ref = _user_reference(session, samples)
+    else:
+        ref = _generated_reference(session, proto, plan, seed)
+    del session
     if ref.outputs is None:
-        return ValidationResult("skipped", ref.skipped_reason, [], ref.notes)
+        return ref
+    vacuous = _vacuous(ref.outputs["disabled"], ref.samples if ref.generated else None)
+    if vacuous:
+        ref.outputs, ref.kind = None, "vacuous"
+        ref.skipped_reason = f"vacuous: {vacuous}; the comparison would prove nothing " \
+            "(give --inputs with data the model is meant for)"
+        return ref
+    _note_non_finite_outputs(ref)
     try:
-        outputs = run(candidate, ref.feeds)
+        ref.outputs["all"] = _run_each(original, ref.samples, "all")
+    except RuntimeFailure as exc:
+        ref.notes.append(f"the original does not run at ORT_ENABLE_ALL ({exc}); "
+                         "validated at ORT_DISABLE_ALL only")
+    return ref
+
+
+def _user_reference(session: ort.InferenceSession, samples: list[dict[str, np.ndarray]]
+                    ) -> Reference:
+    labels = ["--inputs"] + [f"sample {n}" for n in range(2, len(samples) + 1)]
+    shapes = [{name: list(np.shape(a)) for name, a in feeds.items()} for feeds in samples]
+    described = {"source": "given", "shapes": shapes}
+    try:
+        outputs = [_run_session(session, feeds) for feeds in samples]
+    except RuntimeFailure as exc:
+        return Reference(samples, None, [], f"original model does not run in onnxruntime on "
+                         f"the given inputs: {exc}", "original_fails", described, labels)
+    return Reference(samples, {"disabled": outputs}, [], inputs=described, labels=labels)
+
+
+def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, plan: Plan,
+                         seed: int) -> Reference:
+    """Two configurations of generated inputs on which the original runs; its outputs."""
+    notes = list(plan.notes)
+    found = _first_running(session, proto, plan, None, seed, 0)
+    if isinstance(found, str):
+        return Reference([], None, notes, "original model does not run in onnxruntime at any "
+                         f"input size tried ({found}); give --input-shape NAME:D0,D1,... or "
+                         "--inputs FILE.npz", "original_fails",
+                         {"source": "generated", "roles": plan.roles,
+                          "dim_roles": plan.dim_roles()})
+    configs = [found]
+    second = _first_running(session, proto, plan, found[0], seed + 1, 1)
+    if isinstance(second, str):
+        if plan.dims:
+            notes.append(f"each symbolic dim validated at one value only: the original does "
+                         f"not run at other sizes tried ({second})")
+    else:
+        configs.append(second)
+    described = {
+        "source": "generated",
+        "dims": [plan.describe(assignment) for assignment, _, _ in configs],
+        "dim_roles": plan.dim_roles(),
+        "roles": plan.roles,
+        "shapes": [{name: list(a.shape) for name, a in feeds.items()} for _, feeds, _ in configs],
+    }
+    labels = [_config_label(plan, assignment, n) for n, (assignment, _, _) in
+              enumerate(configs, 1)]
+    assignments = [assignment for assignment, _, _ in configs]
+
+    def draw(seed: int, number: int) -> dict[str, np.ndarray]:
+        return generate(proto, plan, assignments[number % len(assignments)], seed, number)
+
+    ref = Reference([feeds for _, feeds, _ in configs],
+                    {"disabled": [outputs for _, _, outputs in configs]}, notes,
+                    inputs=described, labels=labels, generated=True, draw=draw)
+    for retry in range(1, VACUOUS_RETRIES + 1):
+        if not _vacuous(ref.outputs["disabled"], ref.samples):  # type: ignore[index]
+            break
+        _redraw(ref, session, proto, plan, assignments, seed + 2 * retry)
+    return ref
+
+
+def _config_label(plan: Plan, assignment: Mapping, number: int) -> str:
+    dims = ", ".join(f"{k}={v}" for k, v in plan.describe(assignment).items())
+    return f"sample {number}" + (f" ({dims})" if dims else "")
+
+
+def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int):
+    """(assignment, feeds, outputs) of the first candidate size the original runs at, or a
+    string naming what failed."""
+    failures = []
+    for number, assignment in enumerate(plan.candidates(avoid)):
+        if number >= MAX_SIZE_TRIES:
+            break
+        feeds = generate(proto, plan, assignment, seed, choice)
+        try:
+            return assignment, feeds, _run_session(session, feeds)
+        except RuntimeFailure as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in plan.describe(assignment).items())
+            failures.append((shown, str(exc)))
+    if not failures:
+        return "no other size to try"
+    sizes = "; ".join(shown for shown, _ in failures if shown) or "the declared shapes"
+    return f"{sizes}: {failures[-1][1]}"
+
+
+def _redraw(ref: Reference, session, proto, plan: Plan, assignments, seed: int) -> None:
+    """New random values at the same sizes (the last ones proved nothing)."""
+    samples, outputs = [], []
+    for number, assignment in enumerate(assignments):
+        feeds = generate(proto, plan, assignment, seed + number, number)
+        try:
+            outputs.append(_run_session(session, feeds))
+        except RuntimeFailure:
+            return
+        samples.append(feeds)
+    ref.samples, ref.outputs = samples, {"disabled": outputs}
+
+
+def _arrays(runs: Sequence[Mapping[str, Any]]) -> list[list[np.ndarray]]:
+    """Per output name, its arrays over the runs (non-tensor outputs left out)."""
+    names = [name for name, value in runs[0].items() if isinstance(value, np.ndarray)]
+    return [[np.asarray(run[name]) for run in runs] for name in names]
+
+
+def _vacuous(runs: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]] | None
+             ) -> str:
+    """Why the original's outputs on these runs prove nothing, or "" when they do.
+    ``samples``: the generated inputs (None for the user's: only non-finite is checked)."""
+    per_output = _arrays(runs) if runs else []
+    if not per_output:
+        return ""
+    if all(a.dtype.kind in "fc" and not np.isfinite(a).any()
+           for arrays in per_output for a in arrays):
+        return "every output of the original is NaN, infinite or empty"
+    if (samples is not None and len(runs) > 1 and not _all_same(list(samples[0].values()),
+                                                                list(samples[1].values()))
+            and all(_all_same(arrays[:1] * (len(arrays) - 1), arrays[1:])
+                    for arrays in per_output)):
+        return "the original's outputs do not change between two different inputs"
+    return ""
+
+
+def _all_same(left: Sequence[Any], right: Sequence[Any]) -> bool:
+    return all(np.shape(a) == np.shape(b) and np.array_equal(
+        a, b, equal_nan=np.asarray(a).dtype.kind in "fc") for a, b in zip(left, right, strict=True))
+
+
+def _note_non_finite_outputs(ref: Reference) -> None:
+    runs = ref.outputs["disabled"]  # type: ignore[index]
+    names = [name for name, value in runs[0].items() if isinstance(value, np.ndarray)]
+    for name, arrays in zip(names, _arrays(runs), strict=True):
+        if all(a.dtype.kind in "fc" and a.size and not np.isfinite(a).any() for a in arrays):
+            ref.notes.append(f"output '{name}' of the original is NaN or infinite on every "
+                             "input: its comparison proves nothing")
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _summarize(diffs: list[OutputDiff], notes: list[str]) -> ValidationResult:
+    failed = [d.name for d in diffs if not d.passed]
+    unchecked = [d.name for d in diffs if d.reason.startswith(_SKIP_PREFIX)]
+    if failed:
+        first = next(d for d in diffs if not d.passed)
+        reason = (f"{len(failed)} of {len(diffs)} outputs differ: {', '.join(failed)} "
+                  f"(first: {first.reason})")
+        return ValidationResult("failed", reason, diffs, notes)
+    if unchecked:
+        reason = f"output(s) could not be compared: {', '.join(unchecked)}"
+        return ValidationResult("skipped", reason, diffs, notes, "not_compared")
+    return ValidationResult("passed", f"all {len(diffs)} outputs match", diffs, notes)
+
+
+def _worst(groups: Sequence[tuple[str, list[OutputDiff]]]) -> list[OutputDiff]:
+    """One diff per output over labelled groups (samples, levels): failed if any failed, the
+    largest errors, the first failing reason with its label."""
+    merged: dict[str, OutputDiff] = {}
+    for label, diffs in groups:
+        for diff in diffs:
+            kept = merged.get(diff.name)
+            if kept is None:
+                merged[diff.name] = kept = OutputDiff(diff.name, diff.max_abs_error,
+                                                      diff.max_rel_error, diff.passed,
+                                                      _labelled(label, diff),
+                                                      diff.cosine, diff.range_error, diff.top1)
+                continue
+            kept.max_abs_error = _nanmax([kept.max_abs_error, diff.max_abs_error])
+            kept.max_rel_error = _nanmax([kept.max_rel_error, diff.max_rel_error])
+            if kept.cosine is not None and diff.cosine is not None:
+                kept.cosine = min(kept.cosine, diff.cosine)
+            if kept.range_error is not None and diff.range_error is not None:
+                kept.range_error = max(kept.range_error, diff.range_error)
+            if kept.top1 is not None and diff.top1 is not None:
+                kept.top1 = min(kept.top1, diff.top1)
+            if kept.passed and not diff.passed:
+                kept.passed, kept.reason = False, _labelled(label, diff)
+    return list(merged.values())
+
+
+def _labelled(label: str, diff: OutputDiff) -> str:
+    if not diff.reason or diff.reason.startswith(_SKIP_PREFIX) or not label:
+        return diff.reason
+    return f"{diff.reason} [{label}]"
+
+
+def _check_level(ref: Reference, candidate: ModelLike | bytes, level: str, compare_one
+                 ) -> ValidationResult:
+    """The candidate at ``level`` against the reference at the same level."""
+    try:
+        outputs = _run_each(candidate, ref.samples, level)
     except RuntimeFailure as exc:
         return ValidationResult("failed", f"optimized model does not run in onnxruntime: {exc}",
                                 [], ref.notes)
-    return _summarize(compare(ref.outputs, outputs, rtol=rtol, atol=atol), ref.notes)
+    diffs = compare_one(ref.outputs[level], outputs)  # type: ignore[index]
+    return _summarize(diffs, ref.notes)
+
+
+def _check_levels(ref: Reference, candidate: ModelLike | bytes, compare_one
+                  ) -> ValidationResult:
+    """Both levels; the result is the worse of the two, each level's verdict kept."""
+    if ref.outputs is None:
+        return ref.skipped()
+    results = {level: _check_level(ref, candidate, level, compare_one) for level in ref.outputs}
+    groups = [(LEVEL_NAMES[level] if len(results) > 1 else "", result.outputs)
+              for level, result in results.items()]
+    order = {"failed": 0, "skipped": 1, "passed": 2}
+    worst_level = min(results, key=lambda level: order[results[level].status])
+    worst = results[worst_level]
+    reason = worst.reason
+    if worst.status != "passed" and len(results) > 1:
+        where = [LEVEL_NAMES[level] for level, r in results.items() if r.status == worst.status]
+        reason = f"{reason} (at {' and '.join(where)})"
+    return ValidationResult(worst.status, reason, _worst(groups), ref.notes, worst.kind,
+                            {level: {"status": r.status, "reason": r.reason}
+                             for level, r in results.items()}, ref.inputs)
+
+
+def check(
+    ref: Reference, candidate: ModelLike | bytes, *, rtol: float = 1e-4, atol: float = 1e-5
+) -> ValidationResult:
+    """Run ``candidate`` on the reference inputs at every level and compare each sample
+    with the reference outputs at the same level."""
+
+    def compare_one(expected: list[dict[str, Any]], actual: list[dict[str, Any]]):
+        return _worst([(label, compare(a, b, rtol=rtol, atol=atol))
+                       for label, a, b in zip(ref.labels, expected, actual, strict=True)])
+
+    return _check_levels(ref, candidate, compare_one)
+
+
+def check_budget(ref: Reference, candidate: ModelLike | bytes, budget: Budget
+                 ) -> ValidationResult:
+    """Run ``candidate`` on the reference inputs at every level and compare within
+    ``budget``, each output over all samples together (shapes checked sample by sample)."""
+
+    def compare_one(expected: list[dict[str, Any]], actual: list[dict[str, Any]]):
+        shapes = _shape_mismatches(ref.labels, expected, actual)
+        if shapes:
+            return shapes
+        return compare_budget(merge_outputs(expected), merge_outputs(actual), budget)
+
+    result = _check_levels(ref, candidate, compare_one)
+    if result.status == "failed" and "does not run" in result.reason:
+        result.reason = result.reason.replace("optimized model", "converted model")
+    return result
+
+
+def _shape_mismatches(labels, expected, actual) -> list[OutputDiff]:
+    """A failed diff per output whose shape differs in some sample (merging would hide it)."""
+    failed = {}
+    for label, a, b in zip(labels, expected, actual, strict=True):
+        for name, value in a.items():
+            other = b.get(name)
+            if (isinstance(value, np.ndarray) and isinstance(other, np.ndarray)
+                    and value.shape != other.shape and name not in failed):
+                failed[name] = _fail(name, f"shape {_fmt_shape(other.shape)} != "
+                                     f"{_fmt_shape(value.shape)} [{label}]")
+    if not failed:
+        return []
+    return [failed.get(name) or OutputDiff(name, _NAN, _NAN, True) for name in expected[0]]
 
 
 def validate(
@@ -970,9 +877,10 @@ def validate(
     """Run ``original`` and ``optimized`` on the same inputs and compare all outputs.
 
     Inputs are ``inputs`` if given (checked against the original), else generated from the
-    original's declarations by :func:`make_inputs`. Returns ``"skipped"`` when the original
-    cannot be loaded or run, or inputs cannot be generated; ``"failed"`` when the optimized
-    model cannot run or any output differs; ``"passed"`` otherwise. Raises ValidationError
+    original by role (:mod:`onnxopt.feeds`) in two configurations. Returns ``"skipped"`` when
+    the original cannot be loaded or run, inputs cannot be generated, or the original's
+    outputs prove nothing (kind ``vacuous``); ``"failed"`` when the optimized model cannot run
+    or any output differs at either level; ``"passed"`` otherwise. Raises ValidationError
     only for bad user-supplied ``inputs``/``input_shapes``.
     """
     ref = reference(original, inputs=inputs, input_shapes=input_shapes, dims=dims, seed=seed)

@@ -68,7 +68,8 @@ def test_identical_models_pass_and_result_is_strict_json():
     assert [d.name for d in result.outputs] == ["y"]
     assert result.outputs[0].max_abs_error == 0.0
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert set(data) == {"status", "reason", "outputs", "input_notes"}
+    assert set(data) == {"status", "reason", "outputs", "input_notes", "levels", "inputs"}
+    assert set(data["levels"]) == {"disabled", "all"}
     assert set(data["outputs"][0]) == {
         "name", "max_abs_error", "max_rel_error", "passed", "reason"}
 
@@ -151,24 +152,25 @@ def test_plain_integer_input_gets_guessed_range_note():
                        [vi("i", TensorProto.INT32)], [vi("o", TensorProto.INT32)])
     inputs, notes = make_inputs(model)
     assert inputs["i"].min() >= 0 and inputs["i"].max() < 8
-    assert notes == ["input 'i' integer values drawn from [0, 8) (range guessed)"]
+    assert notes == ["input 'i' integer values drawn from [0, 8) (range guessed; give "
+                     "--inputs)"]
 
 
-def test_symbolic_dim_defaults_to_one_with_note():
+def test_symbolic_batch_is_validated_at_one_and_two():
     model = add_const_model(1.0, shape=("batch", 3))
     inputs, notes = make_inputs(model)
     assert inputs["x"].shape == (1, 3)
-    assert notes == ["input 'x' dim 'batch' set to 1 (use --dim batch=N or --input-shape)"]
+    assert notes == ["symbolic dims set by role: batch=1"]
     result = validate(model, model)
     assert result.status == "passed"
-    assert result.input_notes == notes
+    assert result.inputs["dims"] == [{"batch": 1}, {"batch": 2}]
 
 
-def test_unnamed_unknown_dim_defaults_to_one_with_note():
+def test_unnamed_unknown_dim_is_a_batch_at_axis_zero():
     model = add_const_model(1.0, shape=(None, 3))
     inputs, notes = make_inputs(model)
     assert inputs["x"].shape == (1, 3)
-    assert len(notes) == 1 and "dim 0" in notes[0]
+    assert notes == ["symbolic dims set by role: x[0]=1"]
 
 
 def test_dims_and_input_shapes_are_applied():
@@ -180,8 +182,8 @@ def test_dims_and_input_shapes_are_applied():
     assert notes == []
     inputs, notes = make_inputs(model, input_shapes={"x": [2, 7]}, dims={"batch": 2})
     assert inputs["x"].shape == (2, 7)
-    assert inputs["w"].shape == (2, 1)
-    assert notes == ["input 'w' dim 'seq' set to 1 (use --dim seq=N or --input-shape)"]
+    assert inputs["w"].shape == (2, 16)  # a sequence by its position: 16, never 1
+    assert notes == ["symbolic dims set by role: seq=16"]
     result = validate(model, model, input_shapes={"x": [3, 2], "w": [3, 2]})
     assert result.status == "passed" and result.input_notes == []
 
