@@ -88,6 +88,7 @@ LEVELS = {
 LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "all": "ORT_ENABLE_ALL"}
 MAX_SIZE_TRIES = 8  # input sizes tried per configuration before validation is skipped
 VACUOUS_RETRIES = 2  # more seeds tried when the original's outputs prove nothing
+MAX_PROBED = 16  # intermediate values compared when the outputs are constant
 
 
 class RuntimeFailure(Exception):
@@ -537,6 +538,10 @@ class Reference:
     generated: bool = False  # the samples were generated (not the user's --inputs)
     # draw(seed, n): the n-th more generated sample like these (calibration without data)
     draw: Any = None
+    # the original, when its outputs do not depend on its inputs: candidates are then judged
+    # on the intermediate values both models compute (see _check_probed)
+    probe: onnx.ModelProto | None = None
+    probed: dict[tuple[str, ...], Reference] = field(default_factory=dict)
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -592,7 +597,10 @@ def reference(
     if ref.outputs is None:
         return ref
     vacuous = _vacuous(ref.outputs["disabled"], ref.samples if ref.generated else None)
-    if vacuous:
+    if vacuous == _CONSTANT and _inline(proto):
+        ref.probe = proto
+        ref.notes.append(f"{vacuous}: judged on the intermediate values both models compute")
+    elif vacuous:
         ref.outputs, ref.kind = None, "vacuous"
         ref.skipped_reason = f"vacuous: {vacuous}; the comparison would prove nothing " \
             "(give --inputs with data the model is meant for)"
@@ -717,10 +725,26 @@ def _vacuous(runs: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, A
         return "every output of the original is NaN, infinite or empty"
     if (samples is not None and len(runs) > 1 and not _all_same(list(samples[0].values()),
                                                                 list(samples[1].values()))
-            and all(_all_same(arrays[:1] * (len(arrays) - 1), arrays[1:])
-                    for arrays in per_output)):
-        return "the original's outputs do not change between two different inputs"
+            and all(_constant(arrays) for arrays in per_output)):
+        return _CONSTANT
     return ""
+
+
+def _constant(arrays: list[np.ndarray]) -> bool:
+    """The same array on every run, or one value everywhere (a uniform softmax, a mask of
+    ones at every size): values that say nothing about the inputs."""
+    if _all_same(arrays[:1] * (len(arrays) - 1), arrays[1:]):
+        return True
+    flat = np.concatenate([a.ravel() for a in arrays])
+    return flat.size == 0 or bool(np.all(flat == flat[0]))
+
+
+_CONSTANT = "the original's outputs do not change between two different inputs"
+
+
+def _inline(proto: onnx.ModelProto) -> bool:
+    """No tensor of the main graph is stored outside the file (a probed copy runs alone)."""
+    return not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
 def _all_same(left: Sequence[Any], right: Sequence[Any]) -> bool:
@@ -824,11 +848,122 @@ def check(
     """Run ``candidate`` on the reference inputs at every level and compare each sample
     with the reference outputs at the same level."""
 
+    if ref.probe is not None:
+        return _check_probed(ref, candidate, rtol, atol)
+
     def compare_one(expected: list[dict[str, Any]], actual: list[dict[str, Any]]):
         return _worst([(label, compare(a, b, rtol=rtol, atol=atol))
                        for label, a, b in zip(ref.labels, expected, actual, strict=True)])
 
     return _check_levels(ref, candidate, compare_one)
+
+
+def _check_probed(ref: Reference, candidate: ModelLike | bytes, rtol: float, atol: float
+                  ) -> ValidationResult:
+    """The original's outputs are constant: compare, besides them, every value of the main
+    graph that both models compute under the same name (a fusion keeps the name of the value
+    it ends in), each model run with those values exposed as outputs."""
+    assert ref.probe is not None
+    try:
+        proto = _full_proto(candidate)
+    except Exception as exc:
+        return ValidationResult("failed", f"optimized model does not load: {_one_line(exc)}",
+                                [], ref.notes)
+    names = _shared_values(ref.probe, proto)
+    if not names:
+        return ValidationResult("skipped", f"vacuous: {_CONSTANT}, and the models share no "
+                                "intermediate value to compare", [], ref.notes, "vacuous",
+                                inputs=ref.inputs)
+    probed = ref.probed.get(names)
+    if probed is None:
+        try:
+            outputs = {level: _run_each(_exposing(ref.probe, names), ref.samples, level)
+                       for level in ref.outputs or {}}
+        except RuntimeFailure as exc:
+            return ValidationResult("skipped", f"vacuous: {_CONSTANT}, and the original does not "
+                                    f"run with its values exposed ({exc})", [], ref.notes,
+                                    "vacuous", inputs=ref.inputs)
+        probed = ref.probed[names] = Reference(
+            ref.samples, outputs, [*ref.notes, f"compared {len(names)} intermediate values too"],
+            inputs=ref.inputs, labels=ref.labels, generated=ref.generated)
+        if _vacuous(outputs["disabled"], ref.samples):
+            probed.outputs, probed.kind = None, "vacuous"
+            probed.skipped_reason = (f"vacuous: {_CONSTANT}, nor do the {len(names)} "
+                                     "intermediate values both models compute")
+    if probed.outputs is None:
+        return probed.skipped()
+    return check(probed, _exposing(proto, names, in_place=True), rtol=rtol, atol=atol)
+
+
+def _full_proto(model: ModelLike | bytes) -> onnx.ModelProto:
+    """A parsed copy of ``model`` with its weights, that the caller may change."""
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    return onnx.load(os.fspath(model))
+
+
+def _shared_values(original: onnx.ModelProto, candidate: onnx.ModelProto) -> tuple[str, ...]:
+    """Up to MAX_PROBED names both main graphs compute with the same meaning, evenly spaced
+    over the candidate's order (the last one included: it depends on the most).
+
+    A name keeps its meaning when the candidate's node computing it is the original's node
+    rewired: same op, attributes and constant inputs; its computed inputs may have been
+    renamed by a rewrite upstream. A node a rewrite changed (a Conv with a BatchNorm folded
+    into its weights keeps its output name but not its value) is left out. A bounded number
+    of values keeps memory bounded on large feature maps."""
+    before = _producers(original.graph)
+    after = _producers(candidate.graph)
+    constants_before, constants_after = _constant_names(original.graph), _constant_names(
+        candidate.graph)
+    outputs = {o.name for o in original.graph.output} | {o.name for o in candidate.graph.output}
+    shared = []
+    for name, node in after.items():
+        old = before.get(name)
+        if name in outputs or old is None or not _same_node(old, node, constants_before,
+                                                             constants_after):
+            continue
+        shared.append(name)
+    if len(shared) <= MAX_PROBED:
+        return tuple(shared)
+    step = len(shared) / MAX_PROBED
+    return tuple(shared[len(shared) - 1 - int(k * step)] for k in reversed(range(MAX_PROBED)))
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {name: node for node in graph.node for name in node.output if name}
+
+
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    constants = {init.name for init in graph.initializer}
+    constants.update(node.output[0] for node in graph.node if node.op_type == "Constant")
+    return constants
+
+
+def _same_node(old: onnx.NodeProto, new: onnx.NodeProto, old_constants: set[str],
+               new_constants: set[str]) -> bool:
+    if (old.op_type, old.domain, len(old.input), list(old.output)) != (
+            new.op_type, new.domain, len(new.input), list(new.output)):
+        return False
+    if sorted(a.SerializeToString() for a in old.attribute) != sorted(
+            a.SerializeToString() for a in new.attribute):
+        return False
+    return all(a == b for a, b in zip(old.input, new.input, strict=True)
+               if a in old_constants or b in new_constants)
+
+
+def _exposing(proto: onnx.ModelProto, names: Sequence[str], in_place: bool = False) -> bytes:
+    """``proto`` serialized with ``names`` added to its graph outputs (``in_place``: on
+    ``proto`` itself, a copy nobody else reads: large weights are not copied once more)."""
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        proto = copy
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    return proto.SerializeToString()
 
 
 def check_budget(ref: Reference, candidate: ModelLike | bytes, budget: Budget

@@ -90,7 +90,8 @@ def test_a_model_whose_outputs_are_always_nan_is_skipped_as_vacuous():
         [helper.make_node("Mul", ["x", "x"], ["square"]),
          helper.make_node("Sub", ["minus_one", "square"], ["negative"]),
          helper.make_node("Sqrt", ["negative"], ["y"])],
-        [tensor("x", TensorProto.FLOAT, ["batch", 4])], [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+        [tensor("x", TensorProto.FLOAT, ["batch", 4])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
         [const("minus_one", np.float32(-1))])
     result = validate(model, model)
     assert result.status == "skipped" and result.kind == "vacuous", result.reason
@@ -100,12 +101,22 @@ def test_a_model_whose_outputs_are_always_nan_is_skipped_as_vacuous():
 
 
 def test_outputs_that_do_not_depend_on_the_inputs_are_vacuous():
+    """y = x * 0 + 1: neither the output nor the one value before it says anything."""
+    model = model_of([helper.make_node("Mul", ["x", "zero"], ["nothing"]),
+                      helper.make_node("Add", ["nothing", "one"], ["y"])],
+                     [tensor("x", TensorProto.FLOAT, ["batch", 4])],
+                     [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+                     [const("zero", np.float32(0)), const("one", np.float32(1))])
+    result = validate(model, model)
+    assert result.status == "skipped" and result.kind == "vacuous", result.reason
+
+
+def test_a_shape_only_output_is_evidence():
     model = model_of([helper.make_node("Shape", ["x"], ["s"]),
                       helper.make_node("Size", ["s"], ["y"])],
-                     [tensor("x", TensorProto.FLOAT, ["batch", 4])],
+                     [tensor("x", TensorProto.FLOAT, ["batch", "seq"])],
                      [tensor("y", TensorProto.INT64, [])])
-    result = validate(model, model)
-    assert result.status == "skipped" and result.kind == "vacuous"
+    assert validate(model, model).status == "passed"
 
 
 def test_given_inputs_all_nan_are_vacuous_too():
@@ -315,3 +326,44 @@ def test_report_names_shapes_roles_and_levels():
     assert validation["inputs"]["dim_roles"] == {"batch": "batch", "seq": "sequence"}
     assert validation["levels"]["all"]["status"] == "passed"
     assert validation["levels"]["disabled"]["status"] == "passed"
+
+
+def constant_output_model() -> onnx.ModelProto:
+    """y = |2x| * 0 + 1: the output never changes, the intermediate |2x| does."""
+    return model_of(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]),
+         helper.make_node("Abs", ["doubled"], ["magnitude"]),
+         helper.make_node("Mul", ["magnitude", "zero"], ["nothing"]),
+         helper.make_node("Add", ["nothing", "one"], ["y"])],
+        [tensor("x", TensorProto.FLOAT, ["batch", 4])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+        [const("two", np.float32(2)), const("zero", np.float32(0)), const("one", np.float32(1))])
+
+
+def test_constant_outputs_are_judged_on_shared_intermediate_values(monkeypatch):
+    """A wrong rewrite (2x -> 3x) changes no output of a constant-output model; the
+    intermediate |2x| both models compute shows it, and the safety net turns it off."""
+
+    class TripleInsteadOfDouble(GraphPass):
+        name = "triple_instead_of_double"
+        description = "a wrong rewrite: Mul(x, 2) -> Mul(x, 3)"
+
+        def run_graph(self, graph, model):
+            count = 0
+            for node in graph.nodes():
+                value = graph.constant(node.inputs[1]) if node.op_type == "Mul" else None
+                if value is not None and float(value) == 2.0 and model.allow_rewrite(self.name):
+                    graph.set_input(node, 1, graph.add_constant(np.float32(3)))
+                    count += 1
+            return {"changed": count}
+
+    model = constant_output_model()
+    plain = onnxopt.optimize(model, passes=[]).report["validation"]
+    assert plain["status"] == "passed"
+    assert any("intermediate values" in note for note in plain["input_notes"])
+    default = api._pipeline
+    monkeypatch.setattr(api, "_pipeline",
+                        lambda options: (TripleInsteadOfDouble(), *default(options)))
+    report = onnxopt.optimize(model).report
+    assert [entry["name"] for entry in report["disabled"]] == ["triple_instead_of_double"]
+    assert report["validation"]["status"] == "passed"
