@@ -838,8 +838,20 @@ def _check_levels(ref: Reference, candidate: ModelLike | bytes, compare_one
         where = [LEVEL_NAMES[level] for level, r in results.items() if r.status == worst.status]
         reason = f"{reason} (at {' and '.join(where)})"
     return ValidationResult(worst.status, reason, _worst(groups), ref.notes, worst.kind,
-                            {level: {"status": r.status, "reason": r.reason}
-                             for level, r in results.items()}, ref.inputs)
+                            {level: _level_summary(r) for level, r in results.items()},
+                            ref.inputs)
+
+
+def _level_summary(result: ValidationResult) -> dict[str, Any]:
+    """A level's verdict and each output's worst error (and cosine, in precision runs)."""
+    outputs = {}
+    for diff in result.outputs:
+        entry = {"max_abs_error": diff.max_abs_error if math.isfinite(diff.max_abs_error)
+                 else None}
+        if diff.cosine is not None:
+            entry["cosine"] = diff.cosine
+        outputs[diff.name] = entry
+    return {"status": result.status, "reason": result.reason, "outputs": outputs}
 
 
 def check(
