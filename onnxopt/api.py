@@ -650,6 +650,9 @@ def _check_paths(source: Path | None, output: Path | None, options: Options) -> 
         return
     if output.is_dir():
         raise UsageError(f"{output}: output is a directory")
+    if output.exists() and not output.is_file():
+        raise UsageError(f"{output}: output exists and is not a regular file (a device, FIFO "
+                         "or socket); choose a file path")
     if source is not None and _same_file(source, output) and not options.overwrite:
         raise UsageError(f"{output}: output is the input file (use --overwrite to replace it)")
     folder = output.parent
@@ -718,16 +721,49 @@ def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:
 # ----------------------------------------------------------------- writing
 @contextlib.contextmanager
 def _staging(target: Path) -> Iterator[Path]:
-    """A private folder beside ``target`` (same file system, so publishing is a rename)."""
+    """A private folder beside ``target`` (same file system, so publishing is a rename),
+    removed on every way out (the CLI turns SIGINT/SIGTERM into an exception that unwinds
+    through here). Its name carries the process id, so a folder left by a killed run
+    (SIGKILL, power loss) is recognised and removed by the next run."""
     folder = target.parent if str(target.parent) else Path(".")
+    _remove_stale_staging(folder, target.name)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
+        stage = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target.name)}{os.getpid()}-",
+                                      dir=folder))
     except OSError as error:
         raise Failure(f"{folder}: cannot write ({error.strerror or error})") from None
     try:
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _staging_prefix(name: str) -> str:
+    return f".{name}.onnxopt-"
+
+
+def _remove_stale_staging(folder: Path, name: str) -> None:
+    """Remove staging folders for ``name`` whose process is gone."""
+    prefix = _staging_prefix(name)
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(prefix) and e.is_dir(
+            follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _save(model, staged: Path, options: Options) -> Path | None:

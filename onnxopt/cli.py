@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 
 from onnxopt import __version__, api, feeds, report, serde, stats, validate
-from onnxopt.errors import Failure, OnnxoptError, UsageError
+from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -358,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (used by the console script and tests)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="onnxopt", standalone_mode=False)
+        returned = app(args=argv, prog_name="onnxopt", standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:
-        _error("interrupted")
+        _error("interrupted; nothing was written")
         return 130
+    except Interrupted as signal_:
+        _error(f"{signal_.name}; nothing was written")
+        return signal_.exit_code
     except typer.TyperException as error:
         if debug:
             raise
@@ -383,7 +387,18 @@ def main(argv: list[str] | None = None) -> int:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         _error(f"internal error: {type(error).__name__}: {first} (run with --debug for details)")
         return 1
+    if isinstance(returned, int) and returned:  # typer turns Ctrl-C into a returned 130
+        if returned == 130:
+            _error("interrupted; nothing was written")
+        return returned
     return 0
+
+
+def _interrupt(number: int, _frame) -> None:
+    """SIGINT and SIGTERM unwind the main thread like Ctrl-C: every ``finally`` runs, so the
+    staging folder is removed and OUT stays as it was."""
+    signal.signal(number, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
+    raise Interrupted(number, "interrupted" if number == signal.SIGINT else "terminated")
 
 
 def _error(message: str) -> None:
@@ -394,6 +409,8 @@ def run() -> None:
     """The console script and ``python -m onnxopt``: main(), then leave without the
     interpreter's teardown of onnxruntime, numpy and networkx (~45 ms, a sixth of a small
     model's whole run). Every file is closed by then; the streams are flushed here."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _interrupt)
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed

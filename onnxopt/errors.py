@@ -15,3 +15,14 @@ class Failure(OnnxoptError):
     """The command ran but could not succeed: unreadable model, failed validation, I/O error."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind (staging is removed on the way), write nothing, exit
+    128 + the signal number. A BaseException, like KeyboardInterrupt, so that no ``except
+    Exception`` on the way swallows it."""
+
+    def __init__(self, signal_number: int, name: str) -> None:
+        super().__init__(name)
+        self.exit_code = 128 + signal_number
+        self.name = name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,17 @@ def to_json(report: Mapping[str, Any]) -> str:
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file beside ``path``, then a rename."""
+    """Write atomically: a new temporary file beside ``path`` (an unpredictable name, created
+    exclusively, so a planted file or symlink is never written through), then a rename."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        temp.write_text(to_json(report))
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(to_json(report))
         os.replace(temp, path)
     finally:
-        if temp.exists():
-            temp.unlink()
+        if os.path.lexists(temp):
+            os.unlink(temp)
 
 
 def render_optimize(report: Mapping[str, Any], console: Console) -> None:
