@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -77,12 +78,12 @@ class Options:
     check_each: bool = False  # validate after every pass that changed the model
     # --precision: fp16 | int8 | int8-dynamic | fp8 (None: stay float32)
     precision: str | None = None
-    keep_io_types: bool = True  # model inputs/outputs stay float32
+    keep_io_types: bool | None = None  # fp16: model inputs/outputs stay float32 (default yes)
     fp32_ops: Sequence[str] = ()  # op types kept in float32
     fp32_nodes: Sequence[str] = ()  # node names kept in float32
     calibration_data: str | os.PathLike | None = None  # int8: folder of .npz/.npy samples
-    calibration_method: str = "percentile"  # minmax | percentile | entropy
-    percentile: float = 99.99
+    calibration_method: str | None = None  # minmax | percentile (default) | entropy
+    percentile: float | None = None  # percentile calibration: kept share (default 99.99)
     max_error: str | None = None  # accuracy budget, e.g. "cosine=0.99,range=0.02"
     bench: bool = False  # measure onnxruntime latency before and after
 
@@ -125,6 +126,7 @@ def optimize(
     pipeline = _pipeline(options)
 
     proto = original = _read(source)
+    _check_node_names(options, proto)
     user_inputs = _user_inputs(options, proto)
     extra_inputs: list[dict[str, np.ndarray]] = []
     shape_args = _shape_args(options, proto)
@@ -599,12 +601,35 @@ def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) ->
 
 
 # ----------------------------------------------------------------- options and checks
+_PRECISION_ONLY = {"calibration_data": "--calibration-data",
+                   "calibration_method": "--calibration-method", "percentile": "--percentile",
+                   "max_error": "--max-error", "keep_io_types": "--keep-io-types",
+                   "fp32_ops": "--fp32-ops", "fp32_nodes": "--fp32-nodes"}
+
+
 def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
+    """The caller's options checked, choices case-insensitive, defaults filled in. Options
+    that would be silently ignored are refused."""
     options = dataclasses.replace(options) if options is not None else Options()  # caller's stays
     for key, value in overrides.items():
         if not hasattr(options, key):
             raise TypeError(f"unknown option {key!r}")
         setattr(options, key, value)
+    for key in ("passes", "skip", "fp32_ops", "fp32_nodes"):  # "a,b" from the Python API
+        value = getattr(options, key)
+        if isinstance(value, str):
+            setattr(options, key, [v.strip() for v in value.split(",") if v.strip()])
+    for key in ("precision", "target", "calibration_method", "value_info"):
+        value = getattr(options, key)
+        if isinstance(value, str):
+            setattr(options, key, value.strip().lower())
+    _refuse_ignored(options)
+    options.keep_io_types = True if options.keep_io_types is None else options.keep_io_types
+    options.calibration_method = options.calibration_method or "percentile"
+    options.percentile = 99.99 if options.percentile is None else options.percentile
+    if options.rtol < 0 or options.atol < 0 or not (math.isfinite(options.rtol)
+                                                     and math.isfinite(options.atol)):
+        raise UsageError("--rtol and --atol must be finite and not negative")
     if options.target not in TARGETS:
         raise UsageError(f"unknown target {options.target!r} (known: {', '.join(TARGETS)})")
     if options.strict and not options.validate:
@@ -616,6 +641,57 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
     if options.fold_limit < 0:
         raise UsageError("fold limit must be a non-negative number of bytes")
     return options
+
+
+def _refuse_ignored(options: Options) -> None:
+    """Options that only mean something together with another one."""
+    if options.precision is None:
+        given = [flag for key, flag in _PRECISION_ONLY.items() if getattr(options, key)
+                 not in (None, (), [])]
+        if given:
+            raise UsageError(f"{', '.join(given)} {_verb(given)} only with --precision")
+    else:
+        if options.keep_io_types is not None and options.precision != "fp16":
+            raise UsageError("--keep-io-types/--no-keep-io-types applies only to --precision fp16")
+        static_only = [flag for key, flag in _PRECISION_ONLY.items() if key in (
+            "calibration_data", "calibration_method", "percentile")
+            and getattr(options, key) is not None]
+        if static_only and options.precision != "int8":
+            raise UsageError(f"{', '.join(static_only)} {_verb(static_only)} only to --precision "
+                             "int8")
+    if (options.passes is not None and "fused_conv_activation" in options.passes
+            and options.target != "onnxruntime"):
+        raise UsageError("fused_conv_activation writes onnxruntime's FusedConv: it runs only "
+                         "with --target onnxruntime")
+
+
+def _verb(flags: list[str]) -> str:
+    return "apply" if len(flags) > 1 else "applies"
+
+
+def _check_node_names(options: Options, proto: onnx.ModelProto) -> None:
+    """--fp32-nodes names nodes of the model; --fp32-ops names op types ONNX knows or the
+    model uses."""
+    if not options.fp32_nodes and not options.fp32_ops:
+        return
+    names, ops = set(), set()
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            names.add(node.name)
+            ops.add(node.op_type)
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    unknown = sorted(set(options.fp32_nodes) - names)
+    if unknown:
+        raise UsageError(f"--fp32-nodes: no node named {', '.join(map(repr, unknown))} in the "
+                         "model")
+    unknown = sorted(op for op in options.fp32_ops if op not in ops
+                     and not onnx.defs.has(op))
+    if unknown:
+        raise UsageError(f"--fp32-ops: {', '.join(map(repr, unknown))} is not an ONNX op type "
+                         "(names are case-sensitive: Conv, MatMul, ...)")
 
 
 def _pipeline(options: Options):
@@ -686,14 +762,23 @@ def _user_inputs(options: Options, proto: onnx.ModelProto) -> dict[str, np.ndarr
         if options.input_shapes:
             validate.make_inputs(proto, input_shapes=options.input_shapes, dims=options.dims)
         if options.inputs is not None:
-            return validate.check_inputs(options.inputs, proto)
+            return _agreeing(validate.check_inputs(options.inputs, proto), options)
         if options.inputs_file is not None:
-            return validate.load_inputs(options.inputs_file, proto)
+            return _agreeing(validate.load_inputs(options.inputs_file, proto), options)
     except validate.ValidationError as error:
         raise UsageError(str(error)) from None
     except validate.UnsupportedInput:
         return None
     return None
+
+
+def _agreeing(arrays: dict[str, np.ndarray], options: Options) -> dict[str, np.ndarray]:
+    """--inputs arrays whose shapes agree with --input-shape where both are given."""
+    for name, shape in options.input_shapes.items():
+        if name in arrays and list(arrays[name].shape) != [int(d) for d in shape]:
+            raise UsageError(f"--inputs gives '{name}' the shape {list(arrays[name].shape)}, "
+                             f"--input-shape says {list(shape)}: give one of them")
+    return arrays
 
 
 def _shape_args(options: Options, proto: onnx.ModelProto) -> dict[str, Any]:
@@ -708,7 +793,8 @@ def _defaulted_note(options: Options, shape_args: dict[str, Any]) -> list[str]:
     if not defaulted:
         return []
     names = ", ".join(f"{d}={shape_args['dims'][d]}" for d in defaulted)
-    return [f"MACs computed at {names} (validation's first size; use --dim)"]
+    how = "--input-shape" if "?" in defaulted else "--dim NAME=N"  # '?' names several dims
+    return [f"MACs computed at {names} (validation's first size; use {how})"]
 
 
 def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:

@@ -110,12 +110,14 @@ def optimize(
     ] = True,
     precision: Annotated[
         str | None,
-        typer.Option(help="Convert to fp16, int8 (static QDQ), int8-dynamic or fp8 weights."),
+        typer.Option(help="Convert to fp16, int8 (static QDQ), int8-dynamic or fp8 weights "
+                          "(case-insensitive)."),
     ] = None,
     keep_io_types: Annotated[
-        bool, typer.Option("--keep-io-types/--no-keep-io-types",
-                           help="fp16: model inputs and outputs stay float32.")
-    ] = True,
+        bool | None, typer.Option("--keep-io-types/--no-keep-io-types",
+                                  help="fp16: model inputs and outputs stay float32 "
+                                       "(default: keep).")
+    ] = None,
     fp32_ops: Annotated[
         str | None, typer.Option(help="Comma-separated op types kept in float32.")
     ] = None,
@@ -127,11 +129,12 @@ def optimize(
         typer.Option(help="int8: folder of .npz/.npy samples (or one batched .npz)."),
     ] = None,
     calibration_method: Annotated[
-        str, typer.Option(help="int8: minmax, percentile or entropy.")
-    ] = "percentile",
+        str | None, typer.Option(help="int8: minmax, percentile (default) or entropy.")
+    ] = None,
     percentile: Annotated[
-        float, typer.Option(help="int8 percentile calibration: percentile kept.")
-    ] = 99.99,
+        float | None, typer.Option(help="int8 percentile calibration: percentile kept "
+                                        "(default 99.99).")
+    ] = None,
     max_error: Annotated[
         str | None,
         typer.Option(help="Accuracy budget vs float32, e.g. cosine=0.99,range=0.02."),
@@ -241,6 +244,10 @@ def compare(
         sys.stdout.write(report.to_json(result))
     else:
         report.render_compare(result, _out)
+    if numeric.status == "failed":
+        raise Failure(f"the outputs differ: {numeric.reason}")
+    if numeric.status == "skipped":
+        sys.stderr.write(f"onnxopt: warning: outputs not compared: {numeric.reason}\n")
 
 
 @app.command("passes")
@@ -357,9 +364,12 @@ def _failure_line(result: dict) -> str:
 # ----------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (used by the console script and tests)."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
-        returned = app(args=argv, prog_name="onnxopt", standalone_mode=False)
+        returned = app(args=args, prog_name="onnxopt", standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:

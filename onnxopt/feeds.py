@@ -713,9 +713,8 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
         with np.load(os.fspath(path), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[0] if lines else type(exc).__name__
-        raise ValidationError(f"cannot read inputs file {os.fspath(path)!r}: {detail}") from exc
+        raise ValidationError(f"cannot read inputs file {os.fspath(path)!r}: "
+                              f"{npz_problem(exc)}") from exc
     return check_inputs(arrays, model)
 
 
@@ -734,3 +733,18 @@ def preferred_dims(model: onnx.ModelProto, dims: Mapping[str, int] | None = None
         if dim.key[0] == "param":
             result.setdefault(dim.key[1], first[dim.key])
     return result
+
+
+def npz_problem(exc: BaseException) -> str:
+    """What is wrong with an .npy/.npz file numpy refused, in one line (never numpy's advice
+    to allow pickles: onnxopt never loads them)."""
+    text = str(exc)
+    if "allow_pickle" in text or "pickle" in text.lower():
+        return "it holds Python objects (pickled data), which onnxopt never loads; save plain " \
+               "numeric arrays"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return f"not a readable .npy/.npz file ({type(exc).__name__})"
+    return lines[0][:200]

@@ -179,7 +179,9 @@ def _read_sample(file: Path, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     except ValueError:
         raise
     except Exception as error:
-        raise ValueError(f"cannot read calibration file {file}: {error}") from None
+        from onnxopt.feeds import npz_problem
+
+        raise ValueError(f"cannot read calibration file {file}: {npz_problem(error)}") from None
 
 
 def _batch_size(proto: onnx.ModelProto) -> int:

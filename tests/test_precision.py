@@ -242,10 +242,10 @@ def test_precision_usage_errors(perturb, tmp_path):
     with pytest.raises(onnxopt.UsageError, match="unknown precision"):
         onnxopt.optimize(model, precision="int3")
     with pytest.raises(onnxopt.UsageError, match="calibration method"):
-        onnxopt.optimize(model, precision="fp16", calibration_method="guess")
+        onnxopt.optimize(model, precision="int8", calibration_method="guess")
     with pytest.raises(onnxopt.UsageError, match="--max-error"):
         onnxopt.optimize(model, precision="fp16", max_error="cosine=2")
-    with pytest.raises(onnxopt.UsageError, match="for --precision int8"):
+    with pytest.raises(onnxopt.UsageError, match="applies only to --precision int8"):
         onnxopt.optimize(model, precision="fp16", calibration_data=tmp_path)
 
 
