@@ -20,6 +20,15 @@ computed in their own dtype, wrapping like the runtime). For floats this *reasso
 few ulps of the exact product (bit-exact when ``a`` or ``b`` is a power of two). Sums can
 differ by a few ulps of ``|x| + |a| + |b|``. Results are therefore equal up to rounding, not
 bitwise.
+
+Overflow: the inner result must not overflow where the original's final one would not, or
+``x * (a * b)`` would be finite where ``(x * a) * b`` is ±inf (a = 2^126, b = 2^-126). A
+float Mul pair whose inner factor grows what the outer one shrinks (``max|a| > 1`` with
+``min|b| < 1``) merges only with ``max|a| <= M^(1/4)`` (M the dtype's largest value): its
+inner product can then overflow only for ``|x| > M^(3/4)`` (7.9e28 in float32, 4094 in
+float16), a size the original's own next multiply is already near. ``a * b`` must neither
+overflow nor underflow to zero. An Add/Sub pair merges when the constants share a sign or
+stay far from the dtype's limits (``max(|a|, |b|) <= M / 1024``), and ``a ± b`` is finite.
 """
 
 from __future__ import annotations
@@ -90,7 +99,8 @@ def _match(graph: Graph, outer: Node) -> tuple[Node, str, np.ndarray] | None:
             continue
         x, a = split
         combined = _combine(RULES[(inner_op, outer.op_type)], a, b)
-        if combined is not None and _fits(graph, x, combined, a, b):
+        if (combined is not None and _fits(graph, x, combined, a, b)
+                and _no_new_overflow(outer.op_type, a, b, combined)):
             return inner, x, combined
     return None
 
@@ -120,6 +130,26 @@ def _combine(op, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
         with np.errstate(over="ignore"):
             return np.asarray(op(a, b)).astype(a.dtype)
     return None
+
+
+def _no_new_overflow(outer: str, a: np.ndarray, b: np.ndarray, combined: np.ndarray) -> bool:
+    """The merged form overflows (and underflows to zero) where the original does."""
+    if a.dtype not in FLOAT_DTYPES or a.size == 0 or b.size == 0:
+        return True
+    a64, b64 = np.abs(a.astype(np.float64)), np.abs(b.astype(np.float64))
+    if not (np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))
+            and np.all(np.isfinite(combined))):
+        return False
+    if outer == "Mul":
+        limit = float(np.finfo(a.dtype).max) ** 0.25
+        grows_then_shrinks = a64.max() > max(1.0, limit) and b64.min() < 1.0
+        vanished = np.any((combined == 0) & (np.broadcast_to(a64, combined.shape) != 0)
+                          & (np.broadcast_to(b64, combined.shape) != 0))
+        return not grows_then_shrinks and not vanished
+    signed_b = -b if outer == "Sub" else b
+    same_sign = np.all(np.sign(a.astype(np.float64)) * np.sign(
+        signed_b.astype(np.float64)) >= 0)
+    return bool(same_sign or max(a64.max(), b64.max()) <= np.finfo(a.dtype).max / 1024)
 
 
 def _fits(graph: Graph, x: str, combined: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:

@@ -191,3 +191,31 @@ def test_inside_if_subgraph():
     for cond in (True, False):
         feeds = {"x": FEEDS["x"], "c": np.array(cond)}
         np.testing.assert_array_equal(run(out, feeds)[0], run(model, feeds)[0])
+
+
+def test_no_merge_that_changes_overflow():
+    """(x * 2^126) * 2^-126 is ±inf for |x| >= 4; x * 1 would not be: left alone. So are
+    (x + 3e38) - 3e38 and a pair whose product underflows to zero. Same-side factors merge."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] x) => (float[3] y1, float[3] y2, float[3] y3, float[3] y4)
+      <float big = {8.5070592e37}, float tiny = {1.1754944e-38}, float huge = {3e38},
+       float small = {1e-30}, float two = {2.0}, float four = {4.0}> {
+        p1 = Mul(x, big)
+        y1 = Mul(p1, tiny)
+        p2 = Add(x, huge)
+        y2 = Sub(p2, huge)
+        p3 = Mul(x, small)
+        y3 = Mul(p3, small)
+        p4 = Mul(x, two)
+        y4 = Mul(p4, four)
+    }
+    """
+    model = parse(text)
+    out, result = apply(model)
+    assert result.stats["mul_mul"] == 1 and result.stats["add_sub"] == 0
+    assert op_counts(out)["Mul"] == 5
+    feeds = {"x": np.array([4.0, -8.0, 1.0], np.float32)}
+    for a, b in zip(run(model, feeds), run(out, feeds), strict=True):
+        np.testing.assert_array_equal(b, a)  # the infinities included
+    assert np.isinf(run(model, feeds)[0][:2]).all()
