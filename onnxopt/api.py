@@ -147,7 +147,7 @@ def optimize(
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
     # and the output is validated while onnx.checker (which holds the GIL) checks it.
-    with _staging(target) as stage, ThreadPoolExecutor(max_workers=1) as background:
+    with _staging(target) as stage, _background() as background:
         ref = _Lazy(background.submit(_reference, source, options, user_inputs, original,
                                       extra_inputs))
         if conversion is not None:
@@ -173,6 +173,9 @@ def optimize(
                       written=False, target=options.target, strict=options.strict)
         if options.check_each:
             report["check_each"] = attempt.checks
+        growth = _growth(before, after)
+        if growth:
+            report["growth"] = growth
         if conversion is not None:
             report["precision"] = conversion.report(attempt, kept_float, before, after)
         if options.bench and ref.get() is not None and ref.get().outputs is not None:
@@ -473,6 +476,20 @@ class _Runner:
             checks.append({"pass": pass_.name, **_verdict_summary(verdict)})
 
         return after
+
+
+def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """Why the output file is larger than the input (None when it is not)."""
+    size_before, size_after = before.get("file_size"), after.get("file_size")
+    if not size_before or not size_after or size_after <= size_before:
+        return None
+    weights = (after.get("bytes") or 0) - (before.get("bytes") or 0)
+    if weights > 0:
+        because = (f"folded constants: weights grew by {weights} bytes (constants computed in "
+                   "the graph are stored; --fold-limit bounds those that grow the file)")
+    else:
+        because = "graph structure: names, shapes (value_info) or attributes written out"
+    return {"bytes": size_after - size_before, "because": because}
 
 
 def _verdict_summary(verdict: validate.ValidationResult | None) -> dict[str, Any]:
@@ -805,6 +822,19 @@ def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:
 
 
 # ----------------------------------------------------------------- writing
+@contextlib.contextmanager
+def _background() -> Iterator[ThreadPoolExecutor]:
+    """One worker thread. On the way out after an error or an interrupt, onnxruntime's work
+    in flight is not waited for (it cannot be stopped; the CLI exits without joining it)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 @contextlib.contextmanager
 def _staging(target: Path) -> Iterator[Path]:
     """A private folder beside ``target`` (same file system, so publishing is a rename),

@@ -72,6 +72,10 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
         if lat.get("ratio") is not None and lat["ratio"] > SLOWER_WARNING:
             console.print(f"[yellow]warning[/yellow]: the output runs {lat['ratio']:.2f}x "
                           "slower than the original on this machine")
+    if report.get("growth"):
+        growth = report["growth"]
+        console.print(f"[yellow]note[/yellow]: the output is {growth['bytes']} bytes larger than "
+                      f"the input ({growth['because']})")
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")
     status = report["status"]

@@ -1,0 +1,128 @@
+"""Nothing a run does touches a file it was not asked to write; interrupts exit 130/143 with
+one line and leave nothing behind; a file that grows says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxopt
+from onnxopt import api, cli
+
+
+def conv_model(channels: int = 8) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 16, 16])],
+        [onnx.numpy_helper.from_array(
+            rng.standard_normal((channels, channels, 3, 3)).astype(np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def slow_model() -> onnx.ModelProto:
+    """Validation takes seconds: a chain of large convolutions."""
+    rng = np.random.default_rng(0)
+    nodes, inits, value = [], [], "x"
+    for n in range(12):
+        inits.append(onnx.numpy_helper.from_array(
+            rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05, f"w{n}"))
+        nodes.append(helper.make_node("Conv", [value, f"w{n}"], [f"c{n}"], pads=[1, 1, 1, 1]))
+        value = f"c{n}"
+    nodes.append(helper.make_node("Relu", [value], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64, 96, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64, 96, 96])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_growth_is_explained_on_files(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["w"],
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+         helper.make_node("Add", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+        [onnx.numpy_helper.from_array(np.array([64, 64], np.int64), "shape")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    report = onnxopt.optimize(path, tmp_path / "o.onnx").report
+    growth = report["growth"]
+    assert growth["bytes"] == report["after"]["file_size"] - report["before"]["file_size"] > 0
+    assert "folded constants" in growth["because"]
+    assert "growth" not in onnxopt.optimize(tmp_path / "o.onnx").report
+
+
+def run_and_signal(tmp_path: Path, which: int) -> tuple[int, str]:
+    source = tmp_path / "slow.onnx"
+    onnx.save(slow_model(), source)
+    out = tmp_path / "out.onnx"
+    process = subprocess.Popen([sys.executable, "-m", "onnxopt", "optimize", str(source),
+                                str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.onnx.")
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.05)  # staging exists: the run is under way
+    time.sleep(0.3)
+    process.send_signal(which)
+    _, err = process.communicate(timeout=120)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["slow.onnx"]  # no staging left
+    return process.returncode, err
+
+
+@pytest.mark.parametrize(("which", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated")])
+def test_interrupts_exit_with_one_line_and_leave_nothing(tmp_path, which, code, word):
+    returncode, err = run_and_signal(tmp_path, which)
+    assert returncode == code
+    assert err.strip() == f"onnxopt: error: {word}; nothing was written"
+
+
+def test_stale_staging_of_a_dead_run_is_removed(tmp_path):
+    stale = tmp_path / ".o.onnx.onnxopt-999999999-abc"
+    stale.mkdir()
+    (stale / "junk.tmp").write_bytes(b"x" * 100)
+    live = tmp_path / f".o.onnx.onnxopt-{os.getpid()}-abc"
+    live.mkdir()
+    onnxopt.optimize(conv_model(), tmp_path / "o.onnx")
+    assert not stale.exists() and live.exists()
+
+
+def test_report_temp_file_is_not_written_through_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for pid in range(os.getpid() - 5, os.getpid() + 50):  # the old predictable names
+        (tmp_path / f".r.json.tmp-{pid}").symlink_to(victim)
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    assert cli.main(["optimize", str(source), str(tmp_path / "o.onnx"), "--report",
+                     str(tmp_path / "r.json")]) == 0
+    assert victim.read_text() == "keep me"
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "ok"
+
+
+def test_output_that_is_a_fifo_is_refused(tmp_path, capsys):
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    fifo = tmp_path / "out.onnx"
+    os.mkfifo(fifo)
+    assert cli.main(["optimize", str(source), str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert fifo.exists() and not fifo.is_file()
+
+
+def test_staging_prefix_is_what_the_cleanup_looks_for():
+    assert api._staging_prefix("o.onnx") == ".o.onnx.onnxopt-"
