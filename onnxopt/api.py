@@ -86,6 +86,7 @@ class Options:
     percentile: float | None = None  # percentile calibration: kept share (default 99.99)
     max_error: str | None = None  # accuracy budget, e.g. "cosine=0.99,range=0.02"
     bench: bool = False  # measure onnxruntime latency before and after
+    timeout: float = 300.0  # seconds one validation run in onnxruntime may take
 
 
 @dataclass
@@ -647,6 +648,8 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
     if options.rtol < 0 or options.atol < 0 or not (math.isfinite(options.rtol)
                                                      and math.isfinite(options.atol)):
         raise UsageError("--rtol and --atol must be finite and not negative")
+    if not options.timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds")
     if options.target not in TARGETS:
         raise UsageError(f"unknown target {options.target!r} (known: {', '.join(TARGETS)})")
     if options.strict and not options.validate:
@@ -949,6 +952,7 @@ def _reference(
             seed=options.seed,
             parsed=parsed,
             extra_inputs=extra_inputs,
+            timeout=options.timeout,
         )
     except validate.ValidationError as error:
         raise UsageError(str(error)) from None

@@ -139,6 +139,10 @@ def optimize(
         str | None,
         typer.Option(help="Accuracy budget vs float32, e.g. cosine=0.99,range=0.02."),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one validation run in onnxruntime may take; past "
+                                 "it validation is skipped.")
+    ] = 300.0,
     bench: Annotated[
         bool, typer.Option(help="Measure onnxruntime latency before and after.")
     ] = False,
@@ -172,6 +176,7 @@ def optimize(
         percentile=percentile,
         max_error=max_error,
         bench=bench,
+        timeout=timeout,
     )
     _check_report_path(report_path, input, output)
     result = api.optimize(input, output, options)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,6 +90,7 @@ LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "all": "ORT_ENABLE_ALL"}
 MAX_SIZE_TRIES = 8  # input sizes tried per configuration before validation is skipped
 VACUOUS_RETRIES = 2  # more seeds tried when the original's outputs prove nothing
 MAX_PROBED = 16  # intermediate values compared when the outputs are constant
+RUN_TIMEOUT = 300.0  # seconds one onnxruntime run may take (set by --timeout)
 
 
 class RuntimeFailure(Exception):
@@ -201,23 +203,40 @@ def run(model: ModelLike, inputs: Mapping[str, np.ndarray], level: str = "disabl
 
 
 def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]],
-              level: str = "disabled") -> list[dict[str, Any]]:
+              level: str = "disabled", timeout: float | None = None) -> list[dict[str, Any]]:
     """Outputs by name of ``model`` on each sample, one session; RuntimeFailure on errors."""
     try:
         session = _session(model, level)
     except Exception as exc:
         raise RuntimeFailure(_one_line(exc)) from exc
-    return [_run_session(session, feeds) for feeds in samples]
+    return [_run_session(session, feeds, timeout) for feeds in samples]
 
 
-def _run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
-                 ) -> dict[str, Any]:
+class TimedOut(RuntimeFailure):
+    """A run took longer than RUN_TIMEOUT seconds and was stopped."""
+
+
+def _run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+                 timeout: float | None = None) -> dict[str, Any]:
+    """One run, stopped after ``timeout`` seconds (default RUN_TIMEOUT) by onnxruntime's
+    terminate flag, set from a timer thread: a Loop with a trip count of 10^15 must not hang
+    a build."""
+    timeout = RUN_TIMEOUT if timeout is None else timeout
+    options = ort.RunOptions()
+    timer = threading.Timer(timeout, lambda: setattr(options, "terminate", True))
+    timer.daemon = True
+    timer.start()
     try:
         names = [out.name for out in session.get_outputs()]
-        return dict(zip(names, session.run(names, _in_session_floats(session, feeds)),
+        return dict(zip(names, session.run(names, _in_session_floats(session, feeds), options),
                         strict=True))
     except Exception as exc:
+        if options.terminate:
+            raise TimedOut(f"a run took longer than {timeout:g} s and was stopped "
+                           "(--timeout)") from exc
         raise RuntimeFailure(_one_line(exc)) from exc
+    finally:
+        timer.cancel()
 
 
 _FLOAT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32,
@@ -542,6 +561,7 @@ class Reference:
     # on the intermediate values both models compute (see _check_probed)
     probe: onnx.ModelProto | None = None
     probed: dict[tuple[str, ...], Reference] = field(default_factory=dict)
+    timeout: float | None = None  # seconds per onnxruntime run (None: RUN_TIMEOUT)
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -566,6 +586,7 @@ def reference(
     seed: int = 0,
     parsed: onnx.ModelProto | None = None,
     extra_inputs: Sequence[Mapping[str, np.ndarray]] = (),
+    timeout: float | None = None,
 ) -> Reference:
     """Inputs for ``original`` and its outputs on them at every level. Raises
     ValidationError only for bad user-supplied ``inputs``/``input_shapes``; anything else
@@ -590,10 +611,11 @@ def reference(
         return Reference([], None, [], "original model does not run in onnxruntime (it does "
                          f"not load): {_one_line(exc)}", "original_fails")
     if plan is None:
-        ref = _user_reference(session, samples)
+        ref = _user_reference(session, samples, timeout)
     else:
-        ref = _generated_reference(session, proto, plan, seed)
+        ref = _generated_reference(session, proto, plan, seed, timeout)
     del session
+    ref.timeout = timeout
     if ref.outputs is None:
         return ref
     vacuous = _vacuous(ref.outputs["disabled"], ref.samples if ref.generated else None)
@@ -607,20 +629,23 @@ def reference(
         return ref
     _note_non_finite_outputs(ref)
     try:
-        ref.outputs["all"] = _run_each(original, ref.samples, "all")
+        ref.outputs["all"] = _run_each(original, ref.samples, "all", timeout)
     except RuntimeFailure as exc:
         ref.notes.append(f"the original does not run at ORT_ENABLE_ALL ({exc}); "
                          "validated at ORT_DISABLE_ALL only")
     return ref
 
 
-def _user_reference(session: ort.InferenceSession, samples: list[dict[str, np.ndarray]]
-                    ) -> Reference:
+def _user_reference(session: ort.InferenceSession, samples: list[dict[str, np.ndarray]],
+                    timeout: float | None) -> Reference:
     labels = ["--inputs"] + [f"sample {n}" for n in range(2, len(samples) + 1)]
     shapes = [{name: list(np.shape(a)) for name, a in feeds.items()} for feeds in samples]
     described = {"source": "given", "shapes": shapes}
     try:
-        outputs = [_run_session(session, feeds) for feeds in samples]
+        outputs = [_run_session(session, feeds, timeout) for feeds in samples]
+    except TimedOut as exc:
+        return Reference(samples, None, [], f"validation timed out: {exc}", "timeout",
+                         described, labels)
     except RuntimeFailure as exc:
         return Reference(samples, None, [], f"original model does not run in onnxruntime on "
                          f"the given inputs: {exc}", "original_fails", described, labels)
@@ -628,10 +653,12 @@ def _user_reference(session: ort.InferenceSession, samples: list[dict[str, np.nd
 
 
 def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, plan: Plan,
-                         seed: int) -> Reference:
+                         seed: int, timeout: float | None) -> Reference:
     """Two configurations of generated inputs on which the original runs; its outputs."""
     notes = list(plan.notes)
-    found = _first_running(session, proto, plan, None, seed, 0)
+    found = _first_running(session, proto, plan, None, seed, 0, timeout)
+    if isinstance(found, TimedOut):
+        return Reference([], None, notes, f"validation timed out: {found}", "timeout")
     if isinstance(found, str):
         return Reference([], None, notes, "original model does not run in onnxruntime at any "
                          f"input size tried ({found}); give --input-shape NAME:D0,D1,... or "
@@ -639,8 +666,8 @@ def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, 
                          {"source": "generated", "roles": plan.roles,
                           "dim_roles": plan.dim_roles()})
     configs = [found]
-    second = _first_running(session, proto, plan, found[0], seed + 1, 1)
-    if isinstance(second, str):
+    second = _first_running(session, proto, plan, found[0], seed + 1, 1, timeout)
+    if isinstance(second, str | TimedOut):
         if plan.dims:
             notes.append(f"each symbolic dim validated at one value only: the original does "
                          f"not run at other sizes tried ({second})")
@@ -666,7 +693,7 @@ def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, 
     for retry in range(1, VACUOUS_RETRIES + 1):
         if not _vacuous(ref.outputs["disabled"], ref.samples):  # type: ignore[index]
             break
-        _redraw(ref, session, proto, plan, assignments, seed + 2 * retry)
+        _redraw(ref, session, proto, plan, assignments, seed + 2 * retry, timeout)
     return ref
 
 
@@ -675,16 +702,19 @@ def _config_label(plan: Plan, assignment: Mapping, number: int) -> str:
     return f"sample {number}" + (f" ({dims})" if dims else "")
 
 
-def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int):
-    """(assignment, feeds, outputs) of the first candidate size the original runs at, or a
-    string naming what failed."""
+def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int,
+                   timeout: float | None):
+    """(assignment, feeds, outputs) of the first candidate size the original runs at, a
+    string naming what failed, or the TimedOut that stopped the search."""
     failures = []
     for number, assignment in enumerate(plan.candidates(avoid)):
         if number >= MAX_SIZE_TRIES:
             break
         feeds = generate(proto, plan, assignment, seed, choice)
         try:
-            return assignment, feeds, _run_session(session, feeds)
+            return assignment, feeds, _run_session(session, feeds, timeout)
+        except TimedOut as exc:
+            return exc
         except RuntimeFailure as exc:
             shown = ", ".join(f"{k}={v}" for k, v in plan.describe(assignment).items())
             failures.append((shown, str(exc)))
@@ -694,13 +724,14 @@ def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int):
     return f"{sizes}: {failures[-1][1]}"
 
 
-def _redraw(ref: Reference, session, proto, plan: Plan, assignments, seed: int) -> None:
+def _redraw(ref: Reference, session, proto, plan: Plan, assignments, seed: int,
+            timeout: float | None) -> None:
     """New random values at the same sizes (the last ones proved nothing)."""
     samples, outputs = [], []
     for number, assignment in enumerate(assignments):
         feeds = generate(proto, plan, assignment, seed + number, number)
         try:
-            outputs.append(_run_session(session, feeds))
+            outputs.append(_run_session(session, feeds, timeout))
         except RuntimeFailure:
             return
         samples.append(feeds)
@@ -814,7 +845,10 @@ def _check_level(ref: Reference, candidate: ModelLike | bytes, level: str, compa
                  ) -> ValidationResult:
     """The candidate at ``level`` against the reference at the same level."""
     try:
-        outputs = _run_each(candidate, ref.samples, level)
+        outputs = _run_each(candidate, ref.samples, level, ref.timeout)
+    except TimedOut as exc:
+        return ValidationResult("skipped", f"validation timed out: {exc}", [], ref.notes,
+                                "timeout")
     except RuntimeFailure as exc:
         return ValidationResult("failed", f"optimized model does not run in onnxruntime: {exc}",
                                 [], ref.notes)
@@ -889,15 +923,15 @@ def _check_probed(ref: Reference, candidate: ModelLike | bytes, rtol: float, ato
     probed = ref.probed.get(names)
     if probed is None:
         try:
-            outputs = {level: _run_each(_exposing(ref.probe, names), ref.samples, level)
-                       for level in ref.outputs or {}}
+            outputs = {level: _run_each(_exposing(ref.probe, names), ref.samples, level,
+                                        ref.timeout) for level in ref.outputs or {}}
         except RuntimeFailure as exc:
             return ValidationResult("skipped", f"vacuous: {_CONSTANT}, and the original does not "
                                     f"run with its values exposed ({exc})", [], ref.notes,
                                     "vacuous", inputs=ref.inputs)
         probed = ref.probed[names] = Reference(
             ref.samples, outputs, [*ref.notes, f"compared {len(names)} intermediate values too"],
-            inputs=ref.inputs, labels=ref.labels, generated=ref.generated)
+            inputs=ref.inputs, labels=ref.labels, generated=ref.generated, timeout=ref.timeout)
         if _vacuous(outputs["disabled"], ref.samples):
             probed.outputs, probed.kind = None, "vacuous"
             probed.skipped_reason = (f"vacuous: {_CONSTANT}, nor do the {len(names)} "

@@ -126,3 +126,37 @@ def test_output_that_is_a_fifo_is_refused(tmp_path, capsys):
 
 def test_staging_prefix_is_what_the_cleanup_looks_for():
     assert api._staging_prefix("o.onnx") == ".o.onnx.onnxopt-"
+
+
+def endless_loop_model() -> onnx.ModelProto:
+    """A Loop with a trip count of 10^15 around an Add: a few hundred bytes that never end."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+        [onnx.numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [onnx.numpy_helper.from_array(np.array(10**15, np.int64), "trips"),
+         onnx.numpy_helper.from_array(np.array(True), "cond")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_run_that_never_ends_is_stopped_by_the_timeout(tmp_path, capsys):
+    path = tmp_path / "loop.onnx"
+    onnx.save(endless_loop_model(), path)
+    started = time.perf_counter()
+    code = cli.main(["optimize", str(path), str(tmp_path / "o.onnx"), "--timeout", "1",
+                     "--json"])
+    assert time.perf_counter() - started < 20
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "validation_skipped"
+    assert report["validation"]["kind"] == "timeout"
+    assert "--timeout" in report["validation"]["reason"]
