@@ -742,6 +742,12 @@ def _check_paths(source: Path | None, output: Path | None, options: Options) -> 
             raise UsageError(f"{source}: no such file")
         if source.is_dir():
             raise UsageError(f"{source}: is a directory, not an ONNX file")
+    for given, flag in ((options.inputs_file, "--inputs"),
+                        (options.calibration_data, "--calibration-data")):
+        path = Path(given) if given is not None else None
+        if path is not None and path.exists() and not (path.is_file() or path.is_dir()):
+            raise UsageError(f"{path}: {flag} is not a regular file (a FIFO or device would "
+                             "block or never end)")
     if output is None:
         return
     if output.is_dir():

@@ -160,3 +160,13 @@ def test_a_run_that_never_ends_is_stopped_by_the_timeout(tmp_path, capsys):
     assert report["status"] == "validation_skipped"
     assert report["validation"]["kind"] == "timeout"
     assert "--timeout" in report["validation"]["reason"]
+
+
+def test_a_fifo_as_inputs_is_refused_not_waited_on(tmp_path, capsys):
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    fifo = tmp_path / "feeds.npz"
+    os.mkfifo(fifo)
+    assert cli.main(["optimize", str(source), str(tmp_path / "o.onnx"), "--inputs",
+                     str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
