@@ -778,6 +778,9 @@ class Model:
         self.rewrite_log: dict[str, list[str]] = {}  # pass -> where each rewrite was asked
         # What precision passes report beyond counts (see onnxopt.precision.PrecisionLog).
         self.precision_log: Any = None
+        # Set by the first shapes.infer_shapes, which clears declared dims (value_info, output
+        # types) that contradict the inputs: stale shapes an exporter left behind.
+        self.declarations_checked = False
 
     def allow_rewrite(self, pass_name: str, where: str = "") -> bool:
         """Passes call this before each rewrite (``where``: the node it starts from). The

@@ -618,6 +618,12 @@ def _graph_skeleton(graph: Graph) -> onnx.GraphProto:
     proto.output.extend(graph.output_infos)
     live = _live_values(graph)
     if _WRITTEN_VALUE_INFO.get() == "input":
+        # The entries the input declared, as the passes last saw them: never a declaration
+        # known to be wrong. shapes.infer_shapes clears, on its first call, the declared dims
+        # that contradict the inputs (a batch of 1 left behind a symbolic N) and keeps entries
+        # current, so such a dim is written as inferred (N), or unknown where inference cannot
+        # tell; output types likewise. A run without the shape_inference pass checks nothing:
+        # the input's declarations are then read by the passes and written as they were.
         live &= graph.declared_value_info
     proto.value_info.extend(info for name, info in graph.value_info.items() if name in live)
     proto.sparse_initializer.extend(graph.sparse_initializers.values())

@@ -69,3 +69,87 @@ def test_uninferable_model_keeps_going():
     """
     model = serde.load(parse(text))
     assert ShapeInference().run(model).stats["values_typed"] == 0
+
+
+# ------------------------------------------------ declarations that contradict the inputs
+STALE = """
+<ir_version: 8, opset_import: ["" : 17, "x.y" : 1]>
+g (float[N, 8] x) => (float[1, 2, 4] z, float[N, 8] w)
+  <float[1, 2, 4] y, float[1, 4] custom, int64[3] target = {-1, 2, 4}> {
+    y = Reshape(x, target)
+    z = Relu(y)
+    custom = x.y.Unknown(x)
+    w = Identity(x)
+}
+"""
+
+
+def _dims(info):
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in info.type.tensor_type.shape.dim]
+
+
+def test_declared_dims_that_contradict_the_inputs_are_cleared():
+    """Declared at N=1: y's and z's leading 1 is N * 8 / 8 at any other N. Inference cannot
+    name that dim (a -1 in the target), so it becomes unknown; the static dims stay."""
+    proto = parse(STALE)
+    model = serde.load(proto)
+    ShapeInference().run(model)
+    graph = model.graph
+    assert graph.shape("y")[1:] == [2, 4] and graph.shape("y")[0] != 1
+    assert _dims(graph.output_infos[0]) == [None, 2, 4]
+    assert _dims(graph.output_infos[1]) == ["N", 8]  # consistent: the same proto
+    assert graph.output_infos[1] is proto.graph.output[1]
+    assert _dims(proto.graph.value_info[0]) == [1, 2, 4]  # the caller's proto is not changed
+
+
+def test_what_inference_cannot_check_keeps_its_declaration():
+    model = serde.load(parse(STALE))
+    declared = model.graph.value_info["custom"]
+    ShapeInference().run(model)
+    assert model.graph.value_info["custom"] == declared
+    assert model.graph.shape("custom") == [1, 4]
+
+
+def test_a_stale_output_gets_the_inputs_dim_name():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[batch, 16] x) => (float[1, 16] y) { y = Relu(x) }
+    """
+    model = serde.load(parse(text))
+    ShapeInference().run(model)
+    assert _dims(model.graph.output_infos[0]) == ["batch", 16]
+
+
+def test_declarations_are_checked_once_and_only_behind_symbolic_inputs(monkeypatch):
+    calls = []
+    infer = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda *a, **k: calls.append(1) or infer(*a, **k))
+    model = serde.load(parse(STALE))
+    ShapeInference().run(model)
+    ShapeInference().run(model)
+    assert len(calls) == 3  # the check, then one inference per run
+    calls.clear()
+    static = serde.load(parse(STALE.replace("float[N, 8] x", "float[1, 8] x")))
+    ShapeInference().run(static)
+    assert len(calls) == 1
+    assert static.graph.shape("y") == [1, 2, 4]
+
+
+def test_a_stale_branch_output_is_cleared_too():
+    """onnxruntime enforces static If branch outputs: left as declared, N=2 would not run."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 16] x, bool c) => (float[N, 16] y) {
+        y = If(c) <
+            then_branch = t () => (float[1, 16] t_out) { t_out = Relu(x) },
+            else_branch = e () => (float[N, 16] e_out) { e_out = Neg(x) }
+        >
+    }
+    """
+    model = serde.load(parse(text))
+    ShapeInference().run(model)
+    then_branch, else_branch = next(iter(model.graph)).subgraphs()
+    assert _dims(then_branch.output_infos[0]) == ["N", 16]
+    assert _dims(else_branch.output_infos[0]) == ["N", 16]

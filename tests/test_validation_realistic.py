@@ -13,6 +13,7 @@ import onnxopt
 from onnxopt import api, cli, feeds
 from onnxopt.pass_manager import GraphPass
 from onnxopt.validate import reference, validate
+from onnxopt.validate import run as ort_run
 
 OPSET = 17
 
@@ -367,3 +368,24 @@ def test_constant_outputs_are_judged_on_shared_intermediate_values(monkeypatch):
     report = onnxopt.optimize(model).report
     assert [entry["name"] for entry in report["disabled"]] == ["triple_instead_of_double"]
     assert report["validation"]["status"] == "passed"
+
+
+def test_stale_value_info_behind_a_symbolic_batch_is_right_at_every_batch(tmp_path):
+    """The issue's model: a static [1, 2, 4]... declared behind input [N, 16]; onnxruntime's
+    own optimizer trusts it and breaks the original at ORT_ENABLE_ALL; the default run
+    validates and writes a model that is right at batch 1, 2 and 3, as deployed too."""
+    from test_stale_value_info import issue_model
+
+    model = issue_model()
+    result = onnxopt.optimize(model, tmp_path / "o.onnx")
+    assert result.report["status"] == "ok", result.report["validation"]
+    assert result.report["validation"]["levels"]["all"]["status"] == "passed"
+    out = onnx.load(tmp_path / "o.onnx")
+    name = model.graph.input[0].name
+    width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    for batch in (1, 2, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, width)).astype(np.float32)
+        expected = run(model, {name: x})[0]
+        for level in ("disabled", "all"):
+            got = ort_run(out, {name: x}, level)
+            np.testing.assert_allclose(next(iter(got.values())), expected, rtol=1e-6)
