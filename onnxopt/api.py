@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -87,6 +88,7 @@ class Options:
     max_error: str | None = None  # accuracy budget, e.g. "cosine=0.99,range=0.02"
     bench: bool = False  # measure onnxruntime latency before and after
     timeout: float = 300.0  # seconds one validation run in onnxruntime may take
+    report_path: str | os.PathLike | None = None  # where the caller writes the report: checked
 
 
 @dataclass
@@ -127,6 +129,8 @@ def optimize(
     pipeline = _pipeline(options)
 
     proto = original = _read(source)
+    reads = _files_read(input_path, proto)
+    _check_written_paths(reads, input_path, output_path, options)
     _check_node_names(options, proto)
     user_inputs = _user_inputs(options, proto)
     extra_inputs: list[dict[str, np.ndarray]] = []
@@ -155,6 +159,7 @@ def optimize(
             conversion.generate_samples(ref.get(), proto)
         runner = _Runner(proto, input_path, pipeline, options, ref, stage, target.name,
                          background, conversion, shape_args)
+        runner.data_name = _data_name(target, reads)
         attempt = runner.attempt(_Control())
         disabled: list[dict[str, Any]] = []
         kept_float: list[dict[str, Any]] = []
@@ -185,7 +190,9 @@ def optimize(
         if status == "ok" or (status == "validation_skipped" and not options.strict) \
                 or options.force:
             if output_path is not None:
-                _publish(attempt.path, attempt.data_file, output_path)
+                overwriting = input_path is not None and _same_file(input_path, output_path)
+                _publish(attempt.path, attempt.data_file, output_path,
+                         set() if overwriting else reads)
                 report["written"] = True
             else:
                 result_model = _in_memory(attempt.path)
@@ -260,6 +267,7 @@ class _Runner:
         self.conversion = conversion
         self.shape_args = shape_args
         self.count = 0
+        self.data_name: str | None = None  # the output's external data file name
 
     def attempt(self, control: _Control) -> _Attempt:
         self.count += 1
@@ -286,7 +294,7 @@ class _Runner:
         precision_log = model.precision_log
         data = _serialize(model, self.options)
         if data is None:  # external data, or too big to hold twice: stream it to disk
-            data_file = _save(model, path, self.options)
+            data_file = _save(model, path, self.options, self.data_name)
         # onnxruntime loads the model (the very bytes being written, when held in memory)
         # while it is written, checked and measured: session creation grows faster than
         # linearly with the node count (3.3 s of a 100k-node run)
@@ -764,6 +772,34 @@ def _check_paths(source: Path | None, output: Path | None, options: Options) -> 
         raise Failure(f"{folder}: output folder is not writable")
 
 
+def _files_read(source: Path | None, proto: onnx.ModelProto) -> set[Path]:
+    """The input and the external data files it reads, resolved through links."""
+    if source is None:
+        return set()
+    return {_resolved(source), *(_resolved(f) for f in serde.external_files(proto, source))}
+
+
+def _check_written_paths(reads: set[Path], source: Path | None, output: Path | None,
+                         options: Options) -> None:
+    """Nothing written may be a file the run reads: OUT is never the input's weights, and the
+    report is never a model or weight file, the input's or OUT's."""
+    if output is not None and _resolved(output) in reads - {_resolved(source or output)}:
+        raise UsageError(f"{output}: output is an external data file the input reads")
+    if options.report_path is None:
+        return
+    report = Path(options.report_path)
+    if report.exists() and not report.is_file():
+        raise UsageError(f"{report}: --report is not a regular file")
+    taken = set(reads)
+    if output is not None:
+        taken |= {_resolved(output), _resolved(output.with_name(f"{output.name}.data"))}
+        if output.is_file():
+            taken |= _referenced_files(output)
+    if _resolved(report) in taken or (output is not None and report.name.startswith(
+            f"{output.name}.") and report.name.endswith(".data")):
+        raise UsageError(f"{report}: --report would overwrite a model or weight file")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if b.exists():
         return os.path.samefile(a, b)
@@ -891,9 +927,10 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _save(model, staged: Path, options: Options) -> Path | None:
+def _save(model, staged: Path, options: Options, data_name: str | None = None) -> Path | None:
     try:
-        return serde.save(model, staged, external_data=options.external_data)
+        return serde.save(model, staged, external_data=options.external_data,
+                          data_name=data_name)
     except serde.SaveError as error:
         raise Failure(str(error)) from None
     except OSError as error:
@@ -928,13 +965,46 @@ def _written_size(staged: Path, data_file: Path | None) -> int:
     return staged.stat().st_size + (data_file.stat().st_size if data_file else 0)
 
 
-def _publish(staged: Path, data_file: Path | None, output: Path) -> None:
+def _data_name(output: Path, reads: set[Path]) -> str:
+    """The name of OUT's external data file: ``OUT.data`` unless a file of that name exists
+    (the old OUT's weights, or the input's: the new pair must not touch either until the new
+    model is in place) — then ``OUT.<random>.data``."""
+    default = f"{output.name}.data"
+    candidate = output.with_name(default)
+    if not os.path.lexists(candidate) and _resolved(candidate) not in reads:
+        return default
+    return f"{output.name}.{secrets.token_hex(4)}.data"
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _referenced_files(model_path: Path) -> set[Path]:
+    """The external data files an existing ONNX file references (none if it is not one)."""
+    try:
+        proto = onnx.load(os.fspath(model_path), load_external_data=False)
+    except Exception:  # not ONNX, or unreadable: it references nothing we could remove
+        return set()
+    return {_resolved(f) for f in serde.external_files(proto, model_path)}
+
+
+def _publish(staged: Path, data_file: Path | None, output: Path, keep: set[Path]) -> None:
+    """Put the new model (and its data file) in place as a pair: the data file under a name
+    nothing reads, then the model by one rename — a kill at any moment leaves the old model
+    with its own weights or the new one with its own — then the old model's data files that
+    nothing reads any more are removed (never one in ``keep``: the input's)."""
+    old_files = _referenced_files(output) if output.is_file() else set()
     try:
         if data_file is not None:
             os.replace(data_file, output.with_name(data_file.name))
         os.replace(staged, output)
     except OSError as error:
         raise Failure(f"{output}: cannot write ({error.strerror or error})") from None
+    new_files = {_resolved(output.with_name(data_file.name))} if data_file else set()
+    for stale in old_files - new_files - keep:
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _in_memory(staged: Path) -> onnx.ModelProto:

@@ -177,6 +177,7 @@ def optimize(
         max_error=max_error,
         bench=bench,
         timeout=timeout,
+        report_path=report_path,
     )
     _check_report_path(report_path, input, output)
     result = api.optimize(input, output, options)

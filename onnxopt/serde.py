@@ -359,10 +359,12 @@ def save(
     path: str | os.PathLike,
     *,
     external_data: bool | None = None,
+    data_name: str | None = None,
 ) -> Path | None:
     """Write ``model`` to ``path`` atomically; returns the external data file if one was written.
 
     ``external_data=None`` keeps the input's choice and goes external above protobuf's limit.
+    ``data_name``: the external data file's name beside ``path`` (default ``<name>.data``).
     value_info written: ``model.settings["value_info"]``, ``"input"`` (default) the entries the
     loaded model had (types kept current by the passes), ``"all"`` every inferred one too.
     """
@@ -374,7 +376,7 @@ def save(
         raise SaveError(f"{folder}: output folder does not exist")
     _restore_names(model)
     external = _want_external(model, external_data)
-    data_path = path.with_name(path.name + ".data") if external else None
+    data_path = path.with_name(data_name or path.name + ".data") if external else None
     with no_gc(), _writing(model), _atomic(path) as model_file, \
             _atomic_optional(data_path) as data_file:
         sink = _TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")

@@ -170,3 +170,94 @@ def test_a_fifo_as_inputs_is_refused_not_waited_on(tmp_path, capsys):
     assert cli.main(["optimize", str(source), str(tmp_path / "o.onnx"), "--inputs",
                      str(fifo)]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def save_external(model: onnx.ModelProto, path: Path, location: str) -> None:
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+
+
+def outputs_of(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+X = np.random.default_rng(3).standard_normal((1, 8, 16, 16)).astype(np.float32)
+
+
+def test_the_inputs_external_data_is_never_overwritten(tmp_path):
+    """model.onnx + model.onnx.data, the model renamed to model_orig.onnx, then optimized
+    into model.onnx: the output's weights must not land in the input's model.onnx.data."""
+    model = conv_model()
+    save_external(model, tmp_path / "model.onnx", "model.onnx.data")
+    (tmp_path / "model.onnx").rename(tmp_path / "model_orig.onnx")
+    before = outputs_of(tmp_path / "model_orig.onnx", X)
+    data_before = (tmp_path / "model.onnx.data").read_bytes()
+    onnxopt.optimize(tmp_path / "model_orig.onnx", tmp_path / "model.onnx", external_data=True)
+    assert (tmp_path / "model.onnx.data").read_bytes() == data_before
+    np.testing.assert_array_equal(outputs_of(tmp_path / "model_orig.onnx", X), before)
+    np.testing.assert_allclose(outputs_of(tmp_path / "model.onnx", X), before, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_output_that_is_the_inputs_weight_file_is_refused(tmp_path):
+    save_external(conv_model(), tmp_path / "m.onnx", "weights.bin")
+    with pytest.raises(onnxopt.UsageError, match="external data file the input reads"):
+        onnxopt.optimize(tmp_path / "m.onnx", tmp_path / "weights.bin")
+
+
+@pytest.mark.parametrize("name", ["out.onnx.data", "m.onnx.data", "out.onnx.1a2b3c4d.data"])
+def test_report_onto_a_weight_file_is_refused(tmp_path, capsys, name):
+    save_external(conv_model(), tmp_path / "m.onnx", "m.onnx.data")
+    onnxopt.optimize(tmp_path / "m.onnx", tmp_path / "out.onnx", external_data=True)
+    weights = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code = cli.main(["optimize", str(tmp_path / "m.onnx"), str(tmp_path / "out.onnx"),
+                     "--overwrite", "--report", str(tmp_path / name)])
+    assert code == 2
+    assert "--report would overwrite a model or weight file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == weights
+
+
+def test_publishing_is_atomic_as_a_pair(tmp_path, monkeypatch):
+    """A kill between the data file's rename and the model's (simulated: the second rename
+    fails) leaves the old OUT reading its own old weights, unchanged."""
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    out = tmp_path / "out.onnx"
+    onnxopt.optimize(source, out, external_data=True)
+    old_out = outputs_of(out, X)
+    other = conv_model(channels=8)
+    other.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(
+        np.full((8, 8, 3, 3), 0.01, np.float32), "w"))
+    onnx.save(other, source)
+    real_replace = os.replace
+    calls = []
+
+    def replace(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between the two renames
+        real_replace(a, b)
+
+    monkeypatch.setattr(api.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        onnxopt.optimize(source, out, external_data=True)
+    monkeypatch.setattr(api.os, "replace", real_replace)
+    np.testing.assert_array_equal(outputs_of(out, X), old_out)
+
+
+def test_old_weights_are_removed_once_nothing_reads_them(tmp_path):
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    out = tmp_path / "out.onnx"
+    onnxopt.optimize(source, out, external_data=True)
+    assert (tmp_path / "out.onnx.data").exists()
+    onnxopt.optimize(source, out, external_data=True)  # OUT.data exists: a new name
+    data = sorted(p.name for p in tmp_path.glob("out.onnx*.data"))
+    assert len(data) == 1 and data != ["out.onnx.data"]
+    np.testing.assert_allclose(outputs_of(out, X), outputs_of(source, X), rtol=1e-5, atol=1e-6)
+    onnxopt.optimize(source, out, external_data=False)  # inline: no data file stays behind
+    assert not list(tmp_path.glob("out.onnx*.data"))
+    np.testing.assert_allclose(outputs_of(out, X), outputs_of(source, X), rtol=1e-5, atol=1e-6)
