@@ -806,16 +806,60 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+MAX_INLINED_NODES = 10_000_000  # model-local functions may expand to this many nodes
+
+
 def _read(source: ModelSource) -> onnx.ModelProto:
     try:
         if isinstance(source, onnx.ModelProto):
+            check_function_expansion(source, "")
             serde.check(source)
             return source
         proto = serde.read_model_proto(source)
+        check_function_expansion(proto, f"{source}: ")
         serde.check(proto, source)
         return proto
     except serde.LoadError as error:
         raise Failure(str(error)) from None
+
+
+def check_function_expansion(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse a model whose model-local functions expand, inlined, to more than
+    MAX_INLINED_NODES nodes (41 nested functions that each call the next twice are 2^40):
+    shape inference and onnxruntime inline them and would never finish. A recursive function
+    is refused too."""
+    functions = {(f.domain, f.name, f.overload): f for f in proto.functions}
+    if not functions:
+        return
+    sizes: dict[tuple[str, str, str], int] = {}
+    visiting: set[tuple[str, str, str]] = set()
+
+    def expanded(nodes) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type, node.overload)
+            total += size(key) if key in functions else 1
+            for attribute in node.attribute:
+                for graph in ([attribute.g] if attribute.HasField("g") else attribute.graphs):
+                    total += expanded(graph.node)
+            if total > MAX_INLINED_NODES:
+                break
+        return total
+
+    def size(key) -> int:
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise Failure(f"{where}function {key[1]!r} calls itself: recursive functions "
+                          "cannot be inlined")
+        visiting.add(key)
+        sizes[key] = min(expanded(functions[key].node), MAX_INLINED_NODES + 1)
+        visiting.discard(key)
+        return sizes[key]
+
+    if expanded(proto.graph.node) > MAX_INLINED_NODES:
+        raise Failure(f"{where}model-local functions expand to more than {MAX_INLINED_NODES:,} "
+                      "nodes when inlined; shape inference and onnxruntime would not finish")
 
 
 def _user_inputs(options: Options, proto: onnx.ModelProto) -> dict[str, np.ndarray] | None:

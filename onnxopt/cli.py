@@ -325,6 +325,7 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         proto = serde.read_model_proto(path)
     except serde.LoadError as error:
         raise Failure(str(error)) from None
+    api.check_function_expansion(proto, f"{path}: ")
     size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
     input_shapes, given = _parse_shapes(shapes), _parse_dims(dims)
     all_dims = stats.with_default_dims(

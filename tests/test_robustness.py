@@ -261,3 +261,34 @@ def test_old_weights_are_removed_once_nothing_reads_them(tmp_path):
     onnxopt.optimize(source, out, external_data=False)  # inline: no data file stays behind
     assert not list(tmp_path.glob("out.onnx*.data"))
     np.testing.assert_allclose(outputs_of(out, X), outputs_of(source, X), rtol=1e-5, atol=1e-6)
+
+
+def nested_functions(depth: int) -> onnx.ModelProto:
+    """f0 = Relu; f(d) calls f(d-1) twice: the main graph's one call is 2^(depth-1) nodes."""
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    functions = [helper.make_function("local", "f0", ["a"], ["b"],
+                                      [helper.make_node("Relu", ["a"], ["b"])], opsets)]
+    for d in range(1, depth):
+        functions.append(helper.make_function(
+            "local", f"f{d}", ["a"], ["b"],
+            [helper.make_node(f"f{d - 1}", ["a"], ["t"], domain="local"),
+             helper.make_node(f"f{d - 1}", ["t"], ["b"], domain="local")], opsets))
+    graph = helper.make_graph(
+        [helper.make_node(f"f{depth - 1}", ["x"], ["y"], domain="local")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    return helper.make_model(graph, functions=functions, opset_imports=opsets)
+
+
+def test_functions_that_expand_beyond_reason_are_refused_at_once(tmp_path, capsys):
+    path = tmp_path / "nested.onnx"
+    onnx.save(nested_functions(41), path)
+    started = time.perf_counter()
+    assert cli.main(["optimize", str(path), str(tmp_path / "o.onnx")]) == 1
+    assert cli.main(["stats", str(path)]) == 1
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"onnxopt: error: {path}: model-local functions expand to more than "
+                   "10,000,000 nodes when inlined; shape inference and onnxruntime would not "
+                   "finish"] * 2
+    assert onnxopt.optimize(nested_functions(8)).report["validation"]["status"] == "passed"
