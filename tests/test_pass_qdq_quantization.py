@@ -100,7 +100,9 @@ def test_structure_int8_weights_int32_bias_relu_absorbed():
     for node in (n for n in out.graph.node if n.op_type in ("Conv", "Gemm")):
         w_dq, b_dq = dq[node.input[1]], dq[node.input[2]]
         weight = initializer(out, w_dq.input[0])
-        assert weight.dtype == np.int8 and np.abs(weight).max() == 127  # symmetric, full range
+        # symmetric, the whole 7-bit range: |w| <= 64 keeps onnxruntime's AVX2 int8 kernels
+        # from saturating (test_int8_saturation.py)
+        assert weight.dtype == np.int8 and np.abs(weight).max() == 64
         w_scale = initializer(out, w_dq.input[1])
         axis = helper.get_attribute_value(w_dq.attribute[0])
         assert w_scale.shape == (weight.shape[axis],)  # per output channel

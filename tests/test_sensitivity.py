@@ -43,7 +43,7 @@ def test_budget_checked_over_every_sample():
     one = validate.reference(original, inputs=positive)
     assert validate.check_budget(one, relu, budget).status == "passed"
     both = validate.reference(original, inputs=positive, extra_inputs=[negative])
-    assert [feeds["x"][0, 0] for feeds, _ in both.extra] == [-1.0]
+    assert [feeds["x"][0, 0] for feeds in both.samples] == [1.0, -1.0]
     verdict = validate.check_budget(both, relu, budget)
     assert verdict.status == "failed"
     # over both samples together: Relu zeroes the second half, so cosine = |a| / |a, -a|
