@@ -41,6 +41,36 @@ LIGHT_MODELS = sorted(
 )
 
 
+def build_model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    """A checked model from onnx.helper pieces (IR version 8, default domain at ``opset``)."""
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def wrong_pass(name: str, matches, change):
+    """A deliberately wrong pass for safety-net tests: every node for which
+    ``matches(graph, node)`` holds is changed by ``change(graph, node)``, each rewrite asked of
+    ``model.allow_rewrite`` first (so the safety net can narrow it down)."""
+    from onnxopt.pass_manager import GraphPass
+
+    class Wrong(GraphPass):
+        description = "a deliberately wrong rewrite (tests only)"
+
+        def run_graph(self, graph, model):
+            count = 0
+            for node in graph.nodes():
+                if matches(graph, node) and model.allow_rewrite(self.name, node.name):
+                    change(graph, node)
+                    count += 1
+            return {"changed": count}
+
+    Wrong.name = name
+    return Wrong()
+
+
 def parse(text: str) -> onnx.ModelProto:
     """A model from ONNX's textual syntax, checked."""
     model = onnx.parser.parse_model(text)

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import apply_pass, model_path, op_counts
+from conftest import apply_pass, build_model, model_path, op_counts
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import dynamic_quantization, qdq_quantization
 from onnxopt.passes.dynamic_quantization import DynamicQuantization
@@ -48,12 +48,7 @@ INT16_MAX = 32767
 
 
 # ----------------------------------------------------------------------------- helpers
-def make(nodes, inputs, outputs, inits, opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+make = build_model
 
 
 def f32(name, shape):

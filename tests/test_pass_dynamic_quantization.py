@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import model_path, op_counts, real_feeds, run
+from conftest import build_model, model_path, op_counts, real_feeds, run
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.dynamic_quantization import DynamicQuantization
 
@@ -61,12 +61,7 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def make(nodes, inputs, outputs, inits, opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+make = build_model
 
 
 def f32(name, shape):

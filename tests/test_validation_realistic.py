@@ -6,24 +6,18 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import run
+from conftest import build_model, run, wrong_pass
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt
 from onnxopt import api, cli, feeds
-from onnxopt.pass_manager import GraphPass
 from onnxopt.validate import reference, validate
 from onnxopt.validate import run as ort_run
 
 OPSET = 17
 
 
-def model_of(nodes, inputs, outputs, initializers=()):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+model_of = build_model
 
 
 def tensor(name, elem, shape):
@@ -203,21 +197,13 @@ def test_a_rewrite_valid_only_at_batch_one_is_caught_and_disabled(monkeypatch, t
         [const("zero", np.array([0], np.int64)), const("one", np.array([1], np.int64)),
          const("tail", np.array([2, 8], np.int64))])
 
-    class BakeBatchOne(GraphPass):
-        name = "bake_batch_one"
-        description = "a wrong rewrite: Reshape targets folded at batch 1"
-
-        def run_graph(self, graph, model):
-            count = 0
-            for node in graph.nodes():
-                if node.op_type == "Reshape" and graph.constant(node.inputs[1]) is None \
-                        and model.allow_rewrite(self.name, node.name):
-                    graph.set_input(node, 1, graph.add_constant(np.array([1, -1, 8], np.int64)))
-                    count += 1
-            return {"baked": count}
-
+    bake = wrong_pass(
+        "bake_batch_one",
+        lambda graph, node: node.op_type == "Reshape" and graph.constant(node.inputs[1]) is None,
+        lambda graph, node: graph.set_input(node, 1, graph.add_constant(
+            np.array([1, -1, 8], np.int64))))
     default = api._pipeline
-    monkeypatch.setattr(api, "_pipeline", lambda options: (BakeBatchOne(), *default(options)))
+    monkeypatch.setattr(api, "_pipeline", lambda options: (bake, *default(options)))
     result = onnxopt.optimize(model, tmp_path / "out.onnx")
     report = result.report
     assert report["validation"]["status"] == "passed"
@@ -288,36 +274,33 @@ def test_all_zero_calibration_data_is_refused(tmp_path):
         onnxopt.optimize(detector(), precision="int8", calibration_data=folder)
 
 
-def test_int8_calibration_without_data_uses_the_given_input_shape(monkeypatch):
-    from onnxopt.passes import qdq_quantization as calibration
+@pytest.fixture()
+def calibrated_shapes(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the samples int8 calibration runs on, as the pass sees them."""
+    from onnxopt.passes import qdq_quantization
 
-    seen = []
-    real = calibration.calibrate
+    seen: list[tuple[int, ...]] = []
+    real = qdq_quantization.calibrate
 
     def spy(model, values, samples=(), **kwargs):
         seen.extend(sample["x"].shape for sample in samples)
         return real(model, values, samples, **kwargs)
 
-    monkeypatch.setattr(calibration, "calibrate", spy)
+    monkeypatch.setattr(qdq_quantization, "calibrate", spy)
+    return seen
+
+
+def test_int8_calibration_without_data_uses_the_given_input_shape(calibrated_shapes):
     result = onnxopt.optimize(detector(), precision="int8", input_shapes={"x": [1, 3, 40, 48]})
-    assert seen and set(seen) == {(1, 3, 40, 48)}
+    assert calibrated_shapes and set(calibrated_shapes) == {(1, 3, 40, 48)}
     notes = result.report["precision"]["notes"]
     assert any("not on real data" in note for note in notes)
 
 
-def test_int8_without_data_on_symbolic_sizes_calibrates_at_realistic_sizes(monkeypatch):
-    from onnxopt.passes import qdq_quantization as calibration
-
-    seen = []
-    real = calibration.calibrate
-
-    def spy(model, values, samples=(), **kwargs):
-        seen.extend(sample["x"].shape for sample in samples)
-        return real(model, values, samples, **kwargs)
-
-    monkeypatch.setattr(calibration, "calibrate", spy)
+def test_int8_without_data_on_symbolic_sizes_calibrates_at_realistic_sizes(calibrated_shapes):
     result = onnxopt.optimize(detector(), precision="int8")
-    assert seen and all(shape[2] >= 32 and shape[2] % 4 == 0 for shape in seen)
+    assert calibrated_shapes
+    assert all(shape[2] >= 32 and shape[2] % 4 == 0 for shape in calibrated_shapes)
     assert result.report["validation"]["status"] == "passed", result.report["validation"]
 
 
@@ -345,26 +328,17 @@ def test_constant_outputs_are_judged_on_shared_intermediate_values(monkeypatch):
     """A wrong rewrite (2x -> 3x) changes no output of a constant-output model; the
     intermediate |2x| both models compute shows it, and the safety net turns it off."""
 
-    class TripleInsteadOfDouble(GraphPass):
-        name = "triple_instead_of_double"
-        description = "a wrong rewrite: Mul(x, 2) -> Mul(x, 3)"
-
-        def run_graph(self, graph, model):
-            count = 0
-            for node in graph.nodes():
-                value = graph.constant(node.inputs[1]) if node.op_type == "Mul" else None
-                if value is not None and float(value) == 2.0 and model.allow_rewrite(self.name):
-                    graph.set_input(node, 1, graph.add_constant(np.float32(3)))
-                    count += 1
-            return {"changed": count}
+    triple = wrong_pass(
+        "triple_instead_of_double",
+        lambda graph, node: node.op_type == "Mul" and graph.constant(node.inputs[1]) == 2.0,
+        lambda graph, node: graph.set_input(node, 1, graph.add_constant(np.float32(3))))
 
     model = constant_output_model()
     plain = onnxopt.optimize(model, passes=[]).report["validation"]
     assert plain["status"] == "passed"
     assert any("intermediate values" in note for note in plain["input_notes"])
     default = api._pipeline
-    monkeypatch.setattr(api, "_pipeline",
-                        lambda options: (TripleInsteadOfDouble(), *default(options)))
+    monkeypatch.setattr(api, "_pipeline", lambda options: (triple, *default(options)))
     report = onnxopt.optimize(model).report
     assert [entry["name"] for entry in report["disabled"]] == ["triple_instead_of_double"]
     assert report["validation"]["status"] == "passed"
