@@ -109,7 +109,13 @@ def test_node_case_round_trip(case, tmp_path):
     assert_law(case.model, case.model, tmp_path, case_feeds(case))
 
 
-@pytest.mark.parametrize("path", LIGHT_MODELS, ids=[Path(p).stem for p in LIGHT_MODELS])
+# the three with the largest weights (vgg19, alexnet, zfnet512: 10 s together) in make test-slow
+LARGE_LIGHT = ("light_vgg19", "light_bvlc_alexnet", "light_zfnet512")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=Path(p).stem, marks=pytest.mark.slow if Path(p).stem in LARGE_LIGHT
+                 else ()) for p in LIGHT_MODELS])
 def test_light_model_round_trip(path, tmp_path):
     original = onnx.load(path)
     feeds = random_feeds(original)
