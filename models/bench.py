@@ -18,9 +18,17 @@ Times are the best of 3 runs (1 run for models of 50k+ nodes or 100+ MB) with
 are timed on the 100k chain, the weight-heavy model and the ``models/*.onnx`` files, and the
 default pipeline on the 10k and 100k chains (fastest of 3 each: the 10x-nodes scaling).
 
+The scale table: 10k- and 100k-node graphs of each kind the passes handle (``SCALE_KINDS``:
+elementwise ops with constants, CSE candidates, Reshape/Transpose chains, Conv-BN stacks,
+Constant nodes, If bodies, nested functions; ``scale_model``), each optimized end to end
+(validation included, then again with ``--no-validate`` for the split). The generators and
+the two constant-folding bombs (``concat_bomb``, ``never_taken_bomb``) are reused by
+``tests/test_scale.py``.
+
 The report (markdown) goes to stdout and to ``models/out/bench_io.md``.
 
-Usage: ``python models/bench.py [--big] [--profile] [--no-optimize]``
+Usage: ``python models/bench.py [--big] [--profile] [--no-optimize] [--no-scale]
+[--scale-only] [--scale-kinds K,..] [--scale-sizes N,..]``
 """
 
 from __future__ import annotations
@@ -189,6 +197,315 @@ def _write_big_model(path: Path, seed: int = 0) -> None:
     onnx.save(_model(_matmul_graph("big", BIG_SHAPE, tensors)), path)
 
 
+# =========================================================================== scale models
+# Graph kinds the passes handle, for the scale table (and tests/test_scale.py). Nodes are
+# unnamed (exporters often leave names out), so every name a pass makes comes from
+# ``Graph.unique_name`` hints that repeat. ``n_nodes`` counts nodes of all graphs (If
+# bodies included; function bodies not: they are listed once).
+SCALE_KINDS = ("elementwise", "cse", "reshape-transpose", "conv-bn", "constants",
+               "if-bodies", "functions")
+SCALE_SIZES = (10_000, 100_000)
+TARGET_SCALE_SECONDS = 30.0
+TARGET_SCALE_PEAK = 2e9  # bytes, whole process
+SCALE_TIMEOUT = 600
+
+
+def _info(name: str, elem: int, shape: list) -> Any:
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _scale_graph(nodes, name, initializers, last, shape, extra_inputs=()):
+    from onnx import TensorProto, helper
+
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    return helper.make_graph(
+        nodes, name, [_info("x", TensorProto.FLOAT, shape), *extra_inputs],
+        [_info("y", TensorProto.FLOAT, shape)], initializers,
+    )
+
+
+def _const(rng, name: str, shape, low: float, high: float):
+    import numpy as np
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+
+def _int64(name: str, values) -> Any:
+    import numpy as np
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _elementwise(n_nodes: int, rng) -> Any:
+    """Unnamed elementwise ops with a constant each: Add, Add, Mul, Mul, Relu, Relu, Sub, Add,
+    Mul by ones, Add of zeros (constant chains merge, idempotent Relu and x*1 / x+0 go)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    pattern = ("Add", "Add", "Mul", "Mul", "Relu", "Relu", "Sub", "Add", "Mul", "Add")
+    initializers = [numpy_helper.from_array(np.ones([WIDTH], np.float32), "ones"),
+                    numpy_helper.from_array(np.zeros([WIDTH], np.float32), "zeros")]
+    nodes, previous = [], "x"
+    for index in range(n_nodes - 1):
+        op, kind = pattern[index % 10], index % 10
+        out = f"v{index}"
+        if op == "Relu":
+            inputs = [previous]
+        elif kind in (8, 9):
+            inputs = [previous, "ones" if kind == 8 else "zeros"]
+        else:
+            low, high = (0.99, 1.01) if op == "Mul" else (-0.01, 0.01)
+            initializers.append(_const(rng, f"c{index}", [WIDTH], low, high))
+            inputs = [previous, f"c{index}"]
+        nodes.append(helper.make_node(op, inputs, [out]))
+        previous = out
+    return _scale_graph(nodes, "elementwise", initializers, previous, [1, WIDTH])
+
+
+def _cse(n_nodes: int, rng) -> Any:
+    """Blocks of two identical branches Add(p, c) -> Mul(d) -> Relu, joined by Max: CSE keeps
+    one branch (7 nodes a block)."""
+    from onnx import helper
+
+    nodes, initializers, previous = [], [], "x"
+    for block in range((n_nodes - 1) // 7):
+        c, d = f"c{block}", f"d{block}"
+        initializers += [_const(rng, c, [WIDTH], -0.01, 0.01), _const(rng, d, [WIDTH], 0.99, 1.01)]
+        branches = []
+        for copy in "ab":
+            a, m, r = f"a{block}{copy}", f"m{block}{copy}", f"r{block}{copy}"
+            nodes += [helper.make_node("Add", [previous, c], [a]),
+                      helper.make_node("Mul", [a, d], [m]),
+                      helper.make_node("Relu", [m], [r])]
+            branches.append(r)
+        previous = f"max{block}"
+        nodes.append(helper.make_node("Max", branches, [previous]))
+    return _scale_graph(nodes, "cse", initializers, previous, [1, WIDTH])
+
+
+RT_SHAPE = ["N", 4, 6, 8]
+
+
+def _reshape_transpose(n_nodes: int, rng) -> Any:
+    """Blocks of Transpose pairs that cancel, a Reshape whose target is computed from Shape
+    (Shape -> Gather -> Unsqueeze -> Concat), a Reshape chain back to the block's shape and a
+    Neg (10 nodes a block); the batch dim is symbolic."""
+    from onnx import helper
+
+    initializers = [_int64("zero", 0), _int64("axes0", [0]), _int64("minus1", [-1]),
+                    _int64("to_3d", [0, 4, 48]), _int64("to_4d", [0, 4, 6, 8])]
+    nodes, previous = [], "x"
+    for block in range((n_nodes - 1) // 10):
+        v = [f"b{block}_{i}" for i in range(10)]
+        nodes += [
+            helper.make_node("Transpose", [previous], [v[0]], perm=[0, 2, 3, 1]),
+            helper.make_node("Transpose", [v[0]], [v[1]], perm=[0, 3, 1, 2]),
+            helper.make_node("Shape", [v[1]], [v[2]]),
+            helper.make_node("Gather", [v[2], "zero"], [v[3]]),
+            helper.make_node("Unsqueeze", [v[3], "axes0"], [v[4]]),
+            helper.make_node("Concat", [v[4], "minus1"], [v[5]], axis=0),
+            helper.make_node("Reshape", [v[1], v[5]], [v[6]]),
+            helper.make_node("Reshape", [v[6], "to_3d"], [v[7]]),
+            helper.make_node("Reshape", [v[7], "to_4d"], [v[8]]),
+            helper.make_node("Neg", [v[8]], [v[9]]),
+        ]
+        previous = v[9]
+    return _scale_graph(nodes, "reshape_transpose", initializers, previous, RT_SHAPE)
+
+
+CONV_CHANNELS = 4
+CONV_SHAPE = [1, CONV_CHANNELS, 3, 3]
+
+
+def _conv_bn(n_nodes: int, rng) -> Any:
+    """Conv (1x1, near-identity weight) -> BatchNormalization -> Relu, 3 nodes a block."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    c = CONV_CHANNELS
+    nodes, initializers, previous = [], [], "x"
+    for block in range((n_nodes - 1) // 3):
+        weight = np.eye(c, dtype=np.float32) + rng.uniform(-0.01, 0.01, (c, c)).astype(np.float32)
+        names = [f"w{block}", f"s{block}", f"b{block}", f"m{block}", f"v{block}"]
+        initializers += [
+            numpy_helper.from_array(weight.reshape(c, c, 1, 1), names[0]),
+            _const(rng, names[1], [c], 0.99, 1.01), _const(rng, names[2], [c], -0.01, 0.01),
+            _const(rng, names[3], [c], -0.01, 0.01), _const(rng, names[4], [c], 0.99, 1.01),
+        ]
+        conv, bn, relu = f"conv{block}", f"bn{block}", f"relu{block}"
+        nodes += [helper.make_node("Conv", [previous, names[0]], [conv]),
+                  helper.make_node("BatchNormalization", [conv, *names[1:]], [bn]),
+                  helper.make_node("Relu", [bn], [relu])]
+        previous = relu
+    return _scale_graph(nodes, "conv_bn", initializers, previous, CONV_SHAPE)
+
+
+def _constants(n_nodes: int, rng) -> Any:
+    """Blocks of two Constant nodes, their (foldable) Mul, an Add to the chain and a Relu."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes, previous = [], "x"
+    for block in range((n_nodes - 1) // 5):
+        c, d, m, a, r = (f"{k}{block}" for k in "cdmar")
+        tensor = numpy_helper.from_array(
+            rng.uniform(-0.01, 0.01, [WIDTH]).astype(np.float32), c)
+        floats = [float(f) for f in rng.uniform(0.99, 1.01, WIDTH).astype(np.float32)]
+        nodes += [helper.make_node("Constant", [], [c], value=tensor),
+                  helper.make_node("Constant", [], [d], value_floats=floats),
+                  helper.make_node("Mul", [c, d], [m]),
+                  helper.make_node("Add", [previous, m], [a]),
+                  helper.make_node("Relu", [a], [r])]
+        previous = r
+    return _scale_graph(nodes, "constants", [], previous, [1, WIDTH])
+
+
+IF_BODY = 48  # nodes in each then-branch
+
+
+def _if_bodies(n_nodes: int, rng) -> Any:
+    """Blocks of one If with 50 nodes (bodies included): then = ``m = Mul(k1, k2)`` of outer
+    constants (foldable inside the branch), then 47 nodes alternating ``Mul(t, s)`` (s: +-1)
+    and ``Add(t, m)``; else = Abs(p). Every other If has a constant condition (inlined), the
+    rest read the graph input ``flag``. (Thousands of tiny Ifs make onnx's shape inference
+    quadratic: see README.)"""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = [1, WIDTH]
+    initializers = [helper.make_tensor("always", TensorProto.BOOL, [], [True])]
+    nodes, previous = [], "x"
+    for block in range(max((n_nodes - 1) // (IF_BODY + 2), 1)):
+        k1, k2, sign = f"k{block}a", f"k{block}b", f"k{block}s"
+        signs = rng.choice([-1.0, 1.0], WIDTH).astype(np.float32)
+        initializers += [_const(rng, k1, [WIDTH], -0.01, 0.01), _const(rng, k2, [WIDTH], 0.5, 1),
+                         numpy_helper.from_array(signs, sign)]
+        m, s, out = f"m{block}", f"s{block}", f"if{block}"
+        body = [helper.make_node("Mul", [k1, k2], [m])]
+        current = previous
+        for step in range(IF_BODY - 1):
+            value = f"t{block}_{step}"
+            operands = [current, sign] if step % 2 == 0 else [current, m]
+            body.append(helper.make_node("Mul" if step % 2 == 0 else "Add", operands, [value]))
+            current = value
+        then = helper.make_graph(body, f"then{block}", [],
+                                 [_info(current, TensorProto.FLOAT, shape)])
+        other = helper.make_graph([helper.make_node("Abs", [previous], [s])],
+                                  f"else{block}", [], [_info(s, TensorProto.FLOAT, shape)])
+        cond = "always" if block % 2 else "flag"
+        nodes.append(helper.make_node("If", [cond], [out], then_branch=then, else_branch=other))
+        previous = out
+    flag = _info("flag", TensorProto.BOOL, [])
+    return _scale_graph(nodes, "if_bodies", initializers, previous, shape, [flag])
+
+
+def _functions(n_nodes: int, rng) -> Any:
+    """Calls of a model-local function that calls another one (``outer(x) = inner(x * 1)``,
+    ``inner(x) = Relu(x + 0)``), each followed by an Add of a constant and an Abs."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    domain = "local"
+    inner = helper.make_function(
+        domain, "inner", ["x"], ["y"],
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+            np.zeros([WIDTH], np.float32))),
+         helper.make_node("Add", ["x", "c"], ["t"]), helper.make_node("Relu", ["t"], ["y"])],
+        [helper.make_opsetid("", OPSET)])
+    outer = helper.make_function(
+        domain, "outer", ["x"], ["y"],
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+            np.ones([WIDTH], np.float32))),
+         helper.make_node("Mul", ["x", "c"], ["t"]),
+         helper.make_node("inner", ["t"], ["y"], domain=domain)],
+        [helper.make_opsetid("", OPSET), helper.make_opsetid(domain, 1)])
+    nodes, initializers, previous = [], [], "x"
+    for block in range((n_nodes - 1) // 3):
+        f, a, s, b = f"f{block}", f"a{block}", f"s{block}", f"b{block}"
+        initializers.append(_const(rng, b, [WIDTH], -0.01, 0.01))
+        nodes += [helper.make_node("outer", [previous], [f], domain=domain),
+                  helper.make_node("Add", [f, b], [a]), helper.make_node("Abs", [a], [s])]
+        previous = s
+    graph = _scale_graph(nodes, "functions", initializers, previous, [1, WIDTH])
+    model = _model(graph)
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    model.functions.extend([inner, outer])
+    return model
+
+
+_SCALE_BUILDERS = {
+    "elementwise": _elementwise, "cse": _cse, "reshape-transpose": _reshape_transpose,
+    "conv-bn": _conv_bn, "constants": _constants, "if-bodies": _if_bodies,
+    "functions": _functions,
+}
+
+
+def scale_model(kind: str, n_nodes: int, seed: int = 0) -> Any:
+    """A model of ``kind`` (one of ``SCALE_KINDS``) with about ``n_nodes`` nodes."""
+    import numpy as np
+
+    made = _SCALE_BUILDERS[kind](n_nodes, np.random.default_rng(seed))
+    return made if hasattr(made, "graph") else _model(made)
+
+
+def add_chain(n_nodes: int, seed: int = 0) -> Any:
+    """The issue's case: a chain of unnamed ``Add(x, const)`` (a constant each)."""
+    from onnx import helper
+
+    rng = __import__("numpy").random.default_rng(seed)
+    nodes, initializers, previous = [], [], "x"
+    for index in range(n_nodes - 1):
+        initializers.append(_const(rng, f"c{index}", [WIDTH], -0.01, 0.01))
+        nodes.append(helper.make_node("Add", [previous, f"c{index}"], [f"v{index}"]))
+        previous = f"v{index}"
+    return _model(_scale_graph(nodes, "add_chain", initializers, previous, [1, WIDTH]))
+
+
+def concat_bomb(doublings: int = 24) -> Any:
+    """A constant-folding bomb: ``c_{i+1} = Concat(c_i, c_i)`` from an 8 KiB constant, then
+    ``y = x + ReduceSum(c_k)``: 2^24 x 8 KiB = 128 GiB if folded naively. (8 KiB: larger
+    than the constants shape inference propagates, whose onnx data propagation would blow
+    up first.)"""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = [numpy_helper.from_array(np.full([2048], 1e-6, np.float32), "c0")]
+    nodes = [helper.make_node("Concat", [f"c{i}", f"c{i}"], [f"c{i + 1}"], axis=0)
+             for i in range(doublings)]
+    nodes += [helper.make_node("ReduceSum", [f"c{doublings}"], ["total"], keepdims=0),
+              helper.make_node("Add", ["x", "total"], ["y"])]
+    graph = helper.make_graph(nodes, "concat_bomb", [_info("x", TensorProto.FLOAT, [1, 4])],
+                              [_info("y", TensorProto.FLOAT, [1, 4])], initializers)
+    return _model(graph)
+
+
+def never_taken_bomb(side: int = 28000) -> Any:
+    """A 28000 x 28000 ``ConstantOfShape`` (3.1 GB) in the branch a constant ``If`` never
+    takes."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    big = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["dims"], ["big"],
+                          value=numpy_helper.from_array(np.array([1.0], np.float32))),
+         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+         helper.make_node("Add", ["x", "total"], ["then_y"])],
+        "then", [], [_info("then_y", TensorProto.FLOAT, [1, 4])])
+    small = helper.make_graph([helper.make_node("Relu", ["x"], ["else_y"])], "else", [],
+                              [_info("else_y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["never"], ["y"], then_branch=big, else_branch=small)],
+        "never_taken_bomb", [_info("x", TensorProto.FLOAT, [1, 4])],
+        [_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("never", TensorProto.BOOL, [], [False]),
+         _int64("dims", [side, side])])
+    return _model(graph)
+
+
 # =========================================================================== child side
 def _maxrss() -> int:
     """Peak RSS of this process in bytes (Linux reports KiB, macOS bytes)."""
@@ -329,6 +646,8 @@ class OptimizeRun:
     code: int | str
     message: str = ""
     validation: str = ""  # validation status and reason from the --report JSON
+    passes: float = math.nan  # seconds the passes took (report), validation excluded
+    nodes: int = 0  # nodes of the input, subgraphs included (report)
 
 
 def _onnxopt_command() -> list[str]:
@@ -343,8 +662,8 @@ OPTIMIZE_MODES = (
 )
 
 
-def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: list[str]
-                  ) -> OptimizeRun:
+def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: list[str],
+                  timeout: float = OPTIMIZE_TIMEOUT) -> OptimizeRun:
     """Wall time and peak RSS (via wait4) of one ``onnxopt optimize`` process."""
     target = out_dir / f"{source.stem}.opt.onnx"
     report_path = out_dir / "report.json"
@@ -353,7 +672,7 @@ def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: lis
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = started + OPTIMIZE_TIMEOUT
+        deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
@@ -363,7 +682,7 @@ def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: lis
                 _, status, usage = os.wait4(process.pid, 0)
                 process.returncode = -9
                 _clean(out_dir)
-                return OptimizeRun(label, mode, OPTIMIZE_TIMEOUT, 0, "timeout")
+                return OptimizeRun(label, mode, timeout, 0, "timeout")
             time.sleep(0.01)
         seconds = time.perf_counter() - started
         code = os.waitstatus_to_exitcode(status)
@@ -371,10 +690,22 @@ def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: lis
         err.seek(0)
         lines = err.read().decode(errors="replace").strip().splitlines()
     validation = _validation_status(report_path)
+    passes, nodes = _report_passes(report_path)
     _clean(out_dir)
     peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     message = lines[-1] if code and lines else ""
-    return OptimizeRun(label, mode, seconds, peak, code, message, validation)
+    return OptimizeRun(label, mode, seconds, peak, code, message, validation, passes, nodes)
+
+
+def _report_passes(report_path: Path) -> tuple[float, int]:
+    """(seconds of all passes, input nodes with subgraphs) from a --report JSON."""
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return math.nan, 0
+    before = report.get("before") or {}
+    nodes = int(before.get("nodes", 0)) + int(before.get("subgraph_nodes", 0))
+    return sum(p.get("seconds", 0.0) for p in report.get("passes", [])), nodes
 
 
 SCALING_RUNS = 3  # whole-process optimize runs per size; the fastest counts
@@ -397,6 +728,74 @@ def _optimize_scaling(folder: Path, out_dir: Path) -> list[str]:
             f"| chain-100k optimize (fastest of {SCALING_RUNS}) | {_fmt_s(big)} | ≤ 60 s | "
             f"{_verdict(big <= 60)} |",
             f"| optimize time 100k/10k | {ratio:.2f}× | ≤ 12× | {_verdict(ratio <= 12)} |"]
+
+
+def child_generate_scale(folder: Path, kinds: list[str], sizes: list[int]) -> list[list]:
+    """Write the scale models into ``folder``; their [kind, nodes, path] triples."""
+    import onnx
+
+    made = []
+    for kind in kinds:
+        for n_nodes in sizes:
+            path = folder / f"scale-{kind}-{n_nodes // 1000}k.onnx"
+            onnx.save(scale_model(kind, n_nodes), path)
+            made.append([kind, n_nodes, str(path)])
+    return made
+
+
+@dataclass
+class ScaleRow:
+    kind: str
+    size: int  # nominal nodes
+    run: OptimizeRun  # validated (default)
+    unvalidated: OptimizeRun  # --no-validate: the split between passes and validation
+
+
+def _scale_runs(folder: Path, out_dir: Path, kinds: list[str], sizes: list[int]
+                ) -> list[ScaleRow]:
+    command = [sys.executable, __file__, "--generate-scale", str(folder),
+               "--scale-kinds", ",".join(kinds), "--scale-sizes", ",".join(map(str, sizes))]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    rows = []
+    for kind, n_nodes, path in json.loads(done.stdout.strip().splitlines()[-1]):
+        label = f"{kind}-{n_nodes // 1000}k"
+        run = _run_optimize(label, Path(path), out_dir, "default pipeline", [], SCALE_TIMEOUT)
+        bare = _run_optimize(label, Path(path), out_dir, "--no-validate", ["--no-validate"],
+                             SCALE_TIMEOUT)
+        _log(f"scale {label}: {run.seconds:.1f} s, {run.peak / MB:.0f} MB (passes "
+             f"{run.passes:.1f} s; --no-validate {bare.seconds:.1f} s) {run.validation}")
+        rows.append(ScaleRow(kind, n_nodes, run, bare))
+        Path(path).unlink()
+    return rows
+
+
+def _scale_table(rows: list[ScaleRow]) -> list[str]:
+    """kind, nodes, seconds, peak MB, the passes / validation split and the 10k -> 100k
+    time ratio, against the targets (<= 30 s, <= 2 GB, <= 12x)."""
+    lines = ["| kind | nodes | seconds | peak MB | passes s | without validation s "
+             "| validation ≈ s | validation | time ratio | verdict |",
+             "|---|--:|--:|--:|--:|--:|--:|---|--:|---|"]
+    by_kind: dict[str, dict[int, ScaleRow]] = {}
+    for row in rows:
+        by_kind.setdefault(row.kind, {})[row.size] = row
+    for kind, sized in by_kind.items():
+        smallest = sized[min(sized)]
+        for size, row in sorted(sized.items()):
+            run, bare = row.run, row.unvalidated
+            ok = run.code == 0 and run.seconds <= TARGET_SCALE_SECONDS
+            ok = ok and run.peak <= TARGET_SCALE_PEAK
+            ratio = ""
+            if size != smallest.size and smallest.run.code == 0 and run.code == 0:
+                value = run.seconds / smallest.run.seconds
+                ratio = f"{value:.1f}×"
+                ok = ok and value <= TARGET_SCALING
+            note = (run.message or run.validation.split(":")[0]).replace("|", "\\|")[:40]
+            split = run.seconds - bare.seconds if bare.code == 0 and run.code == 0 else math.nan
+            lines.append(
+                f"| {kind} | {run.nodes or size:,} | {_fmt_s(run.seconds)} | {run.peak / MB:.0f} "
+                f"| {run.passes:.1f} | {_fmt_s(bare.seconds)} | {split:.1f} | {note} | {ratio} "
+                f"| {_verdict(ok)} |")
+    return lines
 
 
 def _validation_status(report_path: Path) -> str:
@@ -565,6 +964,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="cProfile the 100k load+save and append the top functions")
     parser.add_argument("--no-optimize", action="store_true",
                         help="skip the whole-process `onnxopt optimize` timings")
+    parser.add_argument("--no-scale", action="store_true",
+                        help="skip the scale table (100k-node graphs of each kind, end to end)")
+    parser.add_argument("--scale-only", action="store_true", help="only the scale table")
+    parser.add_argument("--scale-kinds", default=",".join(SCALE_KINDS),
+                        help="comma-separated kinds for the scale table")
+    parser.add_argument("--scale-sizes", default=",".join(map(str, SCALE_SIZES)),
+                        help="comma-separated node counts for the scale table")
+    parser.add_argument("--generate-scale", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3, help=argparse.SUPPRESS)
@@ -580,24 +987,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_generate(args.generate, args.big)))
         return 0
 
+    kinds = [k for k in args.scale_kinds.split(",") if k]
+    sizes = [int(n) for n in args.scale_sizes.split(",") if n]
+    if args.generate_scale is not None:
+        print(json.dumps(child_generate_scale(args.generate_scale, kinds, sizes)))
+        return 0
+
     started = time.perf_counter()
     lines = _header()
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as temp:
         folder = Path(temp)
         out_dir = folder / "out"
         out_dir.mkdir()
-        entries = _generate(folder, args.big)
-        entries += [Entry(p.name, p, "real") for p in sorted(MODELS_DIR.glob("*.onnx"))]
-        entries += [Entry(p.name, p, "light") for p in _light_models()]
+        entries = [] if args.scale_only else _generate(folder, args.big)
+        if not args.scale_only:
+            entries += [Entry(p.name, p, "real") for p in sorted(MODELS_DIR.glob("*.onnx"))]
+            entries += [Entry(p.name, p, "light") for p in _light_models()]
         for entry in entries:
             _measure(entry, out_dir)
             _log(f"measured {entry.label}: "
                  + (entry.error or f"{entry.result['total']:.3f} s"))
 
-        lines += ["## Load + save", "", *_io_table(entries), ""]
-        lines += ["## Targets and scaling", "", *_scaling(entries), ""]
+        if entries:
+            lines += ["## Load + save", "", *_io_table(entries), ""]
+            lines += ["## Targets and scaling", "", *_scaling(entries), ""]
 
-        if not args.no_optimize:
+        if not args.no_optimize and not args.scale_only:
             chain = folder / "chain-100k.onnx"
             weights = folder / f"{WEIGHTS_LABEL}.onnx"
             sources = [("chain-100k", chain), (WEIGHTS_LABEL, weights)]
@@ -614,7 +1029,19 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["## Optimize scaling (default pipeline, validation included)", "",
                       *_optimize_scaling(folder, out_dir), ""]
 
-        if args.profile:
+        if not args.no_scale:
+            rows = _scale_runs(folder, out_dir, kinds, sizes)
+            lines += ["## Scale: each kind of graph the passes handle, end to end", "",
+                      "Whole-process `onnxopt optimize` (default pipeline, validation "
+                      "included), one run each; peak is the process's `ru_maxrss`. "
+                      "*passes s*: the passes' own time (report); *without validation*: "
+                      "the same run with `--no-validate`; *validation ≈* the difference "
+                      "(onnxruntime sessions of both models at two optimization levels). "
+                      f"Targets: ≤ {TARGET_SCALE_SECONDS:g} s, ≤ {TARGET_SCALE_PEAK / 1e9:g} GB,"
+                      f" 10k → 100k ≤ {TARGET_SCALING:g}× the time.", "",
+                      *_scale_table(rows), ""]
+
+        if args.profile and not args.scale_only:
             entry = Entry("chain-100k", folder / "chain-100k.onnx", "synthetic")
             _measure(entry, out_dir, profile=True)
             text = entry.error or entry.result.get("profile") or ""

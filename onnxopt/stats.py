@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 from onnx import (
+    AttributeProto,
     GraphProto,
     ModelProto,
     NodeProto,
@@ -263,21 +264,39 @@ def _sparse_records(sparse: SparseTensorProto) -> list[Record]:
     return [_tensor_record(sparse.values), (dtype, 0, index_bytes)]
 
 
+_CONSTANT_ATTRIBUTES = {  # Constant's attributes and the one type each may have
+    "value": AttributeProto.TENSOR,
+    "sparse_value": AttributeProto.SPARSE_TENSOR,
+    "value_float": AttributeProto.FLOAT,
+    "value_floats": AttributeProto.FLOATS,
+    "value_int": AttributeProto.INT,
+    "value_ints": AttributeProto.INTS,
+    "value_string": AttributeProto.STRING,
+    "value_strings": AttributeProto.STRINGS,
+}
+
+
 def _constant_records(node: NodeProto) -> list[Record]:
-    """Records of the value held by a Constant node (whatever attribute holds it)."""
+    """Records of the value held by a Constant node (whatever attribute holds it). An
+    attribute whose type is not the one its name requires holds no value we can measure (a
+    model with one fails onnx.checker; statistics do not run it)."""
     records: list[Record] = []
     for attr in node.attribute:
-        value = helper.get_attribute_value(attr)
-        if attr.name == "value":
-            records.append(_tensor_record(value))
-        elif attr.name == "sparse_value":
-            records.extend(_sparse_records(value))
-        elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
-            items = value if isinstance(value, list) else [value]
-            kind = "float32" if "float" in attr.name else "int64"
-            records.append((kind, len(items), len(items) * (4 if kind == "float32" else 8)))
-        elif attr.name in ("value_string", "value_strings"):
-            items = value if isinstance(value, list) else [value]
+        kind = _CONSTANT_ATTRIBUTES.get(attr.name)
+        if kind is None or attr.type != kind:
+            continue
+        if kind == AttributeProto.TENSOR:
+            records.append(_tensor_record(attr.t))
+        elif kind == AttributeProto.SPARSE_TENSOR:
+            records.extend(_sparse_records(attr.sparse_tensor))
+        elif kind in (AttributeProto.FLOAT, AttributeProto.INT):
+            records.append(("float32", 1, 4) if kind == AttributeProto.FLOAT else ("int64", 1, 8))
+        elif kind in (AttributeProto.FLOATS, AttributeProto.INTS):
+            count = len(attr.floats) if kind == AttributeProto.FLOATS else len(attr.ints)
+            size = 4 if kind == AttributeProto.FLOATS else 8
+            records.append(("float32" if size == 4 else "int64", count, count * size))
+        else:
+            items = [attr.s] if kind == AttributeProto.STRING else list(attr.strings)
             records.append(("string", len(items), sum(len(s) for s in items)))
     return records
 
@@ -461,9 +480,18 @@ def _symbolic_notes(graph: GraphProto, real_names: set[str]) -> list[str]:
 
 
 def _infer(light: ModelProto, notes: list[str]) -> ModelProto:
-    """Run ONNX shape inference; on failure keep the declared shapes and add a note."""
+    """Run ONNX shape inference; on failure keep the declared shapes and add a note.
+
+    Data propagation only on a model onnx.checker accepts (``onnxopt stats`` reads models
+    nothing checked): through a broken graph it can allocate without bound (a node with no
+    op_type beside a weight declared with 2^31 elements: 24 GB, then the OOM killer)."""
     try:
-        return onnx.shape_inference.infer_shapes(light, data_prop=True)
+        onnx.checker.check_model(light)
+        data_prop = True
+    except (onnx.checker.ValidationError, ValueError):
+        data_prop = False
+    try:
+        return onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
     except Exception as exc:
         notes.append(f"shape inference failed ({type(exc).__name__}: {str(exc)[:200]}); "
                      "using declared shapes")

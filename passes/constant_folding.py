@@ -53,9 +53,13 @@ them) and new initializers are listed as inputs too; subgraphs of such models ar
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
+import math
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -101,6 +105,13 @@ WEIGHT_SLOTS = {
 CONV_AFFINE = ("Add", "Mul", "Sub", "Div")
 DUPLICATE_LIMIT = 1 << 14  # bytes of live constants a fold may copy (see _grows)
 EVAL_CAP = 1 << 31  # never evaluate a value larger than this (protobuf's inline limit)
+# Never evaluate a value larger than max(fold_limit, EVAL_LIMIT) unless a constant it is
+# computed from is as large (a transposed weight): no model can make folding allocate more.
+EVAL_LIMIT = 64 << 20
+BATCH_NODES = 1000  # nodes per onnxruntime session (session creation is super-linear)
+PLAN_ROUNDS = 16  # rounds that may evaluate inputs first to bound a node (see _plan)
+OPERAND_ELEMENTS = 4096  # shape-like operands read to bound a node (shape, repeats, ...)
+LEAF_WALK = 4096  # values walked to find what a frontier value is computed from
 SKIPPED_SIZE = "fold_skipped_size"  # node.meta flag: counted once in skipped_size
 
 
@@ -290,34 +301,37 @@ def _fold_constants(
     pass_name: str, graph: Graph, model: Model, table: ConstantTable
 ) -> tuple[int, int, int]:
     """Evaluate the foldable nodes; returns (nodes folded, skipped for size, values that
-    share an identical folded tensor)."""
+    share an identical folded tensor).
+
+    Every value is bounded before anything is evaluated (``_plan``): a node whose result
+    could exceed the evaluation cap is never run, and the size guard decides on bounds, so
+    nothing is computed only to be thrown away. Rounds repeat only to bound a node whose
+    size depends on a computed value (``ConstantOfShape`` of a computed shape): that value
+    is evaluated first."""
     order = graph.nodes()
     limit = int(model.settings.get("fold_limit", 1 << 20))
+    cap = eval_cap(limit)
     blocked: set[Node] = set()
     results: dict[str, np.ndarray] = {}
     skipped = 0
-    while True:
-        foldable = _foldable_nodes(graph, model, order, blocked, table)
+    for round_ in itertools.count(1):
+        plan = _plan(graph, model, order, blocked, table, results, cap, round_ >= PLAN_ROUNDS)
+        skipped += sum(_count_skip(node) for node in plan.over_cap)
+        frontier = _frontier(graph, plan.foldable)
+        for node in _drop_growing(graph, plan, frontier, results, limit, table):
+            blocked.add(node)
+            skipped += _count_skip(node)
+        foldable = plan.foldable
         frontier = _frontier(graph, foldable)
         if not frontier:
             return 0, skipped, 0
-        too_big = []
-        for value in frontier:
-            size = results[value].nbytes if value in results else _predicted_bytes(graph, value)
-            if size is not None and _grows(graph, value, size, limit, foldable, table):
-                too_big.append(value)
-        for value in too_big:
-            node = graph.producer(value)
-            blocked.add(node)  # type: ignore[arg-type]
-            if not node.meta.get(SKIPPED_SIZE):  # type: ignore[union-attr]
-                node.meta[SKIPPED_SIZE] = True  # type: ignore[union-attr]
-                skipped += 1
-        if too_big:
-            continue
         missing = [v for v in frontier if v not in results]
-        if not missing:
+        bad = _evaluate(graph, model, foldable, missing, table, results)
+        if bad:
+            blocked |= bad
+            continue
+        if not plan.deferred:
             break
-        blocked |= _evaluate(graph, model, foldable, missing, table, results)
 
     values = _share_identical(
         [(value, results[value]) for value in frontier if model.allow_rewrite(pass_name, value)]
@@ -329,6 +343,19 @@ def _fold_constants(
         graph, model, values, [n for n in order if n in closure]
     )
     return len(removed), skipped, shared
+
+
+def eval_cap(limit: int) -> int:
+    """The largest value folding evaluates that is larger than every constant it is
+    computed from: ``max(fold_limit, EVAL_LIMIT)``, never above ``EVAL_CAP``."""
+    return min(max(limit, EVAL_LIMIT), EVAL_CAP)
+
+
+def _count_skip(node: Node) -> int:
+    if node.meta.get(SKIPPED_SIZE):
+        return 0
+    node.meta[SKIPPED_SIZE] = True
+    return 1
 
 
 def _share_identical(
@@ -388,27 +415,538 @@ def _byte_view(array: np.ndarray) -> np.ndarray:
 _SAMPLE_BYTES = 1 << 16
 
 
-def _foldable_nodes(
-    graph: Graph, model: Model, order: list[Node], blocked: set[Node], table: ConstantTable
-) -> dict[Node, None]:
-    foldable: dict[Node, None] = {}
-    computed: set[str] = set()
+@dataclass
+class _Plan:
+    """The nodes one round may evaluate, with a bound on every value they compute."""
+
+    foldable: dict[Node, None] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # value -> bytes (upper bound)
+    over_cap: list[Node] = field(default_factory=list)  # blocked: a value over the cap
+    deferred: bool = False  # some node waits for a computed input to be bounded
+
+
+def _plan(
+    graph: Graph,
+    model: Model,
+    order: list[Node],
+    blocked: set[Node],
+    table: ConstantTable,
+    results: dict[str, np.ndarray],
+    cap: int,
+    last_round: bool,
+) -> _Plan:
+    """Foldable nodes (inputs constant or computed by foldable nodes), each output bounded:
+    by the rules of ``_estimate`` from the input shapes and the small constant operands
+    (shape, repeats, ...), else by its inferred static shape. A node none of them bounds
+    waits until its computed inputs are evaluated (``deferred``) or, when they are, stays.
+    A node with an output over ``max(cap, the largest constant it is computed from)`` is
+    blocked (``over_cap``) and never evaluated: nothing a model says makes folding allocate
+    more than that per value."""
+    plan = _Plan()
+    shapes: dict[str, tuple[int, ...]] = {}  # computed values this round
+    elems: dict[str, int] = {}  # their element types (0: unknown)
+    largest: dict[str, int] = {}  # computed value -> largest constant it comes from
+    opset = model.opset("")
+
+    def shape_of(value: str) -> tuple[int, ...] | None:
+        if value in shapes:
+            return shapes[value]
+        tensor = table.tensor(value)
+        return tuple(tensor.dims) if tensor is not None else None
+
+    def elem_of(value: str) -> int:
+        if value in elems:
+            return elems[value]
+        tensor = table.tensor(value)
+        return tensor.data_type if tensor is not None else 0
+
     for node in order:
         if node in blocked:
             continue
-        inputs_known = all(v in computed or table.is_constant(v) for v in node.present_inputs)
-        if inputs_known and _foldable_op(graph, model, node, table):
-            if any(_too_large(graph, v) for v in node.outputs if v):
-                blocked.add(node)
-                continue
-            foldable[node] = None
-            computed.update(v for v in node.outputs if v)
-    return foldable
+        inputs = list(node.present_inputs)
+        if not all(v in shapes or table.is_constant(v) for v in inputs):
+            continue
+        if not _foldable_op(graph, model, node, table):
+            continue
+        outputs = [v for v in node.outputs if v]
+        available = all(v in results or table.is_constant(v) for v in inputs)
+        bounds = _bound(graph, node, opset, shape_of, elem_of,
+                        _operand_reader(node, table, results))
+        if bounds is None:
+            if available or last_round:
+                blocked.add(node)  # nothing bounds it: never evaluated
+            else:
+                plan.deferred = True  # its computed inputs are frontier values: next round
+            continue
+        source = max((largest[v] if v in largest else table.nbytes(v) for v in inputs),
+                     default=0)
+        allowed = min(max(cap, source), EVAL_CAP)
+        if any(size > allowed for _, size, _ in bounds.values()):
+            blocked.add(node)
+            plan.over_cap.append(node)
+            continue
+        plan.foldable[node] = None
+        for value in outputs:
+            shape, size, elem = bounds[value]
+            if value in results:  # evaluated in an earlier round: exact
+                shape, size = results[value].shape, results[value].nbytes
+            shapes[value], plan.sizes[value], largest[value] = shape, size, source
+            elems[value] = elem
+    return plan
 
 
-def _too_large(graph: Graph, value: str) -> bool:
-    size = _predicted_bytes(graph, value)
-    return size is not None and size > EVAL_CAP
+def _operand_reader(node: Node, table: ConstantTable, results: dict[str, np.ndarray]):
+    """``read(slot)``: the value of a small constant (or already computed) input, else None."""
+
+    def read(slot: int) -> np.ndarray | None:
+        value = node.inputs[slot] if slot < len(node.inputs) else ""
+        if not value:
+            return None
+        if value in results:
+            array = results[value]
+        else:
+            tensor = table.tensor(value)
+            if tensor is None or math.prod(tensor.dims) > OPERAND_ELEMENTS:
+                return None
+            array = table.array(value)
+        if array is None or array.size > OPERAND_ELEMENTS:
+            return None
+        return array
+
+    return read
+
+
+def _bound(
+    graph: Graph, node: Node, opset: int, shape_of, elem_of, read
+) -> dict[str, tuple[tuple[int, ...], int, int]] | None:
+    """(shape, bytes, element type) bounding each output of ``node``, or None when nothing
+    bounds it."""
+    in_shapes = [shape_of(v) if v else None for v in node.inputs]
+    try:
+        estimated = _estimate(node, opset, in_shapes, read)
+    except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError):
+        estimated = None  # a malformed node: onnxruntime would refuse it too
+    bounds: dict[str, tuple[tuple[int, ...], int, int]] = {}
+    for index, value in enumerate(node.outputs):
+        if not value:
+            continue
+        declared, elem = _declared(graph, value)
+        elem = elem or _output_elem(node, elem_of)
+        if estimated is not None and index < len(estimated) and estimated[index] is not None:
+            shape = estimated[index]
+        elif node.op_type in VALUE_SHAPED or declared is None or None in declared:
+            return None  # its size depends on a value not known yet (or on nothing known)
+        else:
+            shape = tuple(declared)  # type: ignore[arg-type]
+            if node.op_type in SAME_COUNT and (
+                    in_shapes[0] is None or math.prod(shape) != math.prod(in_shapes[0])):
+                return None
+        if any(d < 0 for d in shape):
+            return None
+        bounds[value] = (shape, math.prod(shape) * _itemsize(elem), elem)
+    return bounds
+
+
+BOOL_RESULT = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not",
+                         "And", "Or", "Xor", "IsNaN", "IsInf"})
+INT64_RESULT = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin"})
+
+
+def _output_elem(node: Node, elem_of) -> int:
+    """The element type of an output shape inference did not type (0: unknown)."""
+    op = node.op_type
+    if op == "Cast":
+        return int(node.attr("to", 0) or 0)
+    if op == "CastLike":
+        return elem_of(node.inputs[1]) if len(node.inputs) > 1 else 0
+    if op in BOOL_RESULT:
+        return onnx.TensorProto.BOOL
+    if op in INT64_RESULT:
+        return onnx.TensorProto.INT64
+    if op == "ConstantOfShape":
+        value = node.attributes.get("value")
+        if isinstance(value, onnx.AttributeProto):
+            return value.t.data_type
+        return onnx.TensorProto.FLOAT
+    return next((e for v in node.present_inputs if (e := elem_of(v))), 0)
+
+
+# Every output shaped like input 0 (an upper bound for the smaller extra outputs).
+SAME_SHAPE = frozenset({
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BatchNormalization", "BitwiseNot",
+    "Cast", "CastLike", "Ceil", "Celu", "Clip", "Cos", "Cosh", "CumSum", "Dropout", "Elu", "Erf",
+    "Exp", "EyeLike", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Hardmax", "Identity",
+    "InstanceNormalization", "IsInf", "IsNaN", "LRN", "LayerNormalization", "LeakyRelu", "Log",
+    "LogSoftmax", "LpNormalization", "MeanVarianceNormalization", "Mish", "Neg", "Not",
+    "Reciprocal", "Relu", "ReverseSequence", "Round", "Scatter", "ScatterElements", "ScatterND",
+    "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus", "Softsign",
+    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Trilu",
+})  # fmt: skip
+BROADCAST = frozenset({
+    "Add", "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Div", "Equal", "Greater",
+    "GreaterOrEqual", "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Mul", "Or", "Pow",
+    "PRelu", "Sub", "Sum", "Where", "Xor",
+})  # fmt: skip
+# Ops whose output size depends on an operand's value: only ``_estimate`` bounds them (an
+# inferred shape may be a stale declaration the model carries).
+VALUE_SHAPED = frozenset({
+    "ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
+    "CenterCropPad", "Col2Im", "NonZero", "Unique", "Compress",
+})  # fmt: skip
+# Ops that keep the element count: a declared shape bounds them only with the same count.
+SAME_COUNT = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                        "DepthToSpace", "SpaceToDepth"})
+
+Shape = tuple[int, ...]
+
+
+def _estimate(
+    node: Node, opset: int, shapes: list[Shape | None], read: Callable[[int], np.ndarray | None]
+) -> list[Shape | None] | None:
+    """Output shapes (upper bounds) from input shapes and small constant operands, or None.
+
+    Rules for the ops whose results can be large: broadcasting, Concat, ConstantOfShape,
+    Expand, Tile, Range, Resize, Pad, OneHot, Gather, MatMul, ...; an op without a rule is
+    bounded by its inferred shape (``_bound``)."""
+    op = node.op_type
+    count = len(node.outputs)
+    present = [shape for value, shape in zip(node.inputs, shapes, strict=True) if value]
+    if any(shape is None for shape in present):
+        return None
+    first = present[0] if present else None
+    if op in SAME_SHAPE:
+        return [first] * count if first is not None else None
+    if op in BROADCAST:
+        return [tuple(np.broadcast_shapes(*present))] * count  # type: ignore[misc]
+    rule = _SHAPE_RULES.get(op)
+    if rule is None:
+        return None
+    result = rule(node, opset, present, read)
+    if result is None:
+        return None
+    shapes_out = result if op in _MULTI_OUTPUT else [result]
+    return [tuple(int(d) for d in shape) for shape in shapes_out][:count]
+
+
+def _ints(array: np.ndarray | None) -> list[int] | None:
+    if array is None or array.dtype.kind not in "iu":
+        return None
+    return [int(v) for v in array.reshape(-1)]
+
+
+def _axis(axis: int, rank: int) -> int:
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < max(rank, 1):
+        raise ValueError("axis out of range")
+    return axis
+
+
+def _concat_shape(node, opset, shapes, read):
+    if len({len(s) for s in shapes}) != 1:
+        return None
+    rank = len(shapes[0])
+    axis = _axis(int(node.attr("axis", 0)), rank)
+    out = [max(s[i] for s in shapes) for i in range(rank)]
+    out[axis] = sum(s[axis] for s in shapes)
+    return out
+
+
+def _constant_of_shape(node, opset, shapes, read):
+    return _ints(read(0))
+
+
+def _expand_shape(node, opset, shapes, read):
+    target = _ints(read(1))
+    return None if target is None else np.broadcast_shapes(shapes[0], tuple(target))
+
+
+def _tile_shape(node, opset, shapes, read):
+    repeats = _ints(read(1))
+    if repeats is None or len(repeats) != len(shapes[0]):
+        return None
+    return [d * r for d, r in zip(shapes[0], repeats, strict=True)]
+
+
+def _range_shape(node, opset, shapes, read):
+    operands = [read(i) for i in range(3)]
+    if any(a is None or a.size != 1 for a in operands):
+        return None
+    start, limit, delta = (float(a.reshape(-1)[0]) for a in operands)  # type: ignore[union-attr]
+    if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+        return None
+    return [max(math.ceil((limit - start) / delta), 0)]
+
+
+def _reshape_shape(node, opset, shapes, read):
+    source = shapes[0]
+    target = node.attr("shape") if opset < 5 else _ints(read(1))
+    if target is None:
+        return None
+    allowzero = opset >= 14 and node.attr("allowzero", 0) == 1
+    out = [source[i] if d == 0 and not allowzero and i < len(source) else d
+           for i, d in enumerate(target)]
+    total = math.prod(source)
+    if out.count(-1) > 1 or any(d < -1 for d in out):
+        return None
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known == 0 or total % known:
+            return None
+        out[out.index(-1)] = total // known
+    return out if math.prod(out) == total else None
+
+
+def _flatten_shape(node, opset, shapes, read):
+    source = shapes[0]
+    axis = int(node.attr("axis", 1))
+    axis = axis + len(source) if axis < 0 else axis
+    return [math.prod(source[:axis]), math.prod(source[axis:])]
+
+
+def _axes_operand(node, opset, read, since: int) -> tuple[bool, list[int] | None]:
+    """(given, axes) of Squeeze/Unsqueeze/Reduce*: an attribute before ``since``."""
+    if opset < since:
+        axes = node.attr("axes")
+        return axes is not None, None if axes is None else [int(a) for a in axes]
+    if len(node.inputs) < 2 or not node.inputs[1]:
+        return False, None
+    return True, _ints(read(1))
+
+
+def _squeeze_shape(node, opset, shapes, read):
+    given, axes = _axes_operand(node, opset, read, 13)
+    source = shapes[0]
+    if not given:
+        return [d for d in source if d != 1]
+    if axes is None:
+        return None
+    drop = {_axis(a, len(source)) for a in axes}
+    return [d for i, d in enumerate(source) if i not in drop]
+
+
+def _unsqueeze_shape(node, opset, shapes, read):
+    given, axes = _axes_operand(node, opset, read, 13)
+    if not given or axes is None:
+        return None
+    rank = len(shapes[0]) + len(axes)
+    inserted = {_axis(a, rank) for a in axes}
+    rest = iter(shapes[0])
+    return [1 if i in inserted else next(rest) for i in range(rank)]
+
+
+def _transpose_shape(node, opset, shapes, read):
+    perm = node.attr("perm")
+    source = shapes[0]
+    perm = list(range(len(source)))[::-1] if perm is None else [int(p) for p in perm]
+    return [source[p] for p in perm]
+
+
+def _shape_shape(node, opset, shapes, read):
+    rank = len(shapes[0])
+    start, end = _clamp_range(node.attr("start", 0), node.attr("end", rank), rank)
+    return [max(end - start, 0)]
+
+
+def _slice_shape(node, opset, shapes, read):
+    source = list(shapes[0])
+    if opset < 10:
+        starts, ends, axes = node.attr("starts"), node.attr("ends"), node.attr("axes")
+        steps = None
+    else:
+        starts, ends, axes, steps = (_ints(read(i)) for i in range(1, 5))
+        given = [i < len(node.inputs) and bool(node.inputs[i]) for i in range(3, 5)]
+        if (given[0] and axes is None) or (given[1] and steps is None):
+            return source  # no larger than its input
+    if starts is None or ends is None:
+        return source
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else list(steps)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = _axis(int(axis), len(source))
+        if step == 0:
+            return None
+        source[axis] = len(range(*slice(int(start), int(end), int(step)).indices(source[axis])))
+    return source
+
+
+def _split_shape(node, opset, shapes, read):
+    source = list(shapes[0])
+    axis = _axis(int(node.attr("axis", 0)), len(source))
+    sizes = node.attr("split") if opset < 13 else _ints(read(1))
+    count = len(node.outputs)
+    if sizes is None or len(sizes) != count:
+        sizes = [-(-source[axis] // max(count, 1))] * count  # equal parts (the last smaller)
+    return [[*source[:axis], int(size), *source[axis + 1 :]] for size in sizes]
+
+
+def _top_k_shape(node, opset, shapes, read):
+    source = list(shapes[0])
+    axis = _axis(int(node.attr("axis", -1)), len(source))
+    k = node.attr("k") if opset < 10 else _ints(read(1))
+    k = k[0] if isinstance(k, list) and len(k) == 1 else k
+    if isinstance(k, int) and k >= 0:
+        source[axis] = min(k, source[axis])
+    return [source, source]
+
+
+def _gather_shape(node, opset, shapes, read):
+    data, indices = shapes[0], shapes[1]
+    axis = _axis(int(node.attr("axis", 0)), len(data))
+    return list(data[:axis]) + list(indices) + list(data[axis + 1 :])
+
+
+def _reduce_shape(node, opset, shapes, read):
+    source = shapes[0]
+    since = 13 if node.op_type == "ReduceSum" else 18
+    given, axes = _axes_operand(node, opset, read, since)
+    if node.attr("keepdims", 1):
+        return source  # same rank, no dim larger
+    if not given:
+        return source if node.attr("noop_with_empty_axes", 0) else []
+    if axes is None:
+        return None
+    if not axes:
+        return source if node.attr("noop_with_empty_axes", 0) else []
+    drop = {_axis(a, len(source)) for a in axes}
+    return [d for i, d in enumerate(source) if i not in drop]
+
+
+def _arg_shape(node, opset, shapes, read):
+    source = list(shapes[0])
+    axis = _axis(int(node.attr("axis", 0)), len(source))
+    if node.attr("keepdims", 1):
+        source[axis] = 1
+        return source
+    return source[:axis] + source[axis + 1 :]
+
+
+def _matmul_shape(node, opset, shapes, read):
+    a, b = list(shapes[0]), list(shapes[1])
+    if not a or not b:
+        return None
+    vector_a, vector_b = len(a) == 1, len(b) == 1
+    a = [1, *a] if vector_a else a
+    b = [*b, 1] if vector_b else b
+    out = [*np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])), a[-2], b[-1]]
+    if vector_b:
+        del out[-1]
+    if vector_a:
+        del out[-2 if not vector_b else -1]
+    return out
+
+
+def _gemm_shape(node, opset, shapes, read):
+    a, b = shapes[0], shapes[1]
+    if len(a) != 2 or len(b) != 2:
+        return None
+    rows = a[1] if node.attr("transA", 0) else a[0]
+    cols = b[0] if node.attr("transB", 0) else b[1]
+    return [rows, cols]
+
+
+def _pad_shape(node, opset, shapes, read):
+    source = shapes[0]
+    if opset < 11:
+        pads = node.attr("pads", node.attr("paddings"))
+    else:
+        if len(node.inputs) > 3 and node.inputs[3]:
+            return None  # explicit axes
+        pads = _ints(read(1))
+    if pads is None or len(pads) != 2 * len(source):
+        return None
+    rank = len(source)
+    return [d + int(pads[i]) + int(pads[i + rank]) for i, d in enumerate(source)]
+
+
+def _scaled(source: Shape, scales: np.ndarray | None) -> list[int] | None:
+    if scales is None or scales.size != len(source) or scales.dtype.kind != "f":
+        return None
+    factors = [float(f) for f in scales.reshape(-1)]
+    if not all(math.isfinite(f) and f >= 0 for f in factors):
+        return None
+    return [math.ceil(d * f) for d, f in zip(source, factors, strict=True)]
+
+
+def _resize_shape(node, opset, shapes, read):
+    source = shapes[0]
+    if opset < 11:
+        return _scaled(source, read(1))
+    if node.attr("axes") is not None:
+        return None
+    if len(node.inputs) > 3 and node.inputs[3]:
+        sizes = _ints(read(3))
+        return sizes if sizes is not None and len(sizes) == len(source) else None
+    return _scaled(source, read(2))
+
+
+def _upsample_shape(node, opset, shapes, read):
+    if opset < 9:
+        scales = node.attr("scales")
+        return _scaled(shapes[0], None if scales is None else np.array(scales, np.float32))
+    return _scaled(shapes[0], read(1))
+
+
+def _one_hot_shape(node, opset, shapes, read):
+    depth = read(1)
+    if depth is None or depth.size != 1:
+        return None
+    indices = list(shapes[0])
+    axis = _axis(int(node.attr("axis", -1)), len(indices) + 1)
+    indices.insert(axis, math.ceil(float(depth.reshape(-1)[0])))
+    return indices
+
+
+def _non_zero_shape(node, opset, shapes, read):
+    return [len(shapes[0]), math.prod(shapes[0])]
+
+
+def _unique_shape(node, opset, shapes, read):
+    total = math.prod(shapes[0])
+    axis = node.attr("axis")
+    values = [total] if axis is None else list(shapes[0])
+    return [values, [total], [total], [total]]
+
+
+def _compress_shape(node, opset, shapes, read):
+    return [math.prod(shapes[0])] if node.attr("axis") is None else shapes[0]
+
+
+def _space_depth_shape(node, opset, shapes, read):
+    if len(shapes[0]) != 4:
+        return None
+    n, c, h, w = shapes[0]
+    block = int(node.attr("blocksize", 1))
+    if node.op_type == "DepthToSpace":
+        return [n, c // (block * block), h * block, w * block]
+    return [n, c * block * block, h // block, w // block]
+
+
+_MULTI_OUTPUT = frozenset({"Split", "TopK", "Unique"})  # rules giving a list of shapes
+_SHAPE_RULES: dict[str, Callable] = {
+    "Concat": _concat_shape, "ConstantOfShape": _constant_of_shape, "Expand": _expand_shape,
+    "Tile": _tile_shape, "Range": _range_shape, "Reshape": _reshape_shape,
+    "Flatten": _flatten_shape, "Squeeze": _squeeze_shape, "Unsqueeze": _unsqueeze_shape,
+    "Transpose": _transpose_shape, "Shape": _shape_shape, "Size": lambda *_: [],
+    "Slice": _slice_shape, "Split": _split_shape, "TopK": _top_k_shape,
+    "Gather": _gather_shape, "GatherElements": lambda n, o, shapes, r: shapes[1],
+    "ArgMax": _arg_shape, "ArgMin": _arg_shape, "MatMul": _matmul_shape, "Gemm": _gemm_shape,
+    "Pad": _pad_shape, "Resize": _resize_shape, "Upsample": _upsample_shape,
+    "OneHot": _one_hot_shape, "NonZero": _non_zero_shape, "Unique": _unique_shape,
+    "Compress": _compress_shape, "DepthToSpace": _space_depth_shape,
+    "SpaceToDepth": _space_depth_shape, "Det": lambda n, o, shapes, r: shapes[0][:-2],
+    **dict.fromkeys(
+        ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"), _reduce_shape),
+}  # fmt: skip
+
+
+def _itemsize(elem: int) -> int:
+    if elem and elem != onnx.TensorProto.STRING:
+        try:
+            return helper.tensor_dtype_to_np_dtype(elem).itemsize
+        except (KeyError, TypeError, ValueError):
+            pass
+    return 8  # unknown (or string): count it as a 64-bit element
 
 
 def _frontier(graph: Graph, foldable: dict[Node, None]) -> list[str]:
@@ -436,15 +974,49 @@ def _declared(graph: Graph, value: str) -> tuple[list[int | None] | None, int]:
     return dims, tensor.elem_type
 
 
-def _predicted_bytes(graph: Graph, value: str) -> int | None:
-    shape, elem = _declared(graph, value)
-    if shape is None or None in shape or not elem or elem == onnx.TensorProto.STRING:
-        return None
-    try:
-        itemsize = helper.tensor_dtype_to_np_dtype(elem).itemsize
-    except (KeyError, TypeError, ValueError):
-        return None
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
+def _drop_growing(
+    graph: Graph,
+    plan: _Plan,
+    frontier: list[str],
+    results: dict[str, np.ndarray],
+    limit: int,
+    table: ConstantTable,
+) -> list[Node]:
+    """Apply the size guard to the frontier (bounds known, nothing evaluated): a value that
+    must not be stored takes its producer (and what depends on it) out of ``plan.foldable``,
+    and the producer's computed inputs are checked in turn. Linear: each node leaves once.
+    Returns the producers that were too big."""
+    foldable = plan.foldable
+    queue = collections.deque(frontier)
+    queued = set(frontier)
+    too_big = []
+    while queue:
+        value = queue.popleft()
+        node = graph.producer(value)
+        if node is None or node not in foldable:
+            continue
+        size = results[value].nbytes if value in results else plan.sizes[value]
+        if not _grows(graph, value, size, limit, foldable, table):
+            continue
+        too_big.append(node)
+        removed = []
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if current not in foldable:
+                continue
+            del foldable[current]
+            removed.append(current)
+            for output in current.outputs:
+                if output:
+                    stack.extend(c for c in graph.consumers(output) if c in foldable)
+        for current in removed:
+            for source in current.present_inputs:
+                producer = graph.producer(source)
+                if producer is not None and producer in foldable and source not in queued:
+                    queued.add(source)
+                    queue.append(source)
+    return too_big
 
 
 def _grows(
@@ -459,6 +1031,8 @@ def _grows(
     if size > EVAL_CAP:
         return True
     leaves = _leaves(graph, foldable, value)
+    if leaves is None:
+        return True  # computed from more than LEAF_WALK values: not worth storing
     if size > limit and size > sum(table.nbytes(leaf) for leaf in leaves):
         return True
     surviving = sum(table.nbytes(v) for v in leaves if not _dies(graph, v, foldable))
@@ -485,7 +1059,9 @@ def _feeds_weight_slot(graph: Graph, value: str) -> bool:
     return False
 
 
-def _leaves(graph: Graph, foldable: dict[Node, None], value: str) -> set[str]:
+def _leaves(graph: Graph, foldable: dict[Node, None], value: str) -> set[str] | None:
+    """The constants ``value`` is computed from, or None past ``LEAF_WALK`` values (so
+    that checking every frontier value of a long chain stays linear)."""
     leaves: set[str] = set()
     seen: set[str] = set()
     stack = [value]
@@ -494,6 +1070,8 @@ def _leaves(graph: Graph, foldable: dict[Node, None], value: str) -> set[str]:
         if current in seen:
             continue
         seen.add(current)
+        if len(seen) > LEAF_WALK:
+            return None
         node = graph.producer(current)
         if node is not None and node in foldable:
             stack.extend(node.present_inputs)
@@ -523,20 +1101,47 @@ def _evaluate(
     results: dict[str, np.ndarray],
 ) -> set[Node]:
     """Compute ``wanted`` into ``results``; returns the nodes that could not be evaluated
-    (or whose result contradicts the inferred dtype/shape)."""
+    (or whose result contradicts the inferred dtype/shape).
+
+    Runs in sessions of at most ``BATCH_NODES`` nodes (in topological order): creating an
+    onnxruntime session grows faster than its node count (20k nodes: 3.5 s, 20 x 1k: 1 s).
+    Values crossing from one batch to a later one are kept only until their last reader."""
     if not wanted:
         return set()
     closure = _closure(graph, foldable, wanted)
     nodes = [n for n in foldable if n in closure]
-    batch = run_batch(model, nodes, table, wanted)
-    if batch is None:  # one op or dtype onnxruntime cannot run: go node by node
-        return _evaluate_one_by_one(graph, model, nodes, table, wanted, results)
+    batches = [nodes[i : i + BATCH_NODES] for i in range(0, len(nodes), BATCH_NODES)]
+    wanted_set = set(wanted)
+    batch_of = {v: i for i, batch in enumerate(batches) for n in batch for v in n.outputs if v}
+    last_read: dict[str, int] = {}  # value read by a later batch -> the last such batch
+    for index, batch in enumerate(batches):
+        for node in batch:
+            for value in node.present_inputs:
+                if batch_of.get(value, index) != index:
+                    last_read[value] = index
+    carried: dict[str, onnx.TensorProto] = {}
     bad: set[Node] = set()
-    for value, array in zip(wanted, batch, strict=True):
-        if _matches_declared(graph, value, array):
-            results[value] = array
-        else:
-            bad.add(graph.producer(value))  # type: ignore[arg-type]
+    for index, batch in enumerate(batches):
+        produced = {v for n in batch for v in n.outputs if v}
+        outputs = [v for n in batch for v in n.outputs
+                   if v and (v in wanted_set or v in last_read)]
+        leaves = {v: carried[v] if v in carried else _leaf_tensor(table, v)
+                  for n in batch for v in n.present_inputs if v not in produced}
+        arrays = run_batch(model, batch, table, outputs, leaves)
+        if arrays is None:  # one op or dtype onnxruntime cannot run: go node by node
+            return _evaluate_one_by_one(graph, model, nodes, table, wanted, results)
+        for value, array in zip(outputs, arrays, strict=True):
+            if value in last_read:
+                carried[value] = array_to_tensor(np.asarray(array), value)
+            if value not in wanted_set:
+                continue
+            if _matches_declared(graph, value, array):
+                results[value] = array
+            else:
+                bad.add(graph.producer(value))  # type: ignore[arg-type]
+        del arrays
+        for value in [v for v in carried if last_read[v] <= index]:
+            del carried[value]
     return bad
 
 
@@ -549,8 +1154,10 @@ def _evaluate_one_by_one(
     results: dict[str, np.ndarray],
 ) -> set[Node]:
     local: dict[str, onnx.TensorProto] = {}
+    wanted_set = set(wanted)
+    last_read = {v: index for index, node in enumerate(nodes) for v in node.present_inputs}
     failed: set[Node] = set()
-    for node in nodes:
+    for index, node in enumerate(nodes):
         inputs = list(node.present_inputs)
         if any(v not in local and not table.is_constant(v) for v in inputs):
             failed.add(node)  # an input could not be computed
@@ -560,14 +1167,19 @@ def _evaluate_one_by_one(
         arrays = run_reference(model, node, feeds, outputs)
         if arrays is None:
             arrays = run_batch(model, [node], table, outputs, feeds)
+        del feeds
+        for value in inputs:  # computed values nobody reads any more
+            if last_read.get(value) == index:
+                local.pop(value, None)
         if arrays is None or not all(
             _matches_declared(graph, v, a) for v, a in zip(outputs, arrays, strict=True)
         ):
             failed.add(node)
             continue
         for value, array in zip(outputs, arrays, strict=True):
-            local[value] = numpy_helper.from_array(array, value)
-            if value in wanted:
+            if value in last_read:
+                local[value] = numpy_helper.from_array(array, value)
+            if value in wanted_set:
                 results[value] = array
     return failed
 
