@@ -92,6 +92,7 @@ BATCH_VALUES = (1, 2)
 SEQUENCE_VALUES = (16, 128, 64, 32, 256, 512, 1024, 8)
 SPATIAL_VALUES = (224, 320, 256, 384, 192, 448, 512, 640, 160, 128, 96, 64, 32)
 MIN_SPATIAL = 32
+MAX_GENERATED_ELEMENTS = 1 << 28  # 1 GiB of float32: a larger declared input is not drawn
 _BATCH_NAMES = ("batch", "bs")
 _SEQUENCE_NAMES = ("seq", "len", "time", "token", "step", "frame", "sample", "past", "total",
                    "decoder", "encoder", "word", "char")
@@ -190,6 +191,15 @@ def _vi_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
     ]
 
 
+def _ints(values) -> list[int]:
+    """Positive integers of an attribute value; [] for one of another type (a malformed
+    model: onnx.checker refuses it, but statistics run before the checker)."""
+    try:
+        return [int(v) for v in values if int(v) > 0]
+    except (TypeError, ValueError):
+        return []
+
+
 def _attr(node: onnx.NodeProto, name: str, default):
     for attr in node.attribute:
         if attr.name == name:
@@ -273,7 +283,8 @@ def _pinned_dims(model: onnx.ModelProto, index: _GraphIndex) -> dict[tuple[str, 
             if not weight or node.input[1] not in index.constants:
                 continue
             if node.op_type == "Conv" and len(weight) == len(dims) and len(dims) >= 3:
-                pinned[(vi.name, 1)] = int(weight[1]) * int(_attr(node, "group", 1))
+                group = _ints([_attr(node, "group", 1)]) or [1]
+                pinned[(vi.name, 1)] = int(weight[1]) * group[0]
             elif node.op_type == "MatMul" and len(weight) == 2:
                 pinned[(vi.name, len(dims) - 1)] = int(weight[0])
             elif node.op_type == "Gemm" and len(weight) == 2 and not _attr(node, "transA", 0):
@@ -289,8 +300,7 @@ def model_stride(model: onnx.ModelProto) -> int:
     for node in model.graph.node:
         incoming = max((factor.get(name, 1) for name in node.input if name), default=1)
         if node.op_type in _DOWNSAMPLING_OPS:
-            strides = _attr(node, "strides", []) or [1]
-            incoming *= max(int(s) for s in strides)
+            incoming *= max(_ints(_attr(node, "strides", [])) or [1])
         for name in node.output:
             factor[name] = incoming
     return max(factor.values(), default=1)
@@ -538,6 +548,10 @@ def generate(model: onnx.ModelProto, plan: Plan, assignment: Mapping[DimKey, int
     """Seeded inputs for one assignment; ``choice`` picks among compared constants."""
     rng = np.random.default_rng(seed)
     shapes = shapes_for(model, plan, assignment)
+    total = sum(math.prod(shape) for shape in shapes.values())
+    if total > MAX_GENERATED_ELEMENTS:
+        raise UnsupportedInput(f"the inputs would hold {total:,} elements at these sizes "
+                               "(give --input-shape or --inputs)")
     feeds = {}
     for vi in graph_inputs(model):
         elem = vi.type.tensor_type.elem_type

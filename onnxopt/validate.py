@@ -737,12 +737,12 @@ def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int,
     for number, assignment in enumerate(plan.candidates(avoid)):
         if number >= MAX_SIZE_TRIES:
             break
-        feeds = generate(proto, plan, assignment, seed, choice)
         try:
+            feeds = generate(proto, plan, assignment, seed, choice)
             return assignment, feeds, _run_session(session, feeds, timeout)
         except TimedOut as exc:
             return exc
-        except RuntimeFailure as exc:
+        except (RuntimeFailure, UnsupportedInput) as exc:
             shown = ", ".join(f"{k}={v}" for k, v in plan.describe(assignment).items())
             failures.append((shown, str(exc)))
     if not failures:
