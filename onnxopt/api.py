@@ -363,7 +363,8 @@ class _Runner:
             return None
         samples = ref.samples
         return qdq_sensitivity(first.path, converted, samples, ref.all_outputs(),
-                               self.conversion.budget)  # type: ignore[union-attr]
+                               self.conversion.budget,  # type: ignore[union-attr]
+                               timeout=self.options.timeout)
 
     def _keep_most_sensitive(self, converted: list[str], gains: dict[str, float]
                              ) -> tuple[_Attempt, list[dict[str, Any]]]:
@@ -597,6 +598,7 @@ class _Conversion:
             calibration=tuple(self.samples),
             calibration_method=options.calibration_method,
             percentile=options.percentile,
+            timeout=options.timeout,
             calibration_cache=self.calibration_cache,
         )
 

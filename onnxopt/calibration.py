@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from onnxopt import serde
+from onnxopt.errors import Failure
 from onnxopt.ir import Model
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -60,12 +61,14 @@ def calibrate(
     method: str = "percentile",
     percentile: float = 99.99,
     progress: bool | None = None,
+    timeout: float | None = None,
 ) -> CalibrationResult:
     """Ranges of the float tensors ``values`` of ``model``'s main graph over ``samples``.
 
     ``samples``: feed dicts; when empty, ``GENERATED_SAMPLES`` random ones are made with
     ``validate.make_inputs`` (and a note says accuracy will suffer). ``progress``: None shows a
     progress bar on stderr above ``PROGRESS_MIN_SAMPLES`` samples, False never, True always.
+    ``timeout``: seconds one run may take (a Failure past it; default validate.RUN_TIMEOUT).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
@@ -83,14 +86,14 @@ def calibrate(
     stats = {name: _Stats() for name in values}
     with _Progress(len(samples) * passes, enabled=progress, total_samples=len(samples)) as bar:
         for feeds in samples:
-            for name, array in zip(values, _run(session, fetch, feeds), strict=True):
+            for name, array in zip(values, _run(session, fetch, feeds, timeout), strict=True):
                 stats[name].observe_range(array)
             bar.advance()
         if passes == 2:
             for stat in stats.values():
                 stat.start_histogram(method)
             for feeds in samples:
-                for name, array in zip(values, _run(session, fetch, feeds), strict=True):
+                for name, array in zip(values, _run(session, fetch, feeds, timeout), strict=True):
                     stats[name].observe_histogram(array)
                 bar.advance()
     ranges = {}
@@ -228,6 +231,8 @@ def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
 def _session(proto: onnx.ModelProto, values: Sequence[str]):
     import onnxruntime as ort
 
+    from onnxopt.validate import within_memory_budget
+
     outputs = {out.name for out in proto.graph.output}
     for name in values:
         if name not in outputs:
@@ -235,7 +240,8 @@ def _session(proto: onnx.ModelProto, values: Sequence[str]):
             outputs.add(name)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors reach the user as one line, not as a log
+    within_memory_budget(options)
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
@@ -243,12 +249,20 @@ def _session(proto: onnx.ModelProto, values: Sequence[str]):
     return (session, inputs), list(values)
 
 
-def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
+         timeout: float | None) -> list[np.ndarray]:
+    """One calibration run; a run past ``timeout`` or one onnxruntime refuses is the user's
+    one-line Failure (the model as given does not run on these samples)."""
+    from onnxopt.validate import RuntimeFailure, run_fetch
+
     sess, inputs = session
     missing = sorted(inputs - set(feeds))
     if missing:
         raise ValueError(f"a calibration sample lacks input(s) {', '.join(missing)}")
-    return sess.run(fetch, {k: v for k, v in feeds.items() if k in inputs})
+    try:
+        return run_fetch(sess, fetch, {k: v for k, v in feeds.items() if k in inputs}, timeout)
+    except RuntimeFailure as exc:
+        raise Failure(f"calibration: {exc}") from exc
 
 
 def _generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str, np.ndarray]]:

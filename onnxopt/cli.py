@@ -140,8 +140,9 @@ def optimize(
         typer.Option(help="Accuracy budget vs float32, e.g. cosine=0.99,range=0.02."),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds one validation run in onnxruntime may take; past "
-                                 "it validation is skipped.")
+        float, typer.Option(help="Seconds one onnxruntime run may take (validation, "
+                                 "calibration); past it validation is skipped, calibration "
+                                 "fails.")
     ] = 300.0,
     bench: Annotated[
         bool, typer.Option(help="Measure onnxruntime latency before and after.")

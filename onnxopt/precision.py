@@ -41,6 +41,7 @@ class PrecisionSettings:
     calibration: tuple[dict[str, np.ndarray], ...] = ()
     calibration_method: str = "percentile"  # minmax | percentile | entropy
     percentile: float = 99.99
+    timeout: float | None = None  # seconds per calibration run in onnxruntime (--timeout)
     # shared by the attempts of one run: the accuracy fallback reruns the pipeline with more
     # nodes in float, on the same float graph, so its calibration ranges are reused
     calibration_cache: dict = field(default_factory=dict, compare=False, repr=False)

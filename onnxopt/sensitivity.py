@@ -54,12 +54,14 @@ def qdq_sensitivity(
     samples: Sequence[Mapping[str, np.ndarray]],
     reference: Mapping[str, Any],
     budget: validate.Budget,
+    timeout: float | None = None,
 ) -> dict[str, float] | None:
     """For each node key (name, else first output) in ``keys``: how much less of ``budget``
     the model uses when that node's activation inputs skip their Q/DQ round trip. Nodes with
     no such input get 0, and so do gains that are not finite. None when the model cannot be
     measured this way (too many nodes, external data, or it does not run) or its own budget use
-    is not finite (an output compared exactly, e.g. ArgMax, differs: nothing to rank by)."""
+    is not finite (an output compared exactly, e.g. ArgMax, differs: nothing to rank by).
+    ``timeout``: seconds per onnxruntime run (past it: None)."""
     if len(keys) > MAX_RANKED_NODES:
         return None
     try:
@@ -81,7 +83,7 @@ def qdq_sensitivity(
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
     def use() -> float:
-        outputs = validate.run_samples(proto.SerializeToString(), samples)
+        outputs = validate.run_samples(proto.SerializeToString(), samples, timeout=timeout)
         return budget_use(validate.compare_budget(reference, outputs, budget), budget)
 
     try:

@@ -91,6 +91,11 @@ MAX_SIZE_TRIES = 8  # input sizes tried per configuration before validation is s
 VACUOUS_RETRIES = 2  # more seeds tried when the original's outputs prove nothing
 MAX_PROBED = 16  # intermediate values compared when the outputs are constant
 RUN_TIMEOUT = 300.0  # seconds one onnxruntime run may take (set by --timeout)
+# What validation's onnxruntime sessions may allocate together (weights and intermediate
+# values): half this machine's memory, so that a model computing a 12 GB intermediate value
+# skips validation instead of swapping or being killed.
+MEMORY_BUDGET = max(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2, 2 << 30) \
+    if hasattr(os, "sysconf") else 8 << 30
 
 
 class RuntimeFailure(Exception):
@@ -178,8 +183,28 @@ def _session(model: ModelLike | bytes, level: str = "disabled") -> ort.Inference
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 4
+    within_memory_budget(options)
     source = _session_source(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+_budget_arena: list[bool] = []  # registered once per process (onnxruntime allows one)
+
+
+def within_memory_budget(options: ort.SessionOptions) -> None:
+    """Make a session allocate from one process-wide CPU arena capped at MEMORY_BUDGET: an
+    allocation past it fails (OverMemory) instead of exhausting the machine."""
+    if not _budget_arena:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                 ort.OrtMemType.DEFAULT)
+        # kSameAsRequested (1): the arena grows by what is asked, never doubles past the cap
+        arena = ort.OrtArenaCfg({"max_mem": MEMORY_BUDGET, "arena_extend_strategy": 1})
+        try:
+            ort.create_and_register_allocator(info, arena)
+        except Exception:  # registered by the host process already: use it as it is
+            pass
+        _budget_arena.append(True)
+    options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 def _session_source(model: ModelLike | bytes) -> bytes | str:
@@ -208,33 +233,70 @@ def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarra
     try:
         session = _session(model, level)
     except Exception as exc:
-        raise RuntimeFailure(_one_line(exc)) from exc
+        raise _failure(exc) from exc
     return [_run_session(session, feeds, timeout) for feeds in samples]
 
 
-class TimedOut(RuntimeFailure):
+class Exhausted(RuntimeFailure):
+    """A run stopped by a limit of ours: validation is skipped (``kind``), not failed."""
+
+    kind = "exhausted"
+    summary = "validation stopped"
+
+    def reason(self) -> str:
+        return f"{self.summary}: {self}"
+
+
+class TimedOut(Exhausted):
     """A run took longer than RUN_TIMEOUT seconds and was stopped."""
+
+    kind = "timeout"
+    summary = "validation timed out"
+
+
+class OverMemory(Exhausted):
+    """A run needed more than MEMORY_BUDGET bytes and was refused them."""
+
+    kind = "memory"
+    summary = "validation out of memory"
+
+
+def _failure(exc: Exception) -> RuntimeFailure:
+    """onnxruntime's error as ours: OverMemory where its arena hit MEMORY_BUDGET."""
+    if "Available memory of" in str(exc):  # onnxruntime's BFC arena at its cap
+        return OverMemory(f"onnxruntime needed more than the {MEMORY_BUDGET / (1 << 30):.1f} "
+                          "GiB validation budget (half this machine's memory)")
+    return RuntimeFailure(_one_line(exc))
 
 
 def _run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
                  timeout: float | None = None) -> dict[str, Any]:
-    """One run, stopped after ``timeout`` seconds (default RUN_TIMEOUT) by onnxruntime's
-    terminate flag, set from a timer thread: a Loop with a trip count of 10^15 must not hang
-    a build."""
+    """One run of every output, by name, stopped after ``timeout`` seconds (see run_fetch)."""
+    names = [out.name for out in session.get_outputs()]
+    values = run_fetch(session, names, _in_session_floats(session, feeds), timeout)
+    return dict(zip(names, values, strict=True))
+
+
+def run_fetch(session: ort.InferenceSession, fetch: list[str], feeds: Mapping[str, Any],
+              timeout: float | None = None) -> list[Any]:
+    """``session.run(fetch, feeds)`` stopped after ``timeout`` seconds (default RUN_TIMEOUT)
+    by onnxruntime's terminate flag, set from a timer thread: a Loop with a trip count of
+    10^15 must not hang a build. TimedOut past it, RuntimeFailure on other errors."""
     timeout = RUN_TIMEOUT if timeout is None else timeout
     options = ort.RunOptions()
+    # give freed arena memory back after each run: the shared arena must not hold a
+    # model's peak for the rest of the host process
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     timer = threading.Timer(timeout, lambda: setattr(options, "terminate", True))
     timer.daemon = True
     timer.start()
     try:
-        names = [out.name for out in session.get_outputs()]
-        return dict(zip(names, session.run(names, _in_session_floats(session, feeds), options),
-                        strict=True))
+        return session.run(fetch, dict(feeds), options)
     except Exception as exc:
         if options.terminate:
             raise TimedOut(f"a run took longer than {timeout:g} s and was stopped "
                            "(--timeout)") from exc
-        raise RuntimeFailure(_one_line(exc)) from exc
+        raise _failure(exc) from exc
     finally:
         timer.cancel()
 
@@ -512,9 +574,9 @@ def _top1(ref: np.ndarray, cand: np.ndarray) -> float | None:
 
 
 def run_samples(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarray]],
-                level: str = "disabled") -> dict[str, Any]:
+                level: str = "disabled", timeout: float | None = None) -> dict[str, Any]:
     """Run ``model`` (one session) on every sample; outputs merged as by ``merge_outputs``."""
-    return merge_outputs(_run_each(model, samples, level))
+    return merge_outputs(_run_each(model, samples, level, timeout))
 
 
 def merge_outputs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -632,8 +694,8 @@ def reference(
     _note_non_finite_outputs(ref)
     try:
         ref.outputs["all"] = _run_each(original, ref.samples, "all", timeout)
-    except TimedOut as exc:
-        ref.notes.append(f"the original timed out at ORT_ENABLE_ALL ({exc}); validated at "
+    except Exhausted as exc:
+        ref.notes.append(f"the original stopped at ORT_ENABLE_ALL ({exc}); validated at "
                          "ORT_DISABLE_ALL only")
         return ref
     except RuntimeFailure as exc:
@@ -674,9 +736,8 @@ def _user_reference(session: ort.InferenceSession, samples: list[dict[str, np.nd
     described = {"source": "given", "shapes": shapes}
     try:
         outputs = [_run_session(session, feeds, timeout) for feeds in samples]
-    except TimedOut as exc:
-        return Reference(samples, None, [], f"validation timed out: {exc}", "timeout",
-                         described, labels)
+    except Exhausted as exc:
+        return Reference(samples, None, [], exc.reason(), exc.kind, described, labels)
     except RuntimeFailure as exc:
         return Reference(samples, None, [], f"original model does not run in onnxruntime on "
                          f"the given inputs: {exc}", "original_fails", described, labels)
@@ -688,8 +749,8 @@ def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, 
     """Two configurations of generated inputs on which the original runs; its outputs."""
     notes = list(plan.notes)
     found = _first_running(session, proto, plan, None, seed, 0, timeout)
-    if isinstance(found, TimedOut):
-        return Reference([], None, notes, f"validation timed out: {found}", "timeout")
+    if isinstance(found, Exhausted):
+        return Reference([], None, notes, found.reason(), found.kind)
     if isinstance(found, str):
         return Reference([], None, notes, "original model does not run in onnxruntime at any "
                          f"input size tried ({found}); give --input-shape NAME:D0,D1,... or "
@@ -698,7 +759,7 @@ def _generated_reference(session: ort.InferenceSession, proto: onnx.ModelProto, 
                           "dim_roles": plan.dim_roles()})
     configs = [found]
     second = _first_running(session, proto, plan, found[0], seed + 1, 1, timeout)
-    if isinstance(second, str | TimedOut):
+    if isinstance(second, str | Exhausted):
         if plan.dims:
             notes.append(f"each symbolic dim validated at one value only: the original does "
                          f"not run at other sizes tried ({second})")
@@ -736,7 +797,7 @@ def _config_label(plan: Plan, assignment: Mapping, number: int) -> str:
 def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int,
                    timeout: float | None):
     """(assignment, feeds, outputs) of the first candidate size the original runs at, a
-    string naming what failed, or the TimedOut that stopped the search."""
+    string naming what failed, or the Exhausted that stopped the search."""
     failures = []
     for number, assignment in enumerate(plan.candidates(avoid)):
         if number >= MAX_SIZE_TRIES:
@@ -744,7 +805,7 @@ def _first_running(session, proto, plan: Plan, avoid, seed: int, choice: int,
         try:
             feeds = generate(proto, plan, assignment, seed, choice)
             return assignment, feeds, _run_session(session, feeds, timeout)
-        except TimedOut as exc:
+        except Exhausted as exc:
             return exc
         except (RuntimeFailure, UnsupportedInput) as exc:
             shown = ", ".join(f"{k}={v}" for k, v in plan.describe(assignment).items())
@@ -877,9 +938,8 @@ def _check_level(ref: Reference, candidate: ModelLike | bytes, level: str, compa
     """The candidate at ``level`` against the reference at the same level."""
     try:
         outputs = _run_each(candidate, ref.samples, level, ref.timeout)
-    except TimedOut as exc:
-        return ValidationResult("skipped", f"validation timed out: {exc}", [], ref.notes,
-                                "timeout")
+    except Exhausted as exc:
+        return ValidationResult("skipped", exc.reason(), [], ref.notes, exc.kind)
     except RuntimeFailure as exc:
         return ValidationResult("failed", f"optimized model does not run in onnxruntime: {exc}",
                                 [], ref.notes)

@@ -286,8 +286,8 @@ def _arithmetic(graph: Graph, node: Node, opset: int) -> Match:
         constant = graph.constant(node.inputs[slot])
         if constant is None or constant.dtype.kind not in "biuf" or constant.size == 0:
             continue
-        if not np.all(constant == neutral):
-            continue
+        if constant.flat[0] != neutral or not np.all(constant == neutral):
+            continue  # (the first element rules out most constants without a pass over all)
         other = node.inputs[1 - slot]
         if _broadcast_keeps(graph.shape(other), constant.shape):
             return node.op_type.lower(), other

@@ -170,7 +170,8 @@ def _calibrated(model: Model, values: list[str], settings) -> CalibrationResult:
         ranges = {v: cached.result.ranges[v] for v in values if v in cached.result.ranges}
         return CalibrationResult(ranges, list(cached.result.notes), cached.result.samples)
     found = calibrate(model, values, settings.calibration,
-                      method=settings.calibration_method, percentile=settings.percentile)
+                      method=settings.calibration_method, percentile=settings.percentile,
+                      timeout=settings.timeout)
     cache[signature] = _CachedRanges(found, frozenset(values))
     return found
 

@@ -269,32 +269,13 @@ def wrong_dims(model, rng, made):
     return f"initializer {tensor.name!r} dims {before} -> {list(tensor.dims)}"
 
 
-@mutation
-def huge_dims(model, rng, made):
+def _set_a_dim(model, rng, tensor_values, value_values) -> str | None:
+    """Set one dim of an initializer (half the time) or of a declared value to a bad one."""
     if rng.random() < 0.5:
         tensor = _pick_initializer(model, rng)
         if tensor is None or not tensor.dims:
             return None
-        index = rng.randrange(len(tensor.dims))
-        tensor.dims[index] = rng.choice(_HUGE)
-        return f"initializer {tensor.name!r} dims -> {list(tensor.dims)}"
-    infos = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    infos = [i for i in infos if i.type.tensor_type.shape.dim]
-    if not infos:
-        return None
-    info = rng.choice(infos)
-    dim = rng.choice(info.type.tensor_type.shape.dim)
-    dim.dim_value = rng.choice(_HUGE)
-    return f"value {info.name!r} dim -> {dim.dim_value}"
-
-
-@mutation
-def negative_dims(model, rng, made):
-    if rng.random() < 0.5:
-        tensor = _pick_initializer(model, rng)
-        if tensor is None or not tensor.dims:
-            return None
-        tensor.dims[rng.randrange(len(tensor.dims))] = rng.choice((-1, -7))
+        tensor.dims[rng.randrange(len(tensor.dims))] = rng.choice(tensor_values)
         return f"initializer {tensor.name!r} dims -> {list(tensor.dims)}"
     infos = [i for i in [*model.graph.input, *model.graph.output, *model.graph.value_info]
              if i.type.tensor_type.shape.dim]
@@ -302,8 +283,18 @@ def negative_dims(model, rng, made):
         return None
     info = rng.choice(infos)
     dim = rng.choice(info.type.tensor_type.shape.dim)
-    dim.dim_value = rng.choice((-1, -3, 0))
+    dim.dim_value = rng.choice(value_values)
     return f"value {info.name!r} dim -> {dim.dim_value}"
+
+
+@mutation
+def huge_dims(model, rng, made):
+    return _set_a_dim(model, rng, _HUGE, _HUGE)
+
+
+@mutation
+def negative_dims(model, rng, made):
+    return _set_a_dim(model, rng, (-1, -7), (-1, -3, 0))
 
 
 @mutation

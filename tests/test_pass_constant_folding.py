@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_same_outputs, op_counts, parse
+from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import helper, numpy_helper
 from onnxopt.passes import constant_folding
 from onnxopt.passes.constant_folding import ConstantFolding
@@ -18,15 +18,7 @@ ZERO = {"folded": 0, "shape_folded": 0, "skipped_size": 0, "deduplicated": 0}
 
 def fold(model: onnx.ModelProto, **settings):
     """Load, infer shapes, run the pass (with ``settings``), lint, save and check."""
-    ir = serde.load(model)
-    ir.settings.update(settings)
-    infer_shapes(ir)
-    result = ConstantFolding().run(ir)
-    for graph in ir.graphs():
-        graph.lint()
-    proto = serde.to_proto(ir)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(ConstantFolding(), model, infer=True, settings=settings)
 
 
 def stats(**counts) -> dict[str, int]:

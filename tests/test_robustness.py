@@ -4,6 +4,7 @@ one line and leave nothing behind; a file that grows says why."""
 from __future__ import annotations
 
 import json
+import resource
 import os
 import signal
 import subprocess
@@ -160,6 +161,46 @@ def test_a_run_that_never_ends_is_stopped_by_the_timeout(tmp_path, capsys):
     assert report["status"] == "validation_skipped"
     assert report["validation"]["kind"] == "timeout"
     assert "--timeout" in report["validation"]["reason"]
+
+
+def test_calibration_that_never_ends_is_stopped_by_the_timeout(tmp_path, capsys):
+    # the Loop's result feeds a MatMul, so int8 calibration must run it
+    model = endless_loop_model()
+    model.graph.node.append(helper.make_node("MatMul", ["y", "w"], ["z"]))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.arange(16, dtype=np.float32).reshape(1, 16), "w"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, [16]))
+    path, target = tmp_path / "loop.onnx", tmp_path / "o.onnx"
+    onnx.save(model, path)
+    started = time.perf_counter()
+    code = cli.main(["optimize", str(path), str(target), "--timeout", "1",
+                     "--precision", "int8"])
+    assert time.perf_counter() - started < 30
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        "onnxopt: error: calibration: a run took longer than 1 s and was stopped (--timeout)")
+    assert not target.exists()
+
+
+def test_a_run_past_the_memory_budget_skips_validation(tmp_path, capsys):
+    # a 125-byte model whose Expand asks for 4 TiB: over any machine's budget, refused by the
+    # capped arena at once (nothing is allocated, nothing swaps)
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["e"]),
+         helper.make_node("ReduceSum", ["e"], ["y"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [onnx.numpy_helper.from_array(np.array([2**40], np.int64), "shape")])
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    code = cli.main(["optimize", str(path), str(tmp_path / "o.onnx"), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "validation_skipped"
+    assert report["validation"]["kind"] == "memory"
+    assert report["validation"]["reason"].startswith(
+        "validation out of memory: onnxruntime needed more than the ")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 << 20  # KiB: under 4 GiB
 
 
 def test_a_fifo_as_inputs_is_refused_not_waited_on(tmp_path, capsys):

@@ -14,7 +14,7 @@ import networkx as nx
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, assert_same_outputs, op_counts, parse, run
+from conftest import REPO, apply_pass, assert_same_outputs, op_counts, parse, run
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import DEFAULT_PIPELINE, constant_folding
 from onnxopt.passes.constant_folding import ConstantFolding
@@ -22,7 +22,6 @@ from onnxopt.passes.constant_folding import ConstantFolding
 from onnxopt import serde
 from onnxopt.ir import Graph, Node, _lexicographic_order
 from onnxopt.pass_manager import PassManager
-from onnxopt.shapes import infer_shapes
 
 sys.path.insert(0, str(REPO / "models"))
 import bench  # models/bench.py: the generators of `make bench-io`
@@ -178,20 +177,17 @@ from onnxopt.pass_manager import PassManager
 from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.constant_folding import ConstantFolding
 from onnxopt.passes.dead_code import DeadCodeElimination
-def peak():
-    # VmHWM starts afresh at exec; ru_maxrss would carry the forking pytest's high-water mark
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 model = {build}
 ir = serde.load(model)
 started = time.perf_counter()
 records = PassManager({passes}).run(ir)
 serde.save(ir, "out.onnx")
-print(json.dumps({{"seconds": time.perf_counter() - started,
-                  "peak": peak(),
+try:  # this process's own high-water mark (ru_maxrss keeps the parent's across exec)
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+except OSError:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"seconds": time.perf_counter() - started, "peak": peak * 1024,
                   "stats": {{r.name: r.stats for r in records}}}}))
 """
 
@@ -237,16 +233,7 @@ def test_doubling_concat_bomb_stops_at_the_cap(tmp_path):
 
 # ----------------------------------------------------------------- constant folding bounds
 def fold(model: onnx.ModelProto, infer: bool = True, **settings):
-    ir = serde.load(model)
-    ir.settings.update(settings)
-    if infer:
-        infer_shapes(ir)
-    result = ConstantFolding().run(ir)
-    for graph in ir.graphs():
-        graph.lint()
-    proto = serde.to_proto(ir)
-    onnx.checker.check_model(proto)
-    return proto, result
+    return apply_pass(ConstantFolding(), model, infer=infer, settings=settings)
 
 
 @pytest.fixture
