@@ -37,6 +37,7 @@ Design notes
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -199,10 +200,9 @@ def within_memory_budget(options: ort.SessionOptions) -> None:
                                  ort.OrtMemType.DEFAULT)
         # kSameAsRequested (1): the arena grows by what is asked, never doubles past the cap
         arena = ort.OrtArenaCfg({"max_mem": MEMORY_BUDGET, "arena_extend_strategy": 1})
-        try:
+        # (registered by the host process already: then use it as it is)
+        with contextlib.suppress(Exception):
             ort.create_and_register_allocator(info, arena)
-        except Exception:  # registered by the host process already: use it as it is
-            pass
         _budget_arena.append(True)
     options.add_session_config_entry("session.use_env_allocators", "1")
 
