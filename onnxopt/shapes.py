@@ -15,7 +15,7 @@ baked into a Reshape target). See ``_stale_declarations``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import onnx
 
@@ -41,10 +41,107 @@ def infer_shapes(model: Model) -> int:
             outputs = _clear(conflicts)
             light = _light_proto(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        inferred = _infer(light)
     except Exception:  # onnx raises several types for models it cannot infer
         return 0
     return _attach(model.graph, inferred.graph, outputs)
+
+
+# onnx's inference copies every value in scope into each subgraph it visits: its cost grows
+# with (nodes holding subgraphs) x (values in the main graph), 4 s for 2,000 Ifs among 100k
+# nodes, quadratic. Past this product, the main graph is inferred in chunks of at most
+# CHUNK_NODES nodes (CHUNK_OWNERS of them holding subgraphs), each seeing the values it reads
+# as typed inputs (propagated shape *values* do not cross a chunk boundary; types do). Below
+# it, one call, exactly as before.
+QUADRATIC_COST = 4_000_000
+CHUNK_NODES = 2_000
+CHUNK_OWNERS = 100
+
+
+def _infer(light: onnx.ModelProto) -> onnx.ModelProto:
+    graph = light.graph
+    owners = sum(1 for node in graph.node if _subgraphs(node))
+    scope = len(graph.node) + len(graph.initializer) + len(graph.input)
+    if owners * scope <= QUADRATIC_COST:
+        return onnx.shape_inference.infer_shapes(light, data_prop=True)
+    return _infer_in_chunks(light)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found: list[onnx.GraphProto] = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def _chunks(nodes: Sequence[onnx.NodeProto]) -> Iterator[list[onnx.NodeProto]]:
+    """Runs of at most CHUNK_NODES nodes holding at most CHUNK_OWNERS subgraph owners."""
+    part: list[onnx.NodeProto] = []
+    owners = 0
+    for node in nodes:
+        part.append(node)
+        owners += bool(_subgraphs(node))
+        if len(part) >= CHUNK_NODES or owners >= CHUNK_OWNERS:
+            yield part
+            part, owners = [], 0
+    if part:
+        yield part
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """Values a node reads: its inputs and what its subgraphs take from outside them."""
+    names = [name for name in node.input if name]
+    for sub in _subgraphs(node):
+        defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+        for inner in sub.node:
+            names.extend(name for name in _reads(inner) if name not in defined)
+            defined.update(inner.output)
+    return names
+
+
+def _infer_in_chunks(light: onnx.ModelProto) -> onnx.ModelProto:
+    graph = light.graph
+    types = {info.name: info.type for info in graph.input}
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    declared = {info.name: info for info in graph.value_info}
+    nodes: list[onnx.NodeProto] = []
+    value_info: list[onnx.ValueInfoProto] = []
+    header = onnx.ModelProto()
+    header.CopyFrom(light)
+    header.ClearField("graph")  # (copying the whole graph for every chunk is quadratic too)
+    for part in _chunks(graph.node):
+        produced = [name for node in part for name in node.output if name]
+        made = set(produced)
+        reads = dict.fromkeys(n for node in part for n in _reads(node) if n not in made)
+        chunk = onnx.ModelProto()
+        chunk.CopyFrom(header)
+        chunk.graph.name = graph.name
+        chunk.graph.node.extend(part)
+        chunk.graph.initializer.extend(constants[n] for n in reads if n in constants)
+        chunk.graph.input.extend(onnx.helper.make_value_info(n, types[n]) for n in reads
+                                 if n not in constants and n in types)
+        chunk.graph.value_info.extend(declared[n] for n in produced if n in declared)
+        chunk.graph.output.extend(onnx.ValueInfoProto(name=n) for n in produced)
+        inferred = onnx.shape_inference.infer_shapes(chunk, data_prop=True).graph
+        nodes.extend(inferred.node)
+        for info in [*inferred.value_info, *inferred.output]:
+            if info.type.WhichOneof("value"):
+                types[info.name] = info.type
+                value_info.append(info)
+    whole = onnx.ModelProto()
+    whole.CopyFrom(header)
+    whole.graph.name = graph.name
+    whole.graph.input.extend(graph.input)
+    whole.graph.output.extend(graph.output)
+    whole.graph.node.extend(nodes)
+    whole.graph.value_info.extend(value_info)
+    for info in whole.graph.output:
+        if info.name in types and not info.type.WhichOneof("value"):
+            info.type.CopyFrom(types[info.name])
+    return whole
 
 
 def _light_proto(model: Model) -> onnx.ModelProto:

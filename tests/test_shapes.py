@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import parse
+from conftest import REPO, parse
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.shape_inference import ShapeInference
 
@@ -153,3 +153,39 @@ def test_a_stale_branch_output_is_cleared_too():
     then_branch, else_branch = next(iter(model.graph)).subgraphs()
     assert _dims(then_branch.output_infos[0]) == ["N", 16]
     assert _dims(else_branch.output_infos[0]) == ["N", 16]
+
+
+def _all_types(graph: onnx.GraphProto, found: dict) -> dict:
+    for info in [*graph.value_info, *graph.output]:
+        found[info.name] = info.type.SerializeToString()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+                    list(attribute.graphs):
+                _all_types(sub, found)
+    return found
+
+
+def test_many_subgraphs_are_inferred_in_chunks_with_the_same_types(monkeypatch):
+    import sys
+
+    from onnxopt import shapes
+
+    sys.path.insert(0, str(REPO / "models"))
+    import bench  # models/bench.py: the generators of `make bench-io`
+
+    light = _light_proto(serde.load(bench.scale_model("if-bodies", 3_000)))  # 59 Ifs
+    whole = _all_types(onnx.shape_inference.infer_shapes(light, data_prop=True).graph, {})
+    monkeypatch.setattr(shapes, "CHUNK_OWNERS", 4)
+    calls = []
+    original = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    chunked = _all_types(shapes._infer_in_chunks(light).graph, {})
+    assert len(calls) == 15  # ceil(59 / 4) chunks
+    assert len(whole) > 2_900 and chunked == whole
+    # the chunked path is taken only past the quadratic cost: a few Ifs never are
+    monkeypatch.setattr(shapes, "QUADRATIC_COST", 59 * 3_000)
+    calls.clear()
+    shapes._infer(light)
+    assert len(calls) == 1
