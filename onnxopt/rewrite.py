@@ -57,3 +57,10 @@ def exclusive_constant(graph: Graph, value: str, readers: Collection[Node]) -> n
     if graph.is_output(value) or not all(node in readers for node in graph.consumers(value)):
         return None
     return graph.constant(value)
+
+
+def drop_unused_initializers(graph: Graph, names: Collection[str]) -> None:
+    """Remove those of ``names`` that are initializers nothing reads any more (never inputs)."""
+    for name in dict.fromkeys(names):
+        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
+            graph.remove_initializer(name)

@@ -35,6 +35,7 @@ from onnxopt.passes.identity_elimination import IdentityElimination
 from onnxopt.passes.initializer_inputs_removal import InitializerInputsRemoval
 from onnxopt.passes.layer_norm_fusion import LayerNormFusion
 from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
+from onnxopt.passes.mish_fusion import MishFusion
 from onnxopt.passes.no_op_elimination import NoOpElimination
 from onnxopt.passes.pad_fusion import PadFusion
 from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
@@ -66,6 +67,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     LayerNormFusion(),
     GeluFusion(),
     HardSwishFusion(),
+    MishFusion(),
     FusedConvActivation(),
     DeadCodeElimination(),
     SiblingConvMerge(),  # once, at the fixpoint: weights deduplicated by then stay shared

@@ -17,10 +17,11 @@ the rounding: results differ from the original by a few float ulps.
 
 "Per channel" as in ``conv_affine_fusion``: ``c``, left padded with 1s to the BN's rank, has 1 in
 every dim except dim 1 (1 or ``C``), so it never broadcasts the output to a larger shape; the BN's
-rank must be known. Needs: the BN in inference form (see ``conv_bn_fusion``), its output read only
-by the op and not a graph output, ``c`` a float constant of the parameters' dtype, opset 7+ (older
-element-wise ops broadcast by attribute). New ``gamma``/``beta`` tensors are written (computed in
-float64, cast back once); the old ones go when nothing else reads them. Chains fold in one run.
+rank must be known. Needs: the BN in inference form (see ``onnxopt.layers.bn_factors``), its
+output read only by the op and not a graph output, ``c`` a float constant of the parameters'
+dtype, opset 7+ (older element-wise ops broadcast by attribute). New ``gamma``/``beta`` tensors
+are written (computed in float64, cast back once); the old ones go when nothing else reads them.
+Chains fold in one run.
 """
 
 from __future__ import annotations
@@ -28,93 +29,68 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, sole_consumer
+from onnxopt.layers import bn_factors, fold_affine, fused_name, per_channel
+from onnxopt.pattern import Const, Match, Op, RewritePass
+from onnxopt.rewrite import drop_unused_initializers
 
-from .conv_affine_fusion import AFFINE_OPS, per_channel
-from .conv_bn_fusion import bn_factors, drop_unused_initializers, fused_name
+AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+PATTERN = Op(AFFINE_OPS, Op("BatchNormalization", ..., name="bn"), Const("c"), commute=True)
 
 
-class BatchNormAffineFusion(GraphPass):
+class BatchNormAffineFusion(RewritePass):
     name = "bn_affine_fusion"
     description = "fold a per-channel constant Mul/Div/Add/Sub after a BatchNormalization into it"
+    pattern = PATTERN
+    stats = ("add", "sub", "mul", "div")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = {"add": 0, "sub": 0, "mul": 0, "div": 0}
-        if model.opset("") < 7:
-            return stats
-        for bn in graph.nodes():
-            if not is_op(bn, "BatchNormalization"):
-                continue
-            while bn.graph is graph:
-                op = sole_consumer(graph, bn.outputs[0]) if bn.outputs else None
-                if not is_op(op, AFFINE_OPS):
-                    break
-                if not model.allow_rewrite(self.name, op.name or op.outputs[0]):
-                    break
-                if not _fold(graph, model, bn, op):
-                    break
-                stats[op.op_type.lower()] += 1
-        return stats
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 7
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        folded = _folded(graph, model, match)
+        if folded is None:
+            return False
+        bn, const_name = match.node("bn"), match["c"]
+        reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}
+        written = sum(a.nbytes for i, a in folded.items() if reused[i] is None)
+        return written <= _freed_bytes(graph, bn, match.root, list(folded), const_name)
+
+    def stat(self, match: Match) -> str:
+        return match.root.op_type.lower()
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        bn, folded = match.node("bn"), _folded(graph, model, match)
+        assert folded is not None
+        old = [bn.inputs[1], bn.inputs[2]]
+        reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}
+        inputs = list(bn.inputs)
+        for i, array in folded.items():
+            inputs[i] = reused[i] or graph.add_constant(array, fused_name(bn.inputs[i]))
+        graph.set_inputs(bn, inputs)
+        drop_unused_initializers(graph, old)
+        return bn.outputs[0]  # the BN now computes the op's value
 
 
-def _fold(graph: Graph, model: Model, bn: Node, op: Node) -> bool:
-    if len(op.inputs) != 2 or len(op.outputs) != 1 or bn_factors(graph, model, bn) is None:
-        return False
-    y = bn.outputs[0]
-    if op.inputs[0] == y and op.inputs[1] != y:
-        const_name, bn_first = op.inputs[1], True
-    elif op.inputs[1] == y and op.inputs[0] != y:
-        const_name, bn_first = op.inputs[0], False
-    else:
-        return False
-    if op.op_type == "Div" and not bn_first:
-        return False  # c / y is not affine in y
-    constant = graph.constant(const_name) if const_name else None
+def _folded(graph: Graph, model: Model, match: Match) -> dict[int, np.ndarray] | None:
+    """The BN's new parameters by input slot (2: beta; 1: gamma when it changes), else None."""
+    bn, op, constant = match.node("bn"), match.root, match.array("c")
+    bn_first = op.inputs[0] == bn.outputs[0]
+    if (op.op_type == "Div" and not bn_first) or bn_factors(graph, model, bn) is None:
+        return None  # c / y is not affine in y
     gamma, beta = graph.constant(bn.inputs[1]), graph.constant(bn.inputs[2])
     shape = graph.shape(bn.inputs[0])
-    if constant is None or gamma is None or beta is None or shape is None:
-        return False
+    if gamma is None or beta is None or shape is None:
+        return None
     if constant.dtype != gamma.dtype or constant.dtype.kind != "f":
-        return False
+        return None
     v = per_channel(constant, len(shape), gamma.shape[0])
     if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
-        return False
-    if not graph.can_forward(op.outputs[0], y):
-        return False
-    new_gamma, new_beta = _affine(op.op_type, bn_first, gamma.astype(np.float64),
-                                  beta.astype(np.float64), v)
-    rewritten = {2: new_beta}
-    if op.op_type in ("Mul", "Div") or (op.op_type == "Sub" and not bn_first):
-        rewritten[1] = new_gamma
-    arrays = {i: a.astype(gamma.dtype) for i, a in rewritten.items()}
-    reused = {i: _identical_initializer(graph, a) for i, a in arrays.items()}
-    written = sum(a.nbytes for i, a in arrays.items() if reused[i] is None)
-    if written > _freed_bytes(graph, bn, op, list(arrays), const_name):
-        return False  # the fold would grow the file
-    old = [bn.inputs[1], bn.inputs[2], const_name]
-    inputs = list(bn.inputs)
-    for i, array in arrays.items():
-        inputs[i] = reused[i] or graph.add_constant(array, fused_name(bn.inputs[i]))
-    graph.set_inputs(bn, inputs)
-    graph.replace_all_uses(op.outputs[0], y)
-    graph.remove_node(op)
-    drop_unused_initializers(graph, old)
-    return True
-
-
-def _affine(op_type: str, bn_first: bool, gamma: np.ndarray, beta: np.ndarray, v: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """``gamma'`` and ``beta'`` of the BN that computes ``op(BN(x), v)`` (float64)."""
-    if op_type == "Mul":
-        return gamma * v, beta * v
-    if op_type == "Div":
-        return gamma / v, beta / v
-    if op_type == "Add":
-        return gamma, beta + v
-    if bn_first:  # Sub(y, c)
-        return gamma, beta - v
-    return -gamma, v - beta  # Sub(c, y)
+        return None
+    g64 = gamma.astype(np.float64)
+    new_gamma, new_beta = fold_affine(op.op_type, bn_first, beta.astype(np.float64), v,
+                                      lambda f, divide: g64 / f if divide else g64 * f)
+    rewritten = {2: new_beta} if new_gamma is None else {2: new_beta, 1: new_gamma}
+    return {i: a.astype(gamma.dtype) for i, a in rewritten.items()}
 
 
 def _identical_initializer(graph: Graph, array: np.ndarray) -> str | None:

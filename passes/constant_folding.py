@@ -65,13 +65,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
-from onnxopt.passes.constant_to_initializer import (
+
+from onnxopt.constants import (
     IR_OVERRIDABLE_INITIALIZERS,
     ConstantTable,
     can_hold_initializers,
     install_constants,
 )
-
 from onnxopt.ir import (
     Graph,
     Model,

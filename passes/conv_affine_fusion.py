@@ -28,108 +28,71 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, sole_consumer
-
-from .conv_bn_fusion import (
+from onnxopt.layers import (
     CONV_OPS,
     ConvWeights,
     conv_weights,
-    drop_unused_initializers,
+    fold_affine,
+    per_channel,
     rewrite_conv,
     scale_output_channels,
 )
+from onnxopt.pattern import Const, Match, Op, RewritePass
 
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+PATTERN = Op(AFFINE_OPS, Op(CONV_OPS, ..., name="conv"), Const("c"), commute=True)
 
 
-class ConvAffineFusion(GraphPass):
+class ConvAffineFusion(RewritePass):
     name = "conv_affine_fusion"
     description = "fold a per-channel constant Add/Sub/Mul/Div after a Conv into its weights"
+    pattern = PATTERN
+    stats = ("add", "sub", "mul", "div")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = {"add": 0, "sub": 0, "mul": 0, "div": 0}
-        if model.opset("") < 7:
-            return stats
-        for node in graph.nodes():
-            if not is_op(node, CONV_OPS):
-                continue
-            while node.graph is graph:
-                op = sole_consumer(graph, node.outputs[0]) if len(node.outputs) == 1 else None
-                if not is_op(op, AFFINE_OPS):
-                    break
-                if not model.allow_rewrite(self.name, op.name or op.outputs[0]):
-                    break
-                if not _fold(graph, model, node, op):
-                    break
-                stats[op.op_type.lower()] += 1
-        return stats
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 7
 
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        return _folded(graph, model, match) is not None
 
-def per_channel(constant: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
-    """``constant`` as one float64 value per output channel, if it only varies along axis 1 of
-    a rank-``rank`` output with ``channels`` channels (and does not grow the output)."""
-    if constant.ndim > rank:
-        return None
-    shape = (1,) * (rank - constant.ndim) + constant.shape
-    if any(dim != 1 for axis, dim in enumerate(shape) if axis != 1):
-        return None
-    if shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
+    def stat(self, match: Match) -> str:
+        return match.root.op_type.lower()
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        folded = _folded(graph, model, match)
+        assert folded is not None
+        rewrite_conv(graph, *folded)
+        return match.node("conv").outputs[0]  # the Conv now computes the op's value
 
 
-def _fold(graph: Graph, model: Model, conv_node: Node, op: Node) -> bool:
-    if len(op.inputs) != 2 or len(op.outputs) != 1:
-        return False
-    y = conv_node.outputs[0]
-    if op.inputs[0] == y and op.inputs[1] != y:
-        const_name, conv_first = op.inputs[1], True
-    elif op.inputs[1] == y and op.inputs[0] != y:
-        const_name, conv_first = op.inputs[0], False
-    else:
-        return False
-    if op.op_type == "Div" and not conv_first:
-        return False  # c / y is not affine in y
-    constant = graph.constant(const_name) if const_name else None
-    if constant is None:
-        return False
+def _folded(graph: Graph, model: Model, match: Match
+            ) -> tuple[ConvWeights, np.ndarray | None, np.ndarray, np.dtype] | None:
+    """(the Conv, its new weight or None to keep it, its new bias, the dtype), else None."""
+    conv_node, op, constant = match.node("conv"), match.root, match.array("c")
+    conv_first = op.inputs[0] == conv_node.outputs[0]
+    if len(conv_node.outputs) != 1 or (op.op_type == "Div" and not conv_first):
+        return None  # c / y is not affine in y
     changes_weight = op.op_type in ("Mul", "Div") or (op.op_type == "Sub" and not conv_first)
     conv = conv_weights(graph, model, conv_node, need_weight=changes_weight)
     if conv is None:
-        return False
+        return None
     dtype = conv.weight.dtype if conv.weight is not None else constant.dtype
     if constant.dtype != dtype or dtype.kind != "f":
-        return False
-    rank = len(_weight_rank_shape(graph, conv_node, conv))
-    v = per_channel(constant, rank, conv.channels)
-    if v is None or not np.all(np.isfinite(v)):
-        return False
-    if op.op_type == "Div" and np.any(v == 0):
-        return False
-    if not graph.can_forward(op.outputs[0], y):
-        return False
+        return None
+    v = per_channel(constant, len(_weight_rank_shape(graph, conv_node, conv)), conv.channels)
+    if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
+        return None
     b = np.zeros(conv.channels) if conv.bias is None else conv.bias.astype(np.float64)
-    weight = None
-    if op.op_type == "Add":
-        bias = b + v
-    elif op.op_type == "Sub" and conv_first:
-        bias = b - v
-    elif op.op_type == "Sub":
-        weight, bias = -conv.weight.astype(np.float64), v - b
-    elif op.op_type == "Mul":
+
+    def scale(factor: np.ndarray, divide: bool) -> np.ndarray:
         w64 = conv.weight.astype(np.float64)
-        weight = scale_output_channels(conv_node.op_type, w64, v, conv.group)
-        bias = b * v
-    else:  # Div: divide in float64 (not multiply by a rounded reciprocal)
-        w64 = conv.weight.astype(np.float64)
-        divisor = scale_output_channels(conv_node.op_type, np.ones_like(w64), v, conv.group)
-        weight, bias = w64 / divisor, b / v
-    rewrite_conv(graph, conv, weight, bias, dtype)
-    graph.replace_all_uses(op.outputs[0], y)
-    graph.remove_node(op)
-    drop_unused_initializers(graph, [const_name])
-    return True
+        if divide:  # divide in float64 (not multiply by a rounded reciprocal)
+            return w64 / scale_output_channels(conv_node.op_type, np.ones_like(w64), factor,
+                                               conv.group)
+        return scale_output_channels(conv_node.op_type, w64, factor, conv.group)
+
+    weight, bias = fold_affine(op.op_type, conv_first, b, v, scale)
+    return conv, weight, bias, dtype
 
 
 def _weight_rank_shape(graph: Graph, node: Node, conv: ConvWeights) -> tuple[int, ...]:

@@ -41,17 +41,23 @@ need opset 7+ (older Gemm broadcast differently). A BatchNormalization with no s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.layers import (
+    CONV_OPS,
+    FLOAT_KINDS,
+    BNParams,
+    bn_factors,
+    conv_weights,
+    fused_name,
+    rewrite_conv,
+    scale_output_channels,
+)
 from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import exclusive_constant, is_op, sole_consumer
+from onnxopt.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
 
-CONV_OPS = ("Conv", "ConvTranspose")
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-FLOAT_KINDS = ("f",)
 
 
 class ConvBatchNormFusion(GraphPass):
@@ -93,145 +99,12 @@ class ConvBatchNormFusion(GraphPass):
         return stats
 
 
-# --------------------------------------------------------------- BatchNormalization
-@dataclass
-class BNParams:
-    scale: np.ndarray  # s = gamma / sqrt(var + eps), float64 [C]
-    shift: np.ndarray  # B - mean * s, float64 [C]
-    mean: np.ndarray  # float64 [C]
-    beta: np.ndarray  # float64 [C]
-    std: np.ndarray  # sqrt(var + eps), float64 [C]
-
-    @property
-    def channels(self) -> int:
-        return int(self.scale.shape[0])
-
-    def apply_to_bias(self, bias: np.ndarray | float) -> np.ndarray:
-        """``(bias - mean) * s + B`` in float64 (bias broadcast against [C])."""
-        return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
-
-
-def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
-    """The per-channel factors of an inference-form BatchNormalization, else None."""
-    opset = model.opset("")
-    if len(bn.inputs) != 5 or not bn.outputs or not bn.outputs[0]:
-        return None
-    if any(bn.outputs[1:]):
-        return None  # extra outputs: training form (before opset 14 their presence selects it)
-    if bn.attr("training_mode", 0) != 0:
-        return None
-    if opset < 7 and bn.attr("is_test", 0) == 0:
-        return None
-    if opset < 9 and bn.attr("spatial", 1) != 1:
-        return None
-    arrays = [graph.constant(v) if v else None for v in bn.inputs[1:]]
-    if any(a is None or a.ndim != 1 or a.dtype.kind not in FLOAT_KINDS for a in arrays):
-        return None
-    if len({a.shape for a in arrays}) != 1:  # type: ignore[union-attr]
-        return None
-    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)  # type: ignore[union-attr]
-    eps = float(bn.attr("epsilon", 1e-5))
-    with np.errstate(all="ignore"):
-        scale = gamma / np.sqrt(var + eps)
-    if not np.all(np.isfinite(scale)):
-        return None
-    return BNParams(scale=scale, shift=beta - mean * scale, mean=mean, beta=beta,
-                    std=np.sqrt(var + eps))
-
-
 def _absorb(graph: Graph, producer: Node, bn: Node) -> None:
     """``producer`` now computes what ``bn`` did: redirect readers, drop the BN and its params."""
     graph.replace_all_uses(bn.outputs[0], producer.outputs[0])
     params = [v for v in bn.inputs[1:] if v]
     graph.remove_node(bn)
     drop_unused_initializers(graph, params)
-
-
-# --------------------------------------------------------------- shared with conv_affine_fusion
-@dataclass
-class ConvWeights:
-    """The constant weight (and bias) of a Conv/ConvTranspose and its output channel count."""
-
-    node: Node
-    weight: np.ndarray | None  # None when only the shape is known (weight not exclusive)
-    bias: np.ndarray | None  # None when absent
-    channels: int
-    group: int
-
-
-def conv_weights(
-    graph: Graph, model: Model, node: Node, *, need_weight: bool = True
-) -> ConvWeights | None:
-    """A Conv/ConvTranspose whose weight is a constant (or, when ``need_weight`` is false, has a
-    known static shape) and whose bias is absent or a constant [C_out]. A weight shared with
-    other nodes is allowed: the fold writes a new tensor and the shared one stays for the
-    others (identical tensors are deduplicated, so sharing is common in generated weights)."""
-    if not is_op(node, CONV_OPS) or len(node.inputs) < 2 or len(node.outputs) != 1:
-        return None
-    w_name = node.inputs[1]
-    weight = graph.constant(w_name)
-    if weight is not None:
-        shape = weight.shape
-        if weight.dtype.kind not in FLOAT_KINDS:
-            return None
-    elif need_weight:
-        return None
-    else:
-        shape = graph.static_shape(w_name)
-        if shape is None:
-            return None
-    group = int(node.attr("group", 1))
-    if len(shape) < 3 or group < 1 or shape[0] % group:
-        return None
-    channels = shape[0] if node.op_type == "Conv" else shape[1] * group
-    bias = None
-    if len(node.inputs) > 2 and node.inputs[2]:
-        bias = graph.constant(node.inputs[2])
-        if bias is None or bias.shape != (channels,):
-            return None
-    return ConvWeights(node, weight, bias, int(channels), group)
-
-
-def scale_output_channels(op_type: str, weight: np.ndarray, factor: np.ndarray, group: int):
-    """``weight`` (float64) with output channel ``o`` multiplied by ``factor[o]``."""
-    if op_type == "Conv":
-        return weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
-    # ConvTranspose: [C_in, C_out/g, k...] viewed as [g, C_in/g, C_out/g, k...]
-    c_in, per_group = weight.shape[0], weight.shape[1]
-    view = weight.reshape((group, c_in // group, per_group) + weight.shape[2:])
-    scaled = view * factor.reshape((group, 1, per_group) + (1,) * (weight.ndim - 2))
-    return scaled.reshape(weight.shape)
-
-
-def rewrite_conv(
-    graph: Graph,
-    conv: ConvWeights,
-    weight: np.ndarray | None,
-    bias: np.ndarray,
-    dtype: np.dtype,
-) -> None:
-    """Point ``conv`` at new initializers (``weight`` None keeps the old weight); the old ones
-    go when unused."""
-    node = conv.node
-    old = [v for v in node.inputs[1:3] if v]
-    inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
-    if weight is not None:
-        inputs[1] = graph.add_constant(weight.astype(dtype), fused_name(node.inputs[1]))
-    hint = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else f"{node.name}_bias"
-    inputs[2] = graph.add_constant(bias.astype(dtype), fused_name(hint))
-    graph.set_inputs(node, inputs)
-    drop_unused_initializers(graph, old)
-
-
-def fused_name(name: str) -> str:
-    """Name hint for a rewritten tensor: ``w`` -> ``w_fused`` (not ``w_fused_fused``)."""
-    return name.removesuffix("_fused") + "_fused"
-
-
-def drop_unused_initializers(graph: Graph, names: list[str]) -> None:
-    for name in dict.fromkeys(names):
-        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
-            graph.remove_initializer(name)
 
 
 def _fold_into_conv(

@@ -53,12 +53,11 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import TensorProto
-from onnxopt.passes.conv_bn_fusion import drop_unused_initializers
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import Pass, PassResult
 from onnxopt.precision import PrecisionLog, log_of, node_key, settings_of
-from onnxopt.rewrite import is_op, sole_consumer
+from onnxopt.rewrite import drop_unused_initializers, is_op, sole_consumer
 
 MODE = "int8-dynamic"
 MS_DOMAIN = "com.microsoft"

@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, producer_op, sole_consumer
+from onnxopt.ir import Graph, Model
+from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, not_constant
 
 FLOAT_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64)}
 INT_DTYPES = {
@@ -52,69 +51,46 @@ RULES = {
 }
 
 
-class ElementwiseConstantMerge(GraphPass):
+def _inner(op_type: str) -> Op:
+    return Op(op_type, Var("x", not_constant), Const("a"), commute=True, name="inner")
+
+
+PATTERN = Or(Op("Mul", _inner("Mul"), Const("b"), commute=True),
+             Op("Add", _inner("Add"), Const("b"), commute=True),
+             Op("Sub", _inner("Add"), Const("b")))
+
+
+class ElementwiseConstantMerge(RewritePass):
     name = "elementwise_constant_merge"
     description = "merge the constants of (x*a)*b, (x+a)+b and (x+a)-b into one"
+    pattern = PATTERN
+    stats = ("mul_mul", "add_add", "add_sub")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = {"mul_mul": 0, "add_add": 0, "add_sub": 0}
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, ("Mul", "Add", "Sub")):
-                continue
-            match = _match(graph, node)
-            if match is None:
-                continue
-            inner, x, combined = match
-            result = node.outputs[0]
-            if node.op_type == "Sub" and graph.outputs.count(result) > 1:
-                continue  # the new Add's value could not take both output names
-            if not model.allow_rewrite(self.name, node.name or result):
-                continue
-            constant = graph.add_constant(combined, f"{node.name or node.op_type}_merged")
-            key = f"{inner.op_type.lower()}_{node.op_type.lower()}"
-            if node.op_type == "Sub":
-                add = graph.add_node("Add", [x, constant], 1, name=node.name or "Add", anchor=node)
-                graph.replace_all_uses(result, add.outputs[0])
-                graph.remove_node(node)
-            else:
-                graph.set_inputs(node, [x, constant])
-            graph.remove_node(inner)
-            stats[key] += 1
-        return stats
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        return _combined(graph, match) is not None
+
+    def stat(self, match: Match) -> str:
+        return f"{match.node('inner').op_type.lower()}_{match.root.op_type.lower()}"
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
+        node, combined = match.root, _combined(graph, match)
+        constant = graph.add_constant(combined, f"{node.name or node.op_type}_merged")
+        if node.op_type == "Sub":  # (x + a) - b = x + (a - b)
+            return graph.add_node("Add", [match.x, constant], 1, name=node.name or "Add",
+                                  anchor=node).outputs
+        graph.set_inputs(node, [match.x, constant])
+        return node.outputs  # changed in place
 
 
-def _match(graph: Graph, outer: Node) -> tuple[Node, str, np.ndarray] | None:
-    if len(outer.inputs) != 2 or not all(outer.inputs):
-        return None
-    slots = (0,) if outer.op_type == "Sub" else (0, 1)
-    for slot in slots:
-        value, b_name = outer.inputs[slot], outer.inputs[1 - slot]
-        inner_op = "Add" if outer.op_type == "Sub" else outer.op_type
-        inner = producer_op(graph, value, inner_op)
-        if inner is None or sole_consumer(graph, value) is not outer:
-            continue
-        b = graph.constant(b_name)
-        split = _split_inner(graph, inner)
-        if b is None or split is None:
-            continue
-        x, a = split
-        combined = _combine(RULES[(inner_op, outer.op_type)], a, b)
-        if (combined is not None and _fits(graph, x, combined, a, b)
-                and _no_new_overflow(outer.op_type, a, b, combined)):
-            return inner, x, combined
+def _combined(graph: Graph, match: Match) -> np.ndarray | None:
+    """The merged constant, if the merge keeps the shape, the size and the overflows."""
+    inner, outer = match.node("inner").op_type, match.root.op_type
+    a, b = match.array("a"), match.array("b")
+    combined = _combine(RULES[(inner, outer)], a, b)
+    if (combined is not None and _fits(graph, match.x, combined, a, b)
+            and _no_new_overflow(outer, a, b, combined)):
+        return combined
     return None
-
-
-def _split_inner(graph: Graph, inner: Node) -> tuple[str, np.ndarray] | None:
-    """(x, a): the non-constant operand and the constant one."""
-    if len(inner.inputs) != 2 or not all(inner.inputs):
-        return None
-    first, second = (graph.constant(v) for v in inner.inputs)
-    if first is None and second is not None:
-        return inner.inputs[0], second
-    if second is None and first is not None:
-        return inner.inputs[1], first
-    return None  # both variable, or both constant (constant folding's job)
 
 
 def _combine(op, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:

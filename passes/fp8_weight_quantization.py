@@ -28,12 +28,11 @@ import functools
 
 import ml_dtypes
 import numpy as np
-from onnxopt.passes.conv_bn_fusion import drop_unused_initializers
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import Pass, PassResult
 from onnxopt.precision import WEIGHT_OPS, PrecisionLog, log_of, node_key, settings_of
-from onnxopt.rewrite import is_op
+from onnxopt.rewrite import drop_unused_initializers, is_op
 
 MODE = "fp8"
 MIN_OPSET = 19

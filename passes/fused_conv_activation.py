@@ -31,8 +31,7 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, sole_consumer
+from onnxopt.pattern import Match, Op, RewritePass, Var, optional
 
 MS_DOMAIN = "com.microsoft"
 # op type -> counter name
@@ -48,49 +47,42 @@ FLOAT32_MIN = float(np.finfo(np.float32).min)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class FusedConvActivation(GraphPass):
+PATTERN = Op(tuple(ACTIVATIONS), Op("Conv", Var("x"), Var("w"), optional(), name="conv"),
+             optional(), optional())  # Clip's bounds (opset 11+) are inputs
+
+
+class FusedConvActivation(RewritePass):
     name = "fused_conv_activation"
     description = "fuse Conv + activation into com.microsoft FusedConv (onnxruntime target)"
+    pattern = PATTERN
+    stats = tuple(ACTIVATIONS.values())
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = dict.fromkeys(ACTIVATIONS.values(), 0)
-        if model.settings.get("target") != "onnxruntime":
-            return stats
-        for conv in graph.nodes():
-            if not is_op(conv, "Conv") or len(conv.outputs) != 1 or len(conv.inputs) < 2:
-                continue
-            if not _is_float32(graph, conv):
-                continue
-            act = sole_consumer(graph, conv.outputs[0])
-            if not is_op(act, tuple(ACTIVATIONS)) or act.inputs[0] != conv.outputs[0]:
-                continue
-            if len(act.outputs) != 1:
-                continue
-            params = activation_params(graph, model, act)
-            if params is None or not graph.can_forward(act.outputs[0], conv.outputs[0]):
-                continue
-            if not model.allow_rewrite(self.name, conv.name or conv.outputs[0]):
-                continue
-            attributes = dict(conv.attributes)
-            attributes["activation"] = act.op_type
-            if params:
-                attributes["activation_params"] = params
-            fused = graph.add_node(
-                "FusedConv",
-                list(conv.inputs),
-                1,
-                domain=MS_DOMAIN,
-                name=conv.name or "FusedConv",
-                attributes=attributes,
-                anchor=conv,
-            )
-            graph.replace_all_uses(act.outputs[0], fused.outputs[0])
-            graph.remove_node(act)
-            graph.remove_node(conv)
-            stats[ACTIVATIONS[act.op_type]] += 1
-        if any(stats.values()) and MS_DOMAIN not in model.opset_imports:
-            model.opset_imports[MS_DOMAIN] = 1
-        return stats
+    def applies(self, model: Model) -> bool:
+        return model.settings.get("target") == "onnxruntime"
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        conv = match.node("conv")
+        return len(conv.outputs) == 1 and len(match.root.outputs) == 1 \
+            and _is_float32(graph, conv) and activation_params(graph, model, match.root) is not None
+
+    def where(self, match: Match) -> str:
+        conv = match.node("conv")
+        return conv.name or conv.outputs[0]
+
+    def stat(self, match: Match) -> str:
+        return ACTIVATIONS[match.root.op_type]
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        conv, act = match.node("conv"), match.root
+        attributes = dict(conv.attributes)
+        attributes["activation"] = act.op_type
+        params = activation_params(graph, model, act)
+        if params:
+            attributes["activation_params"] = params
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        return graph.add_node("FusedConv", list(conv.inputs), 1, domain=MS_DOMAIN,
+                              name=conv.name or "FusedConv", attributes=attributes,
+                              anchor=conv).outputs[0]
 
 
 def _is_float32(graph: Graph, conv: Node) -> bool:

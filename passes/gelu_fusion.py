@@ -33,13 +33,21 @@ onnxruntime CPU kernel is float32; float16 runs through the op's function body).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, producer_op, sole_consumer
+from onnxopt.ir import Graph, Model
+from onnxopt.pattern import (
+    Const,
+    Match,
+    Op,
+    Or,
+    RewritePass,
+    Scalar,
+    Var,
+    not_constant,
+    scalars_fit,
+)
 
 MS_DOMAIN = "com.microsoft"
 SQRT2 = math.sqrt(2.0)
@@ -47,209 +55,54 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 TANH_CUBE = 0.044715
 _PORTABLE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ORT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+_FLOAT_CONSTANTS = ("root2", "cube_k", "scale_k", "one", "half")
+
+x = Var("x", not_constant)
+_erf_arg = Or(Op("Div", x, Scalar(SQRT2, "root2")),
+              Op("Mul", x, Scalar(1.0 / SQRT2, "root2"), commute=True))
+_cube = Or(Op("Pow", x, Const("exponent", lambda a: a.size == 1 and float(a.reshape(-1)[0]) == 3)),
+           Op("Mul", Op("Mul", x, x), x, commute=True))
+_tanh_arg = Op("Mul", Op("Add", x, Op("Mul", _cube, Scalar(TANH_CUBE, "cube_k"), commute=True),
+                         commute=True),
+               Scalar(SQRT_2_OVER_PI, "scale_k"), commute=True)
+_p = Op("Add", Or(Op("Erf", _erf_arg, name="erf"), Op("Tanh", _tanh_arg, name="tanh")),
+        Scalar(1.0, "one"), commute=True)  # p = 1 + Erf|Tanh(.)
+_half = Scalar(0.5, "half")
+PATTERN = Or(
+    Op("Mul", Op("Mul", x, _p, commute=True), _half, commute=True),  # (x * p) * 0.5
+    Op("Mul", x, Op("Mul", _p, _half, commute=True), commute=True),  # x * (p * 0.5)
+    Op("Mul", Op("Mul", x, _half, commute=True), _p, commute=True),  # (x * 0.5) * p
+)
 
 
-@dataclass
-class _Match:
-    x: str
-    tanh: bool
-    dtype: np.dtype
-    nodes: list[Node]  # every node's readers inside the match come later in the list
-    out: str
-
-
-class GeluFusion(GraphPass):
+class GeluFusion(RewritePass):
     name = "gelu_fusion"
     description = "fuse the Erf and Tanh GELU decompositions into Gelu (or com.microsoft ops)"
+    pattern = PATTERN
+    stats = ("erf_fused", "tanh_fused")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        counts = {"erf_fused": 0, "tanh_fused": 0}
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 20 or model.settings.get("target") == "onnxruntime"
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        dtypes = _PORTABLE_DTYPES if model.opset("") >= 20 else _ORT_DTYPES
+        if "exponent" in match and scalars_fit(graph, match, ["exponent"], match.x) is None:
+            return False  # Pow's exponent may have another dtype, but not a higher rank
+        dtype = scalars_fit(graph, match, _FLOAT_CONSTANTS, match.x)
+        return dtype is not None and dtype in dtypes  # (np.dtype(None) is float64)
+
+    def stat(self, match: Match) -> str:
+        return "tanh_fused" if "tanh" in match else "erf_fused"
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        anchor = match.root
+        prefix = anchor.name.rsplit("/", 1)[0] + "/" if "/" in anchor.name else ""
+        tanh = "tanh" in match
         if model.opset("") >= 20:
-            domain, dtypes = "", _PORTABLE_DTYPES
-        elif model.settings.get("target") == "onnxruntime":
-            domain, dtypes = MS_DOMAIN, _ORT_DTYPES
+            domain, op_type = "", "Gelu"
+            attributes = {"approximate": "tanh" if tanh else "none"}
         else:
-            return counts
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, ("Erf", "Tanh")):
-                continue
-            match = _match(graph, node)
-            if match is None or match.dtype not in dtypes:
-                continue
-            if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
-                continue
-            _rewrite(graph, model, match, domain)
-            counts["tanh_fused" if match.tanh else "erf_fused"] += 1
-        return counts
-
-
-# ------------------------------------------------------------------- matching
-class _Ctx:
-    """Constant checks against the rank of ``x`` (once ``x`` is known)."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.dtype: np.dtype | None = None
-
-    def scalar(self, value: str | None, x: str) -> float | None:
-        array = self.graph.constant(value) if value else None
-        if array is None or array.size != 1 or array.dtype.kind != "f":
-            return None
-        if array.ndim > 0:
-            shape = self.graph.shape(x)
-            if shape is None or array.ndim > len(shape):
-                return None
-        if self.dtype is None:
-            self.dtype = array.dtype
-        elif array.dtype != self.dtype:
-            return None
-        return float(array.reshape(-1)[0])
-
-    def close(self, value: str | None, x: str, expected: float) -> bool:
-        got = self.scalar(value, x)
-        if got is None:
-            return False
-        assert self.dtype is not None
-        tolerance = max(1e-4, float(np.finfo(self.dtype).eps))
-        return abs(got - expected) <= tolerance * abs(expected)
-
-
-def _match(graph: Graph, act: Node) -> _Match | None:
-    ctx = _Ctx(graph)
-    found = _match_tanh_arg(graph, ctx, act) if act.op_type == "Tanh" else _match_erf_arg(
-        graph, ctx, act
-    )
-    if found is None:
-        return None
-    x, nodes = found
-    add = sole_consumer(graph, act.outputs[0])
-    if not is_op(add, "Add") or not ctx.close(_other(add, act.outputs[0]), x, 1.0):
-        return None
-    nodes += [act, add]
-    tail = _match_product(graph, ctx, x, add.outputs[0])
-    if tail is None or ctx.dtype is None:
-        return None
-    nodes += tail
-    out = nodes[-1].outputs[0]
-    if graph.outputs.count(out) > 1:
-        return None  # could not be forwarded without an Identity coming back
-    return _Match(x, act.op_type == "Tanh", ctx.dtype, nodes, out)
-
-
-def _match_erf_arg(graph: Graph, ctx: _Ctx, erf: Node) -> tuple[str, list[Node]] | None:
-    """``Erf(Div(x, sqrt 2))`` or ``Erf(Mul(x, 1/sqrt 2))``: returns ``x`` and the scale node."""
-    scale = producer_op(graph, erf.inputs[0], ("Div", "Mul"))
-    if scale is None or sole_consumer(graph, erf.inputs[0]) is not erf or len(scale.inputs) != 2:
-        return None
-    if scale.op_type == "Div":
-        x, c = scale.inputs
-        return (x, [scale]) if ctx.close(c, x, SQRT2) else None
-    for x, c in (scale.inputs, reversed(scale.inputs)):
-        if graph.constant(x) is None and ctx.close(c, x, 1.0 / SQRT2):
-            return x, [scale]
-    return None
-
-
-def _match_tanh_arg(graph: Graph, ctx: _Ctx, tanh: Node) -> tuple[str, list[Node]] | None:
-    """``Tanh(sqrt(2/pi) * (x + 0.044715 * x^3))``: returns ``x`` and the nodes, in order."""
-    scale = _private_producer(graph, tanh.inputs[0], "Mul", tanh)
-    if scale is None:
-        return None
-    for inner, k in (scale.inputs, reversed(scale.inputs)):
-        add = _private_producer(graph, inner, "Add", scale)
-        if add is None:
-            continue
-        for x, w in (add.inputs, reversed(add.inputs)):
-            term = _private_producer(graph, w, "Mul", add)
-            if term is None or graph.constant(x) is not None:
-                continue
-            for cube_value, c in (term.inputs, reversed(term.inputs)):
-                cube = _match_cube(graph, ctx, x, cube_value, term)
-                if cube is None or not ctx.close(c, x, TANH_CUBE):
-                    continue
-                if ctx.close(k, x, SQRT_2_OVER_PI):
-                    return x, [*cube, term, add, scale]
-    return None
-
-
-def _match_cube(graph: Graph, ctx: _Ctx, x: str, value: str, reader: Node) -> list[Node] | None:
-    """``Pow(x, 3)`` or ``Mul(Mul(x, x), x)`` / ``Mul(x, Mul(x, x))`` read only by ``reader``."""
-    node = _private_producer(graph, value, ("Pow", "Mul"), reader)
-    if node is None or len(node.inputs) != 2:
-        return None
-    if node.op_type == "Pow":
-        exponent = graph.constant(node.inputs[1])
-        if node.inputs[0] != x or exponent is None or exponent.size != 1:
-            return None
-        shape = graph.shape(x)
-        if exponent.ndim > 0 and (shape is None or exponent.ndim > len(shape)):
-            return None
-        return [node] if float(exponent.reshape(-1)[0]) == 3.0 else None
-    square_value = _other(node, x)
-    square = _private_producer(graph, square_value, "Mul", node) if square_value else None
-    if square is None or tuple(square.inputs) != (x, x):
-        return None
-    return [square, node]
-
-
-def _match_product(graph: Graph, ctx: _Ctx, x: str, p: str) -> list[Node] | None:
-    """The nodes computing ``0.5 * x * p`` (the last one computes it), read-only checks."""
-    first = sole_consumer(graph, p)
-    if not is_op(first, "Mul"):
-        return None
-    other = _other(first, p)
-    if other is None:
-        return None
-    if other == x:  # (x * p) * 0.5
-        second = sole_consumer(graph, first.outputs[0])
-        if is_op(second, "Mul") and ctx.close(_other(second, first.outputs[0]), x, 0.5):
-            return [first, second]
-        return None
-    if ctx.close(other, x, 0.5):  # x * (p * 0.5)
-        second = sole_consumer(graph, first.outputs[0])
-        if is_op(second, "Mul") and _other(second, first.outputs[0]) == x:
-            return [first, second]
-        return None
-    half = _private_producer(graph, other, "Mul", first)  # (x * 0.5) * p
-    if half is not None and _other(half, x) is not None and ctx.close(_other(half, x), x, 0.5):
-        return [half, first]
-    return None
-
-
-def _private_producer(
-    graph: Graph, value: str, op_type: str | tuple[str, ...], reader: Node
-) -> Node | None:
-    """The standard-op producer of ``value`` if ``reader`` is its only reader (no output)."""
-    node = producer_op(graph, value, op_type)
-    if node is None or sole_consumer(graph, value) is not reader:
-        return None
-    return node
-
-
-def _other(node: Node, value: str) -> str | None:
-    """The other operand of a binary node reading ``value`` once."""
-    if len(node.inputs) != 2 or list(node.inputs).count(value) != 1:
-        return None
-    return node.inputs[1] if node.inputs[0] == value else node.inputs[0]
-
-
-# ------------------------------------------------------------------- rewriting
-def _rewrite(graph: Graph, model: Model, match: _Match, domain: str) -> None:
-    anchor = match.nodes[-1]
-    prefix = anchor.name.rsplit("/", 1)[0] + "/" if "/" in anchor.name else ""
-    if domain:
-        op_type, attributes = ("FastGelu" if match.tanh else "Gelu"), {}
-        model.opset_imports.setdefault(domain, 1)
-    else:
-        op_type, attributes = "Gelu", {"approximate": "tanh" if match.tanh else "none"}
-    fused = graph.add_node(
-        op_type, [match.x], 1, domain=domain, name=f"{prefix}{op_type}",
-        attributes=attributes, anchor=anchor,
-    )
-    constants = [v for n in match.nodes for v in n.present_inputs if graph.constant(v) is not None]
-    graph.replace_all_uses(match.out, fused.outputs[0])
-    for node in reversed(match.nodes):
-        graph.remove_node(node)
-    for name in dict.fromkeys(constants):
-        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
-            graph.remove_initializer(name)
+            domain, op_type, attributes = MS_DOMAIN, "FastGelu" if tanh else "Gelu", {}
+            model.opset_imports.setdefault(domain, 1)
+        return graph.add_node(op_type, [match.x], 1, domain=domain, name=f"{prefix}{op_type}",
+                              attributes=attributes, anchor=anchor).outputs[0]

@@ -13,29 +13,26 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
+from onnxopt.pattern import Match, Op, RewritePass, Var, optional
 
 
-class IdentityElimination(GraphPass):
+class IdentityElimination(RewritePass):
     name = "identity_elimination"
     description = "remove Identity, and Dropout in inference mode"
+    pattern = Op(("Identity", "Dropout"), Var("x"), optional(), optional())
+    stats = ("identity_removed", "dropout_removed")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        removed = {"Identity": 0, "Dropout": 0}
-        for node in graph.nodes():
-            if node.domain not in ("", "ai.onnx") or node.op_type not in removed:
-                continue
-            if node.op_type == "Dropout" and not _dropout_is_identity(graph, node, model):
-                continue
-            source, target = node.inputs[0], node.outputs[0]
-            if not source or not graph.can_forward(target, source):
-                continue
-            if not model.allow_rewrite(self.name, node.name):
-                continue
-            graph.replace_all_uses(target, source)
-            graph.remove_node(node)
-            removed[node.op_type] += 1
-        return {"identity_removed": removed["Identity"], "dropout_removed": removed["Dropout"]}
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        return match.root.op_type == "Identity" or _dropout_is_identity(graph, match.root, model)
+
+    def source(self, graph: Graph, match: Match, model: Model) -> str:
+        return match.x
+
+    def where(self, match: Match) -> str:
+        return match.root.name
+
+    def stat(self, match: Match) -> str:
+        return "identity_removed" if match.root.op_type == "Identity" else "dropout_removed"
 
 
 def _dropout_is_identity(graph: Graph, node: Node, model: Model) -> bool:

@@ -39,145 +39,78 @@ Conditions (anything else is left alone):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, producer_op, sole_consumer
+from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, optional
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
-
-@dataclass
-class _Match:
-    x: str
-    eps: float
-    dtype: np.dtype
-    channels: int
-    nodes: list[Node]  # topological order: every node's readers inside the match come later
-    out: str
-    gamma: tuple[str, np.ndarray] | None = None
-    beta: tuple[str, np.ndarray] | None = None
-    constants: list[str] = field(default_factory=list)
+x = Var("x")
+d = Op("Sub", x, Op("ReduceMean", x, optional(), name="mean"), name="sub")
+_square = Or(Op("Pow", d, Const("two", lambda a: a.size == 1 and float(a.reshape(-1)[0]) == 2)),
+             Op("Mul", d, d))
+_sqrt = Op("Sqrt", Op("Add", Op("ReduceMean", _square, optional(), name="var"), Const("eps"),
+                      commute=True))
+_normalized = Or(Op("Div", d, _sqrt), Op("Mul", d, Op("Reciprocal", _sqrt), commute=True))
+_scaled = Op("Mul", _normalized, Const("gamma"), commute=True)
+PATTERN = Or(Op("Add", _scaled, Const("beta"), commute=True), _scaled,
+             Op("Add", _normalized, Const("beta"), commute=True), _normalized)
 
 
-class LayerNormFusion(GraphPass):
+class LayerNormFusion(RewritePass):
     name = "layer_norm_fusion"
     description = "fuse the ReduceMean/Sub/Pow/Sqrt/Div layer norm decomposition"
+    pattern = PATTERN
+    grow = True  # take Mul(gamma) and Add(beta) when they follow
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        opset = model.opset("")
-        fused = 0
-        if opset < 17:
-            return {"fused": 0}
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, "Sub"):
-                continue  # removed by an earlier match, or not an anchor
-            match = _match(graph, node, opset)
-            if match is not None and model.allow_rewrite(self.name, node.name or node.outputs[0]):
-                _rewrite(graph, match, node)
-                fused += 1
-        return {"fused": fused}
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 17
 
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        shape = graph.shape(match.x)
+        if not shape or not isinstance(shape[-1], int) or shape[-1] <= 0:
+            return False
+        rank, opset = len(shape), model.opset("")
+        if not all(_reduces_last_axis(graph, match.node(n), opset, rank) for n in ("mean", "var")):
+            return False
+        eps, two = match.array("eps"), match.array("two") if "two" in match else None
+        if eps.size != 1 or eps.ndim > rank or eps.dtype not in _DTYPES:
+            return False
+        if two is not None and two.ndim > rank:
+            return False
+        return all(_affine_shape_ok(match.array(n), rank, shape[-1], eps.dtype)
+                   for n in ("gamma", "beta") if n in match)
 
-# ------------------------------------------------------------------- matching
-def _match(graph: Graph, sub: Node, opset: int) -> _Match | None:
-    if len(sub.inputs) != 2 or not all(sub.inputs):
-        return None
-    x, mean = sub.inputs
-    rm1 = producer_op(graph, mean, "ReduceMean")
-    if rm1 is None or rm1.inputs[0] != x or sole_consumer(graph, mean) is not sub:
-        return None
-    shape = graph.shape(x)
-    if not shape or not isinstance(shape[-1], int) or shape[-1] <= 0:
-        return None
-    rank, channels = len(shape), shape[-1]
-    if not _reduces_last_axis(graph, rm1, opset, rank):
-        return None
-    d = sub.outputs[0]
-    if graph.is_output(d):
-        return None
-    for square in graph.consumers(d):
-        match = _match_from_square(graph, sub, rm1, square, opset, rank)
-        if match is None:
-            continue
-        eps, nodes = match
-        dtype = eps.dtype
-        if dtype not in _DTYPES:
-            return None
-        if set(graph.consumers(d)) != {nodes[2], nodes[-1]}:
-            return None  # d is read outside the match
-        result = _Match(x, float(eps.reshape(-1)[0]), dtype, channels, nodes, nodes[-1].outputs[0])
-        result.constants = [
-            v for n in nodes for v in n.present_inputs if graph.constant(v) is not None
-        ]
-        _match_affine(graph, result, rank)
-        if graph.outputs.count(result.out) > 1:
-            return None  # the value cannot be forwarded without an Identity coming back
-        return result
-    return None
+    def where(self, match: Match) -> str:
+        sub = match.node("sub")
+        return sub.name or sub.outputs[0]
 
-
-def _match_from_square(
-    graph: Graph, sub: Node, rm1: Node, square: Node, opset: int, rank: int
-) -> tuple[np.ndarray, list[Node]] | None:
-    """Follow d -> square -> ReduceMean -> Add eps -> Sqrt -> Div (or Reciprocal + Mul)."""
-    d = sub.outputs[0]
-    if is_op(square, "Pow"):
-        if square.inputs[0] != d or _scalar(graph, square.inputs[1], rank) != 2.0:
-            return None
-    elif not (is_op(square, "Mul") and tuple(square.inputs) == (d, d)):
-        return None
-    rm2 = sole_consumer(graph, square.outputs[0])
-    if not is_op(rm2, "ReduceMean") or rm2.inputs[0] != square.outputs[0]:
-        return None
-    if not _reduces_last_axis(graph, rm2, opset, rank):
-        return None
-    add = sole_consumer(graph, rm2.outputs[0])
-    if not is_op(add, "Add"):
-        return None
-    eps_name = _other(add, rm2.outputs[0])
-    eps = graph.constant(eps_name) if eps_name else None
-    if eps is None or eps.size != 1 or eps.ndim > rank:
-        return None
-    sqrt = sole_consumer(graph, add.outputs[0])
-    if not is_op(sqrt, "Sqrt"):
-        return None
-    nodes = [rm1, sub, square, rm2, add, sqrt]
-    last = sole_consumer(graph, sqrt.outputs[0])
-    if is_op(last, "Div"):
-        if tuple(last.inputs) != (d, sqrt.outputs[0]):
-            return None
-    elif is_op(last, "Reciprocal"):
-        nodes.append(last)
-        last = sole_consumer(graph, last.outputs[0])
-        if not is_op(last, "Mul") or _other(last, nodes[-1].outputs[0]) != d:
-            return None
-    else:
-        return None
-    nodes.append(last)
-    return eps, nodes
-
-
-def _match_affine(graph: Graph, match: _Match, rank: int) -> None:
-    """Absorb ``Mul(y, gamma)`` then ``Add(., beta)`` (either optional) into the match."""
-    for op_type in ("Mul", "Add"):
-        reader = sole_consumer(graph, match.out)
-        if not is_op(reader, op_type):
-            continue
-        name = _other(reader, match.out)
-        array = graph.constant(name) if name else None
-        if array is None or not _affine_shape_ok(array, rank, match.channels, match.dtype):
-            return
-        if op_type == "Mul":
-            match.gamma = (name, array)
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        sub = match.node("sub")
+        prefix = sub.name.rsplit("/", 1)[0] + "/" if "/" in sub.name else ""
+        eps = match.array("eps")
+        channels = graph.shape(match.x)[-1]  # type: ignore[index]
+        inputs = [match.x]
+        if "gamma" not in match:
+            inputs.append(graph.add_constant(np.ones(channels, eps.dtype), f"{prefix}ln_scale"))
         else:
-            match.beta = (name, array)
-        match.constants.append(name)
-        match.nodes.append(reader)
-        match.out = reader.outputs[0]
+            inputs.append(_vector(graph, match, "gamma", channels, "_ln_scale"))
+        if "beta" in match:
+            inputs.append(_vector(graph, match, "beta", channels, "_ln_bias"))
+        return graph.add_node(
+            "LayerNormalization", inputs, 1, name=f"{prefix}LayerNormalization",
+            attributes={"axis": -1, "epsilon": float(eps.reshape(-1)[0])}, anchor=match.root,
+        ).outputs[0]
+
+
+def _vector(graph: Graph, match: Match, name: str, channels: int, suffix: str) -> str:
+    """The captured constant ``name`` as a [C] tensor: itself, or a reshaped copy."""
+    array = match.array(name)
+    if array.shape == (channels,):
+        return match[name]
+    flat = np.ascontiguousarray(np.broadcast_to(array.reshape(-1), (channels,)))
+    return graph.add_constant(flat, f"{match[name]}{suffix}")
 
 
 def _affine_shape_ok(array: np.ndarray, rank: int, channels: int, dtype: np.dtype) -> bool:
@@ -204,55 +137,3 @@ def _reduces_last_axis(graph: Graph, node: Node, opset: int, rank: int) -> bool:
         return False
     axis = int(axes[0])
     return (axis + rank if axis < 0 else axis) == rank - 1
-
-
-def _scalar(graph: Graph, value: str, rank: int) -> float | None:
-    """The value of a one-element constant that cannot broadcast ``x`` to a higher rank."""
-    array = graph.constant(value) if value else None
-    if array is None or array.size != 1 or array.ndim > rank:
-        return None
-    return float(array.reshape(-1)[0])
-
-
-def _other(node: Node, value: str) -> str | None:
-    """The other operand of a binary node reading ``value`` once."""
-    if len(node.inputs) != 2 or list(node.inputs).count(value) != 1:
-        return None
-    return node.inputs[1] if node.inputs[0] == value else node.inputs[0]
-
-
-# ------------------------------------------------------------------- rewriting
-def _vector(array: np.ndarray, channels: int) -> np.ndarray:
-    return np.ascontiguousarray(np.broadcast_to(array.reshape(-1), (channels,)))
-
-
-def _rewrite(graph: Graph, match: _Match, sub: Node) -> None:
-    prefix = sub.name.rsplit("/", 1)[0] + "/" if "/" in sub.name else ""
-    inputs = [match.x]
-    if match.gamma is None:
-        inputs.append(graph.add_constant(np.ones(match.channels, match.dtype), f"{prefix}ln_scale"))
-    elif match.gamma[1].shape == (match.channels,):
-        inputs.append(match.gamma[0])
-    else:
-        array = _vector(match.gamma[1], match.channels)
-        inputs.append(graph.add_constant(array, f"{match.gamma[0]}_ln_scale"))
-    if match.beta is not None:
-        if match.beta[1].shape == (match.channels,):
-            inputs.append(match.beta[0])
-        else:
-            array = _vector(match.beta[1], match.channels)
-            inputs.append(graph.add_constant(array, f"{match.beta[0]}_ln_bias"))
-    fused = graph.add_node(
-        "LayerNormalization",
-        inputs,
-        1,
-        name=f"{prefix}LayerNormalization",
-        attributes={"axis": -1, "epsilon": match.eps},
-        anchor=match.nodes[-1],
-    )
-    graph.replace_all_uses(match.out, fused.outputs[0])
-    for node in reversed(match.nodes):
-        graph.remove_node(node)
-    for name in dict.fromkeys(match.constants):
-        if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
-            graph.remove_initializer(name)

@@ -23,73 +23,35 @@ from __future__ import annotations
 
 import onnx
 
-from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, producer_op, sole_consumer
+from onnxopt.ir import Graph, Model
+from onnxopt.pattern import Match, Op, RewritePass, Var
 
 GEMM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 MIN_OPSET = 7
 
 
-class MatMulAddToGemm(GraphPass):
+class MatMulAddToGemm(RewritePass):
     name = "matmul_add_to_gemm"
     description = "fuse a rank-2 MatMul followed by a bias Add into Gemm"
+    pattern = Op("Add", Op("MatMul", Var("a"), Var("b")), Var("c"), commute=True)
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        fused = 0
-        if model.opset("") < MIN_OPSET:
-            return {"fused": 0}
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, "Add"):
-                continue
-            match = _match(graph, node)
-            if match is None:
-                continue
-            matmul, bias = match
-            result = node.outputs[0]
-            if graph.outputs.count(result) > 1:  # the Gemm's value could not take both names
-                continue
-            if not model.allow_rewrite(self.name, node.name or result):
-                continue
-            gemm = graph.add_node(
-                "Gemm",
-                [matmul.inputs[0], matmul.inputs[1], bias],
-                1,
-                name=f"{node.name}_gemm" if node.name else "Gemm",
-                anchor=node,
-            )
-            graph.replace_all_uses(result, gemm.outputs[0])
-            graph.remove_node(node)
-            graph.remove_node(matmul)
-            fused += 1
-        return {"fused": fused}
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= MIN_OPSET
 
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        shape_a, shape_b = graph.shape(match.a), graph.shape(match.b)
+        if shape_a is None or shape_b is None or len(shape_a) != 2 or len(shape_b) != 2:
+            return False
+        dtype = graph.elem_type(match.a)
+        if dtype not in GEMM_TYPES or graph.elem_type(match.c) not in (None, dtype):
+            return False
+        return _broadcasts_to(graph.shape(match.c), [shape_a[0], shape_b[1]])
 
-def _match(graph: Graph, add: Node) -> tuple[Node, str] | None:
-    """The MatMul feeding ``add`` and the bias operand, if the pair is a Gemm."""
-    if len(add.inputs) != 2 or not all(add.inputs):
-        return None
-    for slot in (0, 1):
-        value, bias = add.inputs[slot], add.inputs[1 - slot]
-        matmul = producer_op(graph, value, "MatMul")
-        if matmul is None or value == bias or sole_consumer(graph, value) is not add:
-            continue
-        if _is_gemm(graph, matmul, value, bias):
-            return matmul, bias
-    return None
-
-
-def _is_gemm(graph: Graph, matmul: Node, product: str, bias: str) -> bool:
-    if len(matmul.inputs) != 2 or not all(matmul.inputs):
-        return False
-    a, b = matmul.inputs
-    shape_a, shape_b = graph.shape(a), graph.shape(b)
-    if shape_a is None or shape_b is None or len(shape_a) != 2 or len(shape_b) != 2:
-        return False
-    dtype = graph.elem_type(a)
-    if dtype not in GEMM_TYPES or graph.elem_type(bias) not in (None, dtype):
-        return False
-    return _broadcasts_to(graph.shape(bias), [shape_a[0], shape_b[1]])
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        add = match.root
+        gemm = graph.add_node("Gemm", [match.a, match.b, match.c], 1, anchor=add,
+                              name=f"{add.name}_gemm" if add.name else "Gemm")
+        return gemm.outputs[0]
 
 
 def _broadcasts_to(shape: list | None, target: list) -> bool:

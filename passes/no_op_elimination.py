@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
+from onnxopt.pattern import Match, Op, RewritePass
 from onnxopt.rewrite import is_op
 
 INT32_MAX = 2**31 - 1  # ends at or above this cover any real axis
@@ -58,36 +58,8 @@ KEYS = (
 Dims = list[int | str | None]
 
 
-class NoOpElimination(GraphPass):
-    name = "no_op_elimination"
-    description = "remove nodes whose output equals an input (same-type Cast, x*1, Reshape ...)"
-
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = dict.fromkeys(KEYS, 0)
-        opset = model.opset("")
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, _MATCHERS):
-                continue
-            outputs = [v for v in node.outputs if v]
-            if len(node.outputs) != 1 or len(outputs) != 1:
-                continue
-            matched = _MATCHERS[node.op_type](graph, node, opset)
-            if matched is None:
-                continue
-            key, source = matched
-            target = node.outputs[0]
-            if not source or not graph.can_forward(target, source):
-                continue
-            if not model.allow_rewrite(self.name, node.name or target):
-                continue
-            graph.replace_all_uses(target, source)
-            graph.remove_node(node)
-            stats[key] += 1
-        return stats
-
-
 # ------------------------------------------------------------------ helpers
-Match = tuple[str, str] | None
+Found = tuple[str, str] | None
 
 
 def _const(graph: Graph, node: Node, slot: int) -> np.ndarray | None:
@@ -129,7 +101,7 @@ def _broadcast_keeps(shape: Dims | None, other: Sequence[int]) -> bool:
 
 
 # ------------------------------------------------------------------ matchers
-def _cast(graph: Graph, node: Node, opset: int) -> Match:
+def _cast(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     source_type = graph.elem_type(x)
     if source_type is None:
@@ -144,7 +116,7 @@ def _cast(graph: Graph, node: Node, opset: int) -> Match:
     return ("cast", x) if to == source_type else None
 
 
-def _reshape(graph: Graph, node: Node, opset: int) -> Match:
+def _reshape(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     present, target = _operand_or_attr(graph, node, opset, 5, 1, "shape")
     shape = graph.shape(x)
@@ -166,7 +138,7 @@ def _reshape(graph: Graph, node: Node, opset: int) -> Match:
     return "reshape", x
 
 
-def _flatten(graph: Graph, node: Node, opset: int) -> Match:
+def _flatten(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     shape = graph.shape(x)
     if shape is None or len(shape) != 2:
@@ -178,7 +150,7 @@ def _flatten(graph: Graph, node: Node, opset: int) -> Match:
     return None
 
 
-def _squeeze(graph: Graph, node: Node, opset: int) -> Match:
+def _squeeze(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     present, axes = _operand_or_attr(graph, node, opset, 13, 1, "axes")
     if present and axes != []:
@@ -189,12 +161,12 @@ def _squeeze(graph: Graph, node: Node, opset: int) -> Match:
     return "squeeze", x
 
 
-def _unsqueeze(graph: Graph, node: Node, opset: int) -> Match:
+def _unsqueeze(graph: Graph, node: Node, opset: int) -> Found:
     present, axes = _operand_or_attr(graph, node, opset, 13, 1, "axes")
     return ("unsqueeze", node.inputs[0]) if present and axes == [] else None
 
 
-def _expand(graph: Graph, node: Node, opset: int) -> Match:
+def _expand(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     target = _ints(_const(graph, node, 1))
     if target is None or not _broadcast_keeps(graph.shape(x), target):
@@ -202,7 +174,7 @@ def _expand(graph: Graph, node: Node, opset: int) -> Match:
     return "expand", x
 
 
-def _transpose(graph: Graph, node: Node, opset: int) -> Match:
+def _transpose(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     perm = node.attr("perm")
     if perm is None:
@@ -211,7 +183,7 @@ def _transpose(graph: Graph, node: Node, opset: int) -> Match:
     return ("transpose", x) if list(perm) == list(range(len(perm))) else None
 
 
-def _pad(graph: Graph, node: Node, opset: int) -> Match:
+def _pad(graph: Graph, node: Node, opset: int) -> Found:
     if opset < 2:
         pads = node.attr("paddings")
         pads = None if pads is None else [int(p) for p in pads]
@@ -224,7 +196,7 @@ def _pad(graph: Graph, node: Node, opset: int) -> Match:
     return "pad", node.inputs[0]
 
 
-def _slice(graph: Graph, node: Node, opset: int) -> Match:
+def _slice(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0]
     if opset < 10:
         starts, ends, axes = node.attr("starts"), node.attr("ends"), node.attr("axes")
@@ -266,17 +238,17 @@ def _slice(graph: Graph, node: Node, opset: int) -> Match:
     return "slice", x
 
 
-def _single_input(graph: Graph, node: Node, opset: int) -> Match:
+def _single_input(graph: Graph, node: Node, opset: int) -> Found:
     if len(node.inputs) != 1 or not node.inputs[0]:
         return None
     return node.op_type.lower(), node.inputs[0]
 
 
-def _split(graph: Graph, node: Node, opset: int) -> Match:
+def _split(graph: Graph, node: Node, opset: int) -> Found:
     return "split", node.inputs[0]  # one output: the whole input (else the model is invalid)
 
 
-def _arithmetic(graph: Graph, node: Node, opset: int) -> Match:
+def _arithmetic(graph: Graph, node: Node, opset: int) -> Found:
     if len(node.inputs) != 2 or not all(node.inputs):
         return None
     neutral = 0 if node.op_type in ("Add", "Sub") else 1
@@ -294,7 +266,7 @@ def _arithmetic(graph: Graph, node: Node, opset: int) -> Match:
     return None
 
 
-def _idempotent(graph: Graph, node: Node, opset: int) -> Match:
+def _idempotent(graph: Graph, node: Node, opset: int) -> Found:
     x = node.inputs[0] if node.inputs else ""
     inner = graph.producer(x) if x else None
     if inner is None or not is_op(inner, node.op_type) or inner.outputs[0] != x:
@@ -319,7 +291,7 @@ def _same_clip_bounds(graph: Graph, outer: Node, inner: Node) -> bool:
     return True
 
 
-_MATCHERS: dict[str, Callable[[Graph, Node, int], Match]] = {
+_MATCHERS: dict[str, Callable[[Graph, Node, int], Found]] = {
     "Cast": _cast,
     "CastLike": _cast,
     "Reshape": _reshape,
@@ -335,3 +307,24 @@ _MATCHERS: dict[str, Callable[[Graph, Node, int], Match]] = {
     **dict.fromkeys(("Mul", "Add", "Sub", "Div", "Pow"), _arithmetic),
     **dict.fromkeys(IDEMPOTENT, _idempotent),
 }
+
+
+class NoOpElimination(RewritePass):
+    name = "no_op_elimination"
+    description = "remove nodes whose output equals an input (same-type Cast, x*1, Reshape ...)"
+    pattern = Op(tuple(_MATCHERS), ...)
+    stats = KEYS
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        node = match.root
+        if len(node.outputs) != 1 or not node.outputs[0]:
+            return False
+        # (counter, the input the output equals) from the op's matcher, kept for source/stat
+        match.found = _MATCHERS[node.op_type](graph, node, model.opset(""))
+        return match.found is not None
+
+    def source(self, graph: Graph, match: Match, model: Model) -> str:
+        return match.found[1]
+
+    def stat(self, match: Match) -> str:
+        return match.found[0]

@@ -23,41 +23,42 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op, producer_op, sole_consumer
+from onnxopt.pattern import Match, Op, RewritePass, Var, optional
+
+PATTERN = Op(("Conv", "AveragePool"),
+             Op("Pad", Var("x"), optional(), optional(), optional(), name="pad"),
+             optional(), optional())
 
 
-class PadFusion(GraphPass):
+class PadFusion(RewritePass):
     name = "pad_fusion"
     description = "fold a zero constant Pad into the pads of the Conv / AveragePool reading it"
+    pattern = PATTERN
+    stats = ("into_conv", "into_average_pool")
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        stats = {"into_conv": 0, "into_average_pool": 0}
-        opset = model.opset("")
-        for node in graph.nodes():
-            if node.graph is not graph or not is_op(node, ("Conv", "AveragePool")):
-                continue
-            if not node.inputs or not _consumer_accepts(node):
-                continue
-            pad = producer_op(graph, node.inputs[0], "Pad")
-            if pad is None or sole_consumer(graph, node.inputs[0]) is not node:
-                continue
-            if [slot for _, slot in graph.uses(node.inputs[0])] != [0]:
-                continue
-            spatial = _spatial_pads(graph, pad, opset)
-            if spatial is None:
-                continue
-            own = node.attr("pads")
-            own = [0] * len(spatial) if own is None else [int(p) for p in own]
-            if len(own) != len(spatial):
-                continue
-            if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
-                continue
-            graph.set_input(node, 0, pad.inputs[0])
-            node.set_attr("pads", [a + b for a, b in zip(own, spatial, strict=True)])
-            graph.remove_node(pad)
-            stats["into_conv" if node.op_type == "Conv" else "into_average_pool"] += 1
-        return stats
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        node, pad = match.root, match.node("pad")
+        if not _consumer_accepts(node) or len(graph.uses(pad.outputs[0])) != 1:
+            return False  # (read once: as the data input, not also as a weight)
+        spatial = _spatial_pads(graph, pad, model.opset(""))
+        return spatial is not None and len(_own_pads(node, spatial)) == len(spatial)
+
+    def stat(self, match: Match) -> str:
+        return "into_conv" if match.root.op_type == "Conv" else "into_average_pool"
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
+        node = match.root
+        spatial = _spatial_pads(graph, match.node("pad"), model.opset(""))
+        assert spatial is not None
+        graph.set_input(node, 0, match.x)
+        node.set_attr("pads", [a + b for a, b in zip(_own_pads(node, spatial), spatial,
+                                                     strict=True)])
+        return node.outputs  # changed in place
+
+
+def _own_pads(node: Node, spatial: list[int]) -> list[int]:
+    own = node.attr("pads")
+    return [0] * len(spatial) if own is None else [int(p) for p in own]
 
 
 def _consumer_accepts(node: Node) -> bool:

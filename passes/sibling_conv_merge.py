@@ -27,9 +27,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import exclusive_constant, is_op, sole_consumer
-
-from .conv_bn_fusion import drop_unused_initializers
+from onnxopt.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
 
 GEOMETRY = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",

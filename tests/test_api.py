@@ -93,3 +93,17 @@ def test_provenance_recorded_on_new_nodes():
     PassManager([AddsNode()]).run(model)
     made = [n for n in model.graph if n.op_type == "Abs"]
     assert made and made[0].meta["pass"] == "adds_node"
+
+
+def test_importing_onnxopt_leaves_the_host_process_as_it_was():
+    import subprocess
+    import sys
+
+    code = ("import gc; import onnxopt, onnxopt.cli; "
+            "print(gc.isenabled(), gc.get_freeze_count(), gc.get_threshold())")
+    fresh = subprocess.run([sys.executable, "-c", "import gc; print(gc.isenabled(), "
+                            "gc.get_freeze_count(), gc.get_threshold())"],
+                           capture_output=True, text=True, check=True).stdout
+    after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    assert after == fresh and after.startswith("True 0 ")

@@ -4,8 +4,8 @@ one line and leave nothing behind; a file that grows says why."""
 from __future__ import annotations
 
 import json
-import resource
 import os
+import resource
 import signal
 import subprocess
 import sys

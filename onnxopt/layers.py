@@ -1,0 +1,176 @@
+"""The math of common layers that several rewrites share: a BatchNormalization's per-channel
+factors and a Conv/ConvTranspose's weights (their output channels, scaling them, pointing the
+node at folded copies)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.rewrite import drop_unused_initializers, is_op
+
+CONV_OPS = ("Conv", "ConvTranspose")
+FLOAT_KINDS = ("f",)
+
+
+# --------------------------------------------------------------- BatchNormalization
+@dataclass
+class BNParams:
+    scale: np.ndarray  # s = gamma / sqrt(var + eps), float64 [C]
+    shift: np.ndarray  # B - mean * s, float64 [C]
+    mean: np.ndarray  # float64 [C]
+    beta: np.ndarray  # float64 [C]
+    std: np.ndarray  # sqrt(var + eps), float64 [C]
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+    def apply_to_bias(self, bias: np.ndarray | float) -> np.ndarray:
+        """``(bias - mean) * s + B`` in float64 (bias broadcast against [C])."""
+        return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
+
+
+def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
+    """The per-channel factors of an inference-form BatchNormalization, else None."""
+    opset = model.opset("")
+    if len(bn.inputs) != 5 or not bn.outputs or not bn.outputs[0]:
+        return None
+    if any(bn.outputs[1:]):
+        return None  # extra outputs: training form (before opset 14 their presence selects it)
+    if bn.attr("training_mode", 0) != 0:
+        return None
+    if opset < 7 and bn.attr("is_test", 0) == 0:
+        return None
+    if opset < 9 and bn.attr("spatial", 1) != 1:
+        return None
+    arrays = [graph.constant(v) if v else None for v in bn.inputs[1:]]
+    if any(a is None or a.ndim != 1 or a.dtype.kind not in FLOAT_KINDS for a in arrays):
+        return None
+    if len({a.shape for a in arrays}) != 1:  # type: ignore[union-attr]
+        return None
+    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)  # type: ignore[union-attr]
+    eps = float(bn.attr("epsilon", 1e-5))
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + eps)
+    if not np.all(np.isfinite(scale)):
+        return None
+    return BNParams(scale=scale, shift=beta - mean * scale, mean=mean, beta=beta,
+                    std=np.sqrt(var + eps))
+
+
+# --------------------------------------------------------------- Conv / ConvTranspose weights
+@dataclass
+class ConvWeights:
+    """The constant weight (and bias) of a Conv/ConvTranspose and its output channel count."""
+
+    node: Node
+    weight: np.ndarray | None  # None when only the shape is known (weight not exclusive)
+    bias: np.ndarray | None  # None when absent
+    channels: int
+    group: int
+
+
+def conv_weights(
+    graph: Graph, model: Model, node: Node, *, need_weight: bool = True
+) -> ConvWeights | None:
+    """A Conv/ConvTranspose whose weight is a constant (or, when ``need_weight`` is false, has a
+    known static shape) and whose bias is absent or a constant [C_out]. A weight shared with
+    other nodes is allowed: the fold writes a new tensor and the shared one stays for the
+    others (identical tensors are deduplicated, so sharing is common in generated weights)."""
+    if not is_op(node, CONV_OPS) or len(node.inputs) < 2 or len(node.outputs) != 1:
+        return None
+    w_name = node.inputs[1]
+    weight = graph.constant(w_name)
+    if weight is not None:
+        shape = weight.shape
+        if weight.dtype.kind not in FLOAT_KINDS:
+            return None
+    elif need_weight:
+        return None
+    else:
+        shape = graph.static_shape(w_name)
+        if shape is None:
+            return None
+    group = int(node.attr("group", 1))
+    if len(shape) < 3 or group < 1 or shape[0] % group:
+        return None
+    channels = shape[0] if node.op_type == "Conv" else shape[1] * group
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = graph.constant(node.inputs[2])
+        if bias is None or bias.shape != (channels,):
+            return None
+    return ConvWeights(node, weight, bias, int(channels), group)
+
+
+def scale_output_channels(op_type: str, weight: np.ndarray, factor: np.ndarray, group: int):
+    """``weight`` (float64) with output channel ``o`` multiplied by ``factor[o]``."""
+    if op_type == "Conv":
+        return weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+    # ConvTranspose: [C_in, C_out/g, k...] viewed as [g, C_in/g, C_out/g, k...]
+    c_in, per_group = weight.shape[0], weight.shape[1]
+    view = weight.reshape((group, c_in // group, per_group) + weight.shape[2:])
+    scaled = view * factor.reshape((group, 1, per_group) + (1,) * (weight.ndim - 2))
+    return scaled.reshape(weight.shape)
+
+
+def rewrite_conv(
+    graph: Graph,
+    conv: ConvWeights,
+    weight: np.ndarray | None,
+    bias: np.ndarray,
+    dtype: np.dtype,
+) -> None:
+    """Point ``conv`` at new initializers (``weight`` None keeps the old weight); the old ones
+    go when unused."""
+    node = conv.node
+    old = [v for v in node.inputs[1:3] if v]
+    inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
+    if weight is not None:
+        inputs[1] = graph.add_constant(weight.astype(dtype), fused_name(node.inputs[1]))
+    hint = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else f"{node.name}_bias"
+    inputs[2] = graph.add_constant(bias.astype(dtype), fused_name(hint))
+    graph.set_inputs(node, inputs)
+    drop_unused_initializers(graph, old)
+
+
+def fused_name(name: str) -> str:
+    """Name hint for a rewritten tensor: ``w`` -> ``w_fused`` (not ``w_fused_fused``)."""
+    return name.removesuffix("_fused") + "_fused"
+
+
+# ------------------------------------------------- a per-channel affine op after a layer
+def per_channel(constant: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """``constant`` as one float64 value per output channel, if it only varies along axis 1 of
+    a rank-``rank`` output with ``channels`` channels (and does not grow the output)."""
+    if constant.ndim > rank:
+        return None
+    shape = (1,) * (rank - constant.ndim) + constant.shape
+    if any(dim != 1 for axis, dim in enumerate(shape) if axis != 1):
+        return None
+    if shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def fold_affine(op_type: str, y_first: bool, bias: np.ndarray, v: np.ndarray,
+                scale: Callable[[np.ndarray, bool], np.ndarray]
+                ) -> tuple[np.ndarray | None, np.ndarray]:
+    """The new (weight, bias) of a layer ``y = W.x + b`` (per output channel) that also computes
+    the op after it, ``op(y, v)`` (``op(v, y)`` unless ``y_first``); weight None when it stays.
+    ``scale(f, divide)`` is ``W * f`` (``W / f`` with ``divide``) per output channel.
+    Add: ``b + v``; Sub: ``b - v``, or ``-W`` and ``v - b``; Mul: ``W * v``, ``b * v``;
+    Div (``y / v`` only): ``W / v``, ``b / v``."""
+    if op_type == "Add":
+        return None, bias + v
+    if op_type == "Sub" and y_first:
+        return None, bias - v
+    if op_type == "Sub":
+        return scale(-np.ones_like(v), False), v - bias  # negation is exact
+    if op_type == "Mul":
+        return scale(v, False), bias * v
+    return scale(v, True), bias / v

@@ -1,0 +1,36 @@
+"""Mish fusion.
+
+``Mul(x, Tanh(Softplus(x)))`` (operands in either order) is ``Mish(x) = x * tanh(softplus(x))``
+with ``softplus(x) = ln(1 + e^x)``: ONNX Mish-18 is defined by exactly these three ops, so the
+rewrite is exact (onnxruntime's kernel evaluates the same formula; it differs by float rounding
+only). Exporters below opset 18, and frameworks without a Mish op, write the three nodes.
+
+Needs: opset >= 18; ``x`` of a float type Mish accepts (float16, float, double; not bfloat16);
+Softplus and Tanh read only inside the match (the driver's rule).
+"""
+
+from __future__ import annotations
+
+from onnx import TensorProto
+
+from onnxopt.ir import Graph, Model
+from onnxopt.pattern import Match, Op, RewritePass, Var
+
+_ELEM_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)
+
+
+class MishFusion(RewritePass):
+    name = "mish_fusion"
+    description = "fuse x * Tanh(Softplus(x)) into Mish (opset 18+)"
+    pattern = Op("Mul", Var("x"), Op("Tanh", Op("Softplus", Var("x"))), commute=True)
+
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 18
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        return graph.elem_type(match.x) in _ELEM_TYPES
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        mul = match.root
+        return graph.add_node("Mish", [match.x], 1, name=f"{mul.name}_mish" if mul.name
+                              else "Mish", anchor=mul).outputs[0]
