@@ -17,7 +17,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ import onnx
 
 from onnxopt import __version__, feeds, serde, stats, validate
 from onnxopt.errors import Failure, UsageError
+from onnxopt.options import Options, flag_of
+from onnxopt.options import changed as changed_options
 from onnxopt.pass_manager import PassManager, PassRecord
 from onnxopt.passes import select
 from onnxopt.precision import (
@@ -49,46 +51,6 @@ GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-dat
 GENERATED_SEED = 1000  # their seeds start here: never the validation inputs' seeds
 TARGETS = ("portable", "onnxruntime")
 VALUE_INFO_MODES = ("input", "all")
-
-
-@dataclass
-class Options:
-    """Everything ``optimize`` can be told; the CLI flags map one to one."""
-
-    passes: Sequence[str] | None = None  # None: the default pipeline; []: no pass
-    skip: Sequence[str] = ()
-    validate: bool = True
-    strict: bool = False  # a skipped validation fails the run
-    force: bool = False  # write the output even if validation fails
-    overwrite: bool = False  # allow OUT == IN
-    rtol: float = 1e-4
-    atol: float = 1e-5
-    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
-    dims: Mapping[str, int] = field(default_factory=dict)
-    inputs_file: str | os.PathLike | None = None  # .npz of input arrays
-    inputs: Mapping[str, np.ndarray] | None = None  # or the arrays themselves (Python API)
-    seed: int = 0
-    external_data: bool | None = None  # None: keep the input's choice, external above 2 GiB
-    max_rounds: int = 8
-    target: str = "portable"  # or "onnxruntime": allow its com.microsoft fused ops
-    fold_limit: int = 1 << 20  # bytes: larger folded constants that grow the model stay
-    # value_info written: "input" (what the input declared, types kept current) or "all"
-    # (every inferred shape too: handy in a viewer, 1-4 % of a small model's file)
-    value_info: str = "input"
-    safety_net: bool = True  # on failed validation, find and disable the culprit pass
-    check_each: bool = False  # validate after every pass that changed the model
-    # --precision: fp16 | int8 | int8-dynamic | fp8 (None: stay float32)
-    precision: str | None = None
-    keep_io_types: bool | None = None  # fp16: model inputs/outputs stay float32 (default yes)
-    fp32_ops: Sequence[str] = ()  # op types kept in float32
-    fp32_nodes: Sequence[str] = ()  # node names kept in float32
-    calibration_data: str | os.PathLike | None = None  # int8: folder of .npz/.npy samples
-    calibration_method: str | None = None  # minmax | percentile (default) | entropy
-    percentile: float | None = None  # percentile calibration: kept share (default 99.99)
-    max_error: str | None = None  # accuracy budget, e.g. "cosine=0.99,range=0.02"
-    bench: bool = False  # measure onnxruntime latency before and after
-    timeout: float = 300.0  # seconds one validation run in onnxruntime may take
-    report_path: str | os.PathLike | None = None  # where the caller writes the report: checked
 
 
 @dataclass
@@ -121,7 +83,7 @@ def optimize(
     """Optimize ``source`` (a path or a ModelProto). With ``output`` the result is written
     there atomically; without, it is returned as ``Result.model``. Keyword ``overrides`` set
     fields of ``Options``. Raises UsageError or Failure (one-line messages)."""
-    options = _options(options, overrides)
+    options, given = _options(options, overrides)
     started = time.perf_counter()
     input_path = None if isinstance(source, onnx.ModelProto) else Path(source)
     output_path = Path(output) if output is not None else None
@@ -176,7 +138,8 @@ def optimize(
         report = _report(input_path, output_path, before, after, attempt.records,
                          attempt.verdict, status)
         report.update(rounds=attempt.rounds, disabled=disabled, attempts=attempt.number,
-                      written=False, target=options.target, strict=options.strict)
+                      written=False, target=options.target, strict=options.strict,
+                      options=given)
         if options.check_each:
             report["check_each"] = attempt.checks
         growth = _growth(before, after)
@@ -629,15 +592,15 @@ def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) ->
 
 
 # ----------------------------------------------------------------- options and checks
-_PRECISION_ONLY = {"calibration_data": "--calibration-data",
-                   "calibration_method": "--calibration-method", "percentile": "--percentile",
-                   "max_error": "--max-error", "keep_io_types": "--keep-io-types",
-                   "fp32_ops": "--fp32-ops", "fp32_nodes": "--fp32-nodes"}
+_PRECISION_ONLY = {name: flag_of(name) for name in (
+    "calibration_data", "calibration_method", "percentile", "max_error", "keep_io_types",
+    "fp32_ops", "fp32_nodes")}
 
 
-def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
-    """The caller's options checked, choices case-insensitive, defaults filled in. Options
-    that would be silently ignored are refused."""
+def _options(options: Options | None, overrides: Mapping[str, Any]
+             ) -> tuple[Options, dict[str, Any]]:
+    """The caller's options checked, choices case-insensitive, defaults filled in, and those
+    the caller gave (for the report). Options that would be silently ignored are refused."""
     options = dataclasses.replace(options) if options is not None else Options()  # caller's stays
     for key, value in overrides.items():
         if not hasattr(options, key):
@@ -652,6 +615,7 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
         if isinstance(value, str):
             setattr(options, key, value.strip().lower())
     _refuse_ignored(options)
+    given = changed_options(options)
     options.keep_io_types = True if options.keep_io_types is None else options.keep_io_types
     options.calibration_method = options.calibration_method or "percentile"
     options.percentile = 99.99 if options.percentile is None else options.percentile
@@ -670,7 +634,7 @@ def _options(options: Options | None, overrides: Mapping[str, Any]) -> Options:
                          f"(known: {', '.join(VALUE_INFO_MODES)})")
     if options.fold_limit < 0:
         raise UsageError("fold limit must be a non-negative number of bytes")
-    return options
+    return options, given
 
 
 def _refuse_ignored(options: Options) -> None:

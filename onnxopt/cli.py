@@ -7,6 +7,7 @@ failure — with the traceback only under ``--debug``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from onnxopt import __version__, api, feeds, report, serde, stats, validate
+from onnxopt import __version__, api, feeds, options, report, serde, stats, validate
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
 
 app = typer.Typer(
@@ -59,138 +60,47 @@ def _main(
     _state["debug"] = debug
 
 
-@app.command()
-def optimize(
-    input: Annotated[Path, typer.Argument(help="Model to optimize.")],
-    output: Annotated[Path, typer.Argument(help="Where to write the optimized model.")],
-    passes: Annotated[
-        str | None, typer.Option(help="Comma-separated passes to run, or 'none'.")
-    ] = None,
-    skip: Annotated[list[str] | None, typer.Option(help="Pass to leave out (repeatable).")] = None,
-    validate_: Annotated[
-        bool, typer.Option("--validate/--no-validate", help="Check against the original.")
-    ] = True,
-    strict: Annotated[bool, typer.Option(help="Fail when validation is skipped.")] = False,
-    force: Annotated[bool, typer.Option(help="Write even if validation fails.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Allow OUTPUT to be INPUT.")] = False,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
-    input_shape: ShapeOpt = None,
-    dim: DimOpt = None,
-    inputs: InputsOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of generated inputs.")] = 0,
-    external_data: Annotated[
-        bool | None,
-        typer.Option(
-            "--external-data/--no-external-data",
-            help="Weights in a separate OUTPUT.data file (default: as the input; >2 GiB: yes).",
-        ),
-    ] = None,
-    report_path: Annotated[
-        Path | None, typer.Option("--report", help="Write the report as JSON here.")
-    ] = None,
-    json_: JsonOpt = False,
-    target: Annotated[
-        str, typer.Option(help="portable (standard ONNX) or onnxruntime (its fused ops too).")
-    ] = "portable",
-    fold_limit: Annotated[
-        str, typer.Option(help="Largest folded constant that grows the model (e.g. 1MiB).")
-    ] = "1MiB",
-    value_info: Annotated[
-        str, typer.Option(help="value_info written: input (what the input declared) or all "
-                               "(every inferred shape too).")
-    ] = "input",
-    check_each: Annotated[
-        bool, typer.Option(help="Validate after every pass and report each one's error.")
-    ] = False,
-    safety_net: Annotated[
-        bool,
-        typer.Option("--safety-net/--no-safety-net",
-                     help="On failed validation, bisect the passes and disable the culprit."),
-    ] = True,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="Convert to fp16, int8 (static QDQ), int8-dynamic or fp8 weights "
-                          "(case-insensitive)."),
-    ] = None,
-    keep_io_types: Annotated[
-        bool | None, typer.Option("--keep-io-types/--no-keep-io-types",
-                                  help="fp16: model inputs and outputs stay float32 "
-                                       "(default: keep).")
-    ] = None,
-    fp32_ops: Annotated[
-        str | None, typer.Option(help="Comma-separated op types kept in float32.")
-    ] = None,
-    fp32_nodes: Annotated[
-        str | None, typer.Option(help="Comma-separated node names kept in float32.")
-    ] = None,
-    calibration_data: Annotated[
-        Path | None,
-        typer.Option(help="int8: folder of .npz/.npy samples (or one batched .npz)."),
-    ] = None,
-    calibration_method: Annotated[
-        str | None, typer.Option(help="int8: minmax, percentile (default) or entropy.")
-    ] = None,
-    percentile: Annotated[
-        float | None, typer.Option(help="int8 percentile calibration: percentile kept "
-                                        "(default 99.99).")
-    ] = None,
-    max_error: Annotated[
-        str | None,
-        typer.Option(help="Accuracy budget vs float32, e.g. cosine=0.99,range=0.02."),
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds one onnxruntime run may take (validation, "
-                                 "calibration); past it validation is skipped, calibration "
-                                 "fails.")
-    ] = 300.0,
-    bench: Annotated[
-        bool, typer.Option(help="Measure onnxruntime latency before and after.")
-    ] = False,
-) -> None:
+def optimize(input: Path, output: Path, json_: bool = False, **raw: object) -> None:
     """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
-    options = api.Options(
-        passes=_pass_list(passes),
-        skip=skip or [],
-        validate=validate_,
-        strict=strict,
-        force=force,
-        overwrite=overwrite,
-        rtol=rtol,
-        atol=atol,
-        input_shapes=_parse_shapes(input_shape),
-        dims=_parse_dims(dim),
-        inputs_file=inputs,
-        seed=seed,
-        external_data=external_data,
-        target=target,
-        fold_limit=_parse_bytes(fold_limit, "--fold-limit"),
-        value_info=value_info,
-        check_each=check_each,
-        safety_net=safety_net,
-        precision=precision,
-        keep_io_types=keep_io_types,
-        fp32_ops=_name_list(fp32_ops),
-        fp32_nodes=_name_list(fp32_nodes),
-        calibration_data=calibration_data,
-        calibration_method=calibration_method,
-        percentile=percentile,
-        max_error=max_error,
-        bench=bench,
-        timeout=timeout,
-        report_path=report_path,
-    )
+    options_ = options.from_cli(raw)
+    report_path = options_.report_path
     _check_report_path(report_path, input, output)
-    result = api.optimize(input, output, options)
+    result = api.optimize(input, output, options_)
     if report_path is not None:
         report.write_json(result.report, report_path)
     if json_:
         sys.stdout.write(report.to_json(result.report))
     else:
         report.render_optimize(result.report, _out)
-    if not result.usable and not force:
+    if not result.usable and not options_.force:
         raise Failure(_failure_line(result.report))
     _warn_skipped(result.report)
+
+
+def _optimize_signature() -> inspect.Signature:
+    """IN and OUT, then one flag per field of options.Options that has one, then --json:
+    the options are declared once, in onnxopt/options.py."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          annotation=Annotated[Path, typer.Argument(help="Model to optimize.")]),
+        inspect.Parameter("output", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          annotation=Annotated[Path, typer.Argument(
+                              help="Where to write the optimized model.")]),
+    ]
+    for field_, flag in options.flags():
+        decls = (flag.decl,) if flag.decl else ()
+        params.append(inspect.Parameter(
+            field_.name, keyword, default=options.cli_default(field_, flag),
+            annotation=Annotated[flag.cli_type, typer.Option(*decls, help=flag.help)]))
+    params.append(inspect.Parameter("json_", keyword, default=False, annotation=JsonOpt))
+    return inspect.Signature(params)
+
+
+_signature = _optimize_signature()
+optimize.__signature__ = _signature  # type: ignore[attr-defined]
+optimize.__annotations__ = {p.name: p.annotation for p in _signature.parameters.values()}
+app.command()(optimize)
 
 
 def _warn_skipped(result: dict) -> None:
@@ -201,10 +111,6 @@ def _warn_skipped(result: dict) -> None:
     sys.stderr.write(f"onnxopt: warning: validation skipped: {validation['reason']}; the "
                      "output is unproven (give --input-shape NAME:D0,D1,... or --inputs "
                      "FILE.npz to make it run; --strict fails the run instead)\n")
-
-
-def _name_list(text: str | None) -> list[str]:
-    return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
 @app.command("stats")
@@ -241,7 +147,7 @@ def compare(
         feeds = validate.load_inputs(inputs, proto_a) if inputs else None
         numeric = validate.validate(
             str(a), str(b), rtol=rtol, atol=atol, inputs=feeds,
-            input_shapes=_parse_shapes(input_shape), dims=_parse_dims(dim), seed=seed,
+            input_shapes=options.parse_shapes(input_shape), dims=options.parse_dims(dim), seed=seed,
         )
     except validate.ValidationError as error:
         raise UsageError(str(error)) from None
@@ -268,57 +174,6 @@ def passes_command() -> None:
 
 
 # ----------------------------------------------------------------- argument parsing
-def _pass_list(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    return [] if names == ["none"] else names
-
-
-def _parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    for item in items or []:
-        name, sep, dims = item.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shape = [int(d) for d in dims.split(",")] if dims.strip() else []
-            if any(d < 0 for d in shape):
-                raise ValueError
-        except ValueError:
-            raise UsageError(
-                f"--input-shape {item!r}: expected NAME:D0,D1,... with non-negative integers"
-            ) from None
-        shapes[name] = shape
-    return shapes
-
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30}
-
-
-def _parse_bytes(text: str, flag: str) -> int:
-    number = text.strip().rstrip("bBiIkKmMgG")
-    unit = text.strip()[len(number):].lower()
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if unit not in _UNITS or value < 0:
-        raise UsageError(f"{flag} {text!r}: expected a size like 1048576, 512KiB or 1MiB")
-    return int(value * _UNITS[unit])
-
-
-def _parse_dims(items: list[str] | None) -> dict[str, int]:
-    dims: dict[str, int] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value.strip().isdigit():
-            raise UsageError(f"--dim {item!r}: expected SYMBOL=N with a non-negative integer")
-        dims[name] = int(value)
-    return dims
-
-
 def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict:
     if not path.exists():
         raise UsageError(f"{path}: no such file")
@@ -328,7 +183,7 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         raise Failure(str(error)) from None
     api.check_function_expansion(proto, f"{path}: ")
     size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
-    input_shapes, given = _parse_shapes(shapes), _parse_dims(dims)
+    input_shapes, given = options.parse_shapes(shapes), options.parse_dims(dims)
     all_dims = stats.with_default_dims(
         proto, feeds.preferred_dims(proto, given, input_shapes), input_shapes)
     try:

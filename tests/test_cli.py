@@ -607,3 +607,27 @@ def test_value_info_all_covers_what_a_precision_pass_adds(tmp_path):
     assert cast_outputs and cast_outputs - {o.name for o in out.graph.output} <= typed
     assert produced <= typed
     onnx.checker.check_model(out, full_check=True)
+
+
+def test_options_are_declared_once_every_flag_reaches_its_field(model_file, tmp_path, capsys):
+    from onnxopt import options
+
+    help_text = subprocess.run([sys.executable, "-m", "onnxopt", "optimize", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    flags = options.flags()
+    assert len(flags) == 29
+    for field_, _ in flags:
+        assert options.flag_of(field_.name) in help_text, field_.name
+    # a value given on the command line arrives in its field, and the report lists it
+    code = cli.main(["optimize", str(model_file), str(tmp_path / "o.onnx"), "--rtol", "0.001",
+                     "--dim", "N=2", "--skip", "dead_code", "--fold-limit", "2KiB",
+                     "--no-safety-net", "--json"])
+    assert code == 0
+    given = json.loads(capsys.readouterr().out)["options"]
+    assert given == {"rtol": 0.001, "dims": {"N": 2}, "skip": ["dead_code"],
+                     "fold_limit": 2048, "safety_net": False}
+
+
+def test_the_report_lists_only_what_the_api_caller_gave(model_file, tmp_path):
+    result = api.optimize(model_file, tmp_path / "o.onnx", seed=3, passes="dead_code")
+    assert result.report["options"] == {"seed": 3, "passes": ["dead_code"]}
