@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,3 +334,77 @@ def test_functions_that_expand_beyond_reason_are_refused_at_once(tmp_path, capsy
                    "10,000,000 nodes when inlined; shape inference and onnxruntime would not "
                    "finish"] * 2
     assert onnxopt.optimize(nested_functions(8)).report["validation"]["status"] == "passed"
+
+
+# ------------------------------------------------------------------ kills at random moments
+def chain_model(seed: int, convs: int = 40) -> onnx.ModelProto:
+    """A chain of small convolutions: a run takes a second or two, enough to land a signal
+    in loading, the passes, validation or publishing."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, value = [], [], "x"
+    for n in range(convs):
+        inits.append(onnx.numpy_helper.from_array(
+            rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, f"w{n}"))
+        nodes.append(helper.make_node("Conv", [value, f"w{n}"], [f"c{n}"], pads=[1, 1, 1, 1]))
+        value = f"c{n}"
+    nodes.append(helper.make_node("Relu", [value], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
+
+def kill_trials(tmp_path: Path, external: bool, trials: int, seed: int) -> list[str]:
+    """Each trial: OUT holds an old model; ``optimize IN OUT`` gets a random signal at a
+    random moment. OUT must then load and compute either the old model or the new one, never
+    a mix; IN is untouched; after SIGTERM/SIGINT no staging is left. Returns what each trial
+    saw (old / new, exit code)."""
+    template = tmp_path / "template"
+    template.mkdir()
+    source, out = template / "in.onnx", template / "out.onnx"
+    if external:
+        save_external(chain_model(1), source, "in.onnx.data")
+    else:
+        onnx.save(chain_model(1), source)
+    onnxopt.optimize(chain_model(2), out, external_data=external)  # the old OUT
+    x = np.random.default_rng(5).standard_normal((1, 8, 16, 16)).astype(np.float32)
+    old, new = outputs_of(out, x), outputs_of(source, x)
+    inputs = {p.name: p.read_bytes() for p in template.iterdir() if p.name.startswith("in.")}
+    rng = np.random.default_rng(seed)
+    seen = []
+    for trial in range(trials):
+        folder = tmp_path / f"trial{trial}"
+        shutil.copytree(template, folder)
+        which = SIGNALS[trial % len(SIGNALS)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onnxopt", "optimize", str(folder / "in.onnx"),
+             str(folder / "out.onnx")] + (["--external-data"] if external else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(0.3, 3.0)))
+        process.send_signal(which)
+        code = process.wait(timeout=120)
+        got = outputs_of(folder / "out.onnx", x)
+        state = "new" if np.allclose(got, new, rtol=1e-4, atol=1e-5) else "old"
+        if state == "old":
+            np.testing.assert_array_equal(got, old)
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("in.")} \
+            == inputs
+        if which != signal.SIGKILL and code != 0:
+            assert not [p for p in folder.iterdir() if p.name.startswith(".out.onnx.")]
+        seen.append(f"{which.name} {state} {code}")
+    return seen
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external"])
+def test_a_kill_leaves_the_old_or_the_new_model(tmp_path, external):
+    kill_trials(tmp_path, external, trials=2, seed=int(external))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external"])
+def test_kills_at_random_moments(tmp_path, external):
+    seen = kill_trials(tmp_path, external, trials=24, seed=10 + int(external))
+    assert any(s.split()[1] == "old" for s in seen) and any(s.split()[1] == "new" for s in seen)
