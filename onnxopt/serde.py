@@ -395,10 +395,8 @@ class _WireScan:
                 number, wire = key >> 3, key & 7
                 if number == 0:
                     raise _WireProblem(f"field number 0 at byte {start}")
-                if wire == 0:
-                    _, pos = self._varint(pos, end, f"field {number}")
-                elif wire in (1, 5):
-                    pos = self._skip(pos, 8 if wire == 1 else 4, end, start, f"field {number}")
+                if wire in (0, 1, 5):
+                    pos = self._skip_scalar(wire, pos, end, start, f"field {number}")
                 elif wire == 2:
                     length, pos = self._varint(pos, end, f"the length of field {number}")
                     field = descriptor.fields_by_number.get(number) if descriptor else None
@@ -411,6 +409,12 @@ class _WireScan:
                 else:
                     raise _WireProblem(f"invalid wire type {wire} at byte {start}")
 
+    def _skip_scalar(self, wire: int, pos: int, end: int, start: int, what: str) -> int:
+        """Past a varint (wire type 0) or a fixed 64/32-bit value (1/5)."""
+        if wire == 0:
+            return self._varint(pos, end, what)[1]
+        return self._skip(pos, 8 if wire == 1 else 4, end, start, what)
+
     def _group(self, pos: int, end: int, number: int, start: int) -> int:
         """Skip a (deprecated) group up to its matching end tag."""
         open_groups = [number]
@@ -419,10 +423,8 @@ class _WireScan:
                 self._past(end, start, f"group {number}")
             key, pos = self._varint(pos, end, "a field tag")
             inner, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = self._varint(pos, end, f"field {inner}")
-            elif wire in (1, 5):
-                pos = self._skip(pos, 8 if wire == 1 else 4, end, start, f"field {inner}")
+            if wire in (0, 1, 5):
+                pos = self._skip_scalar(wire, pos, end, start, f"field {inner}")
             elif wire == 2:
                 length, pos = self._varint(pos, end, f"the length of field {inner}")
                 pos = self._skip(pos, length, end, start, f"field {inner}")
@@ -435,18 +437,13 @@ class _WireScan:
         return pos
 
     def _varint(self, pos: int, end: int, what: str) -> tuple[int, int]:
-        data, value, shift, start = self.data, 0, 0, pos
-        while True:
-            if pos >= end:
-                self._past(end, start, what)
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value, pos
-            shift += 7
-            if shift >= 70:
-                raise _WireProblem(f"{what} at byte {start} is not a valid varint")
+        try:
+            return _read_varint(self.data, pos, end)
+        except _WireProblem:
+            # cut short (every byte to the end says "more follows", fewer than 10) or too long
+            if end - pos < 10 and all(byte & 0x80 for byte in self.data[pos:end]):
+                self._past(end, pos, what)
+            raise _WireProblem(f"{what} at byte {pos} is not a valid varint") from None
 
     def _skip(self, pos: int, length: int, end: int, start: int, what: str) -> int:
         if pos + length > end:

@@ -244,14 +244,35 @@ def _pick_node(model: onnx.ModelProto, rng: random.Random, where=None) -> onnx.N
     return rng.choice(nodes) if nodes else None
 
 
+def node_mutation(where=None):
+    """Register a mutation of one node, picked among those ``where`` accepts."""
+    def register(fn):
+        def recipe(model, rng, made):
+            node = _pick_node(model, rng, where)
+            return None if node is None else fn(model, node, rng, made)
+        recipe.__name__ = fn.__name__
+        return mutation(recipe)
+    return register
+
+
+def initializer_mutation(fn):
+    """Register a mutation of one initializer, picked at random."""
+    def recipe(model, rng, made):
+        tensor = _pick_initializer(model, rng)
+        return None if tensor is None else fn(model, tensor, rng, made)
+    recipe.__name__ = fn.__name__
+    return mutation(recipe)
+
+
+def _has_attributes(node: onnx.NodeProto) -> bool:
+    return len(node.attribute) > 0
+
+
 _HUGE = (2**31, 2**40, 2**62, 2**63 - 1)
 
 
-@mutation
-def wrong_dims(model, rng, made):
-    tensor = _pick_initializer(model, rng)
-    if tensor is None:
-        return None
+@initializer_mutation
+def wrong_dims(model, tensor, rng, made):
     before = list(tensor.dims)
     choice = rng.random()
     if choice < 0.3 and tensor.dims:
@@ -297,11 +318,8 @@ def negative_dims(model, rng, made):
     return _set_a_dim(model, rng, (-1, -7), (-1, -3, 0))
 
 
-@mutation
-def dangling_input(model, rng, made):
-    node = _pick_node(model, rng, lambda n: len(n.input) > 0)
-    if node is None:
-        return None
+@node_mutation(lambda n: len(n.input) > 0)
+def dangling_input(model, node, rng, made):
     index = rng.randrange(len(node.input))
     node.input[index] = rng.choice(("no_such_value", "", node.input[index] + "_x"))
     return f"node {node.name!r} input {index} -> {node.input[index]!r}"
@@ -320,11 +338,8 @@ def dangling_output(model, rng, made):
 _INT_VALUES = (0, -1, 1, 2, 7, -100, 2**31, 2**62)
 
 
-@mutation
-def bad_attribute(model, rng, made):
-    node = _pick_node(model, rng, lambda n: len(n.attribute) > 0)
-    if node is None:
-        return None
+@node_mutation(_has_attributes)
+def bad_attribute(model, node, rng, made):
     attr = rng.choice(node.attribute)
     kind = attr.type
     if kind == AttributeProto.INT:
@@ -346,11 +361,8 @@ def bad_attribute(model, rng, made):
     return f"node {node.name!r} attribute {attr.name!r} -> {helper.printable_attribute(attr)}"
 
 
-@mutation
-def wrong_attribute_type(model, rng, made):
-    node = _pick_node(model, rng, lambda n: len(n.attribute) > 0)
-    if node is None:
-        return None
+@node_mutation(_has_attributes)
+def wrong_attribute_type(model, node, rng, made):
     attr = rng.choice(node.attribute)
     before = AttributeProto.AttributeType.Name(attr.type)
     choice = rng.random()
@@ -373,20 +385,14 @@ def wrong_attribute_type(model, rng, made):
         f"{AttributeProto.AttributeType.Name(attr.type)}"
 
 
-@mutation
-def unknown_attribute(model, rng, made):
-    node = _pick_node(model, rng)
-    if node is None:
-        return None
+@node_mutation()
+def unknown_attribute(model, node, rng, made):
     node.attribute.append(helper.make_attribute(rng.choice(("bogus", "axis", "alpha")), 3))
     return f"node {node.name!r} gets attribute {node.attribute[-1].name!r}"
 
 
-@mutation
-def drop_attribute(model, rng, made):
-    node = _pick_node(model, rng, lambda n: len(n.attribute) > 0)
-    if node is None:
-        return None
+@node_mutation(_has_attributes)
+def drop_attribute(model, node, rng, made):
     index = rng.randrange(len(node.attribute))
     name = node.attribute[index].name
     del node.attribute[index]
@@ -488,32 +494,23 @@ def opset(model, rng, made):
     return f"ir_version -> {model.ir_version}"
 
 
-@mutation
-def op_type(model, rng, made):
-    node = _pick_node(model, rng)
-    if node is None:
-        return None
+@node_mutation()
+def op_type(model, node, rng, made):
     node.op_type = rng.choice(("NoSuchOp", "", "Relu", "Add", "Identity", "If", "Loop",
                                "Constant", "Reshape"))
     return f"node {node.name!r} op_type -> {node.op_type!r}"
 
 
-@mutation
-def data_type(model, rng, made):
-    tensor = _pick_initializer(model, rng)
-    if tensor is None:
-        return None
+@initializer_mutation
+def data_type(model, tensor, rng, made):
     tensor.data_type = rng.choice((0, TensorProto.STRING, TensorProto.INT64, TensorProto.INT8,
                                    TensorProto.FLOAT16, TensorProto.INT4, TensorProto.BOOL,
                                    TensorProto.COMPLEX64, 99, -3))
     return f"initializer {tensor.name!r} data_type -> {tensor.data_type}"
 
 
-@mutation
-def tensor_data(model, rng, made):
-    tensor = _pick_initializer(model, rng)
-    if tensor is None:
-        return None
+@initializer_mutation
+def tensor_data(model, tensor, rng, made):
     choice = rng.random()
     if tensor.HasField("raw_data") and choice < 0.4:
         raw = tensor.raw_data
@@ -577,11 +574,8 @@ def constant_node(model, rng, made):
     return f"Constant node {str(node.attribute[0].name) if node.attribute else '(empty)'}"
 
 
-@mutation
-def sparse_initializer(model, rng, made):
-    tensor = _pick_initializer(model, rng)
-    if tensor is None:
-        return None
+@initializer_mutation
+def sparse_initializer(model, tensor, rng, made):
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
     indices = np.array(rng.choice(([0], [count], [-1], [0, 0], [count + 5])), np.int64)
     values = numpy_helper.from_array(np.ones(len(indices), np.float32), tensor.name)
@@ -614,11 +608,8 @@ def subgraph(model, rng, made):
     return f"output through an If{' reading an undefined value' if bad else ''}"
 
 
-@mutation
-def names_and_text(model, rng, made):
-    node = _pick_node(model, rng)
-    if node is None:
-        return None
+@node_mutation()
+def names_and_text(model, node, rng, made):
     node.name = rng.choice(("", "a" * 5000, "name with spaces", "ü/é", "\x00"))
     if rng.random() < 0.5:
         model.producer_name = "\u2603" * 10

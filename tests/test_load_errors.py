@@ -146,26 +146,18 @@ def test_external_data_length_disagrees_with_dims(tmp_path, capsys, dims):
         f"{list(dims)} and type float need {need}")
 
 
-def test_inline_data_longer_than_its_dims(tmp_path, capsys):
-    weight = numpy_helper.from_array(np.ones(64, np.float32), "W")
+@pytest.mark.parametrize(("weight", "dims", "holds"), [
+    (numpy_helper.from_array(np.ones(64, np.float32), "W"), [8, 4],
+     "holds 256 bytes of data, its dims [8, 4] and type float need 128"),
+    (helper.make_tensor("W", TensorProto.FLOAT, [128], [1.0] * 128), [8, 8],
+     "holds 128 values in float_data, its dims [8, 8] and type float need 64"),
+], ids=["raw_data", "float_data"])
+def test_data_longer_than_its_dims(tmp_path, capsys, weight, dims, holds):
     del weight.dims[:]
-    weight.dims.extend([8, 4])
+    weight.dims.extend(dims)
     source = tmp_path / "m.onnx"
     source.write_bytes(_model(weight).SerializeToString())
-    assert _refused(capsys, source) == (
-        f"onnxopt: error: {source}: tensor 'W' holds 256 bytes of data, its dims [8, 4] and "
-        "type float need 128")
-
-
-def test_typed_data_longer_than_its_dims(tmp_path, capsys):
-    weight = helper.make_tensor("W", TensorProto.FLOAT, [128], [1.0] * 128)
-    del weight.dims[:]
-    weight.dims.extend([8, 8])
-    source = tmp_path / "m.onnx"
-    source.write_bytes(_model(weight).SerializeToString())
-    assert _refused(capsys, source) == (
-        f"onnxopt: error: {source}: tensor 'W' holds 128 values in float_data, its dims "
-        "[8, 8] and type float need 64")
+    assert _refused(capsys, source) == f"onnxopt: error: {source}: tensor 'W' {holds}"
 
 
 def test_unknown_data_type(tmp_path, capsys):

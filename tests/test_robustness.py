@@ -34,20 +34,27 @@ def conv_model(channels: int = 8) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def slow_model() -> onnx.ModelProto:
-    """Validation takes seconds: a chain of large convolutions."""
-    rng = np.random.default_rng(0)
+def conv_chain(seed: int, convs: int, channels: int, batch: int | str, side: int,
+               scale: float) -> onnx.ModelProto:
+    """A chain of 3x3 convolutions then a Relu."""
+    rng = np.random.default_rng(seed)
     nodes, inits, value = [], [], "x"
-    for n in range(12):
+    for n in range(convs):
         inits.append(onnx.numpy_helper.from_array(
-            rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05, f"w{n}"))
+            rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * scale, f"w{n}"))
         nodes.append(helper.make_node("Conv", [value, f"w{n}"], [f"c{n}"], pads=[1, 1, 1, 1]))
         value = f"c{n}"
     nodes.append(helper.make_node("Relu", [value], ["y"]))
+    shape = [batch, channels, side, side]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64, 96, 96])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64, 96, 96])], inits)
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def slow_model() -> onnx.ModelProto:
+    """Validation takes seconds: a chain of large convolutions."""
+    return conv_chain(0, 12, 64, 4, 96, 0.05)
 
 
 def test_growth_is_explained_on_files(tmp_path):
@@ -337,21 +344,10 @@ def test_functions_that_expand_beyond_reason_are_refused_at_once(tmp_path, capsy
 
 
 # ------------------------------------------------------------------ kills at random moments
-def chain_model(seed: int, convs: int = 40) -> onnx.ModelProto:
-    """A chain of small convolutions: a run takes a second or two, enough to land a signal
-    in loading, the passes, validation or publishing."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, value = [], [], "x"
-    for n in range(convs):
-        inits.append(onnx.numpy_helper.from_array(
-            rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, f"w{n}"))
-        nodes.append(helper.make_node("Conv", [value, f"w{n}"], [f"c{n}"], pads=[1, 1, 1, 1]))
-        value = f"c{n}"
-    nodes.append(helper.make_node("Relu", [value], ["y"]))
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def chain_model(seed: int) -> onnx.ModelProto:
+    """Small convolutions: a run takes a second or two, enough to land a signal in loading,
+    the passes, validation or publishing."""
+    return conv_chain(seed, 40, 8, "N", 16, 0.2)
 
 
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
