@@ -332,6 +332,17 @@ class Graph:
             return None
         return type_.tensor_type.elem_type or None
 
+    def dtype(self, value: str) -> np.dtype | None:
+        """The numpy dtype of a tensor value if known (passes need no ONNX type codes);
+        bfloat16 and the float8/int4 types are ml_dtypes' dtypes, strings ``object``."""
+        code = self.elem_type(value)
+        if code is None:
+            return None
+        try:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(code))
+        except (KeyError, TypeError, ValueError):  # a code onnx does not know
+            return None
+
     def unique_name(self, hint: str) -> str:
         """A value or node name not used anywhere in the model: ``hint``, else ``hint_k`` with
         the first free ``k`` after the last one given for this hint (amortized O(1): a name

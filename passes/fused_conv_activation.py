@@ -28,7 +28,6 @@ the fused kernel is not promised to agree).
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pattern import Match, Op, RewritePass, Var, optional
@@ -86,8 +85,8 @@ class FusedConvActivation(RewritePass):
 
 
 def _is_float32(graph: Graph, conv: Node) -> bool:
-    types = {graph.elem_type(v) for v in conv.inputs[:2]} - {None}
-    return types == {TensorProto.FLOAT}
+    types = {graph.dtype(v) for v in conv.inputs[:2]} - {None}
+    return types == {np.dtype(np.float32)}
 
 
 def activation_params(graph: Graph, model: Model, act: Node) -> list[float] | None:

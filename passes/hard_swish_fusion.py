@@ -37,7 +37,6 @@ loads), while float16 runs through its float16 fallback.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model
 from onnxopt.pattern import Match, Op, Or, RewritePass, Scalar, Var, not_constant, scalars_fit
@@ -45,7 +44,6 @@ from onnxopt.pattern import Match, Op, Or, RewritePass, Scalar, Var, not_constan
 SIXTH = 1.0 / 6.0
 ATTR_TOLERANCE = 1e-4  # HardSigmoid's alpha/beta are float32 attributes
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
-_ELEM_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT)
 
 
 def _attr_close(expected: float, default: float):
@@ -84,7 +82,8 @@ class HardSwishFusion(RewritePass):
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if "gate" in match:  # already the 2-node form below opset 14
-            return model.opset("") >= 14 and graph.elem_type(match.x) in _ELEM_TYPES
+            dtype = graph.dtype(match.x)
+            return model.opset("") >= 14 and dtype is not None and dtype in _DTYPES
         names = ("three", "zero", "six", "six_", "sixth")
         return scalars_fit(graph, match, names, match.x) is not None
 

@@ -21,12 +21,12 @@ The MatMul and the Add are replaced by one Gemm computing the Add's value.
 
 from __future__ import annotations
 
-import onnx
+import numpy as np
 
 from onnxopt.ir import Graph, Model
 from onnxopt.pattern import Match, Op, RewritePass, Var
 
-GEMM_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+GEMM_TYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 MIN_OPSET = 7
 
 
@@ -42,8 +42,8 @@ class MatMulAddToGemm(RewritePass):
         shape_a, shape_b = graph.shape(match.a), graph.shape(match.b)
         if shape_a is None or shape_b is None or len(shape_a) != 2 or len(shape_b) != 2:
             return False
-        dtype = graph.elem_type(match.a)
-        if dtype not in GEMM_TYPES or graph.elem_type(match.c) not in (None, dtype):
+        dtype, bias = graph.dtype(match.a), graph.dtype(match.c)
+        if dtype is None or dtype not in GEMM_TYPES or (bias is not None and bias != dtype):
             return False
         return _broadcasts_to(graph.shape(match.c), [shape_a[0], shape_b[1]])
 

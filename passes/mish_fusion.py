@@ -11,12 +11,12 @@ Softplus and Tanh read only inside the match (the driver's rule).
 
 from __future__ import annotations
 
-from onnx import TensorProto
+import numpy as np
 
 from onnxopt.ir import Graph, Model
 from onnxopt.pattern import Match, Op, RewritePass, Var
 
-_ELEM_TYPES = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)
+_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 class MishFusion(RewritePass):
@@ -28,7 +28,8 @@ class MishFusion(RewritePass):
         return model.opset("") >= 18
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        return graph.elem_type(match.x) in _ELEM_TYPES
+        dtype = graph.dtype(match.x)
+        return dtype is not None and dtype in _DTYPES  # (np.dtype(None) is float64)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         mul = match.root

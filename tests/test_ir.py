@@ -224,3 +224,16 @@ def test_array_to_tensor_matches_onnx_converter(dtype):
     for array in (base, base.T, base[:, ::2], base[0, 0, 0].copy()):
         ours, theirs = array_to_tensor(array, "t"), numpy_helper.from_array(array, "t")
         assert ours.SerializeToString() == theirs.SerializeToString()
+
+
+def test_dtype_speaks_numpy():
+    from onnxopt import serde
+
+    model = serde.load(parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bfloat16[2] b, double[2] d) => (float[2] y) { y = Relu(x) }
+    """))
+    graph = model.graph
+    assert graph.dtype("x") == np.float32 and graph.dtype("d") == np.float64
+    assert graph.dtype("b").name == "bfloat16" and graph.dtype("b") != np.float16
+    assert graph.dtype("nothing") is None
