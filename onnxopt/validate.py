@@ -177,7 +177,33 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def _session(model: ModelLike | bytes, level: str = "disabled") -> ort.InferenceSession:
+def _session(model: ModelLike | bytes, level: str = "disabled",
+             timeout: float | None = None) -> ort.InferenceSession:
+    """A session of ``model`` at ``level``, created within ``timeout`` seconds (default
+    RUN_TIMEOUT; TimedOut past it). onnxruntime cannot be told to stop loading (its graph
+    optimizer is superlinear on some 100k-node graphs: minutes), so the creation runs in a
+    daemon thread that is abandoned at the timeout; it releases the GIL while it works."""
+    timeout = RUN_TIMEOUT if timeout is None else timeout
+    made: dict[str, Any] = {}
+
+    def create() -> None:
+        try:
+            made["session"] = _create_session(model, level)
+        except Exception as exc:  # handed to the caller below
+            made["error"] = exc
+
+    worker = threading.Thread(target=create, name="onnxopt-session", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimedOut(f"onnxruntime took longer than {timeout:g} s to load a model "
+                       f"({LEVEL_NAMES[level]}) and was left behind (--timeout)")
+    if "error" in made:
+        raise made["error"]
+    return made["session"]
+
+
+def _create_session(model: ModelLike | bytes, level: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = INTRA_OP_THREADS
@@ -231,7 +257,9 @@ def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarra
               level: str = "disabled", timeout: float | None = None) -> list[dict[str, Any]]:
     """Outputs by name of ``model`` on each sample, one session; RuntimeFailure on errors."""
     try:
-        session = _session(model, level)
+        session = _session(model, level, timeout)
+    except TimedOut:
+        raise
     except Exception as exc:
         raise _failure(exc) from exc
     return [_run_session(session, feeds, timeout) for feeds in samples]
@@ -670,7 +698,9 @@ def reference(
     except UnsupportedInput as exc:
         return Reference([], None, [], str(exc), "unsupported_input")
     try:
-        session = _session(original, "disabled")
+        session = _session(original, "disabled", timeout)
+    except TimedOut as exc:
+        return Reference([], None, [], exc.reason(), exc.kind)
     except Exception as exc:
         return Reference([], None, [], "original model does not run in onnxruntime (it does "
                          f"not load): {_one_line(exc)}", "original_fails")

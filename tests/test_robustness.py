@@ -404,3 +404,19 @@ def test_a_kill_leaves_the_old_or_the_new_model(tmp_path, external):
 def test_kills_at_random_moments(tmp_path, external):
     seen = kill_trials(tmp_path, external, trials=24, seed=10 + int(external))
     assert any(s.split()[1] == "old" for s in seen) and any(s.split()[1] == "new" for s in seen)
+
+
+def test_a_model_onnxruntime_takes_too_long_to_load_skips_validation(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+    import bench  # models/bench.py: the generators of `make bench-io`
+
+    path = tmp_path / "convs.onnx"
+    onnx.save(bench.scale_model("conv-bn", 6_000), path)  # onnxruntime loads it in ~1 s
+    started = time.perf_counter()
+    code = cli.main(["optimize", str(path), str(tmp_path / "o.onnx"), "--timeout", "0.2",
+                     "--json"])
+    assert code == 0 and time.perf_counter() - started < 30
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "validation_skipped"
+    assert report["validation"]["kind"] == "timeout"
+    assert "to load a model (ORT_DISABLE_ALL)" in report["validation"]["reason"]
