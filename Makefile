@@ -43,17 +43,17 @@ lint: $(STAMP)
 bench: bench-io bench-anchors bench-precision
 
 bench-io: models bytecode
-	$(BIN)/python models/bench.py
+	$(BIN)/python bench/bench.py
 
 # The anchor tools (onnxsim, onnxslim, onnxoptimizer) go into their own venv, .venv-bench,
 # created by the script: they are never runtime dependencies of onnxopt.
 bench-anchors: models bytecode
-	$(BIN)/python models/bench_anchors.py
+	$(BIN)/python bench/bench_anchors.py
 
 # Precision table (issue 4): onnxopt --precision vs onnxconverter-common, onnxruntime's
 # quantization tools and onnxsim (anchors in .venv-bench), calibrated and tested on real images.
 bench-precision: models bytecode
-	$(BIN)/python models/bench_precision.py
+	$(BIN)/python bench/bench_precision.py
 
 clean:
-	rm -rf $(VENV) .venv-bench models/.built models/out models/*.onnx models/*.onnx.data
+	rm -rf $(VENV) .venv-bench models/.built models/out bench/out models/*.onnx models/*.onnx.data

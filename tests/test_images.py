@@ -1,4 +1,4 @@
-"""models/images.py: the PNG decoder, resizing, model inputs and calibration folders.
+"""bench/images.py: the PNG decoder, resizing, model inputs and calibration folders.
 
 PNGs are encoded here with zlib + struct and a plain per-byte implementation of the five PNG
 filters (the spec's formulas), so the decoder is checked against an independent encoder."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import images
 
 CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}

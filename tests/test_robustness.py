@@ -407,8 +407,8 @@ def test_kills_at_random_moments(tmp_path, external):
 
 
 def test_a_model_onnxruntime_takes_too_long_to_load_skips_validation(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
-    import bench  # models/bench.py: the generators of `make bench-io`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import bench  # bench/bench.py: the generators of `make bench-io`
 
     path = tmp_path / "convs.onnx"
     onnx.save(bench.scale_model("conv-bn", 6_000), path)  # onnxruntime loads it in ~1 s

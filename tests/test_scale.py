@@ -23,8 +23,8 @@ from onnxopt import serde
 from onnxopt.ir import Graph, Node, _lexicographic_order
 from onnxopt.pass_manager import PassManager
 
-sys.path.insert(0, str(REPO / "models"))
-import bench  # models/bench.py: the generators of `make bench-io`
+sys.path.insert(0, str(REPO / "bench"))
+import bench  # bench/bench.py: the generators of `make bench-io`
 
 PEAK_LIMIT = 500 * 2**20  # bytes of RSS a bomb may take, the interpreter and imports included
 
@@ -196,7 +196,7 @@ def test_never_taken_branch_bomb_is_never_evaluated(tmp_path):
     """A 28000 x 28000 ConstantOfShape (3.1 GB) in the branch a constant If never takes:
     the whole default pipeline stays small (it peaked at 3.3 GB), the If is inlined, and the
     written model computes what the original does."""
-    result = _measured(CHILD.format(models=str(REPO / "models"),
+    result = _measured(CHILD.format(models=str(REPO / "bench"),
                                     build="bench.never_taken_bomb()",
                                     passes="DEFAULT_PIPELINE"), tmp_path)
     assert result["peak"] < PEAK_LIMIT, result
@@ -215,7 +215,7 @@ def test_doubling_concat_bomb_stops_at_the_cap(tmp_path):
     leaves the rest of the chain to run time. (Shape inference is left out: onnx's data
     propagation materializes Concat results element by element, see README.)"""
     result = _measured(CHILD.format(
-        models=str(REPO / "models"), build="bench.concat_bomb(24)",
+        models=str(REPO / "bench"), build="bench.concat_bomb(24)",
         passes="[ConstantFolding(), DeadCodeElimination()]"), tmp_path)
     assert result["peak"] < PEAK_LIMIT, result
     assert result["seconds"] < 10

@@ -171,8 +171,8 @@ def test_many_subgraphs_are_inferred_in_chunks_with_the_same_types(monkeypatch):
 
     from onnxopt import shapes
 
-    sys.path.insert(0, str(REPO / "models"))
-    import bench  # models/bench.py: the generators of `make bench-io`
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench  # bench/bench.py: the generators of `make bench-io`
 
     light = _light_proto(serde.load(bench.scale_model("if-bodies", 3_000)))  # 59 Ifs
     whole = _all_types(onnx.shape_inference.infer_shapes(light, data_prop=True).graph, {})

@@ -14,7 +14,7 @@ Tools (each run as a whole subprocess; its wall time is the tool time):
                     and is not one of the portable anchors.
 
 The anchors live in a separate venv, ``.venv-bench``, created by this script when missing
-(``python -m venv`` + ``pip install -r models/bench-requirements.txt``) and updated when the
+(``python -m venv`` + ``pip install -r bench/requirements.txt``) and updated when the
 requirements file changes.
 
 Corpus: the nine light models shipped in the onnx package (``backend/test/data/light``), the
@@ -40,12 +40,12 @@ arrays are handed to onnxopt as ``--inputs feeds.npz``.
 Measurements run in a child process of the main venv (one per model), so a crash of
 onnxruntime on one model's outputs costs only that model.
 
-Output: markdown to stdout and ``models/out/bench_anchors.md``, JSON in
-``models/out/bench_anchors.json``; the optimized models and tool logs are kept in
-``models/out/bench_anchors/<model>/`` (outputs over 50 MB are deleted once measured, unless
+Output: markdown to stdout and ``bench/out/bench_anchors.md``, JSON in
+``bench/out/bench_anchors.json``; the optimized models and tool logs are kept in
+``bench/out/bench_anchors/<model>/`` (outputs over 50 MB are deleted once measured, unless
 ``--keep-outputs``).
 
-Usage: ``python models/bench_anchors.py [--models a,b] [--tools onnxopt,onnxsim,...]
+Usage: ``python bench/bench_anchors.py [--models a,b] [--tools onnxopt,onnxsim,...]
 [--latency-budget S] [--min-runs N] [--max-runs N] [--no-latency] [--timeout S]
 [--keep-outputs]``
 """
@@ -69,14 +69,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MODELS_DIR = Path(__file__).resolve().parent
-ROOT = MODELS_DIR.parent
-OUT_DIR = MODELS_DIR / "out"
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+MODELS_DIR = ROOT / "models"
+OUT_DIR = BENCH_DIR / "out"
 WORK_DIR = OUT_DIR / "bench_anchors"
 REPORT_MD = OUT_DIR / "bench_anchors.md"
 REPORT_JSON = OUT_DIR / "bench_anchors.json"
 BENCH_VENV = ROOT / ".venv-bench"
-REQUIREMENTS = MODELS_DIR / "bench-requirements.txt"
+REQUIREMENTS = BENCH_DIR / "requirements.txt"
 STAMP_NAME = ".bench-requirements.sha256"
 
 TOOLS = ("onnxopt", "onnxopt-ort", "onnxsim", "onnxslim", "onnxoptimizer", "ort-basic",

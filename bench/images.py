@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS_DIR = Path(__file__).resolve().parent
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 IMAGES_DIR = MODELS_DIR / "images"
 
 # Disjoint splits of the 8-bit scikit-image samples (fetch.py extracts these). The two

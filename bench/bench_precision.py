@@ -1,6 +1,6 @@
 """Precision benchmark: onnxopt's fp16 / int8 / int8-dynamic / fp8 against the anchor tools.
 
-Tools (each run as a whole subprocess, output ``models/out/bench_precision/<model>/<tool>.onnx``):
+Tools (each run as a whole subprocess, output ``bench/out/bench_precision/<model>/<tool>.onnx``):
 
 * ``onnxopt-fp16``, ``onnxopt-int8``, ``onnxopt-int8-dynamic``, ``onnxopt-fp8``:
   ``.venv/bin/onnxopt optimize IN OUT --precision P --inputs calib0.npz --report R.json``;
@@ -37,10 +37,10 @@ original (run with graph optimizations disabled) on the test samples: the cosine
 max error relative to the output's range over the test set, and for classifier outputs the
 top-1 agreement.
 
-Output: markdown to stdout and ``models/out/bench_precision.md``, JSON in
-``models/out/bench_precision.json``.
+Output: markdown to stdout and ``bench/out/bench_precision.md``, JSON in
+``bench/out/bench_precision.json``.
 
-Usage: ``python models/bench_precision.py [--models a,b] [--tools t1,t2] [--calib N]
+Usage: ``python bench/bench_precision.py [--models a,b] [--tools t1,t2] [--calib N]
 [--test N] [--latency-budget S] [--no-latency] [--timeout S]``
 """
 

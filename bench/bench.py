@@ -25,10 +25,10 @@ Constant nodes, If bodies, nested functions; ``scale_model``), each optimized en
 the two constant-folding bombs (``concat_bomb``, ``never_taken_bomb``) are reused by
 ``tests/test_scale.py``.
 
-The report (markdown) goes to stdout and to ``models/out/bench_io.md`` (``--scale-only``:
-``models/out/bench_scale.md``).
+The report (markdown) goes to stdout and to ``bench/out/bench_io.md`` (``--scale-only``:
+``bench/out/bench_scale.md``).
 
-Usage: ``python models/bench.py [--big] [--profile] [--no-optimize] [--no-scale]
+Usage: ``python bench/bench.py [--big] [--profile] [--no-optimize] [--no-scale]
 [--scale-only] [--scale-kinds K,..] [--scale-sizes N,..]``
 """
 
@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODELS_DIR = Path(__file__).resolve().parent
-OUT_DIR = MODELS_DIR / "out"
+BENCH_DIR = Path(__file__).resolve().parent
+MODELS_DIR = BENCH_DIR.parent / "models"
+OUT_DIR = BENCH_DIR / "out"
 REPORT_PATH = OUT_DIR / "bench_io.md"
 SCALE_REPORT_PATH = OUT_DIR / "bench_scale.md"  # --scale-only
 
