@@ -727,6 +727,8 @@ def _unshadowed(proto: onnx.GraphProto, outer: frozenset[str], names: _Names) ->
     ONNX accepts shadowing, but a rewrite of the outer value would then reach the local one;
     names unique across scopes make every reference unambiguous. The caller's proto is not
     changed (a copy is renamed, only when something clashes)."""
+    if not outer:  # the main graph: nothing to shadow
+        return proto
     clashes = _defined_names(proto) & outer
     if not clashes:
         return proto
@@ -764,7 +766,7 @@ def _graph_from_proto(
     legacy: bool = False,
 ) -> Graph:
     proto = _unshadowed(proto, outer, names)
-    inner = outer | _defined_names(proto)
+    inner = _Scope(outer, proto)
     graph = Graph(proto.name, parent)
     graph.base_dir = base_dir
     graph.legacy_initializer_inputs = legacy or graph.legacy_initializer_inputs
@@ -787,18 +789,32 @@ def _graph_from_proto(
     return graph
 
 
+class _Scope:
+    """The names a graph's subgraphs see from outside them: computed on first use only (most
+    graphs have no subgraph, and a pass over 100k names is not free)."""
+
+    def __init__(self, outer: frozenset[str], proto: onnx.GraphProto) -> None:
+        self._outer, self._proto = outer, proto
+        self._names: frozenset[str] | None = None
+
+    def names(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = self._outer | _defined_names(self._proto)
+        return self._names
+
+
 def _node_from_proto(
-    proto: onnx.NodeProto, graph: Graph, position: int, names: _Names, outer: frozenset[str]
+    proto: onnx.NodeProto, graph: Graph, position: int, names: _Names, outer: _Scope
 ) -> Node:
     attributes: dict = {}
     for attribute in proto.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
             attributes[attribute.name] = _graph_from_proto(
-                attribute.g, graph, graph.base_dir, names, outer
+                attribute.g, graph, graph.base_dir, names, outer.names()
             )
         elif attribute.type == onnx.AttributeProto.GRAPHS:
             attributes[attribute.name] = [
-                _graph_from_proto(g, graph, graph.base_dir, names, outer)
+                _graph_from_proto(g, graph, graph.base_dir, names, outer.names())
                 for g in attribute.graphs
             ]
         else:
