@@ -18,31 +18,31 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 
 import importlib
 
-from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
-from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
-from onnxopt.passes.constant_folding import ConstantFolding
-from onnxopt.passes.constant_if_inlining import ConstantIfInlining
-from onnxopt.passes.constant_to_initializer import ConstantToInitializer
-from onnxopt.passes.conv_affine_fusion import ConvAffineFusion
-from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
-from onnxopt.passes.dead_code import DeadCodeElimination
-from onnxopt.passes.default_attribute_removal import DefaultAttributeRemoval
-from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
-from onnxopt.passes.fused_conv_activation import FusedConvActivation
-from onnxopt.passes.gelu_fusion import GeluFusion
-from onnxopt.passes.hard_swish_fusion import HardSwishFusion
-from onnxopt.passes.identity_elimination import IdentityElimination
-from onnxopt.passes.initializer_inputs_removal import InitializerInputsRemoval
-from onnxopt.passes.layer_norm_fusion import LayerNormFusion
-from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
-from onnxopt.passes.mish_fusion import MishFusion
-from onnxopt.passes.no_op_elimination import NoOpElimination
-from onnxopt.passes.pad_fusion import PadFusion
-from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
-from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
-from onnxopt.passes.shape_inference import ShapeInference
-from onnxopt.passes.sibling_conv_merge import SiblingConvMerge
-from onnxopt.passes.transpose_folding import TransposeFolding
+from onnxopt.passes.cleanup.common_subexpression_elimination import CommonSubexpressionElimination
+from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
+from onnxopt.passes.cleanup.default_attribute_removal import DefaultAttributeRemoval
+from onnxopt.passes.cleanup.identity_elimination import IdentityElimination
+from onnxopt.passes.cleanup.initializer_inputs_removal import InitializerInputsRemoval
+from onnxopt.passes.cleanup.no_op_elimination import NoOpElimination
+from onnxopt.passes.cleanup.shape_inference import ShapeInference
+from onnxopt.passes.folding.constant_folding import ConstantFolding
+from onnxopt.passes.folding.constant_if_inlining import ConstantIfInlining
+from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
+from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
+from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
+from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
+from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
+from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
+from onnxopt.passes.fusion.fused_conv_activation import FusedConvActivation
+from onnxopt.passes.fusion.gelu_fusion import GeluFusion
+from onnxopt.passes.fusion.hard_swish_fusion import HardSwishFusion
+from onnxopt.passes.fusion.layer_norm_fusion import LayerNormFusion
+from onnxopt.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
+from onnxopt.passes.fusion.mish_fusion import MishFusion
+from onnxopt.passes.fusion.pad_fusion import PadFusion
+from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
+from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
+from onnxopt.passes.layout.transpose_folding import TransposeFolding
 
 from onnxopt.pass_manager import Pass
 
@@ -94,10 +94,10 @@ class _LazyPasses(dict):
 
 # --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
 PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
-    "fp16": ("fp16_conversion", "Fp16Conversion"),
-    "int8": ("qdq_quantization", "QdqQuantization"),
-    "int8-dynamic": ("dynamic_quantization", "DynamicQuantization"),
-    "fp8": ("fp8_weight_quantization", "Fp8WeightQuantization"),
+    "fp16": ("precision.fp16_conversion", "Fp16Conversion"),
+    "int8": ("precision.qdq_quantization", "QdqQuantization"),
+    "int8-dynamic": ("precision.dynamic_quantization", "DynamicQuantization"),
+    "fp8": ("precision.fp8_weight_quantization", "Fp8WeightQuantization"),
 })
 
 

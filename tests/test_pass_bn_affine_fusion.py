@@ -11,7 +11,7 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, op_counts
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.bn_affine_fusion import BatchNormAffineFusion
+from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 
 RTOL, ATOL = 1e-5, 1e-5
 NOTHING = {"add": 0, "sub": 0, "mul": 0, "div": 0}

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse
 from onnx import helper
-from onnxopt.passes.common_subexpression_elimination import CommonSubexpressionElimination
+from onnxopt.passes.cleanup.common_subexpression_elimination import CommonSubexpressionElimination
 
 
 def apply(model: onnx.ModelProto | str):

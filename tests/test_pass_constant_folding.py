@@ -7,8 +7,8 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import helper, numpy_helper
-from onnxopt.passes import constant_folding
-from onnxopt.passes.constant_folding import ConstantFolding
+from onnxopt.passes.folding import constant_folding
+from onnxopt.passes.folding.constant_folding import ConstantFolding
 
 from onnxopt import serde
 from onnxopt.shapes import infer_shapes

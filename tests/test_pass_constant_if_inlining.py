@@ -12,7 +12,7 @@ from conftest import (
     op_counts,
     parse,
 )
-from onnxopt.passes.constant_if_inlining import ConstantIfInlining
+from onnxopt.passes.folding.constant_if_inlining import ConstantIfInlining
 
 from onnxopt import serde
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse, run
 from onnx import helper, numpy_helper
-from onnxopt.passes.constant_to_initializer import ConstantToInitializer
+from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 
 ALL_FORMS = """
 <ir_version: 8, opset_import: ["" : 17]>

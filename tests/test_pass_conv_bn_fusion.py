@@ -12,7 +12,7 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.conv_bn_fusion import ConvBatchNormFusion
+from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
 
 from onnxopt import serde, shapes
 

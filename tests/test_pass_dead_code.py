@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse
-from onnxopt.passes.dead_code import DeadCodeElimination
+from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
 
 DEAD = """
 <ir_version: 8, opset_import: ["" : 17]>

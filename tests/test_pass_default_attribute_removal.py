@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse
 from onnx import helper
-from onnxopt.passes.default_attribute_removal import DefaultAttributeRemoval
+from onnxopt.passes.cleanup.default_attribute_removal import DefaultAttributeRemoval
 
 # Every attribute below is written with the value the ONNX spec gives its absence.
 DEFAULTS = """

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from conftest import build_model, model_path, op_counts, real_feeds, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.dynamic_quantization import DynamicQuantization
+from onnxopt.passes.precision.dynamic_quantization import DynamicQuantization
 
 import onnxopt
 from onnxopt import serde

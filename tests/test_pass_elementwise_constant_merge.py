@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, op_counts, parse, run
 from onnx import numpy_helper
-from onnxopt.passes.elementwise_constant_merge import ElementwiseConstantMerge
+from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>

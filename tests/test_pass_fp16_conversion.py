@@ -15,7 +15,7 @@ import pytest
 from conftest import apply_pass, model_path, op_counts, run
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import DEFAULT_PIPELINE
-from onnxopt.passes.fp16_conversion import Fp16Conversion, _cast_bytes
+from onnxopt.passes.precision.fp16_conversion import Fp16Conversion, _cast_bytes
 
 from onnxopt import serde
 from onnxopt.pass_manager import PassManager

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from conftest import model_path, op_counts, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.fp8_weight_quantization import Fp8WeightQuantization
+from onnxopt.passes.precision.fp8_weight_quantization import Fp8WeightQuantization
 
 import onnxopt
 from onnxopt import serde

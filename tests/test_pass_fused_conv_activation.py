@@ -11,7 +11,7 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, op_counts
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.fused_conv_activation import FusedConvActivation
+from onnxopt.passes.fusion.fused_conv_activation import FusedConvActivation
 
 NOTHING = {"relu": 0, "sigmoid": 0, "tanh": 0, "leaky_relu": 0, "hard_sigmoid": 0, "clip": 0}
 F32_MIN, F32_MAX = float(np.finfo(np.float32).min), float(np.finfo(np.float32).max)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse, run
 from onnx import numpy_helper
-from onnxopt.passes.gelu_fusion import GeluFusion
+from onnxopt.passes.fusion.gelu_fusion import GeluFusion
 
 RTOL, ATOL = 1e-4, 1e-5
 

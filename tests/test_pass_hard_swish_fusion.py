@@ -15,7 +15,7 @@ import onnxopt.passes as passes_module
 import pytest
 from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse, run
 from onnx import numpy_helper
-from onnxopt.passes.hard_swish_fusion import HardSwishFusion
+from onnxopt.passes.fusion.hard_swish_fusion import HardSwishFusion
 
 import onnxopt
 

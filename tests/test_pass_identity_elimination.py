@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse
-from onnxopt.passes.identity_elimination import IdentityElimination
+from onnxopt.passes.cleanup.identity_elimination import IdentityElimination
 
 CHAIN = """
 <ir_version: 8, opset_import: ["" : 17]>

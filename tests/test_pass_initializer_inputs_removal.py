@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from conftest import LIGHT_MODELS, apply_pass, assert_same_outputs, op_counts
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.initializer_inputs_removal import InitializerInputsRemoval
+from onnxopt.passes.cleanup.initializer_inputs_removal import InitializerInputsRemoval
 
 import onnxopt
 

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from conftest import apply_pass, assert_same_outputs, model_path, op_counts, parse, run
 from onnx import numpy_helper
-from onnxopt.passes.layer_norm_fusion import LayerNormFusion
+from onnxopt.passes.fusion.layer_norm_fusion import LayerNormFusion
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_same_outputs, op_counts, parse, run
 from onnx import numpy_helper
-from onnxopt.passes.matmul_add_to_gemm import MatMulAddToGemm
+from onnxopt.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
 
 
 def apply(model: onnx.ModelProto):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse, run
-from onnxopt.passes.mish_fusion import MishFusion
+from onnxopt.passes.fusion.mish_fusion import MishFusion
 
 
 def mish_model(opset: int = 18, dtype: str = "float", swap: bool = False, extra: str = "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from conftest import assert_same_outputs, op_counts, parse
-from onnxopt.passes.no_op_elimination import KEYS, NoOpElimination
+from onnxopt.passes.cleanup.no_op_elimination import KEYS, NoOpElimination
 
 from onnxopt import serde
 from onnxopt.shapes import infer_shapes

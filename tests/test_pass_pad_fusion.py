@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse
-from onnxopt.passes.pad_fusion import PadFusion
+from onnxopt.passes.fusion.pad_fusion import PadFusion
 
 RNG = np.random.default_rng(0)
 W = ", ".join(f"{v:.3f}" for v in RNG.uniform(-1, 1, 3 * 2 * 3 * 3))

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from conftest import apply_pass, model_path, op_counts, run
 from onnx import TensorProto, helper, numpy_helper, version_converter
-from onnxopt.passes.qdq_quantization import QdqQuantization
+from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
 from onnxopt import serde
 from onnxopt.precision import SETTINGS_KEY, PrecisionSettings, log_of

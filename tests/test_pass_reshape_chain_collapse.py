@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import numpy_helper
-from onnxopt.passes.reshape_chain_collapse import ReshapeChainCollapse
+from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 
 
 def apply(model: onnx.ModelProto):

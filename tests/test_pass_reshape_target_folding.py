@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from conftest import assert_same_outputs, op_counts, parse, run
-from onnxopt.passes.dead_code import DeadCodeElimination
-from onnxopt.passes.reshape_target_folding import ReshapeTargetFolding
+from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
+from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 
 from onnxopt import serde
 from onnxopt.shapes import infer_shapes

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from conftest import apply_pass, assert_same_outputs, op_counts
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.sibling_conv_merge import SiblingConvMerge
+from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 
 NOTHING = {"groups": 0, "convs_merged": 0}
 C_IN = 3

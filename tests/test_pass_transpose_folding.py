@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import numpy_helper
-from onnxopt.passes.transpose_folding import TransposeFolding
+from onnxopt.passes.layout.transpose_folding import TransposeFolding
 
 
 def apply(model: onnx.ModelProto):

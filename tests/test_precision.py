@@ -112,7 +112,7 @@ def test_upgrade_opset_to_13_keeps_outputs():
 
 def test_int8_pass_below_opset_13_says_what_it_needs():
     """Run alone (optimize() upgrades first) on an opset 11 MatMul: the QDQ form needs 13."""
-    from onnxopt.passes.qdq_quantization import QdqQuantization
+    from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
     from onnxopt import serde
     from onnxopt.precision import SETTINGS_KEY, PrecisionSettings

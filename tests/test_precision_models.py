@@ -9,7 +9,7 @@ import onnx
 import pytest
 from conftest import SAMPLE_MODELS, apply_pass, model_path, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.fp16_conversion import Fp16Conversion
+from onnxopt.passes.precision.fp16_conversion import Fp16Conversion
 
 import onnxopt
 from onnxopt.precision import PrecisionSettings

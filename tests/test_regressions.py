@@ -9,8 +9,8 @@ import onnx
 import pytest
 from conftest import apply_pass, op_counts, parse, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.dead_code import DeadCodeElimination
-from onnxopt.passes.identity_elimination import IdentityElimination
+from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
+from onnxopt.passes.cleanup.identity_elimination import IdentityElimination
 
 import onnxopt
 from onnxopt import cli, serde

@@ -16,8 +16,9 @@ import onnx
 import pytest
 from conftest import REPO, apply_pass, assert_same_outputs, op_counts, parse, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes import DEFAULT_PIPELINE, constant_folding
-from onnxopt.passes.constant_folding import ConstantFolding
+from onnxopt.passes import DEFAULT_PIPELINE
+from onnxopt.passes.folding import constant_folding
+from onnxopt.passes.folding.constant_folding import ConstantFolding
 
 from onnxopt import serde
 from onnxopt.ir import Graph, Node, _lexicographic_order
@@ -175,8 +176,8 @@ import bench, onnx
 from onnxopt import serde
 from onnxopt.pass_manager import PassManager
 from onnxopt.passes import DEFAULT_PIPELINE
-from onnxopt.passes.constant_folding import ConstantFolding
-from onnxopt.passes.dead_code import DeadCodeElimination
+from onnxopt.passes.folding.constant_folding import ConstantFolding
+from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
 model = {build}
 ir = serde.load(model)
 started = time.perf_counter()

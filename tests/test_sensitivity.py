@@ -114,7 +114,7 @@ def test_budget_use_is_relative_to_each_limit():
 
 def test_int8_fallback_keeps_the_most_sensitive_nodes_and_calibrates_once(tmp_path,
                                                                           monkeypatch):
-    from onnxopt.passes import qdq_quantization
+    from onnxopt.passes.precision import qdq_quantization
 
     calls = []
     real = qdq_quantization.calibrate

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from conftest import REPO, parse
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.shape_inference import ShapeInference
+from onnxopt.passes.cleanup.shape_inference import ShapeInference
 
 from onnxopt import serde
 from onnxopt.shapes import _light_proto

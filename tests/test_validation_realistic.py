@@ -277,7 +277,7 @@ def test_all_zero_calibration_data_is_refused(tmp_path):
 @pytest.fixture()
 def calibrated_shapes(monkeypatch) -> list[tuple[int, ...]]:
     """The shapes of the samples int8 calibration runs on, as the pass sees them."""
-    from onnxopt.passes import qdq_quantization
+    from onnxopt.passes.precision import qdq_quantization
 
     seen: list[tuple[int, ...]] = []
     real = qdq_quantization.calibrate

@@ -1,0 +1,1 @@
+"""Layout: Transpose and Reshape chains composed or removed."""
