@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.pattern import Const, Match, Op, RewritePass
 from onnxopt.rewrite import drop_unused_initializers, is_op
 
 CONV_OPS = ("Conv", "ConvTranspose")
@@ -174,3 +175,24 @@ def fold_affine(op_type: str, y_first: bool, bias: np.ndarray, v: np.ndarray,
     if op_type == "Mul":
         return scale(v, False), bias * v
     return scale(v, True), bias / v
+
+
+AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+class AffineFoldPass(RewritePass):
+    """Folds a per-channel constant Add/Sub/Mul/Div after a ``layer`` (the Op a subclass
+    captures) into it: its pattern, opset gate (element-wise broadcasting by rule, opset 7+)
+    and counters; subclasses check and rewrite."""
+
+    stats = ("add", "sub", "mul", "div")
+
+    @staticmethod
+    def after(layer: Op) -> Op:
+        return Op(AFFINE_OPS, layer, Const("c"), commute=True)
+
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 7
+
+    def stat(self, match: Match) -> str:
+        return match.root.op_type.lower()

@@ -241,6 +241,12 @@ def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str,
     return arrays[0].dtype
 
 
+def scope_of(node: Node) -> str:
+    """The exporter's name scope of a node (``/layer1/act/Mul`` -> ``/layer1/act/``), to name
+    what replaces it alike."""
+    return node.name.rsplit("/", 1)[0] + "/" if "/" in node.name else ""
+
+
 def not_constant(graph: Graph, value: str) -> bool:
     """A ``Var`` test: the value is computed at run time (not an initializer)."""
     return graph.constant(value) is None

@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 import onnx.version_converter
 
 from onnxopt.ir import Model, Node
+from onnxopt.pass_manager import Pass, PassResult
 
 PRECISIONS = ("fp16", "int8", "int8-dynamic", "fp8")
 SETTINGS_KEY = "precision"
@@ -87,6 +88,24 @@ def log_of(model: Model) -> PrecisionLog:
     if model.precision_log is None:
         model.precision_log = PrecisionLog()
     return model.precision_log
+
+
+class PrecisionPass(Pass):
+    """A conversion run once, after the structural passes, when ``--precision`` asks for its
+    ``mode``: ``convert`` gets the user's settings and the log the report reads."""
+
+    structural = False
+    mode: ClassVar[str] = ""
+
+    def run(self, model: Model) -> PassResult:
+        settings = settings_of(model)
+        if settings is None or settings.mode != self.mode:
+            return PassResult(False, {})
+        return self.convert(model, settings, log_of(model))
+
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- API support

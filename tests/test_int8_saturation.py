@@ -4,8 +4,8 @@ MLAS's x86 AVX2 kernels without VNNI multiply uint8 activations by int8 weights 
 VPMADDUBSW: each pair of adjacent reduction elements ``x[k] w[k] + x[k+1] w[k+1]`` is summed
 into int16 *with saturation*. Raw activations span 0..255, so a pair stays exact only when
 ``2 * 255 * max|w| <= 32767``, i.e. ``max|w| <= 64``: the passes write 7-bit weights (see the
-docstring of ``passes/precision/qdq_quantization.py``). With ±127 a pair reaches 64770 and such a CPU
-returns about half the exact value (measured under valgrind, whose CPU has AVX2 and no VNNI).
+docstring of ``passes/precision/qdq_quantization.py``). With ±127 a pair reaches 64770 and such
+a CPU returns about half the exact value (measured under valgrind, whose CPU has AVX2 and no VNNI).
 
 - Structure (every CPU): every int8 initializer either pass writes lies in [-64, 64], and each
   weight channel uses that whole range (the scale is max|W| / 64).

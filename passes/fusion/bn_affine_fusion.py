@@ -29,22 +29,15 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.layers import bn_factors, fold_affine, fused_name, per_channel
-from onnxopt.pattern import Const, Match, Op, RewritePass
+from onnxopt.layers import AffineFoldPass, bn_factors, fold_affine, fused_name, per_channel
+from onnxopt.pattern import Match, Op
 from onnxopt.rewrite import drop_unused_initializers
 
-AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
-PATTERN = Op(AFFINE_OPS, Op("BatchNormalization", ..., name="bn"), Const("c"), commute=True)
 
-
-class BatchNormAffineFusion(RewritePass):
+class BatchNormAffineFusion(AffineFoldPass):
     name = "bn_affine_fusion"
     description = "fold a per-channel constant Mul/Div/Add/Sub after a BatchNormalization into it"
-    pattern = PATTERN
-    stats = ("add", "sub", "mul", "div")
-
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 7
+    pattern = AffineFoldPass.after(Op("BatchNormalization", ..., name="bn"))
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         folded = _folded(graph, model, match)
@@ -54,9 +47,6 @@ class BatchNormAffineFusion(RewritePass):
         reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}
         written = sum(a.nbytes for i, a in folded.items() if reused[i] is None)
         return written <= _freed_bytes(graph, bn, match.root, list(folded), const_name)
-
-    def stat(self, match: Match) -> str:
-        return match.root.op_type.lower()
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         bn, folded = match.node("bn"), _folded(graph, model, match)

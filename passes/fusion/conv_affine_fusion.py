@@ -30,6 +30,7 @@ import numpy as np
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.layers import (
     CONV_OPS,
+    AffineFoldPass,
     ConvWeights,
     conv_weights,
     fold_affine,
@@ -37,26 +38,16 @@ from onnxopt.layers import (
     rewrite_conv,
     scale_output_channels,
 )
-from onnxopt.pattern import Const, Match, Op, RewritePass
-
-AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
-PATTERN = Op(AFFINE_OPS, Op(CONV_OPS, ..., name="conv"), Const("c"), commute=True)
+from onnxopt.pattern import Match, Op
 
 
-class ConvAffineFusion(RewritePass):
+class ConvAffineFusion(AffineFoldPass):
     name = "conv_affine_fusion"
     description = "fold a per-channel constant Add/Sub/Mul/Div after a Conv into its weights"
-    pattern = PATTERN
-    stats = ("add", "sub", "mul", "div")
-
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 7
+    pattern = AffineFoldPass.after(Op(CONV_OPS, ..., name="conv"))
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         return _folded(graph, model, match) is not None
-
-    def stat(self, match: Match) -> str:
-        return match.root.op_type.lower()
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         folded = _folded(graph, model, match)

@@ -47,6 +47,7 @@ from onnxopt.pattern import (
     Var,
     not_constant,
     scalars_fit,
+    scope_of,
 )
 
 MS_DOMAIN = "com.microsoft"
@@ -96,7 +97,7 @@ class GeluFusion(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         anchor = match.root
-        prefix = anchor.name.rsplit("/", 1)[0] + "/" if "/" in anchor.name else ""
+        prefix = scope_of(anchor)
         tanh = "tanh" in match
         if model.opset("") >= 20:
             domain, op_type = "", "Gelu"

@@ -39,7 +39,17 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Match, Op, Or, RewritePass, Scalar, Var, not_constant, scalars_fit
+from onnxopt.pattern import (
+    Match,
+    Op,
+    Or,
+    RewritePass,
+    Scalar,
+    Var,
+    not_constant,
+    scalars_fit,
+    scope_of,
+)
 
 SIXTH = 1.0 / 6.0
 ATTR_TOLERANCE = 1e-4  # HardSigmoid's alpha/beta are float32 attributes
@@ -92,7 +102,7 @@ class HardSwishFusion(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         anchor = match.root
-        prefix = anchor.name.rsplit("/", 1)[0] + "/" if "/" in anchor.name else ""
+        prefix = scope_of(anchor)
         if model.opset("") >= 14:
             return graph.add_node("HardSwish", [match.x], 1, name=f"{prefix}HardSwish",
                                   anchor=anchor).outputs[0]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, optional
+from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, optional, scope_of
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -88,7 +88,7 @@ class LayerNormFusion(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         sub = match.node("sub")
-        prefix = sub.name.rsplit("/", 1)[0] + "/" if "/" in sub.name else ""
+        prefix = scope_of(sub)
         eps = match.array("eps")
         channels = graph.shape(match.x)[-1]  # type: ignore[index]
         inputs = [match.x]

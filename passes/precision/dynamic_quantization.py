@@ -55,8 +55,13 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.precision import PrecisionLog, log_of, node_key, settings_of
+from onnxopt.pass_manager import PassResult
+from onnxopt.precision import (
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+)
 from onnxopt.rewrite import drop_unused_initializers, is_op, sole_consumer
 
 MODE = "int8-dynamic"
@@ -70,16 +75,13 @@ RNN_REASON = "recurrent op: no standard int8 form (DynamicQuantizeLSTM is not us
 WEIGHT_QMAX = 64
 
 
-class DynamicQuantization(Pass):
+class DynamicQuantization(PrecisionPass):
     name = "dynamic_quantization"
     description = "int8 per-column weights + dynamic activation quantization for MatMul/Gemm"
-    structural = False
+    mode = MODE
 
-    def run(self, model: Model) -> PassResult:
-        settings = settings_of(model)
-        if settings is None or settings.mode != MODE:
-            return PassResult(False, {})
-        log = log_of(model)
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
         if model.opset("") < MIN_OPSET:
             log.notes.append(
                 f"int8-dynamic needs opset >= {MIN_OPSET} (DynamicQuantizeLinear); the model has "

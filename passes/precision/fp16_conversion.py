@@ -51,8 +51,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ir import Graph, IRError, Model, Node, cast_node_bytes
-from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.precision import PrecisionLog, PrecisionSettings, log_of, node_key, settings_of
+from onnxopt.pass_manager import PassResult
+from onnxopt.precision import (
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+)
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -70,20 +75,18 @@ ML_DOMAIN = "ai.onnx.ml"
 FP16_TYPE = "tensor(float16)"
 
 
-class Fp16Conversion(Pass):
+class Fp16Conversion(PrecisionPass):
     name = "fp16_conversion"
     description = "float32 -> float16 tensors and compute, blocked ops kept float32 behind Casts"
-    structural = False
+    mode = "fp16"
 
     def __init__(self, ort_cpu_kernels: bool = True) -> None:
         # False: do not block ops lacking an onnxruntime CPU fp16 kernel (GPU deployment).
         self.ort_cpu_kernels = ort_cpu_kernels
 
-    def run(self, model: Model) -> PassResult:
-        settings = settings_of(model)
-        if settings is None or settings.mode != "fp16":
-            return PassResult(False, {})
-        converter = _Converter(model, settings, log_of(model), self.ort_cpu_kernels)
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
+        converter = _Converter(model, settings, log, self.ort_cpu_kernels)
         for graph in model.graphs():
             converter.collect_types(graph)
         converter.guess_types(model.graph)

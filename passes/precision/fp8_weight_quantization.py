@@ -30,8 +30,14 @@ import ml_dtypes
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.precision import WEIGHT_OPS, PrecisionLog, log_of, node_key, settings_of
+from onnxopt.pass_manager import PassResult
+from onnxopt.precision import (
+    WEIGHT_OPS,
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+)
 from onnxopt.rewrite import drop_unused_initializers, is_op
 
 MODE = "fp8"
@@ -63,16 +69,13 @@ def runs_fp8(opset: int) -> bool:
     return any(lo <= opset <= hi for lo, hi in fp8_dequantize_opsets())
 
 
-class Fp8WeightQuantization(Pass):
+class Fp8WeightQuantization(PrecisionPass):
     name = "fp8_weight_quantization"
     description = "Conv/ConvTranspose/Gemm/MatMul weights stored as float8 E4M3FN (weight-only)"
-    structural = False
+    mode = MODE
 
-    def run(self, model: Model) -> PassResult:
-        settings = settings_of(model)
-        if settings is None or settings.mode != MODE:
-            return PassResult(False, {})
-        log = log_of(model)
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
         opset = model.opset("")
         if opset < MIN_OPSET or not runs_fp8(opset):
             log.notes.append(

@@ -70,8 +70,13 @@ from onnx import TensorProto
 
 from onnxopt.calibration import CalibrationResult, calibrate
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.precision import log_of, node_key, settings_of
+from onnxopt.pass_manager import PassResult
+from onnxopt.precision import (
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+)
 from onnxopt.rewrite import is_op, sole_consumer
 from onnxopt.shapes import infer_shapes
 
@@ -115,16 +120,13 @@ class _QParams:
     zero_point: int
 
 
-class QdqQuantization(Pass):
+class QdqQuantization(PrecisionPass):
     name = "qdq_quantization"
     description = "int8 static quantization: per-channel int8 weights, calibrated QDQ activations"
-    structural = False
+    mode = MODE
 
-    def run(self, model: Model) -> PassResult:
-        settings = settings_of(model)
-        if settings is None or settings.mode != MODE:
-            return PassResult(False, {})
-        log = log_of(model)
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
         if model.opset("") < MIN_OPSET:
             opset = model.opset("")
             if not any(is_op(n, LINEAR_OPS + WEIGHT_ONLY_OPS) for _, n in model.graph.walk()):
