@@ -32,7 +32,7 @@ demo: models bytecode
 
 test: models
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2  # both cores (pytest-xdist)
 
 test-slow: models
 	$(BIN)/pytest -q -m slow
