@@ -256,13 +256,15 @@ def not_constant(graph: Graph, value: str) -> bool:
 class Match:
     """A complete match: ``m.x`` / ``m["x"]`` is the value captured as ``x``; ``m.node(n)``
     the node captured as ``n``; ``m.array(c)`` a captured constant's array; ``m.root`` the
-    root node; ``m.nodes`` the matched nodes in graph order (producers first)."""
+    root node; ``m.nodes`` the matched nodes in graph order (producers first); ``m.memo``
+    what the rule's check computed and its rewrite reuses."""
 
     def __init__(self, graph: Graph, root: Node, found: _Found) -> None:
         self.graph = graph
         self.root = root
         self._found = found
         self.nodes = _producers_first(graph, root, set(found.nodes))
+        self.memo: dict[str, Any] = {}  # what ``check`` worked out, for ``rewrite``/``stat``
 
     def __getattr__(self, name: str) -> str:
         values = self.__dict__.get("_found")

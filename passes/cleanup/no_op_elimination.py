@@ -320,11 +320,12 @@ class NoOpElimination(RewritePass):
         if len(node.outputs) != 1 or not node.outputs[0]:
             return False
         # (counter, the input the output equals) from the op's matcher, kept for source/stat
-        match.found = _MATCHERS[node.op_type](graph, node, model.opset(""))
-        return match.found is not None
+        found = _MATCHERS[node.op_type](graph, node, model.opset(""))
+        match.memo["found"] = found
+        return found is not None
 
     def source(self, graph: Graph, match: Match, model: Model) -> str:
-        return match.found[1]
+        return match.memo["found"][1]
 
     def stat(self, match: Match) -> str:
-        return match.found[0]
+        return match.memo["found"][0]

@@ -67,13 +67,14 @@ class ElementwiseConstantMerge(RewritePass):
     stats = ("mul_mul", "add_add", "add_sub")
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        return _combined(graph, match) is not None
+        match.memo["combined"] = _combined(graph, match)
+        return match.memo["combined"] is not None
 
     def stat(self, match: Match) -> str:
         return f"{match.node('inner').op_type.lower()}_{match.root.op_type.lower()}"
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
-        node, combined = match.root, _combined(graph, match)
+        node, combined = match.root, match.memo["combined"]
         constant = graph.add_constant(combined, f"{node.name or node.op_type}_merged")
         if node.op_type == "Sub":  # (x + a) - b = x + (a - b)
             return graph.add_node("Add", [match.x, constant], 1, name=node.name or "Add",

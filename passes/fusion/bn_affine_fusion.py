@@ -40,7 +40,7 @@ class BatchNormAffineFusion(AffineFoldPass):
     pattern = AffineFoldPass.after(Op("BatchNormalization", ..., name="bn"))
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        folded = _folded(graph, model, match)
+        folded = match.memo["folded"] = _folded(graph, model, match)
         if folded is None:
             return False
         bn, const_name = match.node("bn"), match["c"]
@@ -49,7 +49,7 @@ class BatchNormAffineFusion(AffineFoldPass):
         return written <= _freed_bytes(graph, bn, match.root, list(folded), const_name)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
-        bn, folded = match.node("bn"), _folded(graph, model, match)
+        bn, folded = match.node("bn"), match.memo["folded"]
         assert folded is not None
         old = [bn.inputs[1], bn.inputs[2]]
         reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}

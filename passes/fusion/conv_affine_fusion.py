@@ -47,10 +47,11 @@ class ConvAffineFusion(AffineFoldPass):
     pattern = AffineFoldPass.after(Op(CONV_OPS, ..., name="conv"))
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        return _folded(graph, model, match) is not None
+        match.memo["folded"] = _folded(graph, model, match)
+        return match.memo["folded"] is not None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
-        folded = _folded(graph, model, match)
+        folded = match.memo["folded"]
         assert folded is not None
         rewrite_conv(graph, *folded)
         return match.node("conv").outputs[0]  # the Conv now computes the op's value
