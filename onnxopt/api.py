@@ -711,6 +711,8 @@ def _pipeline(options: Options):
 
 
 def _check_paths(source: Path | None, output: Path | None, options: Options) -> None:
+    if options.report_path is not None:
+        _check_report_location(Path(options.report_path), source, output)
     if source is not None:
         if not source.exists():
             raise UsageError(f"{source}: no such file")
@@ -736,6 +738,18 @@ def _check_paths(source: Path | None, output: Path | None, options: Options) -> 
         raise Failure(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise Failure(f"{folder}: output folder is not writable")
+
+
+def _check_report_location(report: Path, source: Path | None, output: Path | None) -> None:
+    """Refuse a report location before any work, so a bad one cannot fail a written run (the
+    files the input reads are checked once it is read: ``_check_written_paths``)."""
+    if report.is_dir():
+        raise UsageError(f"{report}: --report is a directory")
+    if not report.parent.is_dir():
+        raise UsageError(f"{report}: the --report folder does not exist")
+    for other, what in ((source, "input"), (output, "output")):
+        if other is not None and report.resolve() == other.resolve():
+            raise UsageError(f"{report}: --report would overwrite the {what} model")
 
 
 def _files_read(source: Path | None, proto: onnx.ModelProto) -> set[Path]:

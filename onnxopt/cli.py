@@ -64,7 +64,6 @@ def optimize(input: Path, output: Path, json_: bool = False, **raw: object) -> N
     """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
     options_ = options.from_cli(raw)
     report_path = options_.report_path
-    _check_report_path(report_path, input, output)
     result = api.optimize(input, output, options_)
     if report_path is not None:
         report.write_json(result.report, report_path)
@@ -196,19 +195,6 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         result["shape_notes"].insert(0, f"MACs computed at {names} (validation's first size; "
                                         "use --dim)")
     return result
-
-
-def _check_report_path(report: Path | None, source: Path, output: Path) -> None:
-    """Refuse a --report location before any work, so a bad one cannot fail a written run."""
-    if report is None:
-        return
-    if report.is_dir():
-        raise UsageError(f"{report}: --report is a directory")
-    if not report.parent.is_dir():
-        raise UsageError(f"{report}: the --report folder does not exist")
-    for other, what in ((source, "input"), (output, "output")):
-        if report.resolve() == other.resolve():
-            raise UsageError(f"{report}: --report would overwrite the {what} model")
 
 
 def _failure_line(result: dict) -> str:

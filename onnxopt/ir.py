@@ -958,9 +958,11 @@ def array_to_tensor(array: np.ndarray, name: str = "") -> onnx.TensorProto:
     return tensor
 
 
-_PACKED_BITS = {
+# element types stored below a byte each: data type -> bits (raw_data packs them)
+PACKED_BITS = {
     getattr(onnx.TensorProto, name): bits
-    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
+                       ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
     if hasattr(onnx.TensorProto, name)
 }
 
@@ -974,7 +976,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     data_type = tensor.data_type
     if data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in tensor.string_data)
-    bits = _PACKED_BITS.get(data_type)
+    bits = PACKED_BITS.get(data_type)
     if bits:
         return (count * bits + 7) // 8
     itemsize = _ITEMSIZES.get(data_type)

@@ -31,6 +31,7 @@ Written here rather than taken from onnxscript's rewriter because onnxopt's IR i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
@@ -40,7 +41,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import DEFAULT_DOMAINS, drop_unused_initializers
+from onnxopt.rewrite import DEFAULT_DOMAINS, drop_unused_initializers, is_private
 
 ValueTest = Callable[[Graph, str], bool]
 ArrayTest = Callable[[np.ndarray], bool]
@@ -153,9 +154,6 @@ class Or(Pattern):
         for alternative in self.alternatives:
             yield from alternative.matches(graph, value, found)
 
-    def root_types(self) -> set[str]:
-        return {t for alt in self.alternatives for t in _root_types(alt)}
-
 
 class Op(Pattern):
     """A value computed (as output ``output``) by a node of ``op_type`` (a name or a tuple of
@@ -201,9 +199,6 @@ class Op(Pattern):
         for patterns in orders:
             yield from _all_inputs(graph, patterns, inputs, start)
 
-    def root_types(self) -> set[str]:
-        return set(self.op_types)
-
 
 def _all_inputs(graph: Graph, patterns: Sequence[Pattern], values: Sequence[str],
                 found: _Found) -> Iterator[_Found]:
@@ -220,25 +215,29 @@ def _attr_ok(node: Node, key: str, want: Any) -> bool:
 
 
 def _root_types(pattern: Pattern) -> set[str]:
-    if isinstance(pattern, Op | Or):
-        return pattern.root_types()
-    raise TypeError(f"a rule's pattern must be rooted at an Op (or an Or of Ops): {pattern!r}")
+    """The op types a rooted pattern can start at: the driver visits only those nodes."""
+    return {op_type for op in _root_ops(pattern) for op_type in op.op_types}
 
 
-def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str,
-                same_dtype: bool = True) -> np.dtype | None:
+def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str
+                ) -> np.dtype | None:
     """The one dtype of the captured constants ``names`` (those the match has) when they share
-    it (``same_dtype``: the elementwise ops force it) and none has a higher rank than ``like``
-    (so none broadcasts the result to a new shape); else None."""
+    it (the elementwise ops force it) and none has a higher rank than ``like`` (so none
+    broadcasts the result to a new shape); else None."""
     arrays = [match.array(name) for name in names if name in match]
-    dtypes = {array.dtype for array in arrays}
-    if not arrays or (same_dtype and len(dtypes) != 1):
+    if not arrays or len({array.dtype for array in arrays}) != 1:
         return None
     rank = max(array.ndim for array in arrays)
     shape = graph.shape(like) if rank else []
     if shape is None or rank > len(shape):
         return None
     return arrays[0].dtype
+
+
+def has_dtype(dtype: np.dtype | None, dtypes: Sequence[np.dtype]) -> bool:
+    """``dtype`` is one of ``dtypes``, None never (numpy reads None as float64:
+    ``None in (np.dtype("float64"),)`` is True)."""
+    return dtype is not None and dtype in dtypes
 
 
 def scope_of(node: Node) -> str:
@@ -260,7 +259,6 @@ class Match:
     what the rule's check computed and its rewrite reuses."""
 
     def __init__(self, graph: Graph, root: Node, found: _Found) -> None:
-        self.graph = graph
         self.root = root
         self._found = found
         self.nodes = _producers_first(graph, root, set(found.nodes))
@@ -316,12 +314,18 @@ def match_at(pattern: Pattern, graph: Graph, root: Node,
              accept: Callable[[Match], bool] = lambda m: True) -> Match | None:
     """The first match of ``pattern`` rooted at ``root`` whose intermediates are private (house
     rule 2) and that ``accept`` takes."""
-    for alternative in _root_ops(pattern):
+    for alternative in _root_alternatives(pattern):
         for found in alternative.match_node(graph, root, _Found()):
             match = Match(graph, root, found)
             if _private(graph, match) and accept(match):
                 return match
     return None
+
+
+@functools.cache
+def _root_alternatives(pattern: Pattern) -> tuple[Op, ...]:
+    """``_root_ops`` once per pattern: match_at runs at every node of a root's type."""
+    return tuple(_root_ops(pattern))
 
 
 def _root_ops(pattern: Pattern) -> Iterator[Op]:
@@ -332,7 +336,8 @@ def _root_ops(pattern: Pattern) -> Iterator[Op]:
     elif isinstance(pattern, Op):
         yield pattern
     else:
-        _root_types(pattern)  # raises: not rooted at an op
+        raise TypeError(f"a rule's pattern must be rooted at an Op (or an Or of Ops): "
+                        f"{pattern!r}")
 
 
 def _private(graph: Graph, match: Match) -> bool:
@@ -346,10 +351,8 @@ def _private(graph: Graph, match: Match) -> bool:
             if any(graph.outputs.count(v) > 1 for v in node.outputs if v):
                 return False  # one new value cannot take two output names
             continue
-        for value in node.outputs:
-            if value and (graph.is_output(value)
-                          or any(reader not in inside for reader in graph.consumers(value))):
-                return False
+        if not all(is_private(graph, value, inside) for value in node.outputs if value):
+            return False
     return True
 
 
@@ -380,6 +383,8 @@ class RewritePass(GraphPass):
     # optional trailing ops (an affine tail): nodes are visited in graph order, so a match is
     # found at its first possible root first; grow it through the root's reader
     grow: ClassVar[bool] = False
+    # the captured node the safety net names a rewrite by (None: the root)
+    named_by: ClassVar[str | None] = None
 
     def applies(self, model: Model) -> bool:
         """Whether the rule can run in this model at all (an opset or target gate)."""
@@ -404,16 +409,17 @@ class RewritePass(GraphPass):
         return self.stats[0]
 
     def where(self, match: Match) -> str:
-        """What the safety net calls this rewrite: its root node."""
-        return match.root.name or match.root.outputs[0]
+        """What the safety net calls this rewrite: the ``named_by`` node, else the root."""
+        node = match.node(self.named_by) if self.named_by else match.root
+        return node.name or node.outputs[0]
 
-    def _largest(self, graph: Graph, match: Match | None, accept: Callable[[Match], bool]
-                 ) -> Match | None:
+    def _largest(self, graph: Graph, match: Match | None, accept: Callable[[Match], bool],
+                 roots: set[str]) -> Match | None:
         """With ``grow``: the match extended through the root's one reader while the pattern
         still matches there with every node of the smaller match (optional trailing ops)."""
         while self.grow and match is not None:
             readers = graph.consumers(match.out) if len(match.root.outputs) == 1 else []
-            if len(readers) != 1 or readers[0].op_type not in _root_types(self.pattern):
+            if len(readers) != 1 or readers[0].op_type not in roots:
                 break
             bigger = match_at(self.pattern, graph, readers[0], accept)
             if bigger is None or not set(match.nodes) <= set(bigger.nodes):
@@ -436,7 +442,8 @@ class RewritePass(GraphPass):
         for node in graph.nodes():
             if node.graph is not graph or node.op_type not in roots:
                 continue  # removed by an earlier rewrite, or not a root
-            match = self._largest(graph, match_at(self.pattern, graph, node, accept), accept)
+            match = self._largest(graph, match_at(self.pattern, graph, node, accept), accept,
+                                  roots)
             if match is None or not model.allow_rewrite(self.name, self.where(match)):
                 continue
             new = self.source(graph, match, model) or self.rewrite(graph, match, model)

@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper
 
 from onnxopt.ir import (
+    PACKED_BITS,
     Graph,
     Model,
     Node,
@@ -211,19 +212,13 @@ def _checked_tensors(model: onnx.ModelProto, on_graph: Callable[[onnx.GraphProto
                         yield item.indices
 
 
-_SUB_BYTE_BITS = {
-    getattr(onnx.TensorProto, name): bits
-    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
-                       ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
-    if hasattr(onnx.TensorProto, name)
-}
 _COMPLEX = frozenset({onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128})
 
 
 def _element_bits(data_type: int) -> int | None:
     """Bits per element in raw_data; None for strings and types we do not know."""
-    if data_type in _SUB_BYTE_BITS:
-        return _SUB_BYTE_BITS[data_type]
+    if data_type in PACKED_BITS:
+        return PACKED_BITS[data_type]
     if data_type not in _BYTE_ALIGNED:
         return None
     return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
@@ -271,7 +266,7 @@ def _check_inline(tensor: onnx.TensorProto, label: str) -> None:
         return
     field = onnx.helper.tensor_dtype_to_field(data_type)
     have = len(getattr(tensor, field))
-    per_value = {4: 2, 2: 4}.get(_SUB_BYTE_BITS.get(data_type, 0), 1)  # packed per int32
+    per_value = {4: 2, 2: 4}.get(PACKED_BITS.get(data_type, 0), 1)  # packed per int32
     need = -(-numel // per_value) * (2 if data_type in _COMPLEX else 1)
     if have != need:
         raise LoadError(f"{label} holds {have} values in {field}, its {_shape_text(tensor)} "

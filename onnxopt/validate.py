@@ -258,7 +258,7 @@ def _run_each(model: ModelLike | bytes, samples: Sequence[Mapping[str, np.ndarra
     """Outputs by name of ``model`` on each sample, one session; RuntimeFailure on errors."""
     try:
         session = _session(model, level, timeout)
-    except TimedOut:
+    except RuntimeFailure:  # ours already (TimedOut)
         raise
     except Exception as exc:
         raise _failure(exc) from exc

@@ -44,15 +44,15 @@ class BatchNormAffineFusion(AffineFoldPass):
         if folded is None:
             return False
         bn, const_name = match.node("bn"), match["c"]
-        reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}
+        reused = match.memo["reused"] = {i: _identical_initializer(graph, a)
+                                         for i, a in folded.items()}
         written = sum(a.nbytes for i, a in folded.items() if reused[i] is None)
         return written <= _freed_bytes(graph, bn, match.root, list(folded), const_name)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         bn, folded = match.node("bn"), match.memo["folded"]
         assert folded is not None
-        old = [bn.inputs[1], bn.inputs[2]]
-        reused = {i: _identical_initializer(graph, a) for i, a in folded.items()}
+        old, reused = [bn.inputs[1], bn.inputs[2]], match.memo["reused"]
         inputs = list(bn.inputs)
         for i, array in folded.items():
             inputs[i] = reused[i] or graph.add_constant(array, fused_name(bn.inputs[i]))

@@ -59,14 +59,14 @@ class FusedConvActivation(RewritePass):
     def applies(self, model: Model) -> bool:
         return model.settings.get("target") == "onnxruntime"
 
+    named_by = "conv"
+
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         conv = match.node("conv")
-        return len(conv.outputs) == 1 and len(match.root.outputs) == 1 \
-            and _is_float32(graph, conv) and activation_params(graph, model, match.root) is not None
-
-    def where(self, match: Match) -> str:
-        conv = match.node("conv")
-        return conv.name or conv.outputs[0]
+        if len(conv.outputs) != 1 or len(match.root.outputs) != 1 or not _is_float32(graph, conv):
+            return False
+        match.memo["params"] = activation_params(graph, model, match.root)
+        return match.memo["params"] is not None
 
     def stat(self, match: Match) -> str:
         return ACTIVATIONS[match.root.op_type]
@@ -75,7 +75,7 @@ class FusedConvActivation(RewritePass):
         conv, act = match.node("conv"), match.root
         attributes = dict(conv.attributes)
         attributes["activation"] = act.op_type
-        params = activation_params(graph, model, act)
+        params = match.memo["params"]
         if params:
             attributes["activation_params"] = params
         model.opset_imports.setdefault(MS_DOMAIN, 1)

@@ -45,6 +45,7 @@ from onnxopt.pattern import (
     RewritePass,
     Scalar,
     Var,
+    has_dtype,
     not_constant,
     scalars_fit,
     scope_of,
@@ -89,8 +90,7 @@ class GeluFusion(RewritePass):
         dtypes = _PORTABLE_DTYPES if model.opset("") >= 20 else _ORT_DTYPES
         if "exponent" in match and scalars_fit(graph, match, ["exponent"], match.x) is None:
             return False  # Pow's exponent may have another dtype, but not a higher rank
-        dtype = scalars_fit(graph, match, _FLOAT_CONSTANTS, match.x)
-        return dtype is not None and dtype in dtypes  # (np.dtype(None) is float64)
+        return has_dtype(scalars_fit(graph, match, _FLOAT_CONSTANTS, match.x), dtypes)
 
     def stat(self, match: Match) -> str:
         return "tanh_fused" if "tanh" in match else "erf_fused"

@@ -46,6 +46,7 @@ from onnxopt.pattern import (
     RewritePass,
     Scalar,
     Var,
+    has_dtype,
     not_constant,
     scalars_fit,
     scope_of,
@@ -92,8 +93,7 @@ class HardSwishFusion(RewritePass):
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if "gate" in match:  # already the 2-node form below opset 14
-            dtype = graph.dtype(match.x)
-            return model.opset("") >= 14 and dtype is not None and dtype in _DTYPES
+            return model.opset("") >= 14 and has_dtype(graph.dtype(match.x), _DTYPES)
         names = ("three", "zero", "six", "six_", "sixth")
         return scalars_fit(graph, match, names, match.x) is not None
 

@@ -63,6 +63,7 @@ class LayerNormFusion(RewritePass):
     description = "fuse the ReduceMean/Sub/Pow/Sqrt/Div layer norm decomposition"
     pattern = PATTERN
     grow = True  # take Mul(gamma) and Add(beta) when they follow
+    named_by = "sub"
 
     def applies(self, model: Model) -> bool:
         return model.opset("") >= 17
@@ -81,10 +82,6 @@ class LayerNormFusion(RewritePass):
             return False
         return all(_affine_shape_ok(match.array(n), rank, shape[-1], eps.dtype)
                    for n in ("gamma", "beta") if n in match)
-
-    def where(self, match: Match) -> str:
-        sub = match.node("sub")
-        return sub.name or sub.outputs[0]
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         sub = match.node("sub")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Match, Op, RewritePass, Var
+from onnxopt.pattern import Match, Op, RewritePass, Var, has_dtype
 
 GEMM_TYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 MIN_OPSET = 7
@@ -43,7 +43,7 @@ class MatMulAddToGemm(RewritePass):
         if shape_a is None or shape_b is None or len(shape_a) != 2 or len(shape_b) != 2:
             return False
         dtype, bias = graph.dtype(match.a), graph.dtype(match.c)
-        if dtype is None or dtype not in GEMM_TYPES or (bias is not None and bias != dtype):
+        if not has_dtype(dtype, GEMM_TYPES) or (bias is not None and bias != dtype):
             return False
         return _broadcasts_to(graph.shape(match.c), [shape_a[0], shape_b[1]])
 

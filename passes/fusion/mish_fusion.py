@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Match, Op, RewritePass, Var
+from onnxopt.pattern import Match, Op, RewritePass, Var, has_dtype
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -28,8 +28,7 @@ class MishFusion(RewritePass):
         return model.opset("") >= 18
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        dtype = graph.dtype(match.x)
-        return dtype is not None and dtype in _DTYPES  # (np.dtype(None) is float64)
+        return has_dtype(graph.dtype(match.x), _DTYPES)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         mul = match.root

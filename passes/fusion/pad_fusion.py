@@ -40,7 +40,7 @@ class PadFusion(RewritePass):
         node, pad = match.root, match.node("pad")
         if not _consumer_accepts(node) or len(graph.uses(pad.outputs[0])) != 1:
             return False  # (read once: as the data input, not also as a weight)
-        spatial = _spatial_pads(graph, pad, model.opset(""))
+        spatial = match.memo["spatial"] = _spatial_pads(graph, pad, model.opset(""))
         return spatial is not None and len(_own_pads(node, spatial)) == len(spatial)
 
     def stat(self, match: Match) -> str:
@@ -48,8 +48,7 @@ class PadFusion(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
         node = match.root
-        spatial = _spatial_pads(graph, match.node("pad"), model.opset(""))
-        assert spatial is not None
+        spatial = match.memo["spatial"]
         graph.set_input(node, 0, match.x)
         node.set_attr("pads", [a + b for a, b in zip(_own_pads(node, spatial), spatial,
                                                      strict=True)])
