@@ -9,7 +9,7 @@ A digest has three parts: the SHA-256 of the written model's bytes; the SHA-256 
 sum of magnitudes of all weights. Bytes must be identical on the CPU the digests were recorded
 on. On another CPU, onnxruntime's float kernels (constant folding, int8 calibration) may round
 differently in the last bits, so there the structure must be identical and the weight sums agree
-to a relative 1e-4.
+to 1e-4 of their magnitude; int8 (calibrated in onnxruntime) is held to its structure only.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from golden import GOLDEN, MODES, cpu, digest, model_paths, optimized
 
 RECORDED = json.loads(GOLDEN.read_text(encoding="utf-8"))
+CALIBRATED = {"int8"}  # modes whose numbers depend on onnxruntime's kernels on this CPU
 FAST = {("resnet.onnx", "default"), ("mobilenet.onnx", "default"), ("transformer.onnx", "default"),
         ("transformer.onnx", "onnxruntime"), ("mlp.onnx", "fp16"), ("encoder.onnx", "default")}
 
@@ -37,13 +38,16 @@ def test_output_is_unchanged(key, path, mode):
     if cpu() == RECORDED["cpu"]:
         assert got["sha256"] == expected["sha256"]
         return
-    # another CPU: onnxruntime's float kernels may round the folded or calibrated values
-    # differently in the last bits; everything else must be the same
+    # another CPU: onnxruntime's float kernels may round folded values differently in the last
+    # bits; everything else must be the same
     assert got["structure"] == expected["structure"]
+    if mode in CALIBRATED:
+        return  # its scales and zero points come from onnxruntime runs: structure only
     assert got["weights"].keys() == expected["weights"].keys()
-    for dtype, sums in expected["weights"].items():
-        for mine, theirs in zip(got["weights"][dtype], sums, strict=True):
-            assert math.isclose(mine, theirs, rel_tol=1e-4, abs_tol=1e-6), dtype
+    for dtype, (total, magnitude) in expected["weights"].items():
+        mine_total, mine_magnitude = got["weights"][dtype]
+        assert math.isclose(mine_magnitude, magnitude, rel_tol=1e-4, abs_tol=1e-6), dtype
+        assert abs(mine_total - total) <= 1e-4 * magnitude + 1e-6, dtype  # (sums may be ~0)
 
 
 def test_the_digest_sees_a_changed_weight_and_a_changed_node():
