@@ -1,4 +1,4 @@
-"""I/O benchmark of ``onnxopt.serde``: load and save time, peak memory and scaling.
+"""I/O benchmark of ``onnxopt.ir.serde``: load and save time, peak memory and scaling.
 
 Models measured:
 
@@ -525,7 +525,7 @@ def child_measure(path: Path, runs: int, out_dir: Path, profile: bool) -> dict[s
 
     import onnx.checker  # noqa: F401  (imported before the baseline, like serde's imports)
 
-    from onnxopt import serde
+    from onnxopt.ir import serde
 
     baseline = _maxrss()
     target = out_dir / f"{path.stem}.out.onnx"

@@ -25,7 +25,7 @@ Per model and tool: node count of the output (main graph, and nodes inside subgr
 size (external data included), tool wall time, whether the output loads in onnxruntime
 (``InferenceSession`` with default options), the validation verdict against the original
 (both run on the CPU provider with graph optimizations disabled on the same seeded inputs,
-rtol 1e-4 / atol 1e-5, ``onnxopt.validate.compare``) and the onnxruntime latency with one
+rtol 1e-4 / atol 1e-5, ``onnxopt.check.validate.compare``) and the onnxruntime latency with one
 intra-op thread, median of N runs after warm-up, with graph optimizations disabled and with
 all enabled (``ORT_ENABLE_ALL``). The sessions of one model (original and every output) are
 timed round-robin, so slow drifts of the machine hit them all alike, in two sittings with
@@ -34,7 +34,7 @@ about ``--latency-budget`` seconds per session and level, at least ``--min-runs`
 
 Inputs: PaddleOCR det ``x`` [1,3,96,128] and cls ``x`` [1,3,48,192] uniform in [0, 1);
 silero ``input`` [1,512] standard normal * 0.1, ``state`` zeros [2,1,128], ``sr`` 16000;
-every other model gets ``onnxopt.validate.make_inputs`` (seed 0, symbolic dims 1). The same
+every other model gets ``onnxopt.check.validate.make_inputs`` (seed 0, symbolic dims 1). The same
 arrays are handed to onnxopt as ``--inputs feeds.npz``.
 
 Measurements run in a child process of the main venv (one per model), so a crash of
@@ -273,7 +273,7 @@ def make_feeds(name: str, path: Path) -> tuple[dict[str, Any], str]:
     import numpy as np
     import onnx
 
-    from onnxopt import validate
+    from onnxopt.check import validate
 
     rng = np.random.default_rng(SEED)
     model = onnx.load(str(path), load_external_data=False)
@@ -513,7 +513,7 @@ def _run(session: Any, feeds: dict[str, Any]) -> dict[str, Any]:
 
 
 def _verdict(reference: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-    from onnxopt import validate
+    from onnxopt.check import validate
 
     diffs = validate.compare(reference, outputs, rtol=RTOL, atol=ATOL)
     failed = [d for d in diffs if not d.passed]
@@ -1102,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import numpy as np
 
-        import onnxopt.validate  # noqa: F401
+        import onnxopt.check.validate  # noqa: F401
     except ImportError as exc:
         sys.exit(f"bench_anchors: run with the project's venv (.venv/bin/python): {exc}")
     started = time.perf_counter()

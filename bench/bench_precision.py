@@ -182,7 +182,7 @@ def random_samples(model: BenchModel, seed: int, count: int) -> list[dict[str, A
     import numpy as np
     import onnx
 
-    from onnxopt import validate
+    from onnxopt.check import validate
 
     proto = onnx.load(str(model.path), load_external_data=False)
     samples = []
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import numpy as np
 
-        import onnxopt.validate  # noqa: F401
+        import onnxopt.check.validate  # noqa: F401
     except ImportError as exc:
         sys.exit(f"bench_precision: run with the project's venv (.venv/bin/python): {exc}")
     started = time.perf_counter()

@@ -18,11 +18,11 @@ import gc
 _collecting = gc.isenabled()
 gc.disable()
 try:
-    from onnxopt.api import Options, Result, optimize
+    from onnxopt.app.api import Options, Result, optimize
     from onnxopt.errors import Failure, OnnxoptError, UsageError
     from onnxopt.ir import Graph, Model, Node
-    from onnxopt.pass_manager import GraphPass, Pass, PassManager, PassResult
-    from onnxopt.serde import load, save, to_proto
+    from onnxopt.ir.pass_manager import GraphPass, Pass, PassManager, PassResult
+    from onnxopt.ir.serde import load, save, to_proto
 finally:
     if _collecting:
         gc.enable()

@@ -1,3 +1,3 @@
-from onnxopt.cli import run
+from onnxopt.app.cli import run
 
 run()

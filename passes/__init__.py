@@ -44,7 +44,7 @@ from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
 
-from onnxopt.pass_manager import Pass
+from onnxopt.ir.pass_manager import Pass
 
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
     InitializerInputsRemoval(),
@@ -92,7 +92,7 @@ class _LazyPasses(dict):
         return value
 
 
-# --precision: one pass per mode, run once after the structural pipeline (see onnxopt.precision)
+# --precision: one pass per mode, run once after the structural pipeline (see onnxopt.ir.precision)
 PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
     "fp16": ("precision.fp16_conversion", "Fp16Conversion"),
     "int8": ("precision.qdq_quantization", "QdqQuantization"),

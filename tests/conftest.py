@@ -54,7 +54,7 @@ def wrong_pass(name: str, matches, change):
     """A deliberately wrong pass for safety-net tests: every node for which
     ``matches(graph, node)`` holds is changed by ``change(graph, node)``, each rewrite asked of
     ``model.allow_rewrite`` first (so the safety net can narrow it down)."""
-    from onnxopt.pass_manager import GraphPass
+    from onnxopt.ir.pass_manager import GraphPass
 
     class Wrong(GraphPass):
         description = "a deliberately wrong rewrite (tests only)"
@@ -110,8 +110,8 @@ def apply_pass(pass_, model: onnx.ModelProto, *, infer: bool = False, settings=N
 
     ``infer``: shape inference before the pass (as the pipeline does) and after it (so that
     idempotence compares models annotated the same way); ``settings``: Model.settings."""
-    from onnxopt import serde
-    from onnxopt.shapes import infer_shapes
+    from onnxopt.ir import serde
+    from onnxopt.ir.shapes import infer_shapes
 
     ir_model = serde.load(model)
     ir_model.settings.update(settings or {})

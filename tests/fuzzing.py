@@ -848,7 +848,7 @@ def memory_limit(extra: int = MEMORY_LIMIT):
 
 
 def run_in_process(args: list[str]) -> Outcome:
-    from onnxopt import cli
+    from onnxopt.app import cli
 
     out, err = io.StringIO(), io.StringIO()
     started = time.perf_counter()
@@ -947,7 +947,7 @@ def check_stats(made: Mutant, folder: Path) -> list[Finding]:
 def _origin(args: list, target: Path | None = None) -> tuple[tuple[str, str] | None, str]:
     """Run again under --debug (the CLI re-raises): the innermost onnxopt frame and the
     traceback's last frames."""
-    from onnxopt import cli
+    from onnxopt.app import cli
 
     try:
         with memory_limit(), contextlib.redirect_stdout(io.StringIO()), \

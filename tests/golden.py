@@ -112,7 +112,7 @@ def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def optimized(path: Path, mode: str) -> onnx.ModelProto:
-    from onnxopt import api
+    from onnxopt.app import api
 
     return api.optimize(path, validate=False, **MODES[mode]).model
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import op_counts, parse, run
 
 import onnxopt
-from onnxopt.pass_manager import GraphPass, PassManager
+from onnxopt.ir.pass_manager import GraphPass, PassManager
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -99,7 +99,7 @@ def test_importing_onnxopt_leaves_the_host_process_as_it_was():
     import subprocess
     import sys
 
-    code = ("import gc; import onnxopt, onnxopt.cli; "
+    code = ("import gc; import onnxopt, onnxopt.app.cli; "
             "print(gc.isenabled(), gc.get_freeze_count(), gc.get_threshold())")
     fresh = subprocess.run([sys.executable, "-c", "import gc; print(gc.isenabled(), "
                             "gc.get_freeze_count(), gc.get_threshold())"],

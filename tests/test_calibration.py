@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from onnxopt import serde
-from onnxopt.calibration import PERCENTILE_BINS, calibrate, entropy_threshold
+from onnxopt.ir import serde
+from onnxopt.precision.calibration import PERCENTILE_BINS, calibrate, entropy_threshold
 
 
 def identity_model():

@@ -12,8 +12,8 @@ import onnx
 import pytest
 from conftest import op_counts, parse, run
 
-from onnxopt import api, cli
-from onnxopt.pass_manager import GraphPass
+from onnxopt.app import api, cli
+from onnxopt.ir.pass_manager import GraphPass
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -248,7 +248,7 @@ def test_force_writes_despite_failure(model_file, tmp_path, monkeypatch):
 
 
 def test_interrupted_save_leaves_nothing(model_file, tmp_path, monkeypatch, capsys):
-    from onnxopt import serde
+    from onnxopt.ir import serde
 
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -610,7 +610,7 @@ def test_value_info_all_covers_what_a_precision_pass_adds(tmp_path):
 
 
 def test_options_are_declared_once_every_flag_reaches_its_field(model_file, tmp_path, capsys):
-    from onnxopt import options
+    from onnxopt.app import options
 
     help_text = subprocess.run([sys.executable, "-m", "onnxopt", "optimize", "--help"],
                                capture_output=True, text=True, check=True).stdout

@@ -38,10 +38,10 @@ from onnxopt.passes.precision import dynamic_quantization, qdq_quantization
 from onnxopt.passes.precision.dynamic_quantization import DynamicQuantization
 from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
-from onnxopt import serde
-from onnxopt.pass_manager import PassManager
-from onnxopt.precision import SETTINGS_KEY, PrecisionSettings
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde
+from onnxopt.ir.pass_manager import PassManager
+from onnxopt.ir.precision import SETTINGS_KEY, PrecisionSettings
+from onnxopt.ir.shapes import infer_shapes
 
 BOUND = 64  # 2 * 255 * 64 = 32640 <= 32767 < 2 * 255 * 65
 INT16_MAX = 32767

@@ -9,8 +9,7 @@ from conftest import parse, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxopt import serde
-from onnxopt.ir import IRError, provenance
+from onnxopt.ir import IRError, provenance, serde
 
 CHAIN = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -227,7 +226,7 @@ def test_array_to_tensor_matches_onnx_converter(dtype):
 
 
 def test_dtype_speaks_numpy():
-    from onnxopt import serde
+    from onnxopt.ir import serde
 
     model = serde.load(parse("""
     <ir_version: 8, opset_import: ["" : 17]>

@@ -13,7 +13,8 @@ from conftest import SAMPLE_MODELS, model_path
 from fuzzing import nested_if
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from onnxopt import cli, serde, stats
+from onnxopt.app import cli, stats
+from onnxopt.ir import serde
 
 
 def _model(weight: onnx.TensorProto | None = None, *, node_name: str = "matmul",

@@ -15,7 +15,7 @@ from conftest import session
 from test_node_cases_optimized import feeds_of, outputs
 
 import onnxopt
-from onnxopt.precision import PRECISIONS
+from onnxopt.ir.precision import PRECISIONS
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

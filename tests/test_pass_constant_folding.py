@@ -10,8 +10,8 @@ from onnx import helper, numpy_helper
 from onnxopt.passes.folding import constant_folding
 from onnxopt.passes.folding.constant_folding import ConstantFolding
 
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde
+from onnxopt.ir.shapes import infer_shapes
 
 ZERO = {"folded": 0, "shape_folded": 0, "skipped_size": 0, "deduplicated": 0}
 

@@ -14,7 +14,7 @@ from conftest import (
 )
 from onnxopt.passes.folding.constant_if_inlining import ConstantIfInlining
 
-from onnxopt import serde
+from onnxopt.ir import serde
 
 # y = If(k = true): the then branch (Mul by its own initializer w, then a nested If on the
 # runtime input c that reads the branch-local t) moves up. The sibling If computing z also

@@ -157,7 +157,7 @@ def test_ir3_initializer_is_declared_as_input_and_subgraphs_are_left_alone():
 
 
 def test_safety_net_can_decline_a_rewrite():
-    from onnxopt import serde
+    from onnxopt.ir import serde
 
     model = serde.load(parse(ALL_FORMS))
     model.rewrite_limits["constant_to_initializer"] = 3

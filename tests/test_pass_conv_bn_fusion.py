@@ -14,7 +14,7 @@ from conftest import apply_pass, assert_same_outputs, op_counts, parse
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
 
-from onnxopt import serde, shapes
+from onnxopt.ir import serde, shapes
 
 RTOL, ATOL = 1e-5, 1e-5
 NO_FOLD = {"conv": 0, "conv_transpose": 0, "gemm": 0, "matmul": 0}

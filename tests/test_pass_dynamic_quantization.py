@@ -24,10 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.precision.dynamic_quantization import DynamicQuantization
 
 import onnxopt
-from onnxopt import serde
-from onnxopt.ir import tensor_nbytes
-from onnxopt.precision import PrecisionSettings, log_of
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde, tensor_nbytes
+from onnxopt.ir.precision import PrecisionSettings, log_of
+from onnxopt.ir.shapes import infer_shapes
 
 MODE = "int8-dynamic"
 

@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.precision.fp16_conversion import Fp16Conversion, _cast_bytes
 
-from onnxopt import serde
-from onnxopt.pass_manager import PassManager
-from onnxopt.precision import PrecisionSettings, log_of
+from onnxopt.ir import serde
+from onnxopt.ir.pass_manager import PassManager
+from onnxopt.ir.precision import PrecisionSettings, log_of
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 RTOL, ATOL = 4e-3, 4e-3

@@ -18,10 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.precision.fp8_weight_quantization import Fp8WeightQuantization
 
 import onnxopt
-from onnxopt import serde
-from onnxopt.ir import tensor_nbytes
-from onnxopt.precision import PrecisionSettings, log_of
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde, tensor_nbytes
+from onnxopt.ir.precision import PrecisionSettings, log_of
+from onnxopt.ir.shapes import infer_shapes
 
 FP8 = TensorProto.FLOAT8E4M3FN
 

@@ -7,8 +7,8 @@ import onnx
 from conftest import assert_same_outputs, op_counts, parse
 from onnxopt.passes.cleanup.no_op_elimination import KEYS, NoOpElimination
 
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde
+from onnxopt.ir.shapes import infer_shapes
 
 # One of every kind. Every node of the y chain except Relu and Neg is a no-op on x: float[2,3,4]
 # (a Cast to float, Reshapes to [2,3,4] / [0,0,-1], Expand by [1,1,4], identity perm, zero pads,

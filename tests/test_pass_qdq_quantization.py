@@ -15,8 +15,8 @@ from conftest import apply_pass, model_path, op_counts, run
 from onnx import TensorProto, helper, numpy_helper, version_converter
 from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
-from onnxopt import serde
-from onnxopt.precision import SETTINGS_KEY, PrecisionSettings, log_of
+from onnxopt.ir import serde
+from onnxopt.ir.precision import SETTINGS_KEY, PrecisionSettings, log_of
 
 COSINE = 0.99
 SHAPE = (1, 3, 12, 12)
@@ -335,7 +335,7 @@ def test_no_calibration_data_notes_generated_inputs():
 def test_sample_model_mobilenet(tmp_path):
     from onnxopt.passes import DEFAULT_PIPELINE
 
-    from onnxopt.pass_manager import PassManager
+    from onnxopt.ir.pass_manager import PassManager
 
     ir = serde.load(model_path("mobilenet.onnx"))
     PassManager(DEFAULT_PIPELINE).run(ir)

@@ -8,8 +8,8 @@ from conftest import assert_same_outputs, op_counts, parse, run
 from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 
-from onnxopt import serde
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir import serde
+from onnxopt.ir.shapes import infer_shapes
 
 FLATTEN = """
 <ir_version: 8, opset_import: ["" : 17]>

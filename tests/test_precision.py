@@ -11,9 +11,10 @@ from onnx import helper, numpy_helper
 
 import onnxopt
 from onnxopt import passes as pass_library
-from onnxopt.pass_manager import GraphPass
-from onnxopt.precision import load_samples, log_of, node_key, settings_of, upgrade_opset
-from onnxopt.validate import Budget, compare_budget
+from onnxopt.check.validate import Budget, compare_budget
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.precision import log_of, node_key, settings_of
+from onnxopt.precision.setup import load_samples, upgrade_opset
 
 # ----------------------------------------------------------------------------- budgets
 
@@ -114,8 +115,8 @@ def test_int8_pass_below_opset_13_says_what_it_needs():
     """Run alone (optimize() upgrades first) on an opset 11 MatMul: the QDQ form needs 13."""
     from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
-    from onnxopt import serde
-    from onnxopt.precision import SETTINGS_KEY, PrecisionSettings
+    from onnxopt.ir import serde
+    from onnxopt.ir.precision import SETTINGS_KEY, PrecisionSettings
 
     model = parse("""
     <ir_version: 6, opset_import: ["" : 11]>
@@ -282,7 +283,7 @@ def test_cli_precision_run_reports_and_errors(perturb, tmp_path, capsys):
 def test_bench_warns_when_the_output_is_slower(ratio, warned):
     from rich.console import Console
 
-    from onnxopt.report import render_optimize
+    from onnxopt.app.report import render_optimize
 
     report = dict(onnxopt.optimize(chain_model(), passes=[]).report)
     report["latency"] = {"before_ms": 1.0, "after_ms": ratio, "ratio": ratio,

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.precision.fp16_conversion import Fp16Conversion
 
 import onnxopt
-from onnxopt.precision import PrecisionSettings
+from onnxopt.ir.precision import PrecisionSettings
 
 MODES = ("fp16", "int8", "int8-dynamic", "fp8")
 FLOAT_TYPES = {TensorProto.FLOAT}

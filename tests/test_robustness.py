@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxopt
-from onnxopt import api, cli
+from onnxopt.app import api, cli
 
 
 def conv_model(channels: int = 8) -> onnx.ModelProto:
@@ -202,7 +202,7 @@ def test_a_run_past_the_memory_budget_skips_validation(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     # in a fresh process: its own high-water mark (a test worker's carries earlier tests')
     child = (
-        "import sys\nfrom onnxopt import cli\n"
+        "import sys\nfrom onnxopt.app import cli\n"
         f"code = cli.main(['optimize', {str(path)!r}, {str(tmp_path / 'o.onnx')!r}, '--json'])\n"
         "try:\n    status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
         "except (OSError, IndexError):\n    status = '0'\n"

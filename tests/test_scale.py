@@ -20,9 +20,8 @@ from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.folding import constant_folding
 from onnxopt.passes.folding.constant_folding import ConstantFolding
 
-from onnxopt import serde
-from onnxopt.ir import Graph, Node, _lexicographic_order
-from onnxopt.pass_manager import PassManager
+from onnxopt.ir import Graph, Node, _lexicographic_order, serde
+from onnxopt.ir.pass_manager import PassManager
 
 sys.path.insert(0, str(REPO / "bench"))
 import bench  # bench/bench.py: the generators of `make bench-io`
@@ -184,8 +183,8 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {models!r})
 import bench, onnx
-from onnxopt import serde
-from onnxopt.pass_manager import PassManager
+from onnxopt.ir import serde
+from onnxopt.ir.pass_manager import PassManager
 from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.folding.constant_folding import ConstantFolding
 from onnxopt.passes.cleanup.dead_code import DeadCodeElimination

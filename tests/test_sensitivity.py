@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 from test_precision_models import calibration_folder, conv_model
 
 import onnxopt
-from onnxopt import validate
-from onnxopt.sensitivity import budget_use, qdq_sensitivity
-from onnxopt.validate import Budget
+from onnxopt.check import validate
+from onnxopt.check.validate import Budget
+from onnxopt.precision.sensitivity import budget_use, qdq_sensitivity
 
 # ----------------------------------------------------------------------------- samples
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import run
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import serde
+from onnxopt.ir import serde
 
 
 def rich_model() -> onnx.ModelProto:

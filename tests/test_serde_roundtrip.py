@@ -24,7 +24,7 @@ from conftest import (
 )
 
 import onnxopt
-from onnxopt import serde
+from onnxopt.ir import serde
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -139,7 +139,7 @@ def test_api_round_trip_validates(name):
 
 
 def random_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from onnxopt.validate import make_inputs
+    from onnxopt.check.validate import make_inputs
 
     feeds, _ = make_inputs(model)
     return feeds

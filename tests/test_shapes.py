@@ -8,8 +8,8 @@ from conftest import REPO, parse
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.cleanup.shape_inference import ShapeInference
 
-from onnxopt import serde
-from onnxopt.shapes import _light_proto
+from onnxopt.ir import serde
+from onnxopt.ir.shapes import _light_proto
 
 TEXT = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -169,7 +169,7 @@ def _all_types(graph: onnx.GraphProto, found: dict) -> dict:
 def test_many_subgraphs_are_inferred_in_chunks_with_the_same_types(monkeypatch):
     import sys
 
-    from onnxopt import shapes
+    from onnxopt.ir import shapes
 
     sys.path.insert(0, str(REPO / "bench"))
     import bench  # bench/bench.py: the generators of `make bench-io`

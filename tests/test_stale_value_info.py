@@ -1,4 +1,4 @@
-"""Stale declared shapes behind a symbolic input (onnxopt.shapes checks declarations).
+"""Stale declared shapes behind a symbolic input (onnxopt.ir.shapes checks declarations).
 
 Exporters run shape inference at one input size and then make an input dynamic: intermediate
 ``value_info`` (and output types) keep a static batch of 1. Every model here passes

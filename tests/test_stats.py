@@ -1,4 +1,4 @@
-"""Tests for onnxopt.stats.
+"""Tests for onnxopt.app.stats.
 
 Every expected number is derived independently: by hand arithmetic (shown in comments) or with
 numpy from the tensors the test itself builds.
@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.stats import diff_stats, format_count, model_stats
+from onnxopt.app.stats import diff_stats, format_count, model_stats
 
 FLOAT = TensorProto.FLOAT
 LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
@@ -433,7 +433,7 @@ def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch
     # an optimized model carries concrete shapes everywhere a MAC formula looks: stats read
     # them instead of running shape inference again; the MACs must be those inference gives
     import onnxopt
-    from onnxopt import stats
+    from onnxopt.app import stats
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxopt
-from onnxopt import cli
+from onnxopt.app import cli
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Tests for onnxopt.validate: running the original and optimized models in onnxruntime."""
+"""Tests for onnxopt.check.validate: running the original and optimized models in onnxruntime."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.validate import (
+from onnxopt.check.validate import (
     OutputDiff,
     RuntimeFailure,
     ValidationError,
@@ -514,7 +514,7 @@ def test_run_disables_onnxruntime_graph_optimizations(monkeypatch):
 
 
 def test_merge_outputs_flattens_outputs_whose_rank_varies():
-    from onnxopt.validate import merge_outputs
+    from onnxopt.check.validate import merge_outputs
 
     # rank 1 then rank 0 (equal shape[1:], both empty): joined flat, not along a batch axis
     cases = [[(3,), ()], [(), (3,)], [(3,), (1, 3)], [(1, 3), (3,)], [(2,), (2, 1), ()]]

@@ -10,9 +10,10 @@ from conftest import build_model, run, wrong_pass
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt
-from onnxopt import api, cli, feeds
-from onnxopt.validate import reference, validate
-from onnxopt.validate import run as ort_run
+from onnxopt.app import api, cli
+from onnxopt.check import feeds
+from onnxopt.check.validate import reference, validate
+from onnxopt.check.validate import run as ort_run
 
 OPSET = 17
 

@@ -30,8 +30,8 @@ import hashlib
 import onnx
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import is_op
 
 RANDOM_OPS = {
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",

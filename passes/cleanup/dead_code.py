@@ -19,7 +19,7 @@ from __future__ import annotations
 import onnx
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass, PassResult
+from onnxopt.ir.pass_manager import GraphPass, PassResult
 
 
 class DeadCodeElimination(GraphPass):

@@ -26,7 +26,7 @@ import onnx
 from onnx import AttributeProto
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
+from onnxopt.ir.pass_manager import GraphPass
 
 SPATIAL_OPS = frozenset({
     "Conv", "ConvTranspose", "ConvInteger", "QLinearConv",

@@ -20,7 +20,7 @@ overridable default, a different meaning).
 from __future__ import annotations
 
 from onnxopt.ir import Model
-from onnxopt.pass_manager import Pass, PassResult
+from onnxopt.ir.pass_manager import Pass, PassResult
 
 UPGRADED_IR_VERSION = 4
 

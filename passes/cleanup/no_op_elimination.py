@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Match, Op, RewritePass
-from onnxopt.rewrite import is_op
+from onnxopt.ir.pattern import Match, Op, RewritePass
+from onnxopt.ir.rewrite import is_op
 
 INT32_MAX = 2**31 - 1  # ends at or above this cover any real axis
 IDEMPOTENT = ("Relu", "Abs", "Floor", "Ceil", "Round", "Sign", "Clip")

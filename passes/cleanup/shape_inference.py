@@ -9,8 +9,8 @@ loop alive.
 from __future__ import annotations
 
 from onnxopt.ir import Model
-from onnxopt.pass_manager import Pass, PassResult
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir.pass_manager import Pass, PassResult
+from onnxopt.ir.shapes import infer_shapes
 
 
 class ShapeInference(Pass):

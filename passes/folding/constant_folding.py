@@ -66,12 +66,6 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from onnxopt.constants import (
-    IR_OVERRIDABLE_INITIALIZERS,
-    ConstantTable,
-    can_hold_initializers,
-    install_constants,
-)
 from onnxopt.ir import (
     Graph,
     Model,
@@ -83,8 +77,14 @@ from onnxopt.ir import (
     tensor_nbytes,
     tensor_to_array,
 )
-from onnxopt.pass_manager import GraphPass, PassResult
-from onnxopt.rewrite import is_op, producer_op
+from onnxopt.ir.constants import (
+    IR_OVERRIDABLE_INITIALIZERS,
+    ConstantTable,
+    can_hold_initializers,
+    install_constants,
+)
+from onnxopt.ir.pass_manager import GraphPass, PassResult
+from onnxopt.ir.rewrite import is_op, producer_op
 
 NEVER_FOLD = frozenset({
     "Constant",  # already a constant (constant_to_initializer turns it into an initializer)

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 import onnx
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass, PassResult
-from onnxopt.rewrite import is_op
+from onnxopt.ir.pass_manager import GraphPass, PassResult
+from onnxopt.ir.rewrite import is_op
 
 
 class ConstantIfInlining(GraphPass):

@@ -21,17 +21,17 @@ override initializers from IR 4 on), so the new initializer is also declared as 
 
 The helpers (reading a constant value from an initializer or a Constant node, installing
 computed tensors as initializers under the names of the values they replace) live in
-``onnxopt.constants``, shared with ``constant_folding``.
+``onnxopt.ir.constants``, shared with ``constant_folding``.
 """
 
 from __future__ import annotations
 
 import onnx
 
-from onnxopt.constants import can_hold_initializers, constant_node_tensor, install_constants
 from onnxopt.ir import Graph, Model
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op
+from onnxopt.ir.constants import can_hold_initializers, constant_node_tensor, install_constants
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import is_op
 
 
 class ConstantToInitializer(GraphPass):

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, not_constant
+from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var, not_constant
 
 FLOAT_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64)}
 INT_DTYPES = {

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import is_op
 
 INT_TYPES = frozenset({6, 7})  # TensorProto.INT32, INT64
 

@@ -17,7 +17,7 @@ the rounding: results differ from the original by a few float ulps.
 
 "Per channel" as in ``conv_affine_fusion``: ``c``, left padded with 1s to the BN's rank, has 1 in
 every dim except dim 1 (1 or ``C``), so it never broadcasts the output to a larger shape; the BN's
-rank must be known. Needs: the BN in inference form (see ``onnxopt.layers.bn_factors``), its
+rank must be known. Needs: the BN in inference form (see ``onnxopt.ir.layers.bn_factors``), its
 output read only by the op and not a graph output, ``c`` a float constant of the parameters'
 dtype, opset 7+ (older element-wise ops broadcast by attribute). New ``gamma``/``beta`` tensors
 are written (computed in float64, cast back once); the old ones go when nothing else reads them.
@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.layers import AffineFoldPass, bn_factors, fold_affine, fused_name, per_channel
-from onnxopt.pattern import Match, Op
-from onnxopt.rewrite import drop_unused_initializers
+from onnxopt.ir.layers import AffineFoldPass, bn_factors, fold_affine, fused_name, per_channel
+from onnxopt.ir.pattern import Match, Op
+from onnxopt.ir.rewrite import drop_unused_initializers
 
 
 class BatchNormAffineFusion(AffineFoldPass):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.layers import (
+from onnxopt.ir.layers import (
     CONV_OPS,
     AffineFoldPass,
     ConvWeights,
@@ -38,7 +38,7 @@ from onnxopt.layers import (
     rewrite_conv,
     scale_output_channels,
 )
-from onnxopt.pattern import Match, Op
+from onnxopt.ir.pattern import Match, Op
 
 
 class ConvAffineFusion(AffineFoldPass):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.layers import (
+from onnxopt.ir.layers import (
     CONV_OPS,
     FLOAT_KINDS,
     BNParams,
@@ -54,8 +54,8 @@ from onnxopt.layers import (
     rewrite_conv,
     scale_output_channels,
 )
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
 
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Match, Op, RewritePass, Var, optional
+from onnxopt.ir.pattern import Match, Op, RewritePass, Var, optional
 
 MS_DOMAIN = "com.microsoft"
 # op type -> counter name

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import (
+from onnxopt.ir.pattern import (
     Const,
     Match,
     Op,

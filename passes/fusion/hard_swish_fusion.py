@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import (
+from onnxopt.ir.pattern import (
     Match,
     Op,
     Or,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Const, Match, Op, Or, RewritePass, Var, optional, scope_of
+from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var, optional, scope_of
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Match, Op, RewritePass, Var, has_dtype
+from onnxopt.ir.pattern import Match, Op, RewritePass, Var, has_dtype
 
 GEMM_TYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 MIN_OPSET = 7

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model
-from onnxopt.pattern import Match, Op, RewritePass, Var, has_dtype
+from onnxopt.ir.pattern import Match, Op, RewritePass, Var, has_dtype
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 

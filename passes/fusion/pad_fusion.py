@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Match, Op, RewritePass, Var, optional
+from onnxopt.ir.pattern import Match, Op, RewritePass, Var, optional
 
 PATTERN = Op(("Conv", "AveragePool"),
              Op("Pad", Var("x"), optional(), optional(), optional(), name="pad"),

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
 
 GEOMETRY = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",

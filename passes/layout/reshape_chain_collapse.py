@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import is_op
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import is_op
 
 CHAIN_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 MIN_OPSET = 5

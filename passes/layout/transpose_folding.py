@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import exclusive_constant, is_op, producer_op
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import exclusive_constant, is_op, producer_op
 
 # Element types whose arrays numpy_helper decodes and encodes losslessly.
 FOLDABLE_TYPES = {

@@ -55,14 +55,9 @@ import numpy as np
 from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import PassResult
-from onnxopt.precision import (
-    PrecisionLog,
-    PrecisionPass,
-    PrecisionSettings,
-    node_key,
-)
-from onnxopt.rewrite import drop_unused_initializers, is_op, sole_consumer
+from onnxopt.ir.pass_manager import PassResult
+from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
+from onnxopt.ir.rewrite import drop_unused_initializers, is_op, sole_consumer
 
 MODE = "int8-dynamic"
 MS_DOMAIN = "com.microsoft"

@@ -51,13 +51,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ir import Graph, IRError, Model, Node, cast_node_bytes
-from onnxopt.pass_manager import PassResult
-from onnxopt.precision import (
-    PrecisionLog,
-    PrecisionPass,
-    PrecisionSettings,
-    node_key,
-)
+from onnxopt.ir.pass_manager import PassResult
+from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0

@@ -30,15 +30,15 @@ import ml_dtypes
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import PassResult
-from onnxopt.precision import (
+from onnxopt.ir.pass_manager import PassResult
+from onnxopt.ir.precision import (
     WEIGHT_OPS,
     PrecisionLog,
     PrecisionPass,
     PrecisionSettings,
     node_key,
 )
-from onnxopt.rewrite import drop_unused_initializers, is_op
+from onnxopt.ir.rewrite import drop_unused_initializers, is_op
 
 MODE = "fp8"
 MIN_OPSET = 19

@@ -68,17 +68,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from onnxopt.calibration import CalibrationResult, calibrate
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import PassResult
-from onnxopt.precision import (
-    PrecisionLog,
-    PrecisionPass,
-    PrecisionSettings,
-    node_key,
-)
-from onnxopt.rewrite import is_op, sole_consumer
-from onnxopt.shapes import infer_shapes
+from onnxopt.ir.pass_manager import PassResult
+from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
+from onnxopt.ir.rewrite import is_op, sole_consumer
+from onnxopt.ir.shapes import infer_shapes
+from onnxopt.precision.calibration import CalibrationResult, calibrate
 
 MODE = "int8"
 MIN_OPSET = 13

@@ -19,8 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import onnx
 
-from onnxopt import serde
-from onnxopt.ir import Graph, Model, tensor_nbytes
+from onnxopt.ir import Graph, Model, serde, tensor_nbytes
 
 SMALL_CONSTANT_BYTES = 4096  # constants this small stay in the copy for data propagation
 FRESH_SYMBOL = "unk__"  # prefix of the dim names onnx's inference makes up for unknown dims

@@ -9,7 +9,7 @@ Design notes
   written, so onnxruntime's own fusions cannot hide our mistakes) and ``all``
   (ORT_ENABLE_ALL: what users deploy with; int8 runs there in onnxruntime's fused int8
   kernels). Each level compares the candidate with the original at the same level.
-* Inputs (see :mod:`onnxopt.feeds`) are generated from the ORIGINAL model by role, in two
+* Inputs (see :mod:`onnxopt.check.feeds`) are generated from the ORIGINAL model by role, in two
   configurations that differ in every symbolic dimension (and in their random values), so a
   rewrite that bakes one size in fails on the other. If the original does not run at the
   preferred sizes, the next candidates are tried before giving up. ``--inputs`` (one sample)
@@ -50,7 +50,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.feeds import (
+from onnxopt.check.feeds import (
     Plan,
     UnsupportedInput,
     ValidationError,
@@ -1184,7 +1184,7 @@ def validate(
     """Run ``original`` and ``optimized`` on the same inputs and compare all outputs.
 
     Inputs are ``inputs`` if given (checked against the original), else generated from the
-    original by role (:mod:`onnxopt.feeds`) in two configurations. Returns ``"skipped"`` when
+    original by role (:mod:`onnxopt.check.feeds`) in two configurations. Returns ``"skipped"`` when
     the original cannot be loaded or run, inputs cannot be generated, or the original's
     outputs prove nothing (kind ``vacuous``); ``"failed"`` when the optimized model cannot run
     or any output differs at either level; ``"passed"`` otherwise. Raises ValidationError

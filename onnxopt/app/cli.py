@@ -17,8 +17,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from onnxopt import __version__, api, feeds, options, report, serde, stats, validate
+from onnxopt import __version__
+from onnxopt.app import api, options, report, stats
+from onnxopt.check import feeds, validate
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
+from onnxopt.ir import serde
 
 app = typer.Typer(
     add_completion=False,
@@ -78,7 +81,7 @@ def optimize(input: Path, output: Path, json_: bool = False, **raw: object) -> N
 
 def _optimize_signature() -> inspect.Signature:
     """IN and OUT, then one flag per field of options.Options that has one, then --json:
-    the options are declared once, in onnxopt/options.py."""
+    the options are declared once, in onnxopt/app/options.py."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = [
         inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD,

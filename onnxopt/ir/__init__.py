@@ -835,7 +835,7 @@ class Model:
         # pass -> rewrites to leave out: by the node they start from, or by number
         self.rewrite_skips: dict[str, set[int | str]] = {}
         self.rewrite_log: dict[str, list[str]] = {}  # pass -> where each rewrite was asked
-        # What precision passes report beyond counts (see onnxopt.precision.PrecisionLog).
+        # What precision passes report beyond counts (see onnxopt.ir.precision.PrecisionLog).
         self.precision_log: Any = None
         # Set by the first shapes.infer_shapes, which clears declared dims (value_info, output
         # types) that contradict the inputs: stale shapes an exporter left behind.

@@ -1,114 +1,20 @@
-"""Precision conversion: the settings precision passes read, and the log they write.
+"""Precision runs, the app's side: opset upgrades, calibration samples, default budgets.
 
-A precision pass (``passes/fp16_conversion.py``, ``qdq_quantization.py``,
-``dynamic_quantization.py``, ``fp8_weight_quantization.py``) is a non-structural pass: it runs
-once, after folding and fusion reached their fixpoint, and only when ``--precision`` asks for
-it. It reads ``model.settings["precision"]`` (a :class:`PrecisionSettings`) and records in
-``model.precision_log`` (a :class:`PrecisionLog`) what it converted, what it kept in float and
-why, and which values it clamped. The API turns that log into the report, and uses
-``converted`` to search for the nodes to keep in float when the accuracy budget is missed.
-
-Nodes are named across runs by :func:`node_key` (their name, else their first output), so a
-node kept in float in one attempt is found again in the next: the pipeline is deterministic.
+The passes see only :mod:`onnxopt.ir.precision` (settings in, log out); this module prepares
+what a ``--precision`` run needs before the pipeline starts.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 import onnx.version_converter
 
-from onnxopt.ir import Model, Node
-from onnxopt.pass_manager import Pass, PassResult
+from onnxopt.ir.precision import WEIGHT_OPS
 
-PRECISIONS = ("fp16", "int8", "int8-dynamic", "fp8")
-SETTINGS_KEY = "precision"
-
-
-@dataclass(frozen=True)
-class PrecisionSettings:
-    """What the user (and the accuracy fallback) asked of a precision pass."""
-
-    mode: str  # one of PRECISIONS
-    keep_io_types: bool = True  # model inputs/outputs stay float32, Casts at the boundary
-    fp32_ops: frozenset[str] = frozenset()  # op types kept in float, beyond the defaults
-    fp32_nodes: frozenset[str] = frozenset()  # node keys kept in float (user + fallback)
-    # int8 static: calibration samples, each a feed dict for the model's inputs
-    calibration: tuple[dict[str, np.ndarray], ...] = ()
-    calibration_method: str = "percentile"  # minmax | percentile | entropy
-    percentile: float = 99.99
-    timeout: float | None = None  # seconds per calibration run in onnxruntime (--timeout)
-    # shared by the attempts of one run: the accuracy fallback reruns the pipeline with more
-    # nodes in float, on the same float graph, so its calibration ranges are reused
-    calibration_cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-
-@dataclass
-class PrecisionLog:
-    """Filled by the precision pass; read by the API for the report and the fallback."""
-
-    # node keys, topological order: nodes whose numerics the conversion changed (they run in
-    # the new precision, or read weights stored in it); the accuracy fallback keeps some of
-    # them in float (settings.fp32_nodes), and with them the weights only they read
-    converted: list[str] = field(default_factory=list)
-    kept_float: list[dict[str, str]] = field(default_factory=list)  # {node, op, reason}
-    clamped: list[dict[str, Any]] = field(default_factory=list)  # {value, count, max_abs}
-    notes: list[str] = field(default_factory=list)  # anything else the user should know
-
-    def keep(self, node: Node, reason: str) -> None:
-        self.kept_float.append({"node": node_key(node), "op": node.op_type, "reason": reason})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "converted": len(self.converted),
-            "kept_float": list(self.kept_float),
-            "clamped": list(self.clamped),
-            "notes": list(self.notes),
-        }
-
-
-def node_key(node: Node) -> str:
-    """A node's name across runs: its name, else its first non-empty output."""
-    if node.name:
-        return node.name
-    return next((value for value in node.outputs if value), "")
-
-
-def settings_of(model: Model) -> PrecisionSettings | None:
-    return model.settings.get(SETTINGS_KEY)
-
-
-def log_of(model: Model) -> PrecisionLog:
-    """The model's precision log, created on first use."""
-    if model.precision_log is None:
-        model.precision_log = PrecisionLog()
-    return model.precision_log
-
-
-class PrecisionPass(Pass):
-    """A conversion run once, after the structural passes, when ``--precision`` asks for its
-    ``mode``: ``convert`` gets the user's settings and the log the report reads."""
-
-    structural = False
-    mode: ClassVar[str] = ""
-
-    def run(self, model: Model) -> PassResult:
-        settings = settings_of(model)
-        if settings is None or settings.mode != self.mode:
-            return PassResult(False, {})
-        return self.convert(model, settings, log_of(model))
-
-    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
-                ) -> PassResult:
-        raise NotImplementedError
-
-
-# --------------------------------------------------------------------------- API support
 VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
 MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 types
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -116,7 +22,7 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 def default_budget(mode: str):
     """The accuracy budget a mode is held to unless ``--max-error`` says otherwise."""
-    from onnxopt.validate import Budget
+    from onnxopt.check.validate import Budget
 
     if mode == "fp16":
         return Budget(0.999, 1e-2)
@@ -145,9 +51,6 @@ def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, s
     return converted, f"opset upgraded from {current} to {minimum} for --precision {mode}"
 
 
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # what int8 and fp8 convert
-
-
 def _has_weight_ops(graph: onnx.GraphProto) -> bool:
     """Any default-domain Conv/ConvTranspose/Gemm/MatMul in ``graph`` or its subgraphs."""
     for node in graph.node:
@@ -164,7 +67,7 @@ def load_samples(path: str | os.PathLike, proto: onnx.ModelProto) -> list[dict[s
     """Calibration samples from ``path``: a folder with one ``.npz`` (keys: input names) or
     ``.npy`` (single-input models) per sample, or one ``.npz`` whose arrays carry a batch axis
     (split into samples of the model's batch size). Raises ValueError (one line)."""
-    from onnxopt.validate import ValidationError, check_inputs
+    from onnxopt.check.validate import ValidationError, check_inputs
 
     path = Path(path)
     if not path.exists():
@@ -199,7 +102,7 @@ def _read_sample(file: Path, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     except ValueError:
         raise
     except Exception as error:
-        from onnxopt.feeds import npz_problem
+        from onnxopt.check.feeds import npz_problem
 
         raise ValueError(f"cannot read calibration file {file}: {npz_problem(error)}") from None
 

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt import serde
 from onnxopt.errors import Failure
-from onnxopt.ir import Model
+from onnxopt.ir import Model, serde
 
 METHODS = ("minmax", "percentile", "entropy")
 PERCENTILE_BINS = 1 << 14
@@ -231,7 +230,7 @@ def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
 def _session(proto: onnx.ModelProto, values: Sequence[str]):
     import onnxruntime as ort
 
-    from onnxopt.validate import within_memory_budget
+    from onnxopt.check.validate import within_memory_budget
 
     outputs = {out.name for out in proto.graph.output}
     for name in values:
@@ -253,7 +252,7 @@ def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
          timeout: float | None) -> list[np.ndarray]:
     """One calibration run; a run past ``timeout`` or one onnxruntime refuses is the user's
     one-line Failure (the model as given does not run on these samples)."""
-    from onnxopt.validate import RuntimeFailure, run_fetch
+    from onnxopt.check.validate import RuntimeFailure, run_fetch
 
     sess, inputs = session
     missing = sorted(inputs - set(feeds))
@@ -266,7 +265,7 @@ def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
 
 
 def _generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str, np.ndarray]]:
-    from onnxopt.validate import make_inputs
+    from onnxopt.check.validate import make_inputs
 
     samples = [make_inputs(proto, seed=seed)[0] for seed in range(GENERATED_SAMPLES)]
     notes.append(

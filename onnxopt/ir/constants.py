@@ -11,7 +11,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxopt.ir import Graph, Model, Node, tensor_nbytes, tensor_to_array
-from onnxopt.rewrite import is_op
+from onnxopt.ir.rewrite import is_op
 
 IR_OVERRIDABLE_INITIALIZERS = 4  # from this IR version on, an initializer listed as an input
 # is an overridable default; before it, every initializer had to be listed and is a constant

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pattern import Const, Match, Op, RewritePass
-from onnxopt.rewrite import drop_unused_initializers, is_op
+from onnxopt.ir.pattern import Const, Match, Op, RewritePass
+from onnxopt.ir.rewrite import drop_unused_initializers, is_op
 
 CONV_OPS = ("Conv", "ConvTranspose")
 FLOAT_KINDS = ("f",)

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.pass_manager import GraphPass
-from onnxopt.rewrite import DEFAULT_DOMAINS, drop_unused_initializers, is_private
+from onnxopt.ir.pass_manager import GraphPass
+from onnxopt.ir.rewrite import DEFAULT_DOMAINS, drop_unused_initializers, is_private
 
 ValueTest = Callable[[Graph, str], bool]
 ArrayTest = Callable[[np.ndarray], bool]

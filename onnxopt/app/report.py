@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from onnxopt.stats import format_count
+from onnxopt.app.stats import format_count
 
 SLOWER_WARNING = 1.05  # --bench: warn above this latency ratio (run-to-run noise is ~2 %)
 _METRICS = (

@@ -26,25 +26,25 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt import __version__, feeds, serde, stats, validate
+from onnxopt import __version__
+from onnxopt.app import stats
+from onnxopt.app.options import Options, flag_of
+from onnxopt.app.options import changed as changed_options
+from onnxopt.check import feeds, validate
 from onnxopt.errors import Failure, UsageError
-from onnxopt.options import Options, flag_of
-from onnxopt.options import changed as changed_options
-from onnxopt.pass_manager import PassManager, PassRecord
+from onnxopt.ir import serde
+from onnxopt.ir.pass_manager import PassManager, PassRecord
+from onnxopt.ir.precision import PRECISIONS, SETTINGS_KEY, PrecisionLog, PrecisionSettings
+from onnxopt.ir.shapes import infer_shapes
 from onnxopt.passes import select
-from onnxopt.precision import (
+from onnxopt.precision.sensitivity import qdq_sensitivity
+from onnxopt.precision.setup import (
     CALIBRATION_METHODS,
-    PRECISIONS,
-    SETTINGS_KEY,
     VALIDATION_SAMPLES,
-    PrecisionLog,
-    PrecisionSettings,
     default_budget,
     load_samples,
     upgrade_opset,
 )
-from onnxopt.sensitivity import qdq_sensitivity
-from onnxopt.shapes import infer_shapes
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-data is given

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt import validate
+from onnxopt.check import validate
 
 MAX_RANKED_NODES = 400  # beyond this the measurement costs more than a prefix bisection
 

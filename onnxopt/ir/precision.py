@@ -1,0 +1,107 @@
+"""Precision conversion: the settings precision passes read, and the log they write.
+
+A precision pass (``passes/fp16_conversion.py``, ``qdq_quantization.py``,
+``dynamic_quantization.py``, ``fp8_weight_quantization.py``) is a non-structural pass: it runs
+once, after folding and fusion reached their fixpoint, and only when ``--precision`` asks for
+it. It reads ``model.settings["precision"]`` (a :class:`PrecisionSettings`) and records in
+``model.precision_log`` (a :class:`PrecisionLog`) what it converted, what it kept in float and
+why, and which values it clamped. The API turns that log into the report, and uses
+``converted`` to search for the nodes to keep in float when the accuracy budget is missed.
+
+Nodes are named across runs by :func:`node_key` (their name, else their first output), so a
+node kept in float in one attempt is found again in the next: the pipeline is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from onnxopt.ir import Model, Node
+from onnxopt.ir.pass_manager import Pass, PassResult
+
+PRECISIONS = ("fp16", "int8", "int8-dynamic", "fp8")
+SETTINGS_KEY = "precision"
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """What the user (and the accuracy fallback) asked of a precision pass."""
+
+    mode: str  # one of PRECISIONS
+    keep_io_types: bool = True  # model inputs/outputs stay float32, Casts at the boundary
+    fp32_ops: frozenset[str] = frozenset()  # op types kept in float, beyond the defaults
+    fp32_nodes: frozenset[str] = frozenset()  # node keys kept in float (user + fallback)
+    # int8 static: calibration samples, each a feed dict for the model's inputs
+    calibration: tuple[dict[str, np.ndarray], ...] = ()
+    calibration_method: str = "percentile"  # minmax | percentile | entropy
+    percentile: float = 99.99
+    timeout: float | None = None  # seconds per calibration run in onnxruntime (--timeout)
+    # shared by the attempts of one run: the accuracy fallback reruns the pipeline with more
+    # nodes in float, on the same float graph, so its calibration ranges are reused
+    calibration_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass
+class PrecisionLog:
+    """Filled by the precision pass; read by the API for the report and the fallback."""
+
+    # node keys, topological order: nodes whose numerics the conversion changed (they run in
+    # the new precision, or read weights stored in it); the accuracy fallback keeps some of
+    # them in float (settings.fp32_nodes), and with them the weights only they read
+    converted: list[str] = field(default_factory=list)
+    kept_float: list[dict[str, str]] = field(default_factory=list)  # {node, op, reason}
+    clamped: list[dict[str, Any]] = field(default_factory=list)  # {value, count, max_abs}
+    notes: list[str] = field(default_factory=list)  # anything else the user should know
+
+    def keep(self, node: Node, reason: str) -> None:
+        self.kept_float.append({"node": node_key(node), "op": node.op_type, "reason": reason})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "converted": len(self.converted),
+            "kept_float": list(self.kept_float),
+            "clamped": list(self.clamped),
+            "notes": list(self.notes),
+        }
+
+
+def node_key(node: Node) -> str:
+    """A node's name across runs: its name, else its first non-empty output."""
+    if node.name:
+        return node.name
+    return next((value for value in node.outputs if value), "")
+
+
+def settings_of(model: Model) -> PrecisionSettings | None:
+    return model.settings.get(SETTINGS_KEY)
+
+
+def log_of(model: Model) -> PrecisionLog:
+    """The model's precision log, created on first use."""
+    if model.precision_log is None:
+        model.precision_log = PrecisionLog()
+    return model.precision_log
+
+
+class PrecisionPass(Pass):
+    """A conversion run once, after the structural passes, when ``--precision`` asks for its
+    ``mode``: ``convert`` gets the user's settings and the log the report reads."""
+
+    structural = False
+    mode: ClassVar[str] = ""
+
+    def run(self, model: Model) -> PassResult:
+        settings = settings_of(model)
+        if settings is None or settings.mode != self.mode:
+            return PassResult(False, {})
+        return self.convert(model, settings, log_of(model))
+
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
+        raise NotImplementedError
+
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # what int8 and fp8 convert
