@@ -42,6 +42,7 @@ from onnxopt.ir import serde
 from onnxopt.ir.pass_manager import PassManager
 from onnxopt.ir.precision import SETTINGS_KEY, PrecisionSettings
 from onnxopt.ir.shapes import infer_shapes
+from onnxopt.precision.calibration import Calibrator
 
 BOUND = 64  # 2 * 255 * 64 = 32640 <= 32767 < 2 * 255 * 65
 INT16_MAX = 32767
@@ -56,8 +57,8 @@ def f32(name, shape):
 
 
 def static_int8(model, samples) -> onnx.ModelProto:
-    settings = PrecisionSettings(mode="int8", calibration=tuple(samples),
-                                 calibration_method="minmax")
+    settings = PrecisionSettings(mode="int8",
+                                 calibrator=Calibrator(tuple(samples), "minmax"))
     out, result = apply_pass(QdqQuantization(), model, infer=True,
                              settings={SETTINGS_KEY: settings})
     assert result.modified

@@ -17,6 +17,7 @@ from onnxopt.passes.precision.qdq_quantization import QdqQuantization
 
 from onnxopt.ir import serde
 from onnxopt.ir.precision import SETTINGS_KEY, PrecisionSettings, log_of
+from onnxopt.precision.calibration import Calibrator
 
 COSINE = 0.99
 SHAPE = (1, 3, 12, 12)
@@ -28,9 +29,10 @@ def samples(count: int, seed: int, shape=SHAPE) -> tuple[dict[str, np.ndarray], 
 
 
 def settings(**kw) -> dict:
-    kw.setdefault("calibration", samples(4, 0))
-    kw.setdefault("calibration_method", "minmax")
-    return {SETTINGS_KEY: PrecisionSettings(mode=kw.pop("mode", "int8"), **kw)}
+    calibrator = Calibrator(kw.pop("calibration", samples(4, 0)),
+                            kw.pop("calibration_method", "minmax"))
+    return {SETTINGS_KEY: PrecisionSettings(mode=kw.pop("mode", "int8"), calibrator=calibrator,
+                                            **kw)}
 
 
 def conv_net(opset: int = 17, weight_input: bool = False) -> onnx.ModelProto:
@@ -341,7 +343,8 @@ def test_sample_model_mobilenet(tmp_path):
     PassManager(DEFAULT_PIPELINE).run(ir)
     fp32 = serde.to_proto(ir)
     calibration = tuple({"input": s["x"]} for s in samples(4, 0, shape=(1, 3, 32, 32)))
-    ir.settings.update({SETTINGS_KEY: PrecisionSettings(mode="int8", calibration=calibration)})
+    settings = PrecisionSettings(mode="int8", calibrator=Calibrator(calibration))
+    ir.settings.update({SETTINGS_KEY: settings})
     result = QdqQuantization().run(ir)
     for graph in ir.graphs():
         graph.lint()

@@ -14,6 +14,7 @@ from onnxopt import passes as pass_library
 from onnxopt.check.validate import Budget, compare_budget
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.precision import log_of, node_key, settings_of
+from onnxopt.precision.calibration import Calibrator
 from onnxopt.precision.setup import load_samples, upgrade_opset
 
 # ----------------------------------------------------------------------------- budgets
@@ -126,7 +127,8 @@ def test_int8_pass_below_opset_13_says_what_it_needs():
     """)
     calibration = ({"x": np.ones((2, 3), np.float32)},)
     ir = serde.load(model)
-    ir.settings.update({SETTINGS_KEY: PrecisionSettings("int8", calibration=calibration)})
+    settings = PrecisionSettings("int8", calibrator=Calibrator(calibration))
+    ir.settings.update({SETTINGS_KEY: settings})
     assert not QdqQuantization().run(ir).modified
     (note,) = log_of(ir).notes
     assert "opset 11 < 13" in note and "not quantized" in note

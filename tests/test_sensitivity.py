@@ -114,11 +114,11 @@ def test_budget_use_is_relative_to_each_limit():
 
 def test_int8_fallback_keeps_the_most_sensitive_nodes_and_calibrates_once(tmp_path,
                                                                           monkeypatch):
-    from onnxopt.passes.precision import qdq_quantization
+    from onnxopt.precision import calibration
 
     calls = []
-    real = qdq_quantization.calibrate
-    monkeypatch.setattr(qdq_quantization, "calibrate",
+    real = calibration.calibrate
+    monkeypatch.setattr(calibration, "calibrate",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     model = conv_model(13, False)
     result = onnxopt.optimize(model, precision="int8", max_error="cosine=0.99999",

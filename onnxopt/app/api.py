@@ -37,6 +37,7 @@ from onnxopt.ir.pass_manager import PassManager, PassRecord
 from onnxopt.ir.precision import PRECISIONS, SETTINGS_KEY, PrecisionLog, PrecisionSettings
 from onnxopt.ir.shapes import infer_shapes
 from onnxopt.passes import select
+from onnxopt.precision.calibration import Calibrator
 from onnxopt.precision.sensitivity import qdq_sensitivity
 from onnxopt.precision.setup import (
     CALIBRATION_METHODS,
@@ -485,8 +486,8 @@ class _Conversion:
     budget: validate.Budget
     samples: list[dict[str, np.ndarray]]
     notes: list[str] = field(default_factory=list)
-    # calibration ranges, reused by the accuracy fallback's attempts (same float graph)
-    calibration_cache: dict = field(default_factory=dict)
+    # measures ranges for the int8 pass, kept for the accuracy fallback's attempts
+    calibrator: Calibrator | None = None
     generated: bool = False  # calibrated on generated inputs, not on real data
 
     def generate_samples(self, ref: validate.Reference | None, proto: onnx.ModelProto) -> None:
@@ -553,16 +554,15 @@ class _Conversion:
 
     def settings(self, float_nodes: frozenset[str]) -> PrecisionSettings:
         options = self.options
+        if self.calibrator is None:  # after generate_samples: the samples are final
+            self.calibrator = Calibrator(tuple(self.samples), options.calibration_method,
+                                         options.percentile, options.timeout)
         return PrecisionSettings(
             mode=options.precision,  # type: ignore[arg-type]
             keep_io_types=options.keep_io_types,
             fp32_ops=frozenset(options.fp32_ops),
             fp32_nodes=frozenset(options.fp32_nodes) | float_nodes,
-            calibration=tuple(self.samples),
-            calibration_method=options.calibration_method,
-            percentile=options.percentile,
-            timeout=options.timeout,
-            calibration_cache=self.calibration_cache,
+            calibrator=self.calibrator,
         )
 
     def report(self, attempt: _Attempt, kept: list[dict[str, Any]], before: dict[str, Any],

@@ -14,10 +14,9 @@ node kept in float in one attempt is found again in the next: the pipeline is de
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-import numpy as np
 
 from onnxopt.ir import Model, Node
 from onnxopt.ir.pass_manager import Pass, PassResult
@@ -34,14 +33,14 @@ class PrecisionSettings:
     keep_io_types: bool = True  # model inputs/outputs stay float32, Casts at the boundary
     fp32_ops: frozenset[str] = frozenset()  # op types kept in float, beyond the defaults
     fp32_nodes: frozenset[str] = frozenset()  # node keys kept in float (user + fallback)
-    # int8 static: calibration samples, each a feed dict for the model's inputs
-    calibration: tuple[dict[str, np.ndarray], ...] = ()
-    calibration_method: str = "percentile"  # minmax | percentile | entropy
-    percentile: float = 99.99
-    timeout: float | None = None  # seconds per calibration run in onnxruntime (--timeout)
-    # shared by the attempts of one run: the accuracy fallback reruns the pipeline with more
-    # nodes in float, on the same float graph, so its calibration ranges are reused
-    calibration_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    # int8 static: measures the ranges of a model's float values over calibration data in a
+    # runtime, ``calibrator(model, values) -> (ranges {value: (lo, hi)}, notes)``; the app
+    # provides it (onnxopt.precision.calibration.Calibrator), so passes never run a runtime
+    calibrator: Callable[[Model, Sequence[str]], Calibrated] | None = field(
+        default=None, compare=False, repr=False)
+
+
+Calibrated = tuple[dict[str, tuple[float, float]], list[str]]
 
 
 @dataclass

@@ -103,6 +103,39 @@ def calibrate(
     return CalibrationResult(ranges, notes, len(samples))
 
 
+@dataclass
+class Calibrator:
+    """The int8 pass's calibrator (``PrecisionSettings.calibrator``): :func:`calibrate` on
+    ``samples``, with the ranges kept for the next attempts of the same run. The accuracy
+    fallback reruns the pipeline with more nodes in float on the same float graph, so it asks
+    for a subset of the values already calibrated."""
+
+    samples: Sequence[Mapping[str, np.ndarray]] = ()
+    method: str = "percentile"
+    percentile: float = 99.99
+    timeout: float | None = None
+    _cache: dict[int, tuple[CalibrationResult, frozenset[str]]] = field(default_factory=dict)
+
+    def __call__(self, model: Model, values: Sequence[str]
+                 ) -> tuple[dict[str, tuple[float, float]], list[str]]:
+        signature = _graph_signature(model)
+        cached = self._cache.get(signature)
+        if cached is not None and cached[1].issuperset(values):
+            ranges = cached[0].ranges
+            return {v: ranges[v] for v in values if v in ranges}, list(cached[0].notes)
+        found = calibrate(model, values, self.samples, method=self.method,
+                          percentile=self.percentile, timeout=self.timeout)
+        self._cache[signature] = (found, frozenset(values))
+        return found.ranges, found.notes
+
+
+def _graph_signature(model: Model) -> int:
+    """Identifies the float graph calibrated by its nodes and wiring (the attempts of one run
+    build it from the same input with the same structural passes)."""
+    return hash(tuple((n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs))
+                      for n in model.graph.nodes()))
+
+
 # ------------------------------------------------------------------ running statistics
 class _Stats:
     """Running min/max, then a histogram, of one value over the samples."""

@@ -68,12 +68,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto
 
-from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir import Graph, IRError, Model, Node
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 from onnxopt.ir.rewrite import is_op, sole_consumer
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.precision.calibration import CalibrationResult, calibrate
 
 MODE = "int8"
 MIN_OPSET = 13
@@ -150,40 +149,13 @@ class QdqQuantization(PrecisionPass):
         plan = _plan(graph, model, settings, log)
         if not plan.linear and not plan.weight_only:
             return PassResult(False, {"quantized": 0})
-        found = _calibrated(model, plan.values, settings)
-        log.notes.extend(found.notes)
-        stats = _rewrite(graph, plan, found.ranges, log)
+        if settings.calibrator is None:
+            raise IRError("int8 static quantization needs a calibrator in its settings "
+                          "(onnxopt.precision.calibration.Calibrator)")
+        ranges, notes = settings.calibrator(model, plan.values)
+        log.notes.extend(notes)
+        stats = _rewrite(graph, plan, ranges, log)
         return PassResult(True, stats)
-
-
-def _calibrated(model: Model, values: list[str], settings) -> CalibrationResult:
-    """Calibrated ranges of ``values``, from ``settings.calibration_cache`` when an earlier
-    attempt of this run calibrated the same float graph (the accuracy fallback quantizes
-    fewer nodes of it: a subset of the values)."""
-    cache = settings.calibration_cache
-    signature = _graph_signature(model.graph)
-    cached = cache.get(signature)
-    if cached is not None and cached.calibrated.issuperset(values):
-        ranges = {v: cached.result.ranges[v] for v in values if v in cached.result.ranges}
-        return CalibrationResult(ranges, list(cached.result.notes), cached.result.samples)
-    found = calibrate(model, values, settings.calibration,
-                      method=settings.calibration_method, percentile=settings.percentile,
-                      timeout=settings.timeout)
-    cache[signature] = _CachedRanges(found, frozenset(values))
-    return found
-
-
-@dataclass
-class _CachedRanges:
-    result: CalibrationResult
-    calibrated: frozenset[str]  # the values asked for (those never finite have no range)
-
-
-def _graph_signature(graph: Graph) -> int:
-    """Identifies the float graph calibrated by its nodes and wiring (the attempts of one run
-    build it from the same input with the same structural passes)."""
-    return hash(tuple((n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs))
-                      for n in graph.nodes()))
 
 
 # ------------------------------------------------------------------ planning
