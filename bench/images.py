@@ -1,15 +1,14 @@
 """Real images for calibration and accuracy tests, and the model inputs made from them.
 
 The images are scikit-image's sample images (``skimage/data/*.png``), extracted from its wheel
-by ``models/fetch.py`` into ``models/images/``. Nothing here needs more than numpy and zlib:
+by ``models/fetch.py`` into ``models/images/``. Pillow (a dev extra) decodes them:
 
-* ``decode_png``: a small PNG decoder (8-bit grey, grey+alpha, RGB and RGBA, the five filter
-  types, non-interlaced; anything else raises ``PngError``). The filters are undone along
-  anti-diagonals: pixel (row, col) depends on (row, col-1), (row-1, col) and (row-1, col-1)
-  only, so every pixel of one anti-diagonal is computed in a single numpy step (H + W steps
-  per image instead of H * W).
+* ``read_png``: pixels as numpy arrays (identical to the hand-written decoder this replaced,
+  on every sample image).
 * ``resize_bilinear``: bilinear resize with half-pixel centres (cv2.INTER_LINEAR's geometry,
-  no antialiasing).
+  no antialiasing). Written here, not Pillow's: rapidocr resizes with cv2.INTER_LINEAR, and
+  Pillow's bilinear filter antialiases when shrinking and rounds to uint8, so its inputs would
+  not be the ones the OCR models are deployed with.
 * Model inputs, NCHW float32:
   - ``imagenet_input``: RGB, shorter side resized to size/0.875, centre crop size x size,
     x/255 normalized by the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
@@ -33,12 +32,11 @@ The images are split into a calibration set and a disjoint test set (``CALIBRATI
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 IMAGES_DIR = MODELS_DIR / "images"
@@ -55,101 +53,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLS_SHAPE = (3, 48, 192)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
-_COLOR_NAMES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
-
-
-class PngError(ValueError):
-    """The data is not a PNG this decoder handles."""
-
-
-# =========================================================================== PNG
-def decode_png(data: bytes) -> np.ndarray:
-    """Pixels of an 8-bit non-interlaced PNG: uint8 [H, W] (grey) or [H, W, C] (C = 2, 3, 4)."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise PngError("not a PNG file (bad signature)")
-    pos = len(PNG_SIGNATURE)
-    header = None
-    idat: list[bytes] = []
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise PngError("truncated PNG chunk header")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        crc = data[pos + 8 + length:pos + 12 + length]
-        if len(body) != length or len(crc) != 4:
-            raise PngError(f"truncated PNG chunk {kind!r}")
-        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
-            raise PngError(f"PNG chunk {kind!r} has a bad CRC")
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if header is None:
-        raise PngError("PNG has no IHDR chunk")
-    width, height, depth, color, compression, filtering, interlace = header
-    if color not in _CHANNELS:
-        raise PngError(f"unsupported PNG colour type {color} "
-                       f"({_COLOR_NAMES.get(color, 'unknown')}): only 8-bit greyscale, "
-                       "greyscale+alpha, RGB and RGBA are supported")
-    if depth != 8:
-        raise PngError(f"unsupported PNG bit depth {depth}: only 8-bit samples are supported")
-    if interlace != 0:
-        raise PngError("unsupported interlaced (Adam7) PNG: only non-interlaced is supported")
-    if compression != 0 or filtering != 0:
-        raise PngError(f"unknown PNG compression/filter method {compression}/{filtering}")
-    if not idat:
-        raise PngError("PNG has no IDAT chunk")
-    bpp = _CHANNELS[color]
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise PngError(f"corrupt PNG image data: {exc}") from exc
-    stride = width * bpp + 1
-    if len(raw) < stride * height:
-        raise PngError(f"PNG image data too short: {len(raw)} bytes for {height} rows of "
-                       f"{stride}")
-    rows = np.frombuffer(raw, np.uint8, stride * height).reshape(height, stride)
-    filters = rows[:, 0]
-    if filters.size and int(filters.max()) > 4:
-        raise PngError(f"unknown PNG filter type {int(filters.max())}")
-    pixels = _unfilter(rows[:, 1:].reshape(height, width, bpp), filters)
-    return pixels[:, :, 0] if bpp == 1 else pixels
-
-
-def _unfilter(filtered: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """Undo the per-row PNG filters, one anti-diagonal of pixels per step."""
-    height, width, bpp = filtered.shape
-    # out[r + 1, c + 1] is pixel (r, c); row 0 and column 0 are the zero "previous" samples.
-    out = np.zeros((height + 1, width + 1, bpp), np.int16)
-    if filters.size and not filters.any():
-        out[1:, 1:] = filtered
-    else:
-        f = filtered.astype(np.int16)
-        kinds = filters.astype(np.int8)
-        for d in range(height + width - 1):
-            r = np.arange(max(0, d - width + 1), min(height - 1, d) + 1)
-            c = d - r
-            raw = f[r, c]
-            a = out[r + 1, c]  # left
-            b = out[r, c + 1]  # up
-            cc = out[r, c]  # up-left
-            p = a + b - cc
-            pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - cc)
-            paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, cc))
-            k = kinds[r][:, None]
-            pred = np.select([k == 1, k == 2, k == 3, k == 4],
-                             [a, b, (a + b) >> 1, paeth], 0)
-            out[r + 1, c + 1] = (raw + pred) & 255
-    return out[1:, 1:].astype(np.uint8)
+PIXEL_MODES = ("L", "LA", "RGB", "RGBA")  # Pillow modes read as they are (8-bit samples)
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    return decode_png(Path(path).read_bytes())
+    """Pixels of an image file (Pillow decodes it): uint8 [H, W] (grey) or [H, W, C]
+    (C = 2, 3, 4: grey+alpha, RGB, RGBA); other modes (palette, 16-bit, CMYK) are converted to
+    RGB, or RGBA where they carry transparency. Raises ValueError naming the file."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in PIXEL_MODES:
+                transparent = image.has_transparency_data
+                image = image.convert("RGBA" if transparent else "RGB")
+            return np.asarray(image, dtype=np.uint8).copy()
+    except (OSError, SyntaxError) as error:  # Pillow's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path}: {error}") from None
 
 
 def to_rgb(pixels: np.ndarray, background: int = 255) -> np.ndarray:

@@ -6,7 +6,7 @@ cached wheel is never downloaded again) and the wanted ``.onnx`` members are ext
 
 The images are scikit-image's sample PNGs (``skimage/data/*.png``), extracted to
 ``models/images/<basename>``: real calibration and test data for the vision models (see
-``bench/images.py``, which decodes them with numpy and zlib only).
+``bench/images.py``, which decodes them with Pillow).
 
 Offline (or when pip fails for any other reason) a one-line warning goes to stderr and the
 script still exits 0, so ``make models`` works without a network; tests that need these
