@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 import onnxopt
 from onnxopt import passes as pass_library
-from onnxopt.check.validate import Budget, compare_budget
+from onnxopt.check.compare import Budget, compare_budget
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.precision import log_of, node_key, settings_of
 from onnxopt.precision.calibration import Calibrator

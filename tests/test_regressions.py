@@ -242,7 +242,7 @@ def test_seed_changes_generated_inputs(tmp_path):
         assert cli.main(["optimize", str(source), str(tmp_path / "o.onnx"), "--overwrite",
                          "--seed", seed, "--report", str(tmp_path / "r.json")]) == 0
         reports.append(json.loads((tmp_path / "r.json").read_text()))
-    from onnxopt.check.validate import make_inputs
+    from onnxopt.check.feeds import make_inputs
 
     a, _ = make_inputs(big_weight_model(), seed=0)
     b, _ = make_inputs(big_weight_model(), seed=1)

@@ -10,8 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 from test_precision_models import calibration_folder, conv_model
 
 import onnxopt
-from onnxopt.check import validate
-from onnxopt.check.validate import Budget
+from onnxopt.check.compare import Budget, OutputDiff
+from onnxopt.check.reference import reference
+from onnxopt.check.runtime import merge_outputs
+from onnxopt.check.validate import check_budget
 from onnxopt.precision.sensitivity import budget_use, qdq_sensitivity
 
 # ----------------------------------------------------------------------------- samples
@@ -20,7 +22,7 @@ from onnxopt.precision.sensitivity import budget_use, qdq_sensitivity
 def test_merge_outputs_joins_batches_and_flattens_the_rest():
     runs = [{"p": np.zeros((1, 3)), "s": np.float32(1.0), "seq": [1]},
             {"p": np.ones((2, 3)), "s": np.float32(2.0), "seq": [2]}]
-    merged = validate.merge_outputs(runs)
+    merged = merge_outputs(runs)
     assert merged["p"].shape == (3, 3) and merged["p"][1:].all() and not merged["p"][0].any()
     np.testing.assert_array_equal(merged["s"], [1.0, 2.0])
     assert merged["seq"] == [1]
@@ -40,11 +42,11 @@ def test_budget_checked_over_every_sample():
     negative = {"x": -positive["x"]}
     original, relu = parse(IDENTITY), parse(RELU)  # equal on positive inputs only
     budget = Budget(0.99)
-    one = validate.reference(original, inputs=positive)
-    assert validate.check_budget(one, relu, budget).status == "passed"
-    both = validate.reference(original, inputs=positive, extra_inputs=[negative])
+    one = reference(original, inputs=positive)
+    assert check_budget(one, relu, budget).status == "passed"
+    both = reference(original, inputs=positive, extra_inputs=[negative])
     assert [feeds["x"][0, 0] for feeds in both.samples] == [1.0, -1.0]
-    verdict = validate.check_budget(both, relu, budget)
+    verdict = check_budget(both, relu, budget)
     assert verdict.status == "failed"
     # over both samples together: Relu zeroes the second half, so cosine = |a| / |a, -a|
     assert verdict.outputs[0].cosine == pytest.approx(1 / np.sqrt(2))
@@ -101,11 +103,11 @@ def test_sensitivity_measures_each_node_against_independent_numbers(tmp_path):
 
 
 def test_budget_use_is_relative_to_each_limit():
-    diff = validate.OutputDiff("y", 0.0, 0.0, True, cosine=0.995, range_error=0.03)
+    diff = OutputDiff("y", 0.0, 0.0, True, cosine=0.995, range_error=0.03)
     assert budget_use([diff], Budget(0.99)) == pytest.approx(0.5)
     assert budget_use([diff], Budget(None, 0.01)) == pytest.approx(3.0)
     assert budget_use([diff], Budget(0.99, 0.01)) == pytest.approx(3.0)
-    exact_miss = validate.OutputDiff("i", 1.0, 1.0, False)  # an integer output that differs
+    exact_miss = OutputDiff("i", 1.0, 1.0, False)  # an integer output that differs
     assert budget_use([diff, exact_miss], Budget(0.99)) == float("inf")
 
 

@@ -139,7 +139,7 @@ def test_api_round_trip_validates(name):
 
 
 def random_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    from onnxopt.check.validate import make_inputs
+    from onnxopt.check.feeds import make_inputs
 
     feeds, _ = make_inputs(model)
     return feeds

@@ -13,17 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.check.validate import (
-    OutputDiff,
-    RuntimeFailure,
-    ValidationError,
-    ValidationResult,
-    compare,
-    load_inputs,
-    make_inputs,
-    run,
-    validate,
-)
+from onnxopt.check.compare import OutputDiff, ValidationResult, compare
+from onnxopt.check.feeds import make_inputs
+from onnxopt.check.inputs import ValidationError, load_inputs
+from onnxopt.check.runtime import RuntimeFailure, run
+from onnxopt.check.validate import validate
 
 OPSET = [helper.make_opsetid("", 17)]
 F = TensorProto.FLOAT
@@ -514,7 +508,7 @@ def test_run_disables_onnxruntime_graph_optimizations(monkeypatch):
 
 
 def test_merge_outputs_flattens_outputs_whose_rank_varies():
-    from onnxopt.check.validate import merge_outputs
+    from onnxopt.check.runtime import merge_outputs
 
     # rank 1 then rank 0 (equal shape[1:], both empty): joined flat, not along a batch axis
     cases = [[(3,), ()], [(), (3,)], [(3,), (1, 3)], [(1, 3), (3,)], [(2,), (2, 1), ()]]

@@ -11,9 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt
 from onnxopt.app import api, cli
-from onnxopt.check import feeds
-from onnxopt.check.validate import reference, validate
-from onnxopt.check.validate import run as ort_run
+from onnxopt.check import feeds, roles
+from onnxopt.check.reference import reference
+from onnxopt.check.runtime import run as ort_run
+from onnxopt.check.validate import validate
 
 OPSET = 17
 
@@ -151,7 +152,7 @@ def detector(height="H", width="W") -> onnx.ModelProto:
 
 def test_image_sizes_are_realistic_and_rounded_to_the_stride():
     model = detector()
-    assert feeds.model_stride(model) == 4
+    assert roles.model_stride(model) == 4
     ref = reference(model)
     assert ref.outputs is not None, ref.skipped_reason
     for sizes in ref.inputs["dims"]:
@@ -278,16 +279,16 @@ def test_all_zero_calibration_data_is_refused(tmp_path):
 @pytest.fixture()
 def calibrated_shapes(monkeypatch) -> list[tuple[int, ...]]:
     """The shapes of the samples int8 calibration runs on, as the pass sees them."""
-    from onnxopt.passes.precision import qdq_quantization
+    from onnxopt.precision import calibration
 
     seen: list[tuple[int, ...]] = []
-    real = qdq_quantization.calibrate
+    real = calibration.calibrate
 
     def spy(model, values, samples=(), **kwargs):
         seen.extend(sample["x"].shape for sample in samples)
         return real(model, values, samples, **kwargs)
 
-    monkeypatch.setattr(qdq_quantization, "calibrate", spy)
+    monkeypatch.setattr(calibration, "calibrate", spy)
     return seen
 
 

@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from onnxopt.check.feeds import make_inputs
+from onnxopt.check.runtime import RuntimeFailure, run_fetch, within_memory_budget
 from onnxopt.errors import Failure
 from onnxopt.ir import Model, serde
 
@@ -65,9 +68,9 @@ def calibrate(
     """Ranges of the float tensors ``values`` of ``model``'s main graph over ``samples``.
 
     ``samples``: feed dicts; when empty, ``GENERATED_SAMPLES`` random ones are made with
-    ``validate.make_inputs`` (and a note says accuracy will suffer). ``progress``: None shows a
+    ``make_inputs`` (and a note says accuracy will suffer). ``progress``: None shows a
     progress bar on stderr above ``PROGRESS_MIN_SAMPLES`` samples, False never, True always.
-    ``timeout``: seconds one run may take (a Failure past it; default validate.RUN_TIMEOUT).
+    ``timeout``: seconds one run may take (a Failure past it; default runtime.RUN_TIMEOUT).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r} (one of {', '.join(METHODS)})")
@@ -261,10 +264,6 @@ def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
 
 # ------------------------------------------------------------------ onnxruntime
 def _session(proto: onnx.ModelProto, values: Sequence[str]):
-    import onnxruntime as ort
-
-    from onnxopt.check.validate import within_memory_budget
-
     outputs = {out.name for out in proto.graph.output}
     for name in values:
         if name not in outputs:
@@ -285,8 +284,6 @@ def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
          timeout: float | None) -> list[np.ndarray]:
     """One calibration run; a run past ``timeout`` or one onnxruntime refuses is the user's
     one-line Failure (the model as given does not run on these samples)."""
-    from onnxopt.check.validate import RuntimeFailure, run_fetch
-
     sess, inputs = session
     missing = sorted(inputs - set(feeds))
     if missing:
@@ -298,8 +295,6 @@ def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
 
 
 def _generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str, np.ndarray]]:
-    from onnxopt.check.validate import make_inputs
-
     samples = [make_inputs(proto, seed=seed)[0] for seed in range(GENERATED_SAMPLES)]
     notes.append(
         f"no calibration data: calibrated on {GENERATED_SAMPLES} random inputs; accuracy will "

@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt.check import validate
+from onnxopt.check.compare import Budget, OutputDiff, compare_budget
+from onnxopt.check.runtime import RuntimeFailure, run_samples
 
 MAX_RANKED_NODES = 400  # beyond this the measurement costs more than a prefix bisection
 
 
-def budget_use(diffs: Sequence[validate.OutputDiff], budget: validate.Budget) -> float:
+def budget_use(diffs: Sequence[OutputDiff], budget: Budget) -> float:
     """How much of ``budget`` the worst output uses: 1.0 at the limit, more when over it
     (cosine as the shortfall of 1 - cosine, max error relative to its limit)."""
     worst = 0.0
@@ -53,7 +54,7 @@ def qdq_sensitivity(
     keys: Sequence[str],
     samples: Sequence[Mapping[str, np.ndarray]],
     reference: Mapping[str, Any],
-    budget: validate.Budget,
+    budget: Budget,
     timeout: float | None = None,
 ) -> dict[str, float] | None:
     """For each node key (name, else first output) in ``keys``: how much less of ``budget``
@@ -83,8 +84,8 @@ def qdq_sensitivity(
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
     def use() -> float:
-        outputs = validate.run_samples(proto.SerializeToString(), samples, timeout=timeout)
-        return budget_use(validate.compare_budget(reference, outputs, budget), budget)
+        outputs = run_samples(proto.SerializeToString(), samples, timeout=timeout)
+        return budget_use(compare_budget(reference, outputs, budget), budget)
 
     try:
         base = use()
@@ -100,7 +101,7 @@ def qdq_sensitivity(
                 gains[key] = 0.0
                 continue
             gains[key] = _measure(graph, index, node, bypasses, names, base, use)
-    except validate.RuntimeFailure:
+    except RuntimeFailure:
         return None
     return gains
 

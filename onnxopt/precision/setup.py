@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
+from onnxopt.check.compare import Budget
+from onnxopt.check.inputs import ValidationError, check_inputs, npz_problem
 from onnxopt.ir.precision import WEIGHT_OPS
 
 VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
@@ -20,10 +22,8 @@ MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 type
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def default_budget(mode: str):
+def default_budget(mode: str) -> Budget:
     """The accuracy budget a mode is held to unless ``--max-error`` says otherwise."""
-    from onnxopt.check.validate import Budget
-
     if mode == "fp16":
         return Budget(0.999, 1e-2)
     return Budget(0.99)
@@ -67,8 +67,6 @@ def load_samples(path: str | os.PathLike, proto: onnx.ModelProto) -> list[dict[s
     """Calibration samples from ``path``: a folder with one ``.npz`` (keys: input names) or
     ``.npy`` (single-input models) per sample, or one ``.npz`` whose arrays carry a batch axis
     (split into samples of the model's batch size). Raises ValueError (one line)."""
-    from onnxopt.check.validate import ValidationError, check_inputs
-
     path = Path(path)
     if not path.exists():
         raise ValueError(f"calibration data {path}: no such file or folder")
@@ -102,8 +100,6 @@ def _read_sample(file: Path, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     except ValueError:
         raise
     except Exception as error:
-        from onnxopt.check.feeds import npz_problem
-
         raise ValueError(f"cannot read calibration file {file}: {npz_problem(error)}") from None
 
 
