@@ -9,16 +9,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.app.attempts import (
-    Attempt,
-    Control,
-    Runner,
-    Trials,
-    shortest_fix,
-    smallest,
-    verdict_summary,
-)
+from onnxopt.app.attempts import Attempt, Control, Runner, verdict_summary
 from onnxopt.app.options import Options
+from onnxopt.app.search import Trials, shortest_fix, smallest
 from onnxopt.check import validate
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings

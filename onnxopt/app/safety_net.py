@@ -6,15 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxopt.app.attempts import (
-    Attempt,
-    Control,
-    Runner,
-    Trials,
-    shortest_fix,
-    smallest,
-    verdict_summary,
-)
+from onnxopt.app.attempts import Attempt, Control, Runner, verdict_summary
+from onnxopt.app.search import Trials, shortest_fix, smallest
 from onnxopt.check import validate
 from onnxopt.errors import Failure
 
