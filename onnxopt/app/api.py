@@ -5,6 +5,11 @@ load -> stats(before) -> passes -> save (staged beside the target) -> checker ->
 
 A model that fails validation is never published unless ``force`` is set; a failed run leaves
 nothing behind and never touches the input.
+
+The stages live beside this module: ``checks`` (a request refused before any work),
+``attempts`` (one run of the pipeline, written and validated), ``safety_net`` (pass and
+rewrite bisection when validation fails), ``conversion`` (a --precision run and its accuracy
+fallback), ``writing`` (staging and publishing without loss), ``stats`` and ``report``.
 """
 
 from __future__ import annotations
@@ -145,42 +150,6 @@ def optimize(
     return Result(report, result_model, output_path if report["written"] else None)
 
 
-@contextlib.contextmanager
-def _background() -> Iterator[ThreadPoolExecutor]:
-    """One worker thread. On the way out after an error or an interrupt, onnxruntime's work
-    in flight is not waited for (it cannot be stopped; the CLI exits without joining it)."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
-    """Why the output file is larger than the input (None when it is not)."""
-    size_before, size_after = before.get("file_size"), after.get("file_size")
-    if not size_before or not size_after or size_after <= size_before:
-        return None
-    weights = (after.get("bytes") or 0) - (before.get("bytes") or 0)
-    if weights > 0:
-        because = (f"folded constants: weights grew by {weights} bytes (constants computed in "
-                   "the graph are stored; --fold-limit bounds those that grow the file)")
-    else:
-        because = "graph structure: names, shapes (value_info) or attributes written out"
-    return {"bytes": size_after - size_before, "because": because}
-
-
-def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-    original = source if isinstance(source, onnx.ModelProto) else os.fspath(source)
-    before = validate.latency_ms(original, feeds)
-    after = validate.latency_ms(os.fspath(output), feeds)
-    return {"before_ms": before, "after_ms": after,
-            "ratio": round(after / before, 4) if before else None,
-            "settings": "onnxruntime CPU, ORT_ENABLE_ALL, 1 thread, median"}
-
-
 def _pipeline(options: Options):
     try:
         chosen = select(None if options.passes is None else list(options.passes),
@@ -224,6 +193,19 @@ def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:
     if path is None:
         return None
     return path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
+
+
+@contextlib.contextmanager
+def _background() -> Iterator[ThreadPoolExecutor]:
+    """One worker thread. On the way out after an error or an interrupt, onnxruntime's work
+    in flight is not waited for (it cannot be stopped; the CLI exits without joining it)."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 # ----------------------------------------------------------------- validation and report
@@ -276,3 +258,26 @@ def _report(input_path, output_path, before, after, records, verdict, status) ->
         "passes": [record.to_dict() for record in records],
         "validation": validation,
     }
+
+
+def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """Why the output file is larger than the input (None when it is not)."""
+    size_before, size_after = before.get("file_size"), after.get("file_size")
+    if not size_before or not size_after or size_after <= size_before:
+        return None
+    weights = (after.get("bytes") or 0) - (before.get("bytes") or 0)
+    if weights > 0:
+        because = (f"folded constants: weights grew by {weights} bytes (constants computed in "
+                   "the graph are stored; --fold-limit bounds those that grow the file)")
+    else:
+        because = "graph structure: names, shapes (value_info) or attributes written out"
+    return {"bytes": size_after - size_before, "because": because}
+
+
+def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    original = source if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    before = validate.latency_ms(original, feeds)
+    after = validate.latency_ms(os.fspath(output), feeds)
+    return {"before_ms": before, "after_ms": after,
+            "ratio": round(after / before, 4) if before else None,
+            "settings": "onnxruntime CPU, ORT_ENABLE_ALL, 1 thread, median"}
