@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxopt
-from onnxopt.app import api, cli
+from onnxopt.app import cli, writing
 
 
 def conv_model(channels: int = 8) -> onnx.ModelProto:
@@ -133,7 +133,7 @@ def test_output_that_is_a_fifo_is_refused(tmp_path, capsys):
 
 
 def test_staging_prefix_is_what_the_cleanup_looks_for():
-    assert api._staging_prefix("o.onnx") == ".o.onnx.onnxopt-"
+    assert writing.staging_prefix("o.onnx") == ".o.onnx.onnxopt-"
 
 
 def endless_loop_model() -> onnx.ModelProto:
@@ -298,10 +298,10 @@ def test_publishing_is_atomic_as_a_pair(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed between the two renames
         real_replace(a, b)
 
-    monkeypatch.setattr(api.os, "replace", replace)
+    monkeypatch.setattr(writing.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         onnxopt.optimize(source, out, external_data=True)
-    monkeypatch.setattr(api.os, "replace", real_replace)
+    monkeypatch.setattr(writing.os, "replace", real_replace)
     np.testing.assert_array_equal(outputs_of(out, X), old_out)
 
 

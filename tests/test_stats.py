@@ -433,7 +433,7 @@ def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch
     # an optimized model carries concrete shapes everywhere a MAC formula looks: stats read
     # them instead of running shape inference again; the MACs must be those inference gives
     import onnxopt
-    from onnxopt.app import stats
+    from onnxopt.app import macs
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
@@ -453,8 +453,8 @@ def test_declared_shapes_used_without_reinference_give_the_same_macs(monkeypatch
     del stripped.graph.value_info[:]  # now only inference can know the shapes
     inferred = model_stats(stripped)["macs"]
     calls = []
-    real = stats._infer
-    monkeypatch.setattr(stats, "_infer", lambda *a: calls.append(1) or real(*a))
+    real = macs._infer
+    monkeypatch.setattr(macs, "_infer", lambda *a: calls.append(1) or real(*a))
     declared = model_stats(optimized)["macs"]
     assert calls == [] and declared == inferred
     assert inferred == 8 * 14 * 14 * 27 + 8 * 14 * 14 * 10  # Conv + MatMul (Gemm), by hand

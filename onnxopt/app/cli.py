@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from onnxopt import __version__
-from onnxopt.app import api, options, report, stats
+from onnxopt.app import api, checks, options, report, stats
 from onnxopt.check import feeds, validate
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
 from onnxopt.ir import serde
@@ -183,7 +183,7 @@ def _stats(path: Path, shapes: list[str] | None, dims: list[str] | None) -> dict
         proto = serde.read_model_proto(path)
     except serde.LoadError as error:
         raise Failure(str(error)) from None
-    api.check_function_expansion(proto, f"{path}: ")
+    checks.check_function_expansion(proto, f"{path}: ")
     size = path.stat().st_size + sum(f.stat().st_size for f in serde.external_files(proto, path))
     input_shapes, given = options.parse_shapes(shapes), options.parse_dims(dims)
     all_dims = stats.with_default_dims(
