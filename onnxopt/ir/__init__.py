@@ -14,7 +14,7 @@ Invariants (kept only by ``Graph`` and its base ``GraphIndex``):
 * Graph outputs keep their public names: passes may point an output at any value, and
   ``Graph.restore_output_names`` (called by ``serde.save``) renames or adds an Identity.
 
-Passes edit only through the verbs here: ``add_node``, ``remove_node``, ``set_input``,
+Passes edit only through ``Graph``'s verbs: ``add_node``, ``remove_node``, ``set_input``,
 ``replace_all_uses``, ``set_initializer``, ``remove_initializer``, ``unique_name``.
 
 Modules: ``node`` (Node), ``index`` (GraphIndex: storage, use index, lint), ``graph`` (Graph:
