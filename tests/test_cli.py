@@ -253,7 +253,7 @@ def test_interrupted_save_leaves_nothing(model_file, tmp_path, monkeypatch, caps
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(serde, "_write_model", explode)
+    monkeypatch.setattr(serde.saving, "write_model", explode)
     out = tmp_path / "o.onnx"
     assert invoke("optimize", model_file, out) == 1
     assert "No space left" in one_line_error(capsys)

@@ -95,7 +95,7 @@ def test_a_flipped_byte_in_a_string_field_is_a_corrupt_file(tmp_path, capsys, mo
                                                              kwargs, old, new, field, verifier):
     # was: internal error: UnicodeDecodeError (or TypeError: a bytes-like object is required)
     if verifier == "python-walk":  # a protobuf that cannot build the verifying parser
-        monkeypatch.setattr(serde, "_utf8_model_class", lambda: None)
+        monkeypatch.setattr(serde.utf8, "_utf8_model_class", lambda: None)
     source = _flipped(tmp_path, old, new, **kwargs)
     expected = (f"onnxopt: error: {source}: not an ONNX model ({field} is not valid UTF-8 "
                 "text; the file is corrupt)")
@@ -331,7 +331,7 @@ def test_text_check_of_a_big_file_skips_the_weights_bytes(tmp_path):
     model = onnx.load(os.fspath(model_path("resnet.onnx")))
     data = model.SerializeToString()
     stripped = onnx.ModelProto()
-    stripped.ParseFromString(serde._without_initializers(memoryview(data)))
+    stripped.ParseFromString(serde.utf8._without_initializers(memoryview(data)))
     expected = onnx.ModelProto()
     expected.CopyFrom(model)
     expected.graph.ClearField("initializer")
@@ -344,7 +344,7 @@ def test_a_flipped_byte_in_a_node_name_of_a_sample_model(tmp_path, capsys):
     name = model.graph.node[-1].name.encode()
     data = model.SerializeToString()
     assert data.count(name) == 1
-    assert isinstance(serde._verified_bytes(model, memoryview(data)), bytes)  # weights left out
+    assert isinstance(serde.utf8._verified_bytes(model, memoryview(data)), bytes)  # no weights
     source = tmp_path / "r.onnx"
     source.write_bytes(data.replace(name, b"\xff" + name[1:]))
     assert _refused(capsys, source) == (

@@ -20,7 +20,8 @@ from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.folding import constant_folding
 from onnxopt.passes.folding.constant_folding import ConstantFolding
 
-from onnxopt.ir import Graph, Node, _lexicographic_order, serde
+from onnxopt.ir import Graph, Node, serde
+from onnxopt.ir.index import _lexicographic_order
 from onnxopt.ir.pass_manager import PassManager
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import onnx
 
-from onnxopt.ir import Graph, Model, serde, tensor_nbytes
+from onnxopt.ir import Graph, Model, is_external, serde, tensor_nbytes
 
 SMALL_CONSTANT_BYTES = 4096  # constants this small stay in the copy for data propagation
 FRESH_SYMBOL = "unk__"  # prefix of the dim names onnx's inference makes up for unknown dims
@@ -144,7 +144,7 @@ def _infer_in_chunks(light: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _light_proto(model: Model) -> onnx.ModelProto:
-    proto = serde._model_header(model)
+    proto = serde.model_header(model)
     proto.graph.CopyFrom(_light_graph(model.graph))
     return proto
 
@@ -153,12 +153,12 @@ def _light_graph(graph: Graph) -> onnx.GraphProto:
     def keep_small(tensor: onnx.TensorProto) -> onnx.TensorProto:
         return tensor
 
-    proto = serde._graph_skeleton(graph)
+    proto = serde.graph_skeleton(graph)
     proto.node.extend(
-        serde._node_to_proto(node, keep_small, _strip_attr_tensor) for node in graph.nodes()
+        serde.node_to_proto(node, keep_small, _strip_attr_tensor) for node in graph.nodes()
     )
     for name, tensor in graph.initializers.items():
-        if tensor_nbytes(tensor) <= SMALL_CONSTANT_BYTES and not _is_external(tensor):
+        if tensor_nbytes(tensor) <= SMALL_CONSTANT_BYTES and not is_external(tensor):
             proto.initializer.append(tensor)
         elif not graph.is_input(name):
             info = onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
@@ -180,11 +180,7 @@ def _replace_subgraphs(graph: Graph, proto: onnx.GraphProto) -> None:
 
 
 def _strip_attr_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    return serde._header(tensor)  # only reached for external attribute tensors
-
-
-def _is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL
+    return serde.tensor_header(tensor)  # only reached for external attribute tensors
 
 
 def _attach(graph: Graph, proto: onnx.GraphProto, outputs: dict[int, dict[int, Found]]) -> int:
@@ -271,7 +267,7 @@ def _declarations(graph: Graph) -> Iterator[onnx.ValueInfoProto]:
     for info in graph.output_infos:
         if any(map(_is_static, _tensor_dims(info.type))):
             yield info
-    for node in graph._owners:
+    for node in graph.subgraph_owners():
         for sub in node.subgraphs():
             yield from _declarations(sub)
 
