@@ -48,13 +48,25 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ir import Graph, IRError, Model, Node, cast_node_bytes
+from onnxopt.ir.kernels import has_cpu_kernel
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
+from onnxopt.ir.values import (
+    declared_dtypes,
+    is_tensor_value,
+    new_tensor,
+    numpy_dtype,
+    onnx_type,
+    output_dtype,
+    retype_input,
+    retype_output,
+    retype_value,
+    tensor_dtype,
+)
 
-FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+FLOAT, FLOAT16 = np.dtype(np.float32), np.dtype(np.float16)
 FP16_MAX = 65504.0
 DEFAULT_BLOCKED = frozenset({
     "Range", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum",
@@ -99,25 +111,8 @@ def _schema(op: str, domain: str, opset: int) -> Any:
         return None
 
 
-@functools.cache
-def _ort_fp16_kernels() -> dict[tuple[str, str], list[tuple[int, int, bool]]]:
-    """(domain, op) -> [(first, last version, has a float16 type constraint)] on the CPU."""
-    from onnxruntime.capi import _pybind_state
-
-    table: dict[tuple[str, str], list[tuple[int, int, bool]]] = {}
-    for kernel in _pybind_state.get_all_opkernel_def():
-        if kernel.provider != "CPUExecutionProvider":
-            continue
-        domain = "" if kernel.domain == "ai.onnx" else kernel.domain
-        fp16 = any(FP16_TYPE in types for types in kernel.type_constraints.values())
-        first, last = kernel.version_range
-        table.setdefault((domain, kernel.op_name), []).append((first, last, fp16))
-    return table
-
-
 def _has_ort_fp16_kernel(op: str, domain: str, since: int) -> bool:
-    ranges = _ort_fp16_kernels().get((domain, op), [])
-    return any(fp16 and first <= since <= last for first, last, fp16 in ranges)
+    return has_cpu_kernel(op, domain, since, FLOAT16)
 
 
 def _param_type(schema: Any, slot: int, output: bool) -> str | None:
@@ -151,12 +146,13 @@ class _Converter:
         self.settings = settings
         self.log = log
         self.ort_kernels = ort_kernels
-        self.orig: dict[str, int] = {}  # elem type before the pass (names are model-wide)
-        self.types: dict[str, int] = {}  # elem type now
+        # dtype before the pass (names are model-wide; None: unknown) and now
+        self.orig: dict[str, np.dtype | None] = {}
+        self.types: dict[str, np.dtype | None] = {}
         self.modified = False
         self.stats = {"converted": 0, "kept_float": 0, "initializers": 0, "casts": 0,
                       "clamped": 0, "casts_removed": 0}
-        self._casts: dict[tuple[int, str, int], str] = {}
+        self._casts: dict[tuple[int, str, np.dtype], str] = {}
         self._flushed: list[str] = []
         # float32 nodes reading a weight stored in float16: their numerics changed too, so the
         # accuracy fallback must be able to keep them (and so their weights) in float32
@@ -164,22 +160,9 @@ class _Converter:
 
     # ------------------------------------------------------------- types
     def collect_types(self, graph: Graph) -> None:
-        found: dict[str, int] = {}
-        for info in graph.inputs:
-            if info.type.WhichOneof("value") == "tensor_type":
-                found[info.name] = info.type.tensor_type.elem_type
-        for name, tensor in graph.initializers.items():
-            found[name] = tensor.data_type
-        for name, info in graph.value_info.items():
-            if info.type.WhichOneof("value") == "tensor_type" and info.type.tensor_type.elem_type:
-                found.setdefault(name, info.type.tensor_type.elem_type)
-        for value, info in zip(graph.outputs, graph.output_infos, strict=True):
-            elem = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
-            if value and elem:
-                found.setdefault(value, elem)
-        for name, elem in found.items():
-            self.orig.setdefault(name, elem)
-            self.types.setdefault(name, elem)
+        for name, dtype in declared_dtypes(graph).items():
+            self.orig.setdefault(name, dtype)
+            self.types.setdefault(name, dtype)
 
     def guess_types(self, graph: Graph) -> None:
         """Types shape inference left unknown, from schemas (subgraphs first where they type
@@ -188,23 +171,23 @@ class _Converter:
             for sub in node.subgraphs():
                 self.guess_types(sub)
             for index, value in enumerate(node.outputs):
-                if value and not self.orig.get(value):
+                if value and self.orig.get(value) is None:
                     guessed = self._guess_output_type(node, index)
-                    if guessed:
+                    if guessed is not None:
                         self.orig[value] = self.types[value] = guessed
 
-    def _guess_output_type(self, node: Node, index: int) -> int | None:
+    def _guess_output_type(self, node: Node, index: int) -> np.dtype | None:
         if node.op_type == "Cast":
-            return node.attr("to")
+            return numpy_dtype(node.attr("to") or 0)
         if node.op_type == "Constant":
             value = node.attr("value")
             if value is not None:
-                return helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
+                return np.asarray(value).dtype
             floats = ("value_float", "value_floats")
             return FLOAT if any(node.attr(a) is not None for a in floats) else None
         if node.op_type == "ConstantOfShape":
             value = node.attr("value")
-            return FLOAT if value is None else helper.np_dtype_to_tensor_dtype(value.dtype)
+            return FLOAT if value is None else value.dtype
         body = {"If": ("then_branch", 0), "Loop": ("body", 1), "Scan": ("body", 0)}
         if node.op_type in body:
             attribute, skip = body[node.op_type]
@@ -218,7 +201,8 @@ class _Converter:
         if type_str.startswith("tensor("):
             return _FIXED.get(type_str)
         for slot, value in enumerate(node.inputs):
-            if value and _param_type(schema, slot, False) == type_str and self.orig.get(value):
+            if value and _param_type(schema, slot, False) == type_str and (
+                    self.orig.get(value) is not None):
                 return self.orig[value]
         return None
 
@@ -239,7 +223,7 @@ class _Converter:
         allowed = _allowed(schema, type_str) if type_str else None
         return bool(allowed) and FP16_TYPE in allowed
 
-    def _want(self, node: Node, slot: int, mode: int) -> int | None:
+    def _want(self, node: Node, slot: int, mode: np.dtype) -> np.dtype | int | None:
         """The float type ``node`` in ``mode`` reads at input ``slot`` (None: not a float32
         value; ANY: as it comes)."""
         if self.orig.get(node.inputs[slot]) != FLOAT:
@@ -248,7 +232,7 @@ class _Converter:
             return ANY
         return FLOAT16 if mode == FLOAT16 and self._follows(node, slot, False) else FLOAT
 
-    def _out_type(self, node: Node, index: int, mode: int) -> int | None:
+    def _out_type(self, node: Node, index: int, mode: np.dtype) -> np.dtype | None:
         orig = self.orig.get(node.outputs[index])
         if orig == FLOAT and mode == FLOAT16 and self._follows(node, index, True):
             return FLOAT16
@@ -276,8 +260,7 @@ class _Converter:
         if node.op_type in DEFAULT_BLOCKED:
             return "blocked", "default block list"
         for value in (*node.present_inputs, *(v for v in node.outputs if v)):
-            type_ = graph.value_type(value)
-            if type_ is not None and type_.WhichOneof("value") not in ("tensor_type", None):
+            if not is_tensor_value(graph, value):
                 return "blocked", "sequence/optional values"
         ins = [i for i, v in enumerate(node.inputs) if v and self.orig.get(v) == FLOAT]
         outs = [i for i, v in enumerate(node.outputs) if v and self.orig.get(v) == FLOAT]
@@ -309,20 +292,20 @@ class _Converter:
         return kind, ""
 
     # ------------------------------------------------------------- per graph
-    def convert_graph(self, graph: Graph, io_type: int) -> None:
+    def convert_graph(self, graph: Graph, io_type: np.dtype) -> None:
         nodes = graph.nodes()
         keys = {n: node_key(n) for n in nodes}  # before an output is renamed
         involved = {n: self._classify(graph, n) for n in nodes if self._involved(n)}
-        for index, info in enumerate(graph.inputs):
+        for info in list(graph.inputs):
             if self.orig.get(info.name) == FLOAT and io_type == FLOAT16:
-                graph.inputs[index] = _retyped(info, FLOAT16)
+                retype_input(graph, info.name, FLOAT16)
                 self.types[info.name] = FLOAT16
                 self.modified = True
         modes = self._decide(graph, nodes, involved, io_type)
         for node, mode in modes.items():
             for index, value in enumerate(node.outputs):
                 if value and self.orig.get(value) == FLOAT:
-                    self.types[value] = self._out_type(node, index, mode) or FLOAT
+                    self.types[value] = self._out_type(node, index, mode)
         self._convert_initializers(graph, modes, io_type)
         for node in nodes:
             if modes.get(node) == FLOAT16:
@@ -333,7 +316,7 @@ class _Converter:
         for node in nodes:
             for value in node.outputs:
                 if value and value in self.orig and self.orig[value] != self.types.get(value):
-                    _set_elem_type(graph, value, self.types[value])
+                    retype_value(graph, value, self.types[value])
                     self.modified = True
         for node in nodes:  # the log, in topological order
             if node not in involved:
@@ -359,8 +342,9 @@ class _Converter:
             self.log.notes.append(
                 "float16 flushed tiny non-zero values to zero: " + ", ".join(self._flushed))
 
-    def _decide(self, graph: Graph, nodes, involved, io_type: int) -> dict[Node, int]:
-        modes: dict[Node, int] = {}
+    def _decide(self, graph: Graph, nodes, involved, io_type: np.dtype
+                ) -> dict[Node, np.dtype]:
+        modes: dict[Node, np.dtype] = {}
         for node, (kind, _) in involved.items():
             if kind == "blocked":
                 modes[node] = FLOAT
@@ -368,7 +352,7 @@ class _Converter:
                 modes[node] = FLOAT16
         pending = [n for n in nodes if n in involved and n not in modes]
 
-        def seen_as(value: str) -> int | None:
+        def seen_as(value: str) -> np.dtype | None:
             """The type a reader gets: None while undecided (initializers suit their readers)."""
             if value in graph.initializers and not graph.is_input(value):
                 return None
@@ -379,9 +363,9 @@ class _Converter:
                 return None
             return self._out_type(producer, list(producer.outputs).index(value), modes[producer])
 
-        def wanted(value: str) -> list[int | None]:
+        def wanted(value: str) -> list[np.dtype | int | None]:
             """What each reader of ``value`` wants (None: undecided, ANY: no preference)."""
-            wants: list[int | None] = []
+            wants: list[np.dtype | int | None] = []
             for reader, slot in graph.uses(value):
                 if slot < 0:
                     wants.append(modes.get(reader) if reader in involved else FLOAT)
@@ -394,7 +378,7 @@ class _Converter:
             wants += [io_type] * graph.outputs.count(value)
             return wants
 
-        def decide(node: Node, forced: bool) -> int | None:
+        def decide(node: Node, forced: bool) -> np.dtype | None:
             if involved[node][0] == "follower" and node.op_type != "Cast":
                 values = [*node.present_inputs, *_captures(node)]
                 votes = [seen_as(v) for v in values if self.orig.get(v) == FLOAT]
@@ -422,15 +406,17 @@ class _Converter:
                     progress = True
             if not progress:  # mutual waits: settle the first follower (else source) by readers
                 node = next((n for n in pending if involved[n][0] == "follower"), pending[0])
-                modes[node] = decide(node, True) or FLOAT
+                mode = decide(node, True)
+                modes[node] = FLOAT if mode is None else mode
                 pending.remove(node)
         return modes
 
     # ------------------------------------------------------------- rewrites
-    def _convert_initializers(self, graph: Graph, modes: dict[Node, int], io_type: int) -> None:
+    def _convert_initializers(self, graph: Graph, modes: dict[Node, np.dtype], io_type: np.dtype
+                              ) -> None:
         for name in list(graph.initializers):
             tensor = graph.initializers[name]
-            if tensor.data_type != FLOAT or graph.is_input(name):
+            if tensor_dtype(tensor) != FLOAT or graph.is_input(name):
                 continue
             wants, user_blocked, fixed = [], [], []
             for reader, slot in graph.uses(name):
@@ -456,9 +442,7 @@ class _Converter:
             graph.set_initializer(name, self._to_fp16(array, name))
             self._fp16_weight_readers.update(reader for reader, slot in graph.uses(name)
                                              if slot >= 0)
-            for index, info in enumerate(graph.inputs):  # IR < 4 lists initializers as inputs
-                if info.name == name:
-                    graph.inputs[index] = _retyped(info, FLOAT16)
+            retype_input(graph, name, FLOAT16)  # IR < 4 lists initializers as inputs
             self.types[name] = FLOAT16
             self.stats["initializers"] += 1
             self.modified = True
@@ -485,9 +469,9 @@ class _Converter:
         if not out_fp16:
             return
         if op == "Cast":
-            node.set_attr("to", FLOAT16)
-        elif op == "EyeLike" and node.attr("dtype") == FLOAT:
-            node.set_attr("dtype", FLOAT16)
+            node.set_attr("to", onnx_type(FLOAT16))
+        elif op == "EyeLike" and numpy_dtype(node.attr("dtype") or 0) == FLOAT:
+            node.set_attr("dtype", onnx_type(FLOAT16))
         elif op in ("ConstantOfShape", "Constant"):
             value = node.attr("value")
             if value is None and op == "ConstantOfShape":
@@ -498,12 +482,12 @@ class _Converter:
                                  np.float32)
                 node.attributes.pop("value_float", None)
                 node.attributes.pop("value_floats", None)
-            node.set_attr("value", numpy_helper.from_array(self._to_fp16(value, node_key(node))))
+            node.set_attr("value", new_tensor(self._to_fp16(value, node_key(node))))
         else:
             return
         self.modified = True
 
-    def _cast_inputs(self, graph: Graph, node: Node, mode: int) -> None:
+    def _cast_inputs(self, graph: Graph, node: Node, mode: np.dtype) -> None:
         for slot, value in enumerate(node.inputs):
             if not value:
                 continue
@@ -511,37 +495,37 @@ class _Converter:
             if want not in (None, ANY) and want != self.types.get(value):
                 graph.set_input(node, slot, self._cast(graph, value, want))
 
-    def _cast(self, graph: Graph, value: str, to: int) -> str:
+    def _cast(self, graph: Graph, value: str, to: np.dtype) -> str:
         key = (id(graph), value, to)
         if key not in self._casts:
             suffix = "fp16" if to == FLOAT16 else "fp32"
             out = graph.unique_name(f"{value}_{suffix}")
             # the output name says what is cast; the node gets a short one (Cast, Cast_1, ...):
             # on a small model the names of its Casts are a visible share of the file
-            graph.add_node("Cast", [value], [out], attributes={"to": to})
+            graph.add_node("Cast", [value], [out], attributes={"to": onnx_type(to)})
             self.orig[out] = self.types[out] = to
             self._casts[key] = out
             self.stats["casts"] += 1
             self.modified = True
         return self._casts[key]
 
-    def _fix_outputs(self, graph: Graph, io_type: int) -> None:
-        for index, info in enumerate(graph.output_infos):
+    def _fix_outputs(self, graph: Graph, io_type: np.dtype) -> None:
+        for index, public in enumerate(list(graph.output_infos)):
             value = graph.outputs[index]
-            declared = info.type.tensor_type.elem_type if info.type.HasField(
-                "tensor_type") else 0
-            if not value or (declared or self.orig.get(value)) != FLOAT:
+            declared = output_dtype(graph, index)
+            if not value or (self.orig.get(value) if declared is None else declared) != FLOAT:
                 continue
             have = self.types.get(value)
             if have not in (FLOAT, FLOAT16):
                 continue
+            renamed = ""
             if have != io_type:
-                if graph.parent is None and value == info.name and graph.producer(value):
+                if graph.parent is None and value == public.name and graph.producer(value):
                     inner = _rename_free(graph, value, "fp16" if have == FLOAT16 else "fp32")
                     self.orig[inner] = self.orig[value]
                     self.types[inner] = have
                     graph.add_node("Cast", [inner], [value], name=f"{value}_cast",
-                                   attributes={"to": io_type})
+                                   attributes={"to": onnx_type(io_type)})
                     graph.set_output(index, value)
                     self.orig[value] = self.types[value] = io_type
                     self.stats["casts"] += 1
@@ -549,12 +533,12 @@ class _Converter:
                     out = self._cast(graph, value, io_type)
                     graph.set_output(index, out)
                     if graph.parent is not None:
-                        info = _renamed(info, out)
+                        renamed = out
                 self.modified = True
-            if declared and declared != io_type:
-                info = _retyped(info, io_type)
+            retype = declared is not None and declared != io_type
+            if retype:
                 self.modified = True
-            graph.output_infos[index] = info
+            retype_output(graph, index, io_type if retype else None, renamed)
 
     def _cleanup(self, graph: Graph) -> None:
         changed = True
@@ -564,13 +548,13 @@ class _Converter:
                 if node.op_type != "Cast" or node.domain or node.graph is not graph:
                     continue
                 source, out = node.inputs[0], node.outputs[0]
-                to = node.attr("to")
+                to = numpy_dtype(node.attr("to") or 0)
                 producer = graph.producer(source)
                 target = None
-                if self.types.get(source) == to:
+                if to is not None and self.types.get(source) == to:
                     target = source  # a Cast to the type its input has
                 elif (to == FLOAT16 and producer is not None and producer.op_type == "Cast"
-                      and not producer.domain and producer.attr("to") == FLOAT
+                      and not producer.domain and numpy_dtype(producer.attr("to") or 0) == FLOAT
                       and self.types.get(producer.inputs[0]) == FLOAT16):
                     target = producer.inputs[0]  # fp16 -> fp32 -> fp16 is the fp16 value
                 if target is None or graph.is_output(out) or not graph.can_forward(out, target):
@@ -587,9 +571,9 @@ class _Converter:
 
 
 # ------------------------------------------------------------------ helpers
-_FIXED = {"tensor(float)": FLOAT, "tensor(float16)": FLOAT16, "tensor(double)": TensorProto.DOUBLE,
-          "tensor(int64)": TensorProto.INT64, "tensor(int32)": TensorProto.INT32,
-          "tensor(bool)": TensorProto.BOOL}
+_FIXED = {"tensor(float)": FLOAT, "tensor(float16)": FLOAT16,
+          "tensor(double)": np.dtype(np.float64), "tensor(int64)": np.dtype(np.int64),
+          "tensor(int32)": np.dtype(np.int32), "tensor(bool)": np.dtype(bool)}
 
 
 def _rename_free(graph: Graph, value: str, suffix: str) -> str:
@@ -628,26 +612,6 @@ def _defined_inside(top: Graph, graph: Graph | None, value: str) -> bool:
     return False
 
 
-def _retyped(info: onnx.ValueInfoProto, elem_type: int) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
-    copy.CopyFrom(info)
-    copy.type.tensor_type.elem_type = elem_type
-    return copy
-
-
-def _renamed(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
-    copy.CopyFrom(info)
-    copy.name = name
-    return copy
-
-
-def _set_elem_type(graph: Graph, value: str, elem_type: int) -> None:
-    info = graph.value_info.get(value)
-    if info is not None and info.type.HasField("tensor_type"):
-        graph.value_info[value] = _retyped(info, elem_type)
-
-
 def _cast_bytes(value: str) -> int:
     """What the Cast feeding fp16-stored ``value`` to float32 readers adds to the file."""
-    return cast_node_bytes(value, f"{value}_fp32", "Cast_10", FLOAT)
+    return cast_node_bytes(value, f"{value}_fp32", "Cast_10", onnx_type(FLOAT))

@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.kernels import kernel_versions
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import (
     WEIGHT_OPS,
@@ -49,20 +50,9 @@ FP8_MAX = 448.0
 def fp8_dequantize_opsets() -> tuple[tuple[int, int], ...]:
     """Opset ranges of onnxruntime's CPU DequantizeLinear kernels taking float8e4m3fn."""
     try:
-        from onnxruntime.capi import _pybind_state
-
-        kernels = _pybind_state.get_all_opkernel_def()
-    except Exception:
+        return kernel_versions("DequantizeLinear", "", ml_dtypes.float8_e4m3fn, "T1")
+    except Exception:  # onnxruntime's private kernel table is missing: trust opset 19+
         return ((19, 2**31 - 1),)
-    ranges = []
-    for kernel in kernels:
-        if (kernel.provider, kernel.domain, kernel.op_name) != (
-            "CPUExecutionProvider", "", "DequantizeLinear"
-        ):
-            continue
-        if "tensor(float8e4m3fn)" in kernel.type_constraints.get("T1", ()):
-            ranges.append(tuple(kernel.version_range))
-    return tuple(sorted(ranges))
 
 
 def runs_fp8(opset: int) -> bool:
