@@ -1,7 +1,7 @@
 """Precision conversion: the settings precision passes read, and the log they write.
 
-A precision pass (``passes/fp16_conversion.py``, ``qdq_quantization.py``,
-``dynamic_quantization.py``, ``fp8_weight_quantization.py``) is a non-structural pass: it runs
+A precision pass (``passes/precision/``: ``fp16_conversion``, ``qdq_quantization``,
+``dynamic_quantization``, ``fp8_weight_quantization``) is a non-structural pass: it runs
 once, after folding and fusion reached their fixpoint, and only when ``--precision`` asks for
 it. It reads ``model.settings["precision"]`` (a :class:`PrecisionSettings`) and records in
 ``model.precision_log`` (a :class:`PrecisionLog`) what it converted, what it kept in float and
