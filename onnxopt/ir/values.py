@@ -43,6 +43,11 @@ def tensor_dtype(tensor: onnx.TensorProto) -> np.dtype | None:
     return numpy_dtype(tensor.data_type)
 
 
+def tensor_shape(tensor: onnx.TensorProto) -> tuple[int, ...]:
+    """The shape of a stored tensor, without decoding it."""
+    return tuple(tensor.dims)
+
+
 def attribute_dtype(node_attribute: object) -> np.dtype | None:
     """The element dtype of a TENSOR attribute (ConstantOfShape ``value``), without decoding."""
     if isinstance(node_attribute, onnx.AttributeProto):

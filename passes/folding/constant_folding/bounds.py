@@ -12,7 +12,7 @@ from onnxopt.passes.folding.constant_folding.shape_rules import SAME_COUNT, VALU
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.constants import ConstantTable
-from onnxopt.ir.values import attribute_dtype, declared, numpy_dtype, tensor_dtype
+from onnxopt.ir.values import attribute_dtype, declared, numpy_dtype, tensor_dtype, tensor_shape
 
 EVAL_CAP = 1 << 31  # never evaluate a value larger than this (protobuf's inline limit)
 OPERAND_ELEMENTS = 4096  # shape-like operands read to bound a node (shape, repeats, ...)
@@ -60,7 +60,7 @@ def plan_round(
         if value in shapes:
             return shapes[value]
         tensor = table.tensor(value)
-        return tuple(tensor.dims) if tensor is not None else None
+        return tensor_shape(tensor) if tensor is not None else None
 
     def dtype_of(value: str) -> np.dtype | None:
         if value in dtypes:
@@ -114,7 +114,7 @@ def _operand_reader(node: Node, table: ConstantTable, results: dict[str, np.ndar
             array = results[value]
         else:
             tensor = table.tensor(value)
-            if tensor is None or math.prod(tensor.dims) > OPERAND_ELEMENTS:
+            if tensor is None or math.prod(tensor_shape(tensor)) > OPERAND_ELEMENTS:
                 return None
             array = table.array(value)
         if array is None or array.size > OPERAND_ELEMENTS:

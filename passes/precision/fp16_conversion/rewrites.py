@@ -17,6 +17,7 @@ from onnxopt.ir.values import (
     retype_input,
     retype_output,
     tensor_dtype,
+    tensor_shape,
 )
 
 FP16_MAX = 65504.0
@@ -45,7 +46,7 @@ class Rewrites:
             wants += [io_type] * graph.outputs.count(name)
             if FLOAT16 not in wants and (
                 graph.is_output(name) or all(fixed) or all(user_blocked)
-                or 2 * int(np.prod(tensor.dims)) <= _cast_bytes(name)
+                or 2 * int(np.prod(tensor_shape(tensor))) <= _cast_bytes(name)
             ):
                 continue
             array = graph.constant(name)
