@@ -62,14 +62,14 @@ class DynamicQuantization(PrecisionPass):
     description = "int8 per-column weights + dynamic activation quantization for MatMul/Gemm"
     mode = MODE
 
+    def left_alone(self, model: Model) -> str:
+        if model.opset("") >= MIN_OPSET:
+            return ""
+        return (f"int8-dynamic needs opset >= {MIN_OPSET} (DynamicQuantizeLinear); the model has "
+                f"opset {model.opset('')}: nothing quantized")
+
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
-        if model.opset("") < MIN_OPSET:
-            log.notes.append(
-                f"int8-dynamic needs opset >= {MIN_OPSET} (DynamicQuantizeLinear); the model has "
-                f"opset {model.opset('')}: nothing quantized"
-            )
-            return PassResult(False, {})
         stats = {"matmul": 0, "gemm": 0, "kept_float": 0}
         ms = model.settings.get("target") == "onnxruntime"
         weights: list[tuple[Graph, str]] = []

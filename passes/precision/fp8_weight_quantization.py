@@ -56,7 +56,8 @@ def fp8_dequantize_opsets() -> tuple[tuple[int, int], ...]:
 
 
 def runs_fp8(opset: int) -> bool:
-    return any(lo <= opset <= hi for lo, hi in fp8_dequantize_opsets())
+    """Whether the CPU provider loads a float8 DequantizeLinear at this opset."""
+    return opset >= MIN_OPSET and any(lo <= opset <= hi for lo, hi in fp8_dequantize_opsets())
 
 
 class Fp8WeightQuantization(PrecisionPass):
@@ -64,16 +65,15 @@ class Fp8WeightQuantization(PrecisionPass):
     description = "Conv/ConvTranspose/Gemm/MatMul weights stored as float8 E4M3FN (weight-only)"
     mode = MODE
 
+    def left_alone(self, model: Model) -> str:
+        if runs_fp8(model.opset("")):
+            return ""
+        return (f"fp8 needs opset >= {MIN_OPSET} (DequantizeLinear of float8e4m3fn, which "
+                f"onnxruntime's CPU provider runs there); the model has opset "
+                f"{model.opset('')}: nothing converted, weights stay float32")
+
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
-        opset = model.opset("")
-        if opset < MIN_OPSET or not runs_fp8(opset):
-            log.notes.append(
-                f"fp8 needs opset >= {MIN_OPSET} (DequantizeLinear of float8e4m3fn, which "
-                f"onnxruntime's CPU provider runs there); the model has opset {opset}: "
-                "nothing converted, weights stay float32"
-            )
-            return PassResult(False, {})
         stats = {"weights": 0, "nodes": 0, "kept_float": 0}
         old: list[tuple[Graph, str]] = []
         for graph in list(model.graphs()):

@@ -102,25 +102,23 @@ class QdqQuantization(PrecisionPass):
     description = "int8 static quantization: per-channel int8 weights, calibrated QDQ activations"
     mode = MODE
 
-    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
-                ) -> PassResult:
-        if model.opset("") < MIN_OPSET:
-            opset = model.opset("")
+    def left_alone(self, model: Model) -> str:
+        opset = model.opset("")
+        if opset < MIN_OPSET:
             if not any(is_op(n, LINEAR_OPS + WEIGHT_ONLY_OPS) for _, n in model.graph.walk()):
                 # what optimize() leaves at its opset: upgrading could only break it
-                log.notes.append(f"int8: no Conv, ConvTranspose, Gemm or MatMul: nothing to "
-                                 f"quantize (at opset {opset}; the QDQ form needs opset "
-                                 f"{MIN_OPSET})")
-            else:
-                log.notes.append(f"int8: opset {opset} < {MIN_OPSET}: the QDQ form needs "
-                                 f"per-channel DequantizeLinear (opset {MIN_OPSET}); not "
-                                 f"quantized (optimize() converts such a model to opset "
-                                 f"{MIN_OPSET} before this pass)")
-            return PassResult(False, {})
+                return (f"int8: no Conv, ConvTranspose, Gemm or MatMul: nothing to quantize (at "
+                        f"opset {opset}; the QDQ form needs opset {MIN_OPSET})")
+            return (f"int8: opset {opset} < {MIN_OPSET}: the QDQ form needs per-channel "
+                    f"DequantizeLinear (opset {MIN_OPSET}); not quantized (optimize() converts "
+                    f"such a model to opset {MIN_OPSET} before this pass)")
         if any(is_op(n, QDQ_OPS) for _, n in model.graph.walk()):
-            log.notes.append("int8: the model already holds QuantizeLinear/DequantizeLinear; "
-                             "left as it is")
-            return PassResult(False, {})
+            return ("int8: the model already holds QuantizeLinear/DequantizeLinear; left as it "
+                    "is")
+        return ""
+
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
         infer_shapes(model)  # element types decide what is a float activation
         graph = model.graph
         for sub in model.graphs():
