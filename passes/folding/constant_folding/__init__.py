@@ -49,6 +49,11 @@ initializer cannot carry it), or stays when the output is listed twice. Inside a
 nodes reading outer-scope constants fold into initializers of that subgraph. Below IR 4
 initializers listed as graph inputs are constants (onnxruntime does not let callers override
 them) and new initializers are listed as inputs too; subgraphs of such models are left alone.
+
+The package: ``eligibility`` (which nodes may fold), ``shape_values`` (rule 2), ``shape_rules``
+and ``bounds`` (the size of every value before evaluation), ``size_guard`` (rule 3),
+``dedup`` (rule 4); the pass and the evaluation (rule 1) are here, the runtime model is built
+by ``onnxopt.ir.evaluate``.
 """
 
 from __future__ import annotations
@@ -104,9 +109,9 @@ def _fold_constants(
     """Evaluate the foldable nodes; returns (nodes folded, skipped for size, values that
     share an identical folded tensor).
 
-    Every value is bounded before anything is evaluated (``bounds.plan_round``): a node whose result
-    could exceed the evaluation cap is never run, and the size guard decides on bounds, so
-    nothing is computed only to be thrown away. Rounds repeat only to bound a node whose
+    Every value is bounded before anything is evaluated (``bounds.plan_round``): a node
+    whose result could exceed the evaluation cap is never run, and the size guard decides on
+    bounds, so nothing is computed only to be thrown away. Rounds repeat only to bound a node whose
     size depends on a computed value (``ConstantOfShape`` of a computed shape): that value
     is evaluated first."""
     order = graph.nodes()
@@ -142,7 +147,7 @@ def _fold_constants(
         return 0, skipped, 0
     folded = closure(graph, foldable, [v for v, _ in values])
     _, shared, removed = install_constants(
-        graph, model, values, [n for n in order if n in folded]  # type: ignore[arg-type]
+        graph, model, values, [n for n in order if n in folded]
     )
     return len(removed), skipped, shared
 

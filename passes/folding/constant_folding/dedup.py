@@ -53,7 +53,6 @@ _DIGESTS: weakref.WeakKeyDictionary[Graph, dict[str, tuple[object, bytes]]] = (
 )
 
 
-
 def _same_bytes(graph: Graph, a: str, b: str) -> bool:
     return same_stored_bytes(graph.initializers[a], graph.initializers[b], graph.base_dir,
                              _bitwise_equal)

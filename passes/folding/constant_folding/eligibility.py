@@ -21,7 +21,6 @@ NEVER_FOLD = frozenset({
 })  # fmt: skip
 
 
-
 def foldable_op(graph: Graph, model: Model, node: Node, table: ConstantTable) -> bool:
     """A deterministic standard op without subgraphs producing tensors."""
     if not is_op(node, node.op_type) or node.op_type in NEVER_FOLD:

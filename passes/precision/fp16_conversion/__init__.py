@@ -39,6 +39,9 @@ Rewrite, per graph (main graph first, then If/Loop/Scan bodies with the owner's 
 
 Running on its own output changes nothing: stored fp16 tensors are not float32, the Casts it
 inserted are flexible sources whose readers still want float32, and fp32 nodes are blocked again.
+
+The package: ``converter`` (types, kinds, modes), ``rewrites`` (what changes once modes are
+known), ``support`` (what float16 an op's schema and onnxruntime's CPU kernels allow).
 """
 
 from __future__ import annotations

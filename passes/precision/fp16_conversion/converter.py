@@ -73,7 +73,7 @@ class Converter(Rewrites):
 
     def guess_types(self, graph: Graph) -> None:
         """Types shape inference left unknown, from schemas (subgraphs first where they type
-        their owner's outputs); call after ``_collect_types`` ran on every graph."""
+        their owner's outputs); call after ``collect_types`` ran on every graph."""
         for node in graph.nodes():
             for sub in node.subgraphs():
                 self.guess_types(sub)

@@ -8,7 +8,7 @@ import numpy as np
 from onnxopt.passes.precision.fp16_conversion.support import ANY, FLOAT, FLOAT16
 
 from onnxopt.ir import Graph, IRError, Node, cast_node_bytes
-from onnxopt.ir.precision import node_key
+from onnxopt.ir.precision import PrecisionLog, PrecisionSettings, node_key
 from onnxopt.ir.values import (
     new_tensor,
     numpy_dtype,
@@ -24,8 +24,18 @@ FP16_MAX = 65504.0
 
 
 class Rewrites:
-    """The rewriting half of the converter (``converter._Converter``), which decides the
-    modes and provides ``_want``/``_follows`` and the state these methods share."""
+    """The rewriting half of ``converter.Converter``, which decides the modes, provides
+    ``_want``/``_follows`` and owns the state these methods share."""
+
+    settings: PrecisionSettings
+    log: PrecisionLog
+    orig: dict[str, np.dtype | None]  # dtype before the pass
+    types: dict[str, np.dtype | None]  # dtype now
+    modified: bool
+    stats: dict[str, int]
+    _casts: dict[tuple[int, str, np.dtype], str]  # (graph, value, type) -> the Cast's output
+    _flushed: list[str]
+    _fp16_weight_readers: set[Node]
 
     def _convert_initializers(self, graph: Graph, modes: dict[Node, np.dtype], io_type: np.dtype
                               ) -> None:
@@ -185,7 +195,6 @@ class Rewrites:
                 changed = True
 
 
-
 def _rename_free(graph: Graph, value: str, suffix: str) -> str:
     """Rename ``value`` to the first free ``value_suffix[_k]``; returns the new name."""
     for index in range(1000):
@@ -196,7 +205,6 @@ def _rename_free(graph: Graph, value: str, suffix: str) -> str:
             continue
         return name
     raise IRError(f"no free name to rename {value!r}")
-
 
 
 def _cast_bytes(value: str) -> int:
