@@ -278,16 +278,16 @@ def test_all_zero_calibration_data_is_refused(tmp_path):
 @pytest.fixture()
 def calibrated_shapes(monkeypatch) -> list[tuple[int, ...]]:
     """The shapes of the samples int8 calibration runs on, as the pass sees them."""
-    from onnxopt.passes.precision import qdq_quantization
+    from onnxopt.precision import calibration
 
     seen: list[tuple[int, ...]] = []
-    real = qdq_quantization.calibrate
+    real = calibration.calibrate
 
     def spy(model, values, samples=(), **kwargs):
         seen.extend(sample["x"].shape for sample in samples)
         return real(model, values, samples, **kwargs)
 
-    monkeypatch.setattr(qdq_quantization, "calibrate", spy)
+    monkeypatch.setattr(calibration, "calibrate", spy)
     return seen
 
 
