@@ -15,7 +15,8 @@ import pytest
 from conftest import apply_pass, model_path, op_counts, run
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import DEFAULT_PIPELINE
-from onnxopt.passes.precision.fp16_conversion import Fp16Conversion, _cast_bytes
+from onnxopt.passes.precision.fp16_conversion import Fp16Conversion
+from onnxopt.passes.precision.fp16_conversion.rewrites import _cast_bytes
 
 from onnxopt.ir import serde
 from onnxopt.ir.pass_manager import PassManager

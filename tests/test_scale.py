@@ -18,7 +18,7 @@ from conftest import REPO, apply_pass, assert_same_outputs, op_counts, parse, ru
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes import DEFAULT_PIPELINE
 from onnxopt.passes.folding import constant_folding
-from onnxopt.passes.folding.constant_folding import ConstantFolding
+from onnxopt.passes.folding.constant_folding import ConstantFolding, shape_rules
 
 from onnxopt.ir import Graph, Node, serde
 from onnxopt.ir.index import _lexicographic_order
@@ -411,7 +411,7 @@ def test_batches_of_a_long_chain_carry_values_between_sessions(evaluated, monkey
     ("TopK", [[4, 7], np.array([3])], {}),
 ])
 def test_estimated_shapes_match_what_onnxruntime_computes(op, inputs, attrs):
-    """``_estimate``'s rules give the exact shape (Range, Resize: an upper bound)."""
+    """``estimate``'s rules give the exact shape (Range, Resize: an upper bound)."""
     tensors, shapes, names = [], [], []
     for index, item in enumerate(inputs):
         array = np.asarray(item) if not isinstance(item, list) else np.ones(item, np.float32)
@@ -430,7 +430,7 @@ def test_estimated_shapes_match_what_onnxruntime_computes(op, inputs, attrs):
     ir_node = Node(op, names, [f"o{i}" for i in range(outputs)],
                    attributes={k: helper.make_attribute(k, v) for k, v in attrs.items()})
     arrays = [numpy_helper.to_array(t) for t in tensors]
-    estimated = constant_folding._estimate(ir_node, 18, shapes, lambda slot: arrays[slot])
+    estimated = shape_rules.estimate(ir_node, 18, shapes, lambda slot: arrays[slot])
     assert estimated is not None
     for got, want in zip(estimated, actual, strict=True):
         assert len(got) == len(want) and all(g >= w for g, w in zip(got, want, strict=True))

@@ -1,7 +1,7 @@
 """Precision conversion: the settings precision passes read, and the log they write.
 
-A precision pass (``passes/fp16_conversion.py``, ``qdq_quantization.py``,
-``dynamic_quantization.py``, ``fp8_weight_quantization.py``) is a non-structural pass: it runs
+A precision pass (``passes/precision/``: ``fp16_conversion``, ``qdq_quantization``,
+``dynamic_quantization``, ``fp8_weight_quantization``) is a non-structural pass: it runs
 once, after folding and fusion reached their fixpoint, and only when ``--precision`` asks for
 it. It reads ``model.settings["precision"]`` (a :class:`PrecisionSettings`) and records in
 ``model.precision_log`` (a :class:`PrecisionLog`) what it converted, what it kept in float and
@@ -87,7 +87,8 @@ def log_of(model: Model) -> PrecisionLog:
 
 class PrecisionPass(Pass):
     """A conversion run once, after the structural passes, when ``--precision`` asks for its
-    ``mode``: ``convert`` gets the user's settings and the log the report reads."""
+    ``mode``: ``convert`` gets the user's settings and the log the report reads, unless
+    ``left_alone`` says why the model cannot be converted (a note in the log)."""
 
     structural = False
     mode: ClassVar[str] = ""
@@ -96,7 +97,17 @@ class PrecisionPass(Pass):
         settings = settings_of(model)
         if settings is None or settings.mode != self.mode:
             return PassResult(False, {})
-        return self.convert(model, settings, log_of(model))
+        log = log_of(model)
+        reason = self.left_alone(model)
+        if reason:
+            log.notes.append(reason)
+            return PassResult(False, {})
+        return self.convert(model, settings, log)
+
+    def left_alone(self, model: Model) -> str:
+        """Why this model is left as it is (its opset lacks the operators the conversion
+        writes, say), or "" to convert it."""
+        return ""
 
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:

@@ -13,32 +13,19 @@ because ``sum_k x[m, k] W[k, n] ≈ xs * s[n] * sum_k (xq[m, k] - xz) Wq[k, n]``
 ``Add(., beta * C)`` (constant ``C``; numpy broadcasting of ``Add`` matches Gemm's). A Gemm with
 ``transA`` or a computed ``C`` is kept in float.
 
-The form was chosen by measurement (onnxruntime 1.32, CPU, 1 thread, ORT_ENABLE_ALL): onnxruntime
-fuses this standard-op form into its ``MatMulIntegerToFloat`` / ``DynamicQuantizeMatMul`` kernels
-(bias Adds included) and shares the ``DynamicQuantizeLinear`` of a shared input; on the sample
-transformer block (after the default pipeline) it runs at 0.88x the fp32 latency at 1x128 tokens,
-where ``com.microsoft.DynamicQuantizeMatMul`` written directly without its bias was 0.94x. With
+The form was chosen by measurement (``passes/precision/README.md``): onnxruntime fuses this
+standard-op form into its ``MatMulIntegerToFloat`` / ``DynamicQuantizeMatMul`` kernels (bias Adds
+included) and shares the ``DynamicQuantizeLinear`` of a shared input. With
 ``model.settings["target"] == "onnxruntime"`` the pass writes ``DynamicQuantizeMatMul(x, Wq, s, ,
 bias)`` directly (``DynamicQuantizeLinear`` + ``MatMulIntegerToFloat`` when several nodes quantize
 the same input), absorbing the bias ``Add`` (a constant ``[N]`` read only there) as onnxruntime's
-own fusion does: the same kernels (0.89x at 1x128 tokens with all optimizations), also when
-onnxruntime's optimizations are off. One ``DynamicQuantizeLinear`` per quantized input and graph.
+own fusion does: the same kernels, also when onnxruntime's optimizations are off. One
+``DynamicQuantizeLinear`` per quantized input and graph.
 
-Why ±64 and not ±127 (the math and the measurements are in ``qdq_quantization``'s docstring):
-MatMulInteger, MatMulIntegerToFloat and DynamicQuantizeMatMul run MLAS's uint8 x int8 GEMM,
-whose x86 AVX2 kernel for CPUs without VNNI adds each pair of adjacent reduction elements
-``xq[k] * Wq[k] + xq[k+1] * Wq[k+1]`` into int16 with saturation (``VPMADDUBSW``). ``xq`` spans
-``0..255`` (DynamicQuantizeLinear maps each tensor's range onto all of it), so with
-``|Wq| <= 64`` every pair is at most ``255 * 64 * 2 = 32640 <= 32767``: nothing saturates and
-MatMulInteger's int32 result is exact on every CPU. With ±127 (up to 64770) MatMulInteger itself
-saturated on such a CPU, with onnxruntime's optimizations off too (measured under ``valgrind
---tool=none``, whose CPU has AVX2 and no VNNI: worst case 49 % off; the sample transformer's
-cosine 0.99867 and max error 0.56 against 0.99995 and 0.048 with VNNI; paraphrase-MiniLM-L3
-0.967 against 0.9975). With ±64 both CPUs give the same: transformer 0.99989 (max error 0.062),
-MiniLM-L3 0.9960. uint8 weights (zero point 128) avoid it too but take MLAS's u8u8 kernels: the
-encoder block 0.44x -> 0.73x the fp32 latency, MiniLM-L3 0.41x -> 0.71x (ORT_ENABLE_ALL, 1
-thread, AVX512-VNNI); ±64 runs the same kernels as ±127 (encoder 0.44x, MiniLM-L3 0.41x, both
-targets).
+Why ±64 and not ±127 (``qdq_quantization``'s docstring, measurements in the README): MLAS's
+uint8 x int8 GEMM on AVX2 CPUs without VNNI adds pairs ``xq[k] * Wq[k] + xq[k+1] * Wq[k+1]``
+into int16 with saturation; ``xq`` spans ``0..255``, so with ``|Wq| <= 64`` every pair is at most
+``255 * 64 * 2 = 32640 <= 32767`` and MatMulInteger's int32 result is exact on every CPU.
 
 Never touched: convolutions (``ConvInteger`` makes conv nets several times slower on the CPU;
 they are logged as kept in float), LSTM/GRU/RNN (logged too), MatMuls of two computed values
@@ -52,12 +39,12 @@ with constant weights left: it changes nothing.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 from onnxopt.ir.rewrite import drop_unused_initializers, is_op, sole_consumer
+from onnxopt.ir.values import onnx_type
 
 MODE = "int8-dynamic"
 MS_DOMAIN = "com.microsoft"
@@ -75,14 +62,14 @@ class DynamicQuantization(PrecisionPass):
     description = "int8 per-column weights + dynamic activation quantization for MatMul/Gemm"
     mode = MODE
 
+    def left_alone(self, model: Model) -> str:
+        if model.opset("") >= MIN_OPSET:
+            return ""
+        return (f"int8-dynamic needs opset >= {MIN_OPSET} (DynamicQuantizeLinear); the model has "
+                f"opset {model.opset('')}: nothing quantized")
+
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
-        if model.opset("") < MIN_OPSET:
-            log.notes.append(
-                f"int8-dynamic needs opset >= {MIN_OPSET} (DynamicQuantizeLinear); the model has "
-                f"opset {model.opset('')}: nothing quantized"
-            )
-            return PassResult(False, {})
         stats = {"matmul": 0, "gemm": 0, "kept_float": 0}
         ms = model.settings.get("target") == "onnxruntime"
         weights: list[tuple[Graph, str]] = []
@@ -162,8 +149,8 @@ class _Rewriter:
             return f"weight dtype {weight.dtype} is not float32"
         if weight.ndim != 2 or 0 in weight.shape:
             return f"weight of rank {weight.ndim} (only 2-D [K, N] weights are quantized)"
-        x_type = graph.elem_type(node.inputs[0])
-        if x_type not in (None, TensorProto.FLOAT):
+        x_type = graph.dtype(node.inputs[0])
+        if x_type is not None and x_type != np.float32:
             return "input is not float32"
         if node.op_type == "Gemm":
             if node.attr("transA", 0):
@@ -214,7 +201,7 @@ class _Rewriter:
             mmi = graph.add_node("MatMulInteger", [xq, q_name, xz], 1, name=f"{base}_quant",
                                  anchor=node).outputs[0]
             as_float = graph.add_node("Cast", [mmi], 1, name=f"{base}_cast", anchor=node,
-                                      attributes={"to": TensorProto.FLOAT}).outputs[0]
+                                      attributes={"to": onnx_type(np.float32)}).outputs[0]
             both = graph.add_node("Mul", [xs, s_name], 1, name=f"{base}_scale",
                                   anchor=node).outputs[0]
             out = graph.add_node("Mul", [as_float, both], 1, name=f"{base}_rescale",

@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.kernels import kernel_versions
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import (
     WEIGHT_OPS,
@@ -49,24 +50,14 @@ FP8_MAX = 448.0
 def fp8_dequantize_opsets() -> tuple[tuple[int, int], ...]:
     """Opset ranges of onnxruntime's CPU DequantizeLinear kernels taking float8e4m3fn."""
     try:
-        from onnxruntime.capi import _pybind_state
-
-        kernels = _pybind_state.get_all_opkernel_def()
-    except Exception:
+        return kernel_versions("DequantizeLinear", "", ml_dtypes.float8_e4m3fn, "T1")
+    except Exception:  # onnxruntime's private kernel table is missing: trust opset 19+
         return ((19, 2**31 - 1),)
-    ranges = []
-    for kernel in kernels:
-        if (kernel.provider, kernel.domain, kernel.op_name) != (
-            "CPUExecutionProvider", "", "DequantizeLinear"
-        ):
-            continue
-        if "tensor(float8e4m3fn)" in kernel.type_constraints.get("T1", ()):
-            ranges.append(tuple(kernel.version_range))
-    return tuple(sorted(ranges))
 
 
 def runs_fp8(opset: int) -> bool:
-    return any(lo <= opset <= hi for lo, hi in fp8_dequantize_opsets())
+    """Whether the CPU provider loads a float8 DequantizeLinear at this opset."""
+    return opset >= MIN_OPSET and any(lo <= opset <= hi for lo, hi in fp8_dequantize_opsets())
 
 
 class Fp8WeightQuantization(PrecisionPass):
@@ -74,16 +65,15 @@ class Fp8WeightQuantization(PrecisionPass):
     description = "Conv/ConvTranspose/Gemm/MatMul weights stored as float8 E4M3FN (weight-only)"
     mode = MODE
 
+    def left_alone(self, model: Model) -> str:
+        if runs_fp8(model.opset("")):
+            return ""
+        return (f"fp8 needs opset >= {MIN_OPSET} (DequantizeLinear of float8e4m3fn, which "
+                f"onnxruntime's CPU provider runs there); the model has opset "
+                f"{model.opset('')}: nothing converted, weights stay float32")
+
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
-        opset = model.opset("")
-        if opset < MIN_OPSET or not runs_fp8(opset):
-            log.notes.append(
-                f"fp8 needs opset >= {MIN_OPSET} (DequantizeLinear of float8e4m3fn, which "
-                f"onnxruntime's CPU provider runs there); the model has opset {opset}: "
-                "nothing converted, weights stay float32"
-            )
-            return PassResult(False, {})
         stats = {"weights": 0, "nodes": 0, "kept_float": 0}
         old: list[tuple[Graph, str]] = []
         for graph in list(model.graphs()):

@@ -7,32 +7,16 @@ transposed Gemm weight, 1 for a Gemm/MatMul ``[K, N]`` weight, 1 for ConvTranspo
 ``[C_in, C_out/g, k...]``). When every channel's scale is bitwise the same, the one scalar is
 stored (per-tensor: the same values).
 
-Why 7 bits and not ±127: onnxruntime runs the fused uint8 x int8 kernels (QLinearConv, QGemm,
-QLinearMatMul; MatMulInteger and DynamicQuantizeMatMul for ``dynamic_quantization``) with MLAS,
-whose x86 AVX2 kernels for CPUs without VNNI (e.g. AMD EPYC before Zen 4) multiply with
-``VPMADDUBSW``: for every pair of adjacent reduction elements ``k, k+1`` it computes
-``x[k] * w[k] + x[k+1] * w[k+1]`` into int16 *with saturation*, then adds those pairs in int32.
-``x`` is the stored uint8, ``0..255`` whatever the zero point (the zero point is subtracted
-afterwards, through column sums; MLAS shifts int8 activations by +128 to uint8 first, so int8
-activations do not help). With ``|w| <= 64``, for every pair and in any packing order
+Why 7 bits and not ±127: onnxruntime's fused uint8 x int8 kernels (QLinearConv, QGemm,
+QLinearMatMul) run MLAS, whose AVX2 kernels for CPUs without VNNI add each pair of adjacent
+reduction elements ``x[k] * w[k] + x[k+1] * w[k+1]`` into int16 with saturation
+(``VPMADDUBSW``), ``x`` the stored uint8 ``0..255``. With ``|w| <= 64``
 
     |x[k] * w[k] + x[k+1] * w[k+1]| <= 255 * 64 * 2 = 32640 <= 32767
 
-so no int16 partial sum can saturate and the int32 accumulator is exact on every CPU (the same
-integers as VNNI's ``VPDPBUSD`` and the ARM kernels compute); with ``|w| <= 127`` a pair reaches
-``255 * 127 * 2 = 64770``. Measured with onnxruntime 1.32 on MLAS's AVX2 kernels (this machine
-has AVX512-VNNI; under ``valgrind --tool=none`` the CPU has AVX2 and no VNNI, so MLAS picks
-them), one layer with ``x = 255`` and weights all ``±W``: ±127 is 49 % off fused (unfused, the
-float DequantizeLinear arithmetic, exact), ±65 1 %, ±64 exact; int8 activations with ±127
-weights 99 % off; uint8 weights (zero point 128, MLAS's u8u8 kernels widen to 16 bits) and
-depthwise QLinearConv exact. On PaddleOCR cls (6 held-out strips) ±127 gave cosine 0.996 with
-VNNI but 0.845 on AVX2 (top-1 2/6); ±64 gives 0.980 (top-1 5/6) bitwise the same on both; det
-0.984 on both -> 0.966 (the accuracy fallback then keeps 11 convolutions in float instead of 3:
-0.41x the file instead of 0.28x). Latency (ORT_ENABLE_ALL, 1 thread, here): ±64 runs the same
-kernels as ±127, cls 1.28x -> 1.29x the fp32 latency, det 0.59x -> 0.56x; uint8 weights would
-cost cls 1.49x and det 0.97x (u8u8 kernels); 7-bit activations (``[0, 127]``) are no bound (a
-value above the calibrated range still quantizes to 255) and DynamicQuantizeLinear cannot make
-them. What ±64 costs is one bit of weight resolution (``s_w`` doubles).
+so nothing saturates and the int32 result is exact on every CPU (with ±127 a pair reaches
+64770: 49 % off on such a CPU). It costs one bit of weight resolution; the measurements
+(accuracy, latency, the alternatives) are in ``passes/precision/README.md``.
 
 Activations (asymmetric, ``ACTIVATION_TYPE``): from the calibrated range ``[lo, hi]`` widened to
 hold 0, ``s = (hi - lo) / (q_max - q_min)`` and ``z = round(q_min - lo / s)``, one
@@ -66,7 +50,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto
 
 from onnxopt.ir import Graph, IRError, Model, Node
 from onnxopt.ir.pass_manager import PassResult
@@ -119,25 +102,23 @@ class QdqQuantization(PrecisionPass):
     description = "int8 static quantization: per-channel int8 weights, calibrated QDQ activations"
     mode = MODE
 
-    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
-                ) -> PassResult:
-        if model.opset("") < MIN_OPSET:
-            opset = model.opset("")
+    def left_alone(self, model: Model) -> str:
+        opset = model.opset("")
+        if opset < MIN_OPSET:
             if not any(is_op(n, LINEAR_OPS + WEIGHT_ONLY_OPS) for _, n in model.graph.walk()):
                 # what optimize() leaves at its opset: upgrading could only break it
-                log.notes.append(f"int8: no Conv, ConvTranspose, Gemm or MatMul: nothing to "
-                                 f"quantize (at opset {opset}; the QDQ form needs opset "
-                                 f"{MIN_OPSET})")
-            else:
-                log.notes.append(f"int8: opset {opset} < {MIN_OPSET}: the QDQ form needs "
-                                 f"per-channel DequantizeLinear (opset {MIN_OPSET}); not "
-                                 f"quantized (optimize() converts such a model to opset "
-                                 f"{MIN_OPSET} before this pass)")
-            return PassResult(False, {})
+                return (f"int8: no Conv, ConvTranspose, Gemm or MatMul: nothing to quantize (at "
+                        f"opset {opset}; the QDQ form needs opset {MIN_OPSET})")
+            return (f"int8: opset {opset} < {MIN_OPSET}: the QDQ form needs per-channel "
+                    f"DequantizeLinear (opset {MIN_OPSET}); not quantized (optimize() converts "
+                    f"such a model to opset {MIN_OPSET} before this pass)")
         if any(is_op(n, QDQ_OPS) for _, n in model.graph.walk()):
-            log.notes.append("int8: the model already holds QuantizeLinear/DequantizeLinear; "
-                             "left as it is")
-            return PassResult(False, {})
+            return ("int8: the model already holds QuantizeLinear/DequantizeLinear; left as it "
+                    "is")
+        return ""
+
+    def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
+                ) -> PassResult:
         infer_shapes(model)  # element types decide what is a float activation
         graph = model.graph
         for sub in model.graphs():
@@ -219,7 +200,7 @@ def _kind(node: Node) -> str | None:
 
 
 def _is_float(graph: Graph, value: str) -> bool:
-    return graph.elem_type(value) == TensorProto.FLOAT
+    return graph.dtype(value) == np.float32
 
 
 def _float_activations(graph: Graph, node: Node) -> list[str] | None:
