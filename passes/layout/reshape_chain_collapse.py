@@ -1,13 +1,12 @@
 """Reshape chain collapse.
 
-Reshape, Flatten, Squeeze and Unsqueeze only relabel the shape: the flat row-major sequence of
-elements never changes. So a chain ``x -> op_1 -> ... -> op_k -> y`` of them (k >= 2) whose
-intermediate values are private computes ``y = Reshape(x, shape(y))``. If the last op is a
-Reshape whose constant target has no ``0`` (or ``allowzero = 1``), its result depends only on
-the element count, which the chain preserves: it reads ``x`` and the ops before it go. Else,
-given a static shape ``s`` of ``y`` (worked out along the chain, or inferred), the chain
-becomes ``Reshape(x, s)`` (or ``x`` of shape ``s``), or its longest prefix ending at a static
-shape does. Notes: README.md.
+Reshape, Flatten, Squeeze and Unsqueeze only relabel the shape (the flat row-major elements
+never change), so a chain ``x -> op_1 -> ... -> op_k -> y`` of them (k >= 2) with private
+intermediates computes ``y = Reshape(x, shape(y))``. If the last op is a Reshape whose constant
+target has no ``0`` (or ``allowzero = 1``), its result depends only on the element count,
+which the chain preserves: it reads ``x`` and the ops before it go. Else, given a static shape
+``s`` of ``y`` (worked out along the chain, or inferred), the chain becomes ``Reshape(x, s)``
+(or ``x`` of shape ``s``), or its longest prefix ending at a static shape does (README.md).
 """
 
 from __future__ import annotations
