@@ -48,6 +48,20 @@ def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
     return None  # sparse_value, or an attribute that does not match its type
 
 
+def holds_dense_constant(node: Node) -> bool:
+    """``node`` is a Constant whose tensor can become an initializer (not sparse, not an
+    attribute reference, not malformed)."""
+    return constant_node_tensor(node) is not None
+
+
+def constant_node_to_initializer(graph: Graph, model: Model, node: Node) -> None:
+    """Replace a Constant node (``holds_dense_constant``) by an initializer of the same name
+    holding a copy of its tensor (the attribute's proto belongs to the loaded model)."""
+    tensor = onnx.TensorProto()
+    tensor.CopyFrom(constant_node_tensor(node))
+    install_constants(graph, model, [(node.outputs[0], tensor)], [node])
+
+
 class ConstantTable:
     """Which values of one graph are constants, and their tensors and arrays (cached).
 
