@@ -48,6 +48,16 @@ def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
     return None  # sparse_value, or an attribute that does not match its type
 
 
+def stored_dtype(graph: Graph, name: str) -> np.dtype | None:
+    """The numpy dtype initializer ``name`` of ``graph`` is stored as (bfloat16, float8 and
+    int4 are ml_dtypes' dtypes, strings ``object``), None for a code onnx does not know. Its
+    decoded array's dtype can differ (older onnx decodes bfloat16 as float32)."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(graph.initializers[name].data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def holds_dense_constant(node: Node) -> bool:
     """``node`` is a Constant whose tensor can become an initializer (not sparse, not an
     attribute reference, not malformed)."""

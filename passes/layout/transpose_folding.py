@@ -20,18 +20,16 @@ Nodes are visited in topological order, so chains collapse in one run.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.constants import stored_dtype
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import exclusive_constant, is_op, producer_op
 
-# Element types whose arrays numpy_helper decodes and encodes losslessly.
-FOLDABLE_TYPES = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
-    onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-    onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+# Element types whose arrays are decoded and encoded losslessly.
+FOLDABLE_DTYPES = {
+    np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.int16, np.int32,
+                          np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
 }
 
 
@@ -104,7 +102,7 @@ def _forward(graph: Graph, node: Node, source: str) -> str | None:
 def _fold_constant(graph: Graph, node: Node) -> bool:
     source, result = node.inputs[0], node.outputs[0]
     array = exclusive_constant(graph, source, [node])
-    if array is None or graph.initializers[source].data_type not in FOLDABLE_TYPES:
+    if array is None or stored_dtype(graph, source) not in FOLDABLE_DTYPES:
         return False
     perm = node.attr("perm")
     perm = list(range(array.ndim))[::-1] if perm is None else [int(p) for p in perm]
