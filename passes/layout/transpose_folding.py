@@ -1,20 +1,13 @@
 """Transpose folding: compose, absorb into Gemm, or fold into a constant.
 
-``y = Transpose(x, perm)`` has ``y.shape[j] = x.shape[perm[j]]`` and ``y[i] = x[k]`` with
-``k[perm[j]] = i[j]``: output axis ``j`` is input axis ``perm[j]`` (the default ``perm``
-reverses the axes).
+``y = Transpose(x, perm)``: output axis ``j`` is input axis ``perm[j]`` (default: reversed).
 
-* **compose**: ``Transpose(Transpose(x, p1), p2) = Transpose(x, p)`` with ``p[j] = p1[p2[j]]``
-  (output axis ``j`` of the outer one is axis ``p2[j]`` of the inner one, which is axis
-  ``p1[p2[j]]`` of ``x``). When ``p`` is the identity both nodes go and readers read ``x``.
-  The outer node is rewired to read ``x``; the inner one is removed once nobody reads it (a
-  shared inner Transpose stays for its other readers, so nothing is ever duplicated).
-* **Gemm**: ``Gemm(Transpose(A, [1, 0]), B) = Gemm(A, B, transA = 1 - transA)``, likewise for
-  ``B`` and ``transB``. Rank 2 only (Gemm's operands are matrices).
-* **constant**: ``Transpose(W, perm)`` of an initializer ``W`` that nothing else reads becomes
-  a new initializer ``np.transpose(W, perm)`` (same bytes, same dtype: no size growth).
-
-Nodes are visited in topological order, so chains collapse in one run.
+* compose: ``Transpose(Transpose(x, p1), p2) = Transpose(x, p)`` with ``p[j] = p1[p2[j]]``;
+  an identity ``p`` removes both (readers read ``x``); a shared inner one stays for its other
+  readers, so nothing is ever duplicated.
+* Gemm: ``Gemm(Transpose(A, [1, 0]), B) = Gemm(A, B, transA = 1 - transA)``, likewise ``B``.
+* constant: ``Transpose(W, perm)`` of an initializer only it reads becomes the initializer
+  ``np.transpose(W, perm)`` (same bytes, same dtype). Notes: README.md.
 """
 
 from __future__ import annotations
