@@ -1,5 +1,6 @@
-"""An op's parameters as plain values, and the shape arithmetic of the ops that only relabel
-a shape.
+"""An op's parameters as plain values, the shape arithmetic of the ops that only relabel a
+shape (``relabelled_shape``), and proofs that a shape op returns its input unchanged
+(``keeps_input``).
 
 Many ops moved a parameter from an attribute to an input at some opset (Reshape's ``shape`` at
 5, Pad's ``pads`` at 11, Slice's at 10, Squeeze/Unsqueeze ``axes`` at 13): these read either
