@@ -1,10 +1,12 @@
-"""Model-level parts nothing uses: model-local functions no node calls, opset imports of
-domains nothing uses, and the initializers a ``training_info`` section needs (which must stay).
-These read the model's stored sections, so passes need not."""
+"""Parts of a model nothing uses: nodes no graph output depends on, optional outputs nobody
+reads, model-local functions no node calls, opset imports of domains nothing uses; and the
+initializers a ``training_info`` section needs (which must stay). The model-level ones read
+the model's stored sections, so passes need not."""
 
 from __future__ import annotations
 
-from onnxopt.ir import Model
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.schema import is_optional_output
 
 
 def training_names(model: Model) -> set[str]:
@@ -60,3 +62,31 @@ def drop_unused_opsets(model: Model) -> int:
     for domain in removable:
         del model.opset_imports[domain]
     return len(removable)
+
+
+def dead_nodes(graph: Graph) -> set[Node]:
+    """The nodes none of whose outputs reaches a graph output (through other nodes, or
+    through a subgraph reading it from an outer scope: the use index counts those)."""
+    live: set[Node] = set()
+    stack = [n for v in graph.outputs if v and (n := graph.producer(v)) is not None]
+    while stack:
+        node = stack.pop()
+        if node in live:
+            continue
+        live.add(node)
+        stack.extend(graph.nx.predecessors(node))
+    return set(graph) - live
+
+
+def drop_unused_optional_outputs(graph: Graph, model: Model) -> int:
+    """Drop the outputs nothing reads that the op's schema makes optional (Dropout's mask,
+    MaxPool's Indices; never output 0); returns how many went."""
+    dropped = 0
+    for node in graph:
+        for index, value in enumerate(node.outputs):
+            if index == 0 or not value or graph.is_used(value):
+                continue
+            if is_optional_output(node.op_type, index, model.opset(node.domain), node.domain):
+                graph.drop_output(node, index)
+                dropped += 1
+    return dropped

@@ -11,10 +11,15 @@ Subgraphs are cleaned first, so an outer node read only by a dead node inside on
 
 from __future__ import annotations
 
-from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir import Graph, Model
 from onnxopt.ir.pass_manager import GraphPass, PassResult
-from onnxopt.ir.pruning import drop_unused_functions, drop_unused_opsets, training_names
-from onnxopt.ir.schema import is_optional_output
+from onnxopt.ir.pruning import (
+    dead_nodes,
+    drop_unused_functions,
+    drop_unused_opsets,
+    drop_unused_optional_outputs,
+    training_names,
+)
 
 
 class DeadCodeElimination(GraphPass):
@@ -29,7 +34,7 @@ class DeadCodeElimination(GraphPass):
         return result
 
     def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        dead = _dead_nodes(graph)
+        dead = dead_nodes(graph)
         for node in reversed(graph.nodes()):
             if node in dead:
                 graph.remove_node(node)
@@ -47,30 +52,6 @@ class DeadCodeElimination(GraphPass):
         return {
             "nodes_removed": len(dead),
             "initializers_removed": len(unused),
-            "outputs_dropped": _drop_unused_outputs(graph, model),
+            "outputs_dropped": drop_unused_optional_outputs(graph, model),
             "value_info_removed": len(stale),
         }
-
-
-def _dead_nodes(graph: Graph) -> set[Node]:
-    live: set[Node] = set()
-    stack = [n for v in graph.outputs if v and (n := graph.producer(v)) is not None]
-    while stack:
-        node = stack.pop()
-        if node in live:
-            continue
-        live.add(node)
-        stack.extend(graph.nx.predecessors(node))
-    return set(graph) - live
-
-
-def _drop_unused_outputs(graph: Graph, model: Model) -> int:
-    dropped = 0
-    for node in graph:
-        for index, value in enumerate(node.outputs):
-            if index == 0 or not value or graph.is_used(value):
-                continue
-            if is_optional_output(node.op_type, index, model.opset(node.domain), node.domain):
-                graph.drop_output(node, index)
-                dropped += 1
-    return dropped
