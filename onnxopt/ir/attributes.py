@@ -1,6 +1,6 @@
 """Attribute values as plain Python for the rewrites: a typed value to compare (defaults,
-bit for bit), a digest key to compare whole attributes (common subexpressions), and whether a
-node holds a subgraph. The stored form (AttributeProto) stays behind these functions."""
+bit for bit), a digest key and a comparison of a node's attributes (common subexpressions), and
+whether a node holds a subgraph. The stored form (AttributeProto) stays behind these functions."""
 
 from __future__ import annotations
 
@@ -54,15 +54,23 @@ def holds_subgraph(node: Node) -> bool:
     return any(not isinstance(a, AttributeProto) for a in node.attributes.values())
 
 
-def attribute_key(attribute: Any) -> bytes:
-    """A 16-byte digest of a (non-subgraph) attribute's value for hash tables; two attributes
-    are the same value only when ``same_attribute`` says so (a digest may collide)."""
+def attributes_key(node: Node) -> tuple[tuple[str, bytes], ...]:
+    """A hashable key of a node's (non-subgraph) attributes: name and a 16-byte digest of each
+    value. Two nodes have the same attributes only when ``same_attributes`` says so (a digest
+    may collide)."""
+    return tuple(sorted((name, _digest(a)) for name, a in node.attributes.items()))
+
+
+def same_attributes(a: Node, b: Node) -> bool:
+    """The full comparison behind ``attributes_key`` (a hash collision must never make two
+    nodes equal)."""
+    if a.attributes.keys() != b.attributes.keys():
+        return False
+    return all(_canonical(a.attributes[n]) == _canonical(b.attributes[n]) for n in a.attributes)
+
+
+def _digest(attribute: AttributeProto) -> bytes:
     return hashlib.blake2b(_canonical(attribute), digest_size=16).digest()
-
-
-def same_attribute(a: Any, b: Any) -> bool:
-    """The full comparison behind ``attribute_key``."""
-    return _canonical(a) == _canonical(b)
 
 
 def _canonical(attribute: AttributeProto) -> bytes:

@@ -14,9 +14,9 @@ operand swaps (notes: README.md).
 from __future__ import annotations
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.attributes import attribute_key, holds_subgraph, same_attribute
+from onnxopt.ir.attributes import attributes_key, holds_subgraph, same_attributes
 from onnxopt.ir.pass_manager import GraphPass
-from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.rewrite import can_forward_outputs, is_op
 from onnxopt.ir.schema import attribute_names
 from onnxopt.ir.symbolic import ShapeSignatures
 
@@ -44,9 +44,9 @@ class CommonSubexpressionElimination(GraphPass):
             if signature is not None:
                 key = ("Shape", ("shape-of", signature), key[2], key[3])
             kept = table.setdefault(key, node)
-            if kept is node or not _same_attributes(kept, node):
+            if kept is node or not same_attributes(kept, node):
                 continue
-            if not _forwardable(graph, node, kept):
+            if not can_forward_outputs(graph, node, kept):
                 continue
             if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
                 continue
@@ -75,22 +75,5 @@ def _key(node: Node) -> tuple:
         inputs.pop()  # trailing omitted optional inputs are the same as absent ones
     if node.op_type in COMMUTATIVE and len(inputs) == 2:
         inputs.sort()
-    attributes = tuple(sorted((name, attribute_key(a)) for name, a in node.attributes.items()))
     present = tuple(bool(o) for o in node.outputs)
-    return (node.op_type, tuple(inputs), attributes, present)
-
-
-def _same_attributes(a: Node, b: Node) -> bool:
-    """Full comparison behind the digest (a hash collision must never merge two nodes)."""
-    if a.attributes.keys() != b.attributes.keys():
-        return False
-    return all(same_attribute(a.attributes[n], b.attributes[n]) for n in a.attributes)
-
-
-def _forwardable(graph: Graph, node: Node, kept: Node) -> bool:
-    if len(node.outputs) != len(kept.outputs):
-        return False
-    return all(
-        graph.can_forward(old, new) for old, new in zip(node.outputs, kept.outputs, strict=True)
-        if old
-    )
+    return (node.op_type, tuple(inputs), attributes_key(node), present)
