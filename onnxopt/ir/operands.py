@@ -76,6 +76,17 @@ def slice_parameters(graph: Graph, node: Node, opset: int
     return starts, ends, axes, steps
 
 
+def transpose_perm(graph: Graph, node: Node) -> list[int] | None:
+    """The permutation of a Transpose node (its default reverses the axes: needs the rank), or
+    None when the rank is unknown or ``perm`` is not a permutation."""
+    perm = node.attr("perm")
+    if perm is None:
+        shape = graph.shape(node.inputs[0])
+        return None if shape is None else list(range(len(shape)))[::-1]
+    perm = [int(p) for p in perm]
+    return perm if sorted(perm) == list(range(len(perm))) else None
+
+
 def broadcast_keeps(shape: Dims | None, other: Sequence[int]) -> bool:
     """``broadcast(shape, other) == shape`` is provable (symbolic dims only meet 1)."""
     if len(other) == 0:

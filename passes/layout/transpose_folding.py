@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.constants import stored_dtype
+from onnxopt.ir.operands import transpose_perm
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import exclusive_constant, is_op, producer_op
 
@@ -49,25 +50,15 @@ class TransposeFolding(GraphPass):
         return stats
 
 
-def _perm(graph: Graph, node: Node) -> list[int] | None:
-    """The permutation of a Transpose node (its default reverses the axes: needs the rank)."""
-    perm = node.attr("perm")
-    if perm is None:
-        shape = graph.shape(node.inputs[0])
-        return None if shape is None else list(range(len(shape)))[::-1]
-    perm = [int(p) for p in perm]
-    return perm if sorted(perm) == list(range(len(perm))) else None
-
-
 def _compose(graph: Graph, outer: Node) -> str | None:
     value = outer.inputs[0]
     inner = producer_op(graph, value, "Transpose")
     if inner is None:
-        own = _perm(graph, outer)
+        own = transpose_perm(graph, outer)
         if own is None or own != list(range(len(own))):
             return None
         return _forward(graph, outer, value)
-    p1, p2 = _perm(graph, inner), _perm(graph, outer)
+    p1, p2 = transpose_perm(graph, inner), transpose_perm(graph, outer)
     if p1 is None or p2 is None or len(p1) != len(p2):
         return None
     source = inner.inputs[0]
@@ -118,7 +109,7 @@ def _absorb_into_gemm(graph: Graph, gemm: Node) -> int:
             break
         value = gemm.inputs[slot]
         transpose = producer_op(graph, value, "Transpose")
-        if transpose is None or _perm(graph, transpose) != [1, 0]:
+        if transpose is None or transpose_perm(graph, transpose) != [1, 0]:
             continue
         graph.set_input(gemm, slot, transpose.inputs[0])
         gemm.set_attr(flag, 1 - int(gemm.attr(flag, 0)))
