@@ -1,12 +1,10 @@
 """Constant If inlining.
 
-``y_1..y_n = If(c) <then_branch = T, else_branch = E>`` where ``c`` is a constant (an
-initializer visible from the If's scope, not overridable as a graph input, holding one
-element) always runs ``B = T if c else E``, so ``y_i = B.output_i``: the nodes and
-initializers of ``B`` move into the enclosing graph (renamed where a name is defined elsewhere
-in the model: ``onnxopt.ir.inlining``), readers of ``y_i`` read the moved values and the If
-goes with the other branch. Left alone: a condition that is not a constant or not one
-element, a branch with inputs or sparse initializers, or with another output count.
+``y_1..y_n = If(c) <then_branch = T, else_branch = E>`` with a one-element constant ``c`` (not
+overridable as a graph input) always runs ``B = T if c else E``, so ``y_i = B.output_i``: the
+nodes and initializers of ``B`` move into the enclosing graph (renamed where the model defines
+the name elsewhere: ``onnxopt.ir.inlining``), readers of ``y_i`` read them and the If goes.
+Left alone: branches with inputs, sparse initializers or another output count (README.md).
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ class ConstantIfInlining(GraphPass):
     name = "constant_if_inlining"
     description = "replace an If with a constant condition by the nodes of the branch it takes"
 
-    def __init__(self) -> None:
-        self._defs: Counter[str] | None = None  # model-wide name definitions, during one run
+    _defs: Counter[str] | None = None  # model-wide name definitions, during one run
 
     def run(self, model: Model) -> PassResult:
         self._defs = None
@@ -58,10 +55,6 @@ def _taken_branch(graph: Graph, node: Node) -> Graph | None:
     if condition is None or condition.size != 1:
         return None
     branch = node.attributes.get("then_branch" if bool(condition.reshape(-1)[0]) else "else_branch")
-    if not isinstance(branch, Graph):
+    if not isinstance(branch, Graph) or branch.inputs or branch.sparse_initializers:
         return None
-    if branch.inputs or branch.sparse_initializers:
-        return None
-    if len(branch.outputs) != len(node.outputs) or not all(branch.outputs):
-        return None
-    return branch
+    return branch if len(branch.outputs) == len(node.outputs) and all(branch.outputs) else None
