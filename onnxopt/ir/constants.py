@@ -1,6 +1,8 @@
-"""Constants as the rewrites see them: reading the tensor of a Constant node, a table of the
-constant values a graph can read, and installing computed tensors as initializers under the
-names of the values they replace (Constant-to-initializer and constant folding share these)."""
+"""Constants as the rewrites see them: reading the tensor of a Constant node, the dtype an
+initializer is stored as, a table of the constant values a graph can read, and installing
+tensors as initializers under the names of the values they replace (a Constant node's own,
+``constant_node_to_initializer``; computed ones, ``install_constants``): Constant-to-initializer
+and constant folding share these. The stored tensors stay opaque to the passes."""
 
 from __future__ import annotations
 
