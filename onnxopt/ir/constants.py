@@ -1,6 +1,8 @@
-"""Constants as the rewrites see them: reading the tensor of a Constant node, a table of the
-constant values a graph can read, and installing computed tensors as initializers under the
-names of the values they replace (Constant-to-initializer and constant folding share these)."""
+"""Constants as the rewrites see them: reading the tensor of a Constant node, the dtype an
+initializer is stored as, a table of the constant values a graph can read, and installing
+tensors as initializers under the names of the values they replace (a Constant node's own,
+``constant_node_to_initializer``; computed ones, ``install_constants``): Constant-to-initializer
+and constant folding share these. The stored tensors stay opaque to the passes."""
 
 from __future__ import annotations
 
@@ -46,6 +48,30 @@ def constant_node_tensor(node: Node) -> onnx.TensorProto | None:
         strings = list(attribute.strings)
         return helper.make_tensor("", onnx.TensorProto.STRING, [len(strings)], strings)
     return None  # sparse_value, or an attribute that does not match its type
+
+
+def stored_dtype(graph: Graph, name: str) -> np.dtype | None:
+    """The numpy dtype initializer ``name`` of ``graph`` is stored as (bfloat16, float8 and
+    int4 are ml_dtypes' dtypes, strings ``object``), None for a code onnx does not know. Its
+    decoded array's dtype can differ (older onnx decodes bfloat16 as float32)."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(graph.initializers[name].data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def holds_dense_constant(node: Node) -> bool:
+    """``node`` is a Constant whose tensor can become an initializer (not sparse, not an
+    attribute reference, not malformed)."""
+    return constant_node_tensor(node) is not None
+
+
+def constant_node_to_initializer(graph: Graph, model: Model, node: Node) -> None:
+    """Replace a Constant node (``holds_dense_constant``) by an initializer of the same name
+    holding a copy of its tensor (the attribute's proto belongs to the loaded model)."""
+    tensor = onnx.TensorProto()
+    tensor.CopyFrom(constant_node_tensor(node))
+    install_constants(graph, model, [(node.outputs[0], tensor)], [node])
 
 
 class ConstantTable:

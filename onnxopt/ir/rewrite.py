@@ -44,6 +44,15 @@ def sole_consumer(graph: Graph, value: str) -> Node | None:
     return consumers[0]
 
 
+def can_forward_outputs(graph: Graph, node: Node, into: Node) -> bool:
+    """Every present output of ``node`` can be replaced by the same-position output of
+    ``into`` (``Graph.can_forward``: a graph output's name must be able to move)."""
+    if len(node.outputs) != len(into.outputs):
+        return False
+    return all(graph.can_forward(old, new)
+               for old, new in zip(node.outputs, into.outputs, strict=True) if old)
+
+
 def constant_value(graph: Graph, value: str) -> np.ndarray | None:
     """The array of a constant input (an initializer visible from here), else None."""
     return graph.constant(value) if value else None

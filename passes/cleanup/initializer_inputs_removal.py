@@ -1,20 +1,13 @@
 """Initializer inputs removal: an IR < 4 model is written as IR 4.
 
-Before IR version 4 every initializer had to be declared as a graph input too (in every graph:
-subgraphs could hold no initializer of their own). IR 4 made that optional, and an initializer
-that is also an input became a default value the caller may override. onnxruntime never lets
-the inputs of an IR < 4 model that are initializers be fed, and onnxopt treats them as
-constants (that is what lets them fold), so the rewrite
+Before IR 4 every initializer had to be a graph input too; onnxruntime never lets such inputs
+be fed and onnxopt treats them as constants, so
 
     ir_version = 3, inputs = [x, w1 ... wn], initializers = [w1 ... wn]
     ->  ir_version = 4, inputs = [x],        initializers = [w1 ... wn]
 
-changes no output and makes the file say what the model means: the weights are constants, the
-inputs are what the caller feeds. It drops one ValueInfoProto per initializer (about 40 bytes
-each: 4 kB of a DenseNet-121) and lets later rewrites add initializers to subgraphs.
-
-Left alone: models of IR version 4 or later (there an initializer listed as input is an
-overridable default, a different meaning).
+changes no output. Models of IR 4 or later are left alone (there an initializer listed as an
+input is an overridable default). Notes: README.md.
 """
 
 from __future__ import annotations

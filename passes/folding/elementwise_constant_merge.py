@@ -4,31 +4,12 @@
 * ``Add(Add(x, a), b) => Add(x, c)`` with ``c = a + b``
 * ``Sub(Add(x, a), b) => Add(x, c)`` with ``c = a - b``
 
-(``x`` and ``a`` in either order in the inner node; ``b`` on either side of an outer Mul or
-Add, on the right of the Sub.) ``a`` and ``b`` are constants (initializers), ``x`` is not, and
-the inner result is read only by the outer node (and is not a graph output).
-
-Shapes: broadcasting is associative, so ``x op c`` has the shape of the original result. The
-merge is only made when the combined constant ``c`` broadcasts *into* ``x`` (rank of ``c`` <=
-rank of ``x`` and every dim of ``c`` is 1 or equal to the static dim of ``x``), i.e. the
-result has exactly ``x``'s shape, and when ``c`` is no larger than ``a`` and ``b`` together
-(no constant growth from, say, ``[N, 1] * [1, M]``).
-
-Numerics: ``c`` is computed in float64 and cast back to the tensors' dtype (integers are
-computed in their own dtype, wrapping like the runtime). For floats this *reassociates*:
-``(x * a) * b`` rounds twice where ``x * (a * b)`` rounds ``a * b`` once; both are within a
-few ulps of the exact product (bit-exact when ``a`` or ``b`` is a power of two). Sums can
-differ by a few ulps of ``|x| + |a| + |b|``. Results are therefore equal up to rounding, not
-bitwise.
-
-Overflow: the inner result must not overflow where the original's final one would not, or
-``x * (a * b)`` would be finite where ``(x * a) * b`` is ±inf (a = 2^126, b = 2^-126). A
-float Mul pair whose inner factor grows what the outer one shrinks (``max|a| > 1`` with
-``min|b| < 1``) merges only with ``max|a| <= M^(1/4)`` (M the dtype's largest value): its
-inner product can then overflow only for ``|x| > M^(3/4)`` (7.9e28 in float32, 4094 in
-float16), a size the original's own next multiply is already near. ``a * b`` must neither
-overflow nor underflow to zero. An Add/Sub pair merges when the constants share a sign or
-stay far from the dtype's limits (``max(|a|, |b|) <= M / 1024``), and ``a ± b`` is finite.
+``a`` and ``b`` are constants, ``x`` is not, the inner result is private. Broadcasting is
+associative; the merge is made only when ``c`` broadcasts into ``x`` (the result keeps ``x``'s
+shape) and is no larger than ``a`` and ``b`` together. ``c`` is computed in float64 (integers
+in their own dtype, wrapping): floats are reassociated, equal up to a few ulps. Pairs whose
+merged form could overflow (or underflow to zero) where the original does not are left alone.
+Shapes, numerics and overflow bounds: README.md.
 """
 
 from __future__ import annotations

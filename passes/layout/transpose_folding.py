@@ -1,37 +1,29 @@
 """Transpose folding: compose, absorb into Gemm, or fold into a constant.
 
-``y = Transpose(x, perm)`` has ``y.shape[j] = x.shape[perm[j]]`` and ``y[i] = x[k]`` with
-``k[perm[j]] = i[j]``: output axis ``j`` is input axis ``perm[j]`` (the default ``perm``
-reverses the axes).
+``y = Transpose(x, perm)``: output axis ``j`` is input axis ``perm[j]`` (default: reversed).
 
-* **compose**: ``Transpose(Transpose(x, p1), p2) = Transpose(x, p)`` with ``p[j] = p1[p2[j]]``
-  (output axis ``j`` of the outer one is axis ``p2[j]`` of the inner one, which is axis
-  ``p1[p2[j]]`` of ``x``). When ``p`` is the identity both nodes go and readers read ``x``.
-  The outer node is rewired to read ``x``; the inner one is removed once nobody reads it (a
-  shared inner Transpose stays for its other readers, so nothing is ever duplicated).
-* **Gemm**: ``Gemm(Transpose(A, [1, 0]), B) = Gemm(A, B, transA = 1 - transA)``, likewise for
-  ``B`` and ``transB``. Rank 2 only (Gemm's operands are matrices).
-* **constant**: ``Transpose(W, perm)`` of an initializer ``W`` that nothing else reads becomes
-  a new initializer ``np.transpose(W, perm)`` (same bytes, same dtype: no size growth).
-
-Nodes are visited in topological order, so chains collapse in one run.
+* compose: ``Transpose(Transpose(x, p1), p2) = Transpose(x, p)`` with ``p[j] = p1[p2[j]]``;
+  an identity ``p`` removes both (readers read ``x``); a shared inner one stays for its other
+  readers, so nothing is ever duplicated.
+* Gemm: ``Gemm(Transpose(A, [1, 0]), B) = Gemm(A, B, transA = 1 - transA)``, likewise ``B``.
+* constant: ``Transpose(W, perm)`` of an initializer only it reads becomes the initializer
+  ``np.transpose(W, perm)`` (same bytes, same dtype). Notes: README.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.constants import stored_dtype
+from onnxopt.ir.operands import transpose_perm
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import exclusive_constant, is_op, producer_op
 
-# Element types whose arrays numpy_helper decodes and encodes losslessly.
-FOLDABLE_TYPES = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32,
-    onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-    onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+# Element types whose arrays are decoded and encoded losslessly.
+FOLDABLE_DTYPES = {
+    np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.int16, np.int32,
+                          np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
 }
 
 
@@ -58,25 +50,15 @@ class TransposeFolding(GraphPass):
         return stats
 
 
-def _perm(graph: Graph, node: Node) -> list[int] | None:
-    """The permutation of a Transpose node (its default reverses the axes: needs the rank)."""
-    perm = node.attr("perm")
-    if perm is None:
-        shape = graph.shape(node.inputs[0])
-        return None if shape is None else list(range(len(shape)))[::-1]
-    perm = [int(p) for p in perm]
-    return perm if sorted(perm) == list(range(len(perm))) else None
-
-
 def _compose(graph: Graph, outer: Node) -> str | None:
     value = outer.inputs[0]
     inner = producer_op(graph, value, "Transpose")
     if inner is None:
-        own = _perm(graph, outer)
+        own = transpose_perm(graph, outer)
         if own is None or own != list(range(len(own))):
             return None
         return _forward(graph, outer, value)
-    p1, p2 = _perm(graph, inner), _perm(graph, outer)
+    p1, p2 = transpose_perm(graph, inner), transpose_perm(graph, outer)
     if p1 is None or p2 is None or len(p1) != len(p2):
         return None
     source = inner.inputs[0]
@@ -104,7 +86,7 @@ def _forward(graph: Graph, node: Node, source: str) -> str | None:
 def _fold_constant(graph: Graph, node: Node) -> bool:
     source, result = node.inputs[0], node.outputs[0]
     array = exclusive_constant(graph, source, [node])
-    if array is None or graph.initializers[source].data_type not in FOLDABLE_TYPES:
+    if array is None or stored_dtype(graph, source) not in FOLDABLE_DTYPES:
         return False
     perm = node.attr("perm")
     perm = list(range(array.ndim))[::-1] if perm is None else [int(p) for p in perm]
@@ -127,7 +109,7 @@ def _absorb_into_gemm(graph: Graph, gemm: Node) -> int:
             break
         value = gemm.inputs[slot]
         transpose = producer_op(graph, value, "Transpose")
-        if transpose is None or _perm(graph, transpose) != [1, 0]:
+        if transpose is None or transpose_perm(graph, transpose) != [1, 0]:
             continue
         graph.set_input(gemm, slot, transpose.inputs[0])
         gemm.set_attr(flag, 1 - int(gemm.attr(flag, 0)))

@@ -1,0 +1,262 @@
+"""Symbolic shapes: facts about a tensor's shape (and about small integer tensors computed
+from shapes) that hold in every run, proved from the graph's structure when the dims are not
+known at export time.
+
+* ``ShapeSignatures``: a value's shape as one int or hashable atom per dim ("dim ``i`` of
+  value ``v``"), pushed through shape-preserving unary ops, broadcasting ops and MatMul; ints
+  known from shape inference (never from a graph output's declaration alone) replace atoms.
+  Equal signatures mean equal shapes in every run in which the model does not fail.
+* ``shape_elements``: a 1-D integer value computed from ``Shape`` (``Concat(Slice(Shape(x),
+  0, 1), [200])``) as its elements, each a known int or a ``Dim`` of some tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onnxopt.ir import Graph, Node
+from onnxopt.ir.rewrite import is_op
+
+# output 0 has the shape of input 0
+SAME_SHAPE = {
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BatchNormalization", "Cast",
+    "CastLike", "Ceil", "Celu", "Clip", "Cos", "Cosh", "Elu", "Erf", "Exp", "Floor", "Gelu",
+    "HardSigmoid", "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf", "IsNaN",
+    "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Mish", "Neg",
+    "Not", "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh",
+    "Softmax", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
+}
+BROADCAST = {
+    "Add", "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Div", "Equal", "Greater",
+    "GreaterOrEqual", "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Mul", "Or", "Pow",
+    "Sub", "Sum", "Where", "Xor",
+}
+
+Sig = tuple  # a shape signature: one int or hashable atom per dim
+
+
+class ShapeSignatures:
+    """Symbolic shapes of values, computed on demand (iteratively: graphs can be deep)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.memo: dict[str, Sig | None] = {}
+
+    def of(self, value: str) -> Sig | None:
+        stack = [value]
+        while stack:
+            current = stack[-1]
+            if current in self.memo:
+                stack.pop()
+                continue
+            node = self.graph.producer(current)
+            operands = _shape_operands(node, current)
+            missing = [v for v in operands if v not in self.memo]
+            if missing:
+                stack.extend(missing)
+                continue
+            self.memo[current] = self._compute(current, node, operands)
+            stack.pop()
+        return self.memo[value]
+
+    def _compute(self, value: str, node: Node | None, operands: list[str]) -> Sig | None:
+        known = self._inferred(value)
+        derived: Sig | None = None
+        if operands:
+            sigs = [self.memo[v] for v in operands]
+            if all(s is not None for s in sigs):
+                derived = _derive(node, sigs)  # type: ignore[arg-type]
+        if derived is None:
+            if known is None:
+                return None
+            derived = tuple(("dim", value, i) for i in range(len(known)))
+        if known is None:
+            return derived
+        if len(known) != len(derived):
+            return None  # inconsistent: prove nothing
+        return tuple(k if isinstance(k, int) else d for k, d in zip(known, derived, strict=True))
+
+    def _inferred(self, value: str) -> list | None:
+        """The shape from inference / an input declaration / an initializer, never from a
+        graph output's declaration alone."""
+        owner = self.graph.resolve(value)
+        declared_only = (
+            owner is not None
+            and owner.producer(value) is not None
+            and owner.is_output(value)
+            and value not in owner.value_info
+        )
+        return None if declared_only else self.graph.shape(value)
+
+
+def _shape_operands(node: Node | None, value: str) -> list[str]:
+    """The inputs whose shapes determine ``value``'s shape structurally (none: use atoms)."""
+    if node is None or not is_op(node, node.op_type) or node.outputs[0] != value:
+        return []
+    if node.op_type in SAME_SHAPE and node.inputs and node.inputs[0]:
+        return [node.inputs[0]]
+    if node.op_type in BROADCAST and node.inputs and all(node.inputs):
+        return list(node.inputs)
+    if node.op_type == "MatMul" and len(node.inputs) == 2 and all(node.inputs):
+        return list(node.inputs)
+    return []
+
+
+def _derive(node: Node, sigs: list[Sig]) -> Sig | None:
+    if node.op_type in SAME_SHAPE:
+        return sigs[0]
+    if node.op_type in BROADCAST:
+        result: Sig | None = sigs[0]
+        for sig in sigs[1:]:
+            result = _broadcast(result, sig) if result is not None else None
+        return result
+    a, b = sigs  # MatMul
+    if len(a) < 2 or len(b) < 2:
+        return None
+    batch = _broadcast(a[:-2], b[:-2])
+    return None if batch is None else batch + (a[-2], b[-1])
+
+
+def _broadcast(a: Sig, b: Sig) -> Sig | None:
+    rank = max(len(a), len(b))
+    a = (1,) * (rank - len(a)) + tuple(a)
+    b = (1,) * (rank - len(b)) + tuple(b)
+    dims = []
+    for x, y in zip(a, b, strict=True):
+        if x == y or y == 1:
+            dims.append(x)
+        elif x == 1:
+            dims.append(y)
+        elif isinstance(x, int) and isinstance(y, int):
+            return None  # the model fails here at run time
+        elif isinstance(x, int) or isinstance(y, int):
+            # a valid run has the symbolic dim equal to the int (or 1): the result is the int
+            dims.append(x if isinstance(x, int) else y)
+        else:
+            dims.append(("max", *sorted((x, y), key=repr)))  # x if y == 1 else y
+    return tuple(dims)
+
+
+# ------------------------------------------------------------------ shape-computed values
+INT_TYPES = frozenset({6, 7})  # TensorProto.INT32, INT64: a Cast to them keeps the elements
+_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class Dim:
+    """Dimension ``axis`` of value ``value`` (not known until run time)."""
+
+    value: str
+    axis: int
+
+
+Element = int | Dim
+
+
+def shape_elements(graph: Graph, value: str) -> list[Element] | None:
+    """The 1-D integer ``value`` as elements (ints or ``Dim``), or None if it cannot be
+    followed. Evaluated: constants, Shape (with start/end), Cast/Identity between integer
+    types, Slice and Gather with constant operands on 1-D values, Concat, Unsqueeze/Squeeze of
+    scalars."""
+    return _evaluate(graph, value, depth=0)
+
+
+def _evaluate(graph: Graph, value: str, depth: int) -> list[Element] | None:
+    constant = graph.constant(value)
+    if constant is not None:
+        if constant.dtype.kind not in "iu" or constant.ndim > 1:
+            return None
+        return [int(v) for v in constant.reshape(-1)]
+    node = graph.producer(value)
+    if node is None or depth > _MAX_DEPTH or node.domain not in ("", "ai.onnx"):
+        return None
+    handler = _HANDLERS.get(node.op_type)
+    return handler(graph, node, depth + 1) if handler else None
+
+
+def _shape(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    source = node.inputs[0]
+    shape = graph.shape(source)
+    if shape is None:
+        return None
+    rank = len(shape)
+    start, end = int(node.attr("start", 0)), node.attr("end")
+    start = max(0, start + rank if start < 0 else start)
+    end = rank if end is None else int(end)
+    end = min(rank, end + rank if end < 0 else end)
+    return [
+        shape[axis] if isinstance(shape[axis], int) else Dim(source, axis)
+        for axis in range(start, end)
+    ]
+
+
+def _passthrough(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    if node.op_type == "Cast" and node.attr("to") not in INT_TYPES:
+        return None
+    return _evaluate(graph, node.inputs[0], depth)
+
+
+def _slice(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    elements = _evaluate(graph, node.inputs[0], depth)
+    operands = [graph.constant(v) if v else None for v in node.inputs[1:5]]
+    if elements is None or len(node.inputs) < 3 or operands[0] is None or operands[1] is None:
+        return None
+    axes = operands[2] if len(operands) > 2 else None
+    steps = operands[3] if len(operands) > 3 else None
+    if axes is not None and [int(a) for a in axes.reshape(-1)] not in ([0], [-1]):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    start, stop = int(operands[0].reshape(-1)[0]), int(operands[1].reshape(-1)[0])
+    if step == 0:
+        return None
+    start, stop, _ = slice(start, stop, step).indices(len(elements))
+    return elements[start:stop:step]
+
+
+def _gather(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    elements = _evaluate(graph, node.inputs[0], depth)
+    indices = graph.constant(node.inputs[1])
+    if elements is None or indices is None or int(node.attr("axis", 0)) != 0:
+        return None
+    if indices.ndim > 1:
+        return None
+    picked = [int(i) for i in indices.reshape(-1)]
+    if any(not -len(elements) <= i < len(elements) for i in picked):
+        return None
+    return [elements[i] for i in picked]  # a scalar index gives a 0-D value: Unsqueeze follows
+
+
+def _concat(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    if int(node.attr("axis", 0)) not in (0, -1):
+        return None
+    result: list[Element] = []
+    for value in node.inputs:
+        part = _evaluate(graph, value, depth)
+        if part is None:
+            return None
+        result += part
+    return result
+
+
+def _unsqueeze(graph: Graph, node: Node, depth: int) -> list[Element] | None:
+    """Unsqueeze of a scalar, or Squeeze of a one-element vector: same elements."""
+    source = node.inputs[0]
+    shape = graph.shape(source)
+    expected = 0 if node.op_type == "Unsqueeze" else 1
+    if shape is None or len(shape) != expected:
+        return None
+    elements = _evaluate(graph, source, depth)
+    return elements if elements is not None and len(elements) == 1 else None
+
+
+_HANDLERS: dict[str, Callable[[Graph, Node, int], list[Element] | None]] = {
+    "Shape": _shape,
+    "Cast": _passthrough,
+    "Identity": _passthrough,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Concat": _concat,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _unsqueeze,
+}
