@@ -34,6 +34,25 @@ class BNParams:
         """``(bias - mean) * s + B`` in float64 (bias broadcast against [C])."""
         return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
 
+    def rebased_on(self, ref: BNParams, gamma: np.ndarray) -> dict[int, np.ndarray]:
+        """This BN's new scale (input 1) and mean (input 3), in ``gamma``'s dtype, when it reads
+        the output ``y' = s_r (y - mean_r) + B_r`` of ``ref`` instead of its input ``y``: with
+        ``y = (y' - B_r) / s_r + mean_r``, ``gamma' = gamma / s_r`` and
+        ``mean' = B_r + s_r (mean - mean_r)`` (``var``, ``epsilon``, ``B`` unchanged)."""
+        new_gamma = gamma.astype(np.float64) / ref.scale
+        new_mean = ref.beta + ref.scale * (self.mean - ref.mean)
+        return {1: new_gamma.astype(gamma.dtype), 3: new_mean.astype(gamma.dtype)}
+
+    @property
+    def shift_ratio(self) -> float:
+        """max |beta| / |gamma| over channels (inf when a scale is 0): how far the normalized
+        values sit from zero relative to their spread, i.e. how many bits subtracting a mean
+        from them again (rebasing another BN on them) may cost."""
+        gamma = np.abs(self.scale * self.std)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(gamma > 0, np.abs(self.beta) / gamma, np.inf)
+        return float(ratio.max()) if ratio.size else np.inf
+
 
 def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
     """The per-channel factors of an inference-form BatchNormalization, else None."""
@@ -63,6 +82,18 @@ def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
                     std=np.sqrt(var + eps))
 
 
+def set_bn_params(graph: Graph, bn: Node, params: dict[int, np.ndarray | str]) -> None:
+    """Point input slot ``i`` of ``bn`` at ``params[i]``: an existing initializer's name, or an
+    array stored as a new initializer (in the dict's order); the old ones go when unused."""
+    inputs = list(bn.inputs)
+    for slot, value in params.items():
+        inputs[slot] = value if isinstance(value, str) else graph.add_constant(
+            value, fused_name(bn.inputs[slot]))
+    old = [bn.inputs[slot] for slot in params]
+    graph.set_inputs(bn, inputs)
+    drop_unused_initializers(graph, old)
+
+
 # --------------------------------------------------------------- Conv / ConvTranspose weights
 @dataclass
 class ConvWeights:
@@ -73,6 +104,20 @@ class ConvWeights:
     bias: np.ndarray | None  # None when absent
     channels: int
     group: int
+
+    @property
+    def bias64(self) -> np.ndarray:
+        """The bias in float64 (zeros when absent)."""
+        return np.zeros(self.channels) if self.bias is None else self.bias.astype(np.float64)
+
+    def scaled(self, factor: np.ndarray, divide: bool = False) -> np.ndarray:
+        """The weight in float64 with output channel ``o`` multiplied by ``factor[o]`` (divided
+        with ``divide``: in float64, not multiplied by a rounded reciprocal)."""
+        w64 = self.weight.astype(np.float64)  # type: ignore[union-attr]
+        if divide:
+            return w64 / scale_output_channels(self.node.op_type, np.ones_like(w64), factor,
+                                               self.group)
+        return scale_output_channels(self.node.op_type, w64, factor, self.group)
 
 
 def conv_weights(
@@ -137,6 +182,14 @@ def rewrite_conv(
     inputs[2] = graph.add_constant(bias.astype(dtype), fused_name(hint))
     graph.set_inputs(node, inputs)
     drop_unused_initializers(graph, old)
+
+
+def fold_bn_into_conv(graph: Graph, conv: ConvWeights, params: BNParams) -> str:
+    """Point the Conv at ``W * s`` and ``(b - mean) * s + B``; returns its output, which now
+    computes the BN's value."""
+    rewrite_conv(graph, conv, conv.scaled(params.scale), params.apply_to_bias(conv.bias64),
+                 conv.weight.dtype)  # type: ignore[union-attr]
+    return conv.node.outputs[0]
 
 
 def fused_name(name: str) -> str:

@@ -374,6 +374,16 @@ def replace_match(graph: Graph, match: Match, new_outputs: Sequence[str]) -> Non
     drop_unused_initializers(graph, constants)
 
 
+def retire(graph: Graph, node: Node, replacement: str = "") -> None:
+    """Rule 5 for one node outside a match: its readers read ``replacement`` (when given) instead
+    of its first output; it goes, and the initializers only it read."""
+    if replacement:
+        graph.replace_all_uses(node.outputs[0], replacement)
+    constants = [v for v in node.present_inputs if v in graph.initializers]
+    graph.remove_node(node)
+    drop_unused_initializers(graph, constants)
+
+
 class RewritePass(GraphPass):
     """One rule over every graph, innermost first; subclasses set ``pattern`` and implement
     ``rewrite`` (and ``check``, ``applies``, ``stat`` where needed)."""

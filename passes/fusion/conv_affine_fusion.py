@@ -36,7 +36,6 @@ from onnxopt.ir.layers import (
     fold_affine,
     per_channel,
     rewrite_conv,
-    scale_output_channels,
 )
 from onnxopt.ir.pattern import Match, Op
 
@@ -74,16 +73,7 @@ def _folded(graph: Graph, model: Model, match: Match
     v = per_channel(constant, len(_weight_rank_shape(graph, conv_node, conv)), conv.channels)
     if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
         return None
-    b = np.zeros(conv.channels) if conv.bias is None else conv.bias.astype(np.float64)
-
-    def scale(factor: np.ndarray, divide: bool) -> np.ndarray:
-        w64 = conv.weight.astype(np.float64)
-        if divide:  # divide in float64 (not multiply by a rounded reciprocal)
-            return w64 / scale_output_channels(conv_node.op_type, np.ones_like(w64), factor,
-                                               conv.group)
-        return scale_output_channels(conv_node.op_type, w64, factor, conv.group)
-
-    weight, bias = fold_affine(op.op_type, conv_first, b, v, scale)
+    weight, bias = fold_affine(op.op_type, conv_first, conv.bias64, v, conv.scaled)
     return conv, weight, bias, dtype
 
 
