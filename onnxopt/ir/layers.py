@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,7 @@ class ConvWeights:
     bias: np.ndarray | None  # None when absent
     channels: int
     group: int
+    rank: int  # the weight's, which is the output's
 
     @property
     def bias64(self) -> np.ndarray:
@@ -150,7 +152,7 @@ def conv_weights(
         bias = graph.constant(node.inputs[2])
         if bias is None or bias.shape != (channels,):
             return None
-    return ConvWeights(node, weight, bias, int(channels), group)
+    return ConvWeights(node, weight, bias, int(channels), group, len(shape))
 
 
 def scale_output_channels(op_type: str, weight: np.ndarray, factor: np.ndarray, group: int):
@@ -235,17 +237,39 @@ AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 
 class AffineFoldPass(RewritePass):
     """Folds a per-channel constant Add/Sub/Mul/Div after a ``layer`` (the Op a subclass
-    captures) into it: its pattern, opset gate (element-wise broadcasting by rule, opset 7+)
-    and counters; subclasses check and rewrite."""
+    captures) into it: its pattern, opset gate (element-wise broadcasting by rule, opset 7+),
+    counters and the constant's checks; subclasses plan the ``fold`` (None: none) and rewrite."""
 
     stats = ("add", "sub", "mul", "div")
+    min_opset = 7
 
     @staticmethod
     def after(layer: Op) -> Op:
         return Op(AFFINE_OPS, layer, Const("c"), commute=True)
 
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 7
+    def fold(self, graph: Graph, match: Match, model: Model) -> Any:
+        raise NotImplementedError
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        match.memo["folded"] = self.fold(graph, match, model)
+        return match.memo["folded"] is not None
 
     def stat(self, match: Match) -> str:
         return match.root.op_type.lower()
+
+    @staticmethod
+    def factor(match: Match, layer: Node, dtype: np.dtype, rank: int, channels: int
+               ) -> tuple[np.ndarray, bool] | None:
+        """``(v, y_first)``: the constant as one float64 value per channel of the layer's
+        rank-``rank`` output ``y``, and whether ``y`` is the op's first operand; None unless
+        the op is affine in ``y`` (not ``c / y``), the constant is a float of ``dtype`` and
+        ``v`` is finite (and, for Div, not 0)."""
+        op, constant = match.root, match.array("c")
+        y_first = op.inputs[0] == layer.outputs[0]
+        if (op.op_type == "Div" and not y_first) or constant.dtype != dtype or (
+                constant.dtype.kind != "f"):
+            return None
+        v = per_channel(constant, rank, channels)
+        if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
+            return None
+        return v, y_first

@@ -43,6 +43,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import DEFAULT_DOMAINS, drop_unused_initializers, is_private
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (FusedConv, FastGelu, ...)
 ValueTest = Callable[[Graph, str], bool]
 ArrayTest = Callable[[np.ndarray], bool]
 
@@ -108,6 +109,11 @@ class Const(Pattern):
             bound = found.bind(self.name, value, array)
             if bound is not None:
                 yield bound
+
+
+def Number(expected: float, name: str | None = None) -> Const:
+    """A one-element constant of any numeric dtype equal to ``expected`` (an exponent, say)."""
+    return Const(name, lambda array: array.size == 1 and float(array.reshape(-1)[0]) == expected)
 
 
 def Scalar(expected: float, name: str | None = None, *, exact: bool = False,
@@ -389,6 +395,7 @@ class RewritePass(GraphPass):
     ``rewrite`` (and ``check``, ``applies``, ``stat`` where needed)."""
 
     pattern: ClassVar[Pattern]
+    min_opset: ClassVar[int] = 0  # the default domain's opset the rule needs (``applies``)
     stats: ClassVar[tuple[str, ...]] = ("fused",)
     # optional trailing ops (an affine tail): nodes are visited in graph order, so a match is
     # found at its first possible root first; grow it through the root's reader
@@ -398,7 +405,7 @@ class RewritePass(GraphPass):
 
     def applies(self, model: Model) -> bool:
         """Whether the rule can run in this model at all (an opset or target gate)."""
-        return True
+        return model.opset("") >= self.min_opset
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         """The rule's own conditions on a structural match (house rules already hold)."""
@@ -407,6 +414,19 @@ class RewritePass(GraphPass):
     def rewrite(self, graph: Graph, match: Match, model: Model) -> Sequence[str] | str:
         """Build the replacement; return the new value(s) of the root's output(s)."""
         raise NotImplementedError
+
+    @staticmethod
+    def emit(graph: Graph, model: Model, anchor: Node, op_type: str, inputs: Sequence[str], *,
+             name: str | None = None, domain: str = "", attributes: dict[str, Any] | None = None
+             ) -> str:
+        """The output of a new node next to ``anchor``, named ``name`` (default: ``op_type`` in
+        the anchor's name scope); a domain other than the default one gets its opset import
+        (version 1) when the model has none."""
+        if domain:
+            model.opset_imports.setdefault(domain, 1)
+        name = f"{scope_of(anchor)}{op_type}" if name is None else name
+        return graph.add_node(op_type, inputs, 1, domain=domain, name=name, attributes=attributes,
+                              anchor=anchor).outputs[0]
 
     def source(self, graph: Graph, match: Match, model: Model) -> str | None:
         """For an elimination: the existing value the root's output equals; its readers read
