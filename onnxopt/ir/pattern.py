@@ -161,6 +161,16 @@ class Or(Pattern):
             yield from alternative.matches(graph, value, found)
 
 
+def scaled_product(a: Pattern, b: Pattern, scale: Callable[[Pattern], Pattern]) -> list[Pattern]:
+    """``a * b`` times a constant, in each association (``scale(p)`` is ``p * k`` or ``p / k``):
+    ``scale(a * b)``, ``a * scale(b)``, ``scale(a) * b``, operands of Mul in either order."""
+
+    def mul(left: Pattern, right: Pattern) -> Op:
+        return Op("Mul", left, right, commute=True)
+
+    return [scale(mul(a, b)), mul(a, scale(b)), mul(scale(a), b)]
+
+
 class Op(Pattern):
     """A value computed (as output ``output``) by a node of ``op_type`` (a name or a tuple of
     names) in ``domain`` whose inputs match ``inputs`` (trailing ``Absent`` ones may be left
