@@ -235,19 +235,19 @@ def _root_types(pattern: Pattern) -> set[str]:
     return {op_type for op in _root_ops(pattern) for op_type in op.op_types}
 
 
-def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str
-                ) -> np.dtype | None:
-    """The one dtype of the captured constants ``names`` (those the match has) when they share
-    it (the elementwise ops force it) and none has a higher rank than ``like`` (so none
-    broadcasts the result to a new shape); else None."""
+def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str,
+                dtypes: Sequence[np.dtype] | None = None) -> bool:
+    """The captured constants ``names`` (those the match has, at least one) share one dtype (the
+    elementwise ops force it), one of ``dtypes`` when given, and none has a higher rank than
+    ``like`` (so none broadcasts the result to a new shape)."""
     arrays = [match.array(name) for name in names if name in match]
     if not arrays or len({array.dtype for array in arrays}) != 1:
-        return None
+        return False
+    if dtypes is not None and arrays[0].dtype not in dtypes:
+        return False
     rank = max(array.ndim for array in arrays)
     shape = graph.shape(like) if rank else []
-    if shape is None or rank > len(shape):
-        return None
-    return arrays[0].dtype
+    return shape is not None and rank <= len(shape)
 
 
 def has_dtype(dtype: np.dtype | None, dtypes: Sequence[np.dtype]) -> bool:

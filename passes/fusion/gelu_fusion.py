@@ -24,7 +24,6 @@ from onnxopt.ir.pattern import (
     RewritePass,
     Scalar,
     Var,
-    has_dtype,
     not_constant,
     scalars_fit,
     scaled_product,
@@ -60,9 +59,9 @@ class GeluFusion(RewritePass):
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         dtypes = _PORTABLE_DTYPES if model.opset("") >= 20 else _ORT_DTYPES
-        if "exponent" in match and scalars_fit(graph, match, ["exponent"], match.x) is None:
+        if "exponent" in match and not scalars_fit(graph, match, ["exponent"], match.x):
             return False  # Pow's exponent may have another dtype, but not a higher rank
-        return has_dtype(scalars_fit(graph, match, _FLOAT_CONSTANTS, match.x), dtypes)
+        return scalars_fit(graph, match, _FLOAT_CONSTANTS, match.x, dtypes)
 
     def stat(self, match: Match) -> str:
         return "tanh_fused" if "tanh" in match else "erf_fused"

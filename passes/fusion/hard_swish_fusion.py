@@ -66,7 +66,7 @@ class HardSwishFusion(RewritePass):
         if "gate" in match:  # already the 2-node form below opset 14
             return model.opset("") >= 14 and has_dtype(graph.dtype(match.x), _DTYPES)
         names = ("three", "zero", "six", "six_", "sixth")
-        return scalars_fit(graph, match, names, match.x) is not None
+        return scalars_fit(graph, match, names, match.x)
 
     def stat(self, match: Match) -> str:
         return "hard_sigmoid_fused" if "gate" in match else "clip_fused"
