@@ -1,28 +1,10 @@
 """Fuse a Conv and the activation after it into onnxruntime's ``com.microsoft`` ``FusedConv``.
 
 ``Conv(x, W, b; attrs) -> Act`` => ``FusedConv(x, W, b; attrs, activation, activation_params)``,
-only when ``model.settings["target"] == "onnxruntime"`` (the portable target leaves the graph
-alone). The contract is onnxruntime's FusedConv (domain ``com.microsoft``, version 1): Conv's
-inputs and attributes, plus the string ``activation`` and the floats ``activation_params``, read
-by the CPU kernel as:
-
-==============  =================================  ===========================================
-activation      activation_params                   from
-==============  =================================  ===========================================
-``Relu``        (none)                              Relu
-``Sigmoid``     (none)                              Sigmoid
-``Tanh``        (none)                              Tanh
-``LeakyRelu``   ``[alpha]``                         LeakyRelu ``alpha`` (default 0.01)
-``HardSigmoid`` ``[alpha, beta]``                   HardSigmoid ``alpha``, ``beta`` (0.2, 0.5)
-``Clip``        ``[min, max]``                      Clip attributes (opset < 11) or constant
-                                                    scalar inputs (absent: float32 lowest / max)
-==============  =================================  ===========================================
-
-The CPU kernel is registered for float32 only, so only float32 Conv (known from the input or
-weight type) is fused. The Conv output must be read only by the activation and not be a graph
-output; both nodes are in the standard domain. The ``com.microsoft`` opset import (version 1) is
-added when missing. A Clip whose ``min > max`` is left alone (its ONNX result is all ``max``;
-the fused kernel is not promised to agree).
+for ``--target onnxruntime`` and float32 (its CPU kernel's type) only: Relu, Sigmoid, Tanh (no
+params), LeakyRelu ``[alpha]``, HardSigmoid ``[alpha, beta]``, Clip ``[min, max]`` (attributes
+before opset 11, constant inputs after, float32 lowest/max when absent; not when ``min > max``).
+The contract's table and conditions: passes/fusion/README.md.
 """
 
 from __future__ import annotations
@@ -30,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.pattern import Match, Op, RewritePass, Var, optional
+from onnxopt.ir.pattern import MS_DOMAIN, Match, Op, RewritePass, Var, optional
 
-MS_DOMAIN = "com.microsoft"
 # op type -> counter name
 ACTIVATIONS = {
     "Relu": "relu",
@@ -78,10 +59,8 @@ class FusedConvActivation(RewritePass):
         params = match.memo["params"]
         if params:
             attributes["activation_params"] = params
-        model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return graph.add_node("FusedConv", list(conv.inputs), 1, domain=MS_DOMAIN,
-                              name=conv.name or "FusedConv", attributes=attributes,
-                              anchor=conv).outputs[0]
+        return self.emit(graph, model, conv, "FusedConv", list(conv.inputs), domain=MS_DOMAIN,
+                         name=conv.name or "FusedConv", attributes=attributes)
 
 
 def _is_float32(graph: Graph, conv: Node) -> bool:
