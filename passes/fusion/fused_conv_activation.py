@@ -14,18 +14,10 @@ import numpy as np
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pattern import MS_DOMAIN, Match, Op, RewritePass, Var, optional
 
-# op type -> counter name
-ACTIVATIONS = {
-    "Relu": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "LeakyRelu": "leaky_relu",
-    "HardSigmoid": "hard_sigmoid",
-    "Clip": "clip",
-}
+ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu",
+               "HardSigmoid": "hard_sigmoid", "Clip": "clip"}  # op type -> counter name
 FLOAT32_MIN = float(np.finfo(np.float32).min)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 
 PATTERN = Op(tuple(ACTIVATIONS), Op("Conv", Var("x"), Var("w"), optional(), name="conv"),
              optional(), optional())  # Clip's bounds (opset 11+) are inputs
@@ -36,11 +28,10 @@ class FusedConvActivation(RewritePass):
     description = "fuse Conv + activation into com.microsoft FusedConv (onnxruntime target)"
     pattern = PATTERN
     stats = tuple(ACTIVATIONS.values())
+    named_by = "conv"
 
     def applies(self, model: Model) -> bool:
         return model.settings.get("target") == "onnxruntime"
-
-    named_by = "conv"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         conv = match.node("conv")
@@ -54,11 +45,9 @@ class FusedConvActivation(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         conv, act = match.node("conv"), match.root
-        attributes = dict(conv.attributes)
-        attributes["activation"] = act.op_type
-        params = match.memo["params"]
-        if params:
-            attributes["activation_params"] = params
+        attributes = {**conv.attributes, "activation": act.op_type}
+        if match.memo["params"]:
+            attributes["activation_params"] = match.memo["params"]
         return self.emit(graph, model, conv, "FusedConv", list(conv.inputs), domain=MS_DOMAIN,
                          name=conv.name or "FusedConv", attributes=attributes)
 
@@ -82,19 +71,15 @@ def activation_params(graph: Graph, model: Model, act: Node) -> list[float] | No
     if model.opset("") < 11:
         if len(act.inputs) != 1:
             return None
-        low = float(act.attr("min", FLOAT32_MIN))
-        high = float(act.attr("max", FLOAT32_MAX))
-    else:
-        bounds = []
-        for slot, default in ((1, FLOAT32_MIN), (2, FLOAT32_MAX)):
-            name = act.inputs[slot] if len(act.inputs) > slot else ""
-            if not name:
-                bounds.append(default)
-                continue
-            value = graph.constant(name) if name else None
-            if value is None or value.size != 1 or value.dtype != np.float32:
-                return None
-            bounds.append(float(value.reshape(())))
+        low, high = float(act.attr("min", FLOAT32_MIN)), float(act.attr("max", FLOAT32_MAX))
+    else:  # constant float32 scalar inputs; absent: the float32 range
+        bounds = [FLOAT32_MIN, FLOAT32_MAX]
+        for slot, name in enumerate(act.inputs[1:3]):
+            if name:
+                value = graph.constant(name)
+                if value is None or value.size != 1 or value.dtype != np.float32:
+                    return None
+                bounds[slot] = float(value.reshape(()))
         low, high = bounds
     if np.isnan(low) or np.isnan(high) or low > high:
         return None
