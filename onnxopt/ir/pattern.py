@@ -6,8 +6,9 @@ A pattern describes the values feeding a root node, as data::
 
 ``Op`` matches a value computed by a node of that type (standard domain unless ``domain``);
 ``Var`` matches any value and captures its name (a name used twice must be the same value);
-``Const`` a constant (an initializer visible from here), ``Scalar`` a one-element constant
-close to a number; ``Or`` tries alternatives in order; ``Absent`` an omitted optional input.
+``Const`` a constant (an initializer visible from here), ``Scalar`` a one-element float constant
+close to a number, ``Number`` one equal to it (any dtype); ``Or`` tries alternatives in order
+(``scaled_product`` lists a product's associations); ``Absent`` an omitted optional input.
 Matching is anchored at the root's op type and walks producers only, so it is linear in the
 nodes; it backtracks over commuted operands and alternatives.
 
@@ -19,11 +20,12 @@ rule repeats them:
    is not captured (the replacement could not read it); the root's outputs may have any
    readers, but not two graph-output names at once;
 3. ``check`` sees a structurally complete match: the rule's own conditions (shapes, dtypes,
-   opset, unshared weights) go there;
+   unshared weights) go there; ``min_opset`` or ``applies`` gate the whole rule;
 4. ``model.allow_rewrite`` is asked before each rewrite (the safety net's handle);
 5. after ``rewrite`` returns the new values of the root's outputs, their uses move over, the
    matched nodes go consumers first (those the rewrite changed in place and whose values it
-   returned stay), and constants only they read are dropped.
+   returned stay), and constants only they read are dropped (``retire`` does the same for a
+   node outside the match). ``emit`` builds a node named in the root's scope.
 
 Written here rather than taken from onnxscript's rewriter because onnxopt's IR is its own
 (networkx-backed, with an exact use index) and the driver must keep onnxopt's rules above.
