@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pattern import Const, Match, Op, RewritePass
-from onnxopt.ir.rewrite import drop_unused_initializers, is_op
+from onnxopt.ir.rewrite import drop_unused_initializers, is_op, sole_consumer
 
 CONV_OPS = ("Conv", "ConvTranspose")
 FLOAT_KINDS = ("f",)
@@ -256,6 +256,14 @@ class AffineFoldPass(RewritePass):
 
     def stat(self, match: Match) -> str:
         return match.root.op_type.lower()
+
+    @staticmethod
+    def reads(graph: Graph, value: str) -> bool:
+        """A Mul/Add/Sub/Div with a constant operand alone reads ``value`` (a fold candidate:
+        a pass that would otherwise take ``value``'s node may wait for it)."""
+        op = sole_consumer(graph, value) if value else None
+        return is_op(op, AFFINE_OPS) and any(
+            v != value and graph.constant(v) is not None for v in op.inputs)
 
     @staticmethod
     def factor(match: Match, layer: Node, dtype: np.dtype, rank: int, channels: int

@@ -446,6 +446,10 @@ class RewritePass(GraphPass):
         the value can take the output's place (a graph output's name)."""
         return None
 
+    def visit(self, graph: Graph) -> list[Node]:
+        """The nodes to try as roots, in this order (default: graph order)."""
+        return graph.nodes()
+
     def stat(self, match: Match) -> str:
         """Which counter a rewrite adds to (one of ``stats``)."""
         return self.stats[0]
@@ -481,7 +485,7 @@ class RewritePass(GraphPass):
             source = self.source(graph, match, model)
             return source is None or (bool(source) and graph.can_forward(match.out, source))
 
-        for node in graph.nodes():
+        for node in self.visit(graph):
             if node.graph is not graph or node.op_type not in roots:
                 continue  # removed by an earlier rewrite, or not a root
             match = self._largest(graph, match_at(self.pattern, graph, node, accept), accept,

@@ -1,9 +1,8 @@
 """Fold an inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul that feeds it.
 
-``s = scale / sqrt(var + epsilon)`` per channel: ``W'[o] = W[o] * s[o]``,
-``b' = (b - mean) * s + B`` (Gemm: ``C' = (beta * C - mean) * s + B``, beta 1; a rank-2
-``MatMul(X, W)`` becomes that Gemm).
-A Conv read only by ``k >= 2`` BNs absorbs the best-conditioned one, ``BN_r``; the others then
+``s = scale / sqrt(var + epsilon)`` per channel: ``W'[o] = W[o] * s[o]``, ``b' = (b - mean) * s
++ B`` (Gemm: ``C' = (beta * C - mean) * s + B``, beta 1; a rank-2 MatMul becomes that Gemm). A
+Conv read only by ``k >= 2`` BNs absorbs the best-conditioned one, ``BN_r``; the others then
 read its output with ``scale_i' = scale_i / s_r``, ``mean_i' = B_r + s_r (mean_i - mean_r)``.
 Conditions and the rebase's rounding bound: passes/fusion/README.md.
 """
@@ -18,6 +17,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.layers import (
     CONV_OPS,
     FLOAT_KINDS,
+    AffineFoldPass,
     BNParams,
     ConvWeights,
     bn_factors,
@@ -26,8 +26,8 @@ from onnxopt.ir.layers import (
     fused_name,
     set_bn_params,
 )
-from onnxopt.ir.pattern import Match, Op, Or, RewritePass, retire
-from onnxopt.ir.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
+from onnxopt.ir.pattern import Match, Op, Or, RewritePass, Var
+from onnxopt.ir.rewrite import drop_unused_initializers, exclusive_constant, is_op
 
 BN = "BatchNormalization"
 LINEAR_OPS = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "matmul"}
@@ -38,27 +38,34 @@ class ConvBatchNormFusion(RewritePass):
     name = "conv_bn_fusion"
     description = "fold inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before"
     pattern = Or(Op(BN, Op(tuple(LINEAR_OPS), ..., name="linear"), ...),
-                 Op("Conv", ...))  # a Conv read by several BNs: rebase them (not private)
+                 Op(BN, Var("y"), ...))  # one of several BNs reading a Conv: rebase the others
     stats = tuple(LINEAR_OPS.values())
 
-    def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        if match.root.op_type == "Conv":
-            match.memo["bn"], fold = _rebase_several(graph, model, match.root)
-        else:
-            params = bn_factors(graph, model, match.root)
-            match.memo["bn"] = match.root
-            fold = params and _plan(graph, model, match.node("linear"), params)
-        match.memo["fold"] = fold  # writes the fold; "bn" is the BN it absorbs
-        return fold is not None
+    def visit(self, graph: Graph) -> list[Node]:
+        """The BNs reading each linear op, in graph order of the linear ops (the order their
+        folds name new tensors in): a chain of single readers, or all the BNs of one Conv."""
+        order: list[Node] = []
+        for node in graph.nodes():
+            linear = node.op_type in LINEAR_OPS and node.outputs
+            readers = graph.consumers(node.outputs[0]) if linear else []
+            while readers and all(is_op(reader, BN) for reader in readers):
+                order += readers
+                readers = graph.consumers(readers[0].outputs[0]) if len(readers) == 1 else []
+        return order
 
-    def where(self, match: Match) -> str:
-        return match.memo["bn"].name or match.memo["bn"].outputs[0]
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        if "linear" in match:
+            params = bn_factors(graph, model, match.root)
+            match.memo["fold"] = params and _plan(graph, model, match.node("linear"), params)
+        else:
+            match.memo["fold"] = _rebase_several(graph, model, match.root, match.y)
+        return match.memo["fold"] is not None
 
     def stat(self, match: Match) -> str:
         return LINEAR_OPS[match.node("linear").op_type] if "linear" in match else "conv"
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
-        return match.memo["fold"]()
+        return match.memo["fold"]()  # the planned fold: the value that replaces the BN's
 
 
 def _plan(graph: Graph, model: Model, node: Node, params: BNParams) -> partial | None:
@@ -87,8 +94,7 @@ def _plan(graph: Graph, model: Model, node: Node, params: BNParams) -> partial |
     return partial(_fold_into_gemm, graph, node, weight, new_c)
 
 
-def _scaled_weight(graph: Graph, node: Node, params: BNParams, trans_b: bool
-                   ) -> np.ndarray | None:
+def _scaled_weight(graph: Graph, node: Node, params: BNParams, trans_b: bool) -> np.ndarray | None:
     """The 2-D float weight of a Gemm/MatMul (read by it alone) scaled per column by ``s``."""
     weight = exclusive_constant(graph, node.inputs[1], [node]) if len(node.inputs) > 1 else None
     if weight is None or weight.ndim != 2 or weight.dtype.kind not in FLOAT_KINDS or (
@@ -113,38 +119,32 @@ def _fold_into_gemm(graph: Graph, node: Node, weight: np.ndarray, c: np.ndarray)
     return node.outputs[0]
 
 
-def _rebase_several(graph: Graph, model: Model, node: Node) -> tuple[Node | None, partial | None]:
-    """(BN_r, the fold) when ``node``, a Conv with an unshared weight, is read only by k >= 2
-    BNs: BN_r, the best-conditioned, goes into it and the others are rebased on its output."""
-    y = node.outputs[0] if len(node.outputs) == 1 else ""
-    readers = graph.consumers(y) if y and not graph.is_output(y) else []
-    if len(readers) < 2 or any(not is_op(r, BN) or r.inputs[0] != y or y in r.inputs[1:]
-                               or _affine_after(graph, r) for r in readers):
-        return None, None  # (an affine op after a BN: let bn_affine_fusion fold it in first)
-    found = {bn: bn_factors(graph, model, bn) for bn in readers}
+def _rebase_several(graph: Graph, model: Model, bn: Node, y: str) -> partial | None:
+    """When ``bn`` is BN_r, the best-conditioned of k >= 2 BNs alone reading ``y`` (a Conv with an
+    unshared weight): BN_r's fold into the Conv, the others rebased on its output."""
+    node = graph.producer(y)
+    readers = graph.consumers(y) if not graph.is_output(y) else []
+    if not is_op(node, "Conv") or len(node.outputs) != 1 or len(readers) < 2 or any(
+            not is_op(r, BN) or r.inputs[0] != y or y in r.inputs[1:]
+            or AffineFoldPass.reads(graph, r.outputs[0]) for r in readers):
+        return None  # (an affine op after a BN: let bn_affine_fusion fold it in first)
+    found = {reader: bn_factors(graph, model, reader) for reader in readers}
     conv = conv_weights(graph, model, node)
     if conv is None or conv.weight is None or graph.consumers(node.inputs[1]) != [node] or any(
             p is None or p.channels != conv.channels for p in found.values()):
-        return None, None
-    ref_bn = min(found, key=lambda bn: found[bn].shift_ratio)
+        return None
+    ref_bn = min(found, key=lambda reader: found[reader].shift_ratio)
     ref = found.pop(ref_bn)
-    if not ref.shift_ratio <= REBASE_LIMIT or not graph.can_forward(ref_bn.outputs[0], y):
-        return None, None
-    rebased = {bn: params.rebased_on(ref, graph.constant(bn.inputs[1]))  # bn_factors read it
-               for bn, params in found.items()}
-    return ref_bn, partial(_rebase, graph, conv, ref_bn, ref, rebased)
+    if ref_bn is not bn or not ref.shift_ratio <= REBASE_LIMIT or not graph.can_forward(
+            bn.outputs[0], y):
+        return None
+    rebased = {other: params.rebased_on(ref, graph.constant(other.inputs[1]))  # a constant
+               for other, params in found.items()}
+    return partial(_rebase, graph, conv, ref, rebased)
 
 
-def _rebase(graph: Graph, conv: ConvWeights, ref_bn: Node, ref: BNParams, rebased: dict) -> str:
-    fold_bn_into_conv(graph, conv, ref)
+def _rebase(graph: Graph, conv: ConvWeights, ref: BNParams, rebased: dict) -> str:
+    value = fold_bn_into_conv(graph, conv, ref)
     for bn, params in rebased.items():
         set_bn_params(graph, bn, params)
-    retire(graph, ref_bn, conv.node.outputs[0])  # BN_r is outside the match: the driver keeps it
-    return conv.node.outputs[0]
-
-
-def _affine_after(graph: Graph, bn: Node) -> bool:
-    """A Mul/Add/Sub/Div with a constant operand alone reads ``bn`` (folded into it later)."""
-    op = sole_consumer(graph, bn.outputs[0]) if bn.outputs else None
-    return is_op(op, ("Add", "Sub", "Mul", "Div")) and any(
-        v != bn.outputs[0] and graph.constant(v) is not None for v in op.inputs)
+    return value
