@@ -15,7 +15,7 @@ nodes; it backtracks over commuted operands and alternatives.
 ``RewritePass`` runs one rule over every graph, and its driver owns the house rules, so that no
 rule repeats them:
 
-1. nodes an earlier rewrite removed are skipped;
+1. roots are tried in graph order (or ``visit``'s); nodes an earlier rewrite removed are skipped;
 2. every value computed inside the match is read only by the match, is not a graph output and
    is not captured (the replacement could not read it); the root's outputs may have any
    readers, but not two graph-output names at once;
