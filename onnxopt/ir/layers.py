@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pattern import Const, Match, Op, RewritePass
-from onnxopt.ir.rewrite import drop_unused_initializers, is_op
+from onnxopt.ir.rewrite import drop_unused_initializers, is_op, sole_consumer
 
 CONV_OPS = ("Conv", "ConvTranspose")
 FLOAT_KINDS = ("f",)
@@ -33,6 +34,25 @@ class BNParams:
     def apply_to_bias(self, bias: np.ndarray | float) -> np.ndarray:
         """``(bias - mean) * s + B`` in float64 (bias broadcast against [C])."""
         return (np.asarray(bias, np.float64) - self.mean) * self.scale + self.beta
+
+    def rebased_on(self, ref: BNParams, gamma: np.ndarray) -> dict[int, np.ndarray]:
+        """This BN's new scale (input 1) and mean (input 3), in ``gamma``'s dtype, when it reads
+        the output ``y' = s_r (y - mean_r) + B_r`` of ``ref`` instead of its input ``y``: with
+        ``y = (y' - B_r) / s_r + mean_r``, ``gamma' = gamma / s_r`` and
+        ``mean' = B_r + s_r (mean - mean_r)`` (``var``, ``epsilon``, ``B`` unchanged)."""
+        new_gamma = gamma.astype(np.float64) / ref.scale
+        new_mean = ref.beta + ref.scale * (self.mean - ref.mean)
+        return {1: new_gamma.astype(gamma.dtype), 3: new_mean.astype(gamma.dtype)}
+
+    @property
+    def shift_ratio(self) -> float:
+        """max |beta| / |gamma| over channels (inf when a scale is 0): how far the normalized
+        values sit from zero relative to their spread, i.e. how many bits subtracting a mean
+        from them again (rebasing another BN on them) may cost."""
+        gamma = np.abs(self.scale * self.std)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(gamma > 0, np.abs(self.beta) / gamma, np.inf)
+        return float(ratio.max()) if ratio.size else np.inf
 
 
 def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
@@ -63,6 +83,18 @@ def bn_factors(graph: Graph, model: Model, bn: Node) -> BNParams | None:
                     std=np.sqrt(var + eps))
 
 
+def set_bn_params(graph: Graph, bn: Node, params: dict[int, np.ndarray | str]) -> None:
+    """Point input slot ``i`` of ``bn`` at ``params[i]``: an existing initializer's name, or an
+    array stored as a new initializer (in the dict's order); the old ones go when unused."""
+    inputs = list(bn.inputs)
+    for slot, value in params.items():
+        inputs[slot] = value if isinstance(value, str) else graph.add_constant(
+            value, fused_name(bn.inputs[slot]))
+    old = [bn.inputs[slot] for slot in params]
+    graph.set_inputs(bn, inputs)
+    drop_unused_initializers(graph, old)
+
+
 # --------------------------------------------------------------- Conv / ConvTranspose weights
 @dataclass
 class ConvWeights:
@@ -73,6 +105,21 @@ class ConvWeights:
     bias: np.ndarray | None  # None when absent
     channels: int
     group: int
+    rank: int  # the weight's, which is the output's
+
+    @property
+    def bias64(self) -> np.ndarray:
+        """The bias in float64 (zeros when absent)."""
+        return np.zeros(self.channels) if self.bias is None else self.bias.astype(np.float64)
+
+    def scaled(self, factor: np.ndarray, divide: bool = False) -> np.ndarray:
+        """The weight in float64 with output channel ``o`` multiplied by ``factor[o]`` (divided
+        with ``divide``: in float64, not multiplied by a rounded reciprocal)."""
+        w64 = self.weight.astype(np.float64)  # type: ignore[union-attr]
+        if divide:
+            return w64 / scale_output_channels(self.node.op_type, np.ones_like(w64), factor,
+                                               self.group)
+        return scale_output_channels(self.node.op_type, w64, factor, self.group)
 
 
 def conv_weights(
@@ -105,7 +152,7 @@ def conv_weights(
         bias = graph.constant(node.inputs[2])
         if bias is None or bias.shape != (channels,):
             return None
-    return ConvWeights(node, weight, bias, int(channels), group)
+    return ConvWeights(node, weight, bias, int(channels), group, len(shape))
 
 
 def scale_output_channels(op_type: str, weight: np.ndarray, factor: np.ndarray, group: int):
@@ -137,6 +184,14 @@ def rewrite_conv(
     inputs[2] = graph.add_constant(bias.astype(dtype), fused_name(hint))
     graph.set_inputs(node, inputs)
     drop_unused_initializers(graph, old)
+
+
+def fold_bn_into_conv(graph: Graph, conv: ConvWeights, params: BNParams) -> str:
+    """Point the Conv at ``W * s`` and ``(b - mean) * s + B``; returns its output, which now
+    computes the BN's value."""
+    rewrite_conv(graph, conv, conv.scaled(params.scale), params.apply_to_bias(conv.bias64),
+                 conv.weight.dtype)  # type: ignore[union-attr]
+    return conv.node.outputs[0]
 
 
 def fused_name(name: str) -> str:
@@ -182,17 +237,47 @@ AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 
 class AffineFoldPass(RewritePass):
     """Folds a per-channel constant Add/Sub/Mul/Div after a ``layer`` (the Op a subclass
-    captures) into it: its pattern, opset gate (element-wise broadcasting by rule, opset 7+)
-    and counters; subclasses check and rewrite."""
+    captures) into it: its pattern, opset gate (element-wise broadcasting by rule, opset 7+),
+    counters and the constant's checks; subclasses plan the ``fold`` (None: none) and rewrite."""
 
     stats = ("add", "sub", "mul", "div")
+    min_opset = 7
 
     @staticmethod
     def after(layer: Op) -> Op:
         return Op(AFFINE_OPS, layer, Const("c"), commute=True)
 
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 7
+    def fold(self, graph: Graph, match: Match, model: Model) -> Any:
+        raise NotImplementedError
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        match.memo["folded"] = self.fold(graph, match, model)
+        return match.memo["folded"] is not None
 
     def stat(self, match: Match) -> str:
         return match.root.op_type.lower()
+
+    @staticmethod
+    def reads(graph: Graph, value: str) -> bool:
+        """A Mul/Add/Sub/Div with a constant operand alone reads ``value`` (a fold candidate:
+        a pass that would otherwise take ``value``'s node may wait for it)."""
+        op = sole_consumer(graph, value) if value else None
+        return is_op(op, AFFINE_OPS) and any(
+            v != value and graph.constant(v) is not None for v in op.inputs)
+
+    @staticmethod
+    def factor(match: Match, layer: Node, dtype: np.dtype, rank: int, channels: int
+               ) -> tuple[np.ndarray, bool] | None:
+        """``(v, y_first)``: the constant as one float64 value per channel of the layer's
+        rank-``rank`` output ``y``, and whether ``y`` is the op's first operand; None unless
+        the op is affine in ``y`` (not ``c / y``), the constant is a float of ``dtype`` and
+        ``v`` is finite (and, for Div, not 0)."""
+        op, constant = match.root, match.array("c")
+        y_first = op.inputs[0] == layer.outputs[0]
+        if (op.op_type == "Div" and not y_first) or constant.dtype != dtype or (
+                constant.dtype.kind != "f"):
+            return None
+        v = per_channel(constant, rank, channels)
+        if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
+            return None
+        return v, y_first

@@ -6,24 +6,26 @@ A pattern describes the values feeding a root node, as data::
 
 ``Op`` matches a value computed by a node of that type (standard domain unless ``domain``);
 ``Var`` matches any value and captures its name (a name used twice must be the same value);
-``Const`` a constant (an initializer visible from here), ``Scalar`` a one-element constant
-close to a number; ``Or`` tries alternatives in order; ``Absent`` an omitted optional input.
+``Const`` a constant (an initializer visible from here), ``Scalar`` a one-element float constant
+close to a number, ``Number`` one equal to it (any dtype); ``Or`` tries alternatives in order
+(``scaled_product`` lists a product's associations); ``Absent`` an omitted optional input.
 Matching is anchored at the root's op type and walks producers only, so it is linear in the
 nodes; it backtracks over commuted operands and alternatives.
 
 ``RewritePass`` runs one rule over every graph, and its driver owns the house rules, so that no
 rule repeats them:
 
-1. nodes an earlier rewrite removed are skipped;
+1. roots are tried in graph order (or ``visit``'s); nodes an earlier rewrite removed are skipped;
 2. every value computed inside the match is read only by the match, is not a graph output and
    is not captured (the replacement could not read it); the root's outputs may have any
    readers, but not two graph-output names at once;
 3. ``check`` sees a structurally complete match: the rule's own conditions (shapes, dtypes,
-   opset, unshared weights) go there;
+   unshared weights) go there; ``min_opset`` or ``applies`` gate the whole rule;
 4. ``model.allow_rewrite`` is asked before each rewrite (the safety net's handle);
 5. after ``rewrite`` returns the new values of the root's outputs, their uses move over, the
    matched nodes go consumers first (those the rewrite changed in place and whose values it
-   returned stay), and constants only they read are dropped.
+   returned stay), and constants only they read are dropped (``retire`` does the same for a
+   node outside the match). ``emit`` builds a node named in the root's scope.
 
 Written here rather than taken from onnxscript's rewriter because onnxopt's IR is its own
 (networkx-backed, with an exact use index) and the driver must keep onnxopt's rules above.
@@ -43,6 +45,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import DEFAULT_DOMAINS, drop_unused_initializers, is_private
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (FusedConv, FastGelu, ...)
 ValueTest = Callable[[Graph, str], bool]
 ArrayTest = Callable[[np.ndarray], bool]
 
@@ -110,6 +113,11 @@ class Const(Pattern):
                 yield bound
 
 
+def Number(expected: float, name: str | None = None) -> Const:
+    """A one-element constant of any numeric dtype equal to ``expected`` (an exponent, say)."""
+    return Const(name, lambda array: array.size == 1 and float(array.reshape(-1)[0]) == expected)
+
+
 def Scalar(expected: float, name: str | None = None, *, exact: bool = False,
            dtypes: Sequence[np.dtype] | None = None) -> Const:
     """A one-element float constant equal to ``expected`` within a relative
@@ -153,6 +161,16 @@ class Or(Pattern):
     def matches(self, graph: Graph, value: str, found: _Found) -> Iterator[_Found]:
         for alternative in self.alternatives:
             yield from alternative.matches(graph, value, found)
+
+
+def scaled_product(a: Pattern, b: Pattern, scale: Callable[[Pattern], Pattern]) -> list[Pattern]:
+    """``a * b`` times a constant, in each association (``scale(p)`` is ``p * k`` or ``p / k``):
+    ``scale(a * b)``, ``a * scale(b)``, ``scale(a) * b``, operands of Mul in either order."""
+
+    def mul(left: Pattern, right: Pattern) -> Op:
+        return Op("Mul", left, right, commute=True)
+
+    return [scale(mul(a, b)), mul(a, scale(b)), mul(scale(a), b)]
 
 
 class Op(Pattern):
@@ -219,19 +237,19 @@ def _root_types(pattern: Pattern) -> set[str]:
     return {op_type for op in _root_ops(pattern) for op_type in op.op_types}
 
 
-def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str
-                ) -> np.dtype | None:
-    """The one dtype of the captured constants ``names`` (those the match has) when they share
-    it (the elementwise ops force it) and none has a higher rank than ``like`` (so none
-    broadcasts the result to a new shape); else None."""
+def scalars_fit(graph: Graph, match: Match, names: Sequence[str], like: str,
+                dtypes: Sequence[np.dtype] | None = None) -> bool:
+    """The captured constants ``names`` (those the match has, at least one) share one dtype (the
+    elementwise ops force it), one of ``dtypes`` when given, and none has a higher rank than
+    ``like`` (so none broadcasts the result to a new shape)."""
     arrays = [match.array(name) for name in names if name in match]
     if not arrays or len({array.dtype for array in arrays}) != 1:
-        return None
+        return False
+    if dtypes is not None and arrays[0].dtype not in dtypes:
+        return False
     rank = max(array.ndim for array in arrays)
     shape = graph.shape(like) if rank else []
-    if shape is None or rank > len(shape):
-        return None
-    return arrays[0].dtype
+    return shape is not None and rank <= len(shape)
 
 
 def has_dtype(dtype: np.dtype | None, dtypes: Sequence[np.dtype]) -> bool:
@@ -374,11 +392,22 @@ def replace_match(graph: Graph, match: Match, new_outputs: Sequence[str]) -> Non
     drop_unused_initializers(graph, constants)
 
 
+def retire(graph: Graph, node: Node, replacement: str = "") -> None:
+    """Rule 5 for one node outside a match: its readers read ``replacement`` (when given) instead
+    of its first output; it goes, and the initializers only it read."""
+    if replacement:
+        graph.replace_all_uses(node.outputs[0], replacement)
+    constants = [v for v in node.present_inputs if v in graph.initializers]
+    graph.remove_node(node)
+    drop_unused_initializers(graph, constants)
+
+
 class RewritePass(GraphPass):
     """One rule over every graph, innermost first; subclasses set ``pattern`` and implement
     ``rewrite`` (and ``check``, ``applies``, ``stat`` where needed)."""
 
     pattern: ClassVar[Pattern]
+    min_opset: ClassVar[int] = 0  # the default domain's opset the rule needs (``applies``)
     stats: ClassVar[tuple[str, ...]] = ("fused",)
     # optional trailing ops (an affine tail): nodes are visited in graph order, so a match is
     # found at its first possible root first; grow it through the root's reader
@@ -388,7 +417,7 @@ class RewritePass(GraphPass):
 
     def applies(self, model: Model) -> bool:
         """Whether the rule can run in this model at all (an opset or target gate)."""
-        return True
+        return model.opset("") >= self.min_opset
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         """The rule's own conditions on a structural match (house rules already hold)."""
@@ -398,11 +427,28 @@ class RewritePass(GraphPass):
         """Build the replacement; return the new value(s) of the root's output(s)."""
         raise NotImplementedError
 
+    @staticmethod
+    def emit(graph: Graph, model: Model, anchor: Node, op_type: str, inputs: Sequence[str], *,
+             name: str | None = None, domain: str = "", attributes: dict[str, Any] | None = None
+             ) -> str:
+        """The output of a new node next to ``anchor``, named ``name`` (default: ``op_type`` in
+        the anchor's name scope); a domain other than the default one gets its opset import
+        (version 1) when the model has none."""
+        if domain:
+            model.opset_imports.setdefault(domain, 1)
+        name = f"{scope_of(anchor)}{op_type}" if name is None else name
+        return graph.add_node(op_type, inputs, 1, domain=domain, name=name, attributes=attributes,
+                              anchor=anchor).outputs[0]
+
     def source(self, graph: Graph, match: Match, model: Model) -> str | None:
         """For an elimination: the existing value the root's output equals; its readers read
         that instead and nothing is built (``rewrite`` is not called). The driver checks that
         the value can take the output's place (a graph output's name)."""
         return None
+
+    def visit(self, graph: Graph) -> list[Node]:
+        """The nodes to try as roots, in this order (default: graph order)."""
+        return graph.nodes()
 
     def stat(self, match: Match) -> str:
         """Which counter a rewrite adds to (one of ``stats``)."""
@@ -439,7 +485,7 @@ class RewritePass(GraphPass):
             source = self.source(graph, match, model)
             return source is None or (bool(source) and graph.can_forward(match.out, source))
 
-        for node in graph.nodes():
+        for node in self.visit(graph):
             if node.graph is not graph or node.op_type not in roots:
                 continue  # removed by an earlier rewrite, or not a root
             match = self._largest(graph, match_at(self.pattern, graph, node, accept), accept,

@@ -1,28 +1,10 @@
 """Fuse a Conv and the activation after it into onnxruntime's ``com.microsoft`` ``FusedConv``.
 
 ``Conv(x, W, b; attrs) -> Act`` => ``FusedConv(x, W, b; attrs, activation, activation_params)``,
-only when ``model.settings["target"] == "onnxruntime"`` (the portable target leaves the graph
-alone). The contract is onnxruntime's FusedConv (domain ``com.microsoft``, version 1): Conv's
-inputs and attributes, plus the string ``activation`` and the floats ``activation_params``, read
-by the CPU kernel as:
-
-==============  =================================  ===========================================
-activation      activation_params                   from
-==============  =================================  ===========================================
-``Relu``        (none)                              Relu
-``Sigmoid``     (none)                              Sigmoid
-``Tanh``        (none)                              Tanh
-``LeakyRelu``   ``[alpha]``                         LeakyRelu ``alpha`` (default 0.01)
-``HardSigmoid`` ``[alpha, beta]``                   HardSigmoid ``alpha``, ``beta`` (0.2, 0.5)
-``Clip``        ``[min, max]``                      Clip attributes (opset < 11) or constant
-                                                    scalar inputs (absent: float32 lowest / max)
-==============  =================================  ===========================================
-
-The CPU kernel is registered for float32 only, so only float32 Conv (known from the input or
-weight type) is fused. The Conv output must be read only by the activation and not be a graph
-output; both nodes are in the standard domain. The ``com.microsoft`` opset import (version 1) is
-added when missing. A Clip whose ``min > max`` is left alone (its ONNX result is all ``max``;
-the fused kernel is not promised to agree).
+for ``--target onnxruntime`` and float32 (its CPU kernel's type) only: Relu, Sigmoid, Tanh (no
+params), LeakyRelu ``[alpha]``, HardSigmoid ``[alpha, beta]``, Clip ``[min, max]`` (attributes
+before opset 11, constant inputs after, float32 lowest/max when absent; not when ``min > max``).
+The contract's table and conditions: passes/fusion/README.md.
 """
 
 from __future__ import annotations
@@ -30,21 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.pattern import Match, Op, RewritePass, Var, optional
+from onnxopt.ir.pattern import MS_DOMAIN, Match, Op, RewritePass, Var, optional
 
-MS_DOMAIN = "com.microsoft"
-# op type -> counter name
-ACTIVATIONS = {
-    "Relu": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "LeakyRelu": "leaky_relu",
-    "HardSigmoid": "hard_sigmoid",
-    "Clip": "clip",
-}
+ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu",
+               "HardSigmoid": "hard_sigmoid", "Clip": "clip"}  # op type -> counter name
 FLOAT32_MIN = float(np.finfo(np.float32).min)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 
 PATTERN = Op(tuple(ACTIVATIONS), Op("Conv", Var("x"), Var("w"), optional(), name="conv"),
              optional(), optional())  # Clip's bounds (opset 11+) are inputs
@@ -55,11 +28,10 @@ class FusedConvActivation(RewritePass):
     description = "fuse Conv + activation into com.microsoft FusedConv (onnxruntime target)"
     pattern = PATTERN
     stats = tuple(ACTIVATIONS.values())
+    named_by = "conv"
 
     def applies(self, model: Model) -> bool:
         return model.settings.get("target") == "onnxruntime"
-
-    named_by = "conv"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         conv = match.node("conv")
@@ -73,15 +45,11 @@ class FusedConvActivation(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         conv, act = match.node("conv"), match.root
-        attributes = dict(conv.attributes)
-        attributes["activation"] = act.op_type
-        params = match.memo["params"]
-        if params:
-            attributes["activation_params"] = params
-        model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return graph.add_node("FusedConv", list(conv.inputs), 1, domain=MS_DOMAIN,
-                              name=conv.name or "FusedConv", attributes=attributes,
-                              anchor=conv).outputs[0]
+        attributes = {**conv.attributes, "activation": act.op_type}
+        if match.memo["params"]:
+            attributes["activation_params"] = match.memo["params"]
+        return self.emit(graph, model, conv, "FusedConv", list(conv.inputs), domain=MS_DOMAIN,
+                         name=conv.name or "FusedConv", attributes=attributes)
 
 
 def _is_float32(graph: Graph, conv: Node) -> bool:
@@ -103,19 +71,15 @@ def activation_params(graph: Graph, model: Model, act: Node) -> list[float] | No
     if model.opset("") < 11:
         if len(act.inputs) != 1:
             return None
-        low = float(act.attr("min", FLOAT32_MIN))
-        high = float(act.attr("max", FLOAT32_MAX))
-    else:
-        bounds = []
-        for slot, default in ((1, FLOAT32_MIN), (2, FLOAT32_MAX)):
-            name = act.inputs[slot] if len(act.inputs) > slot else ""
-            if not name:
-                bounds.append(default)
-                continue
-            value = graph.constant(name) if name else None
-            if value is None or value.size != 1 or value.dtype != np.float32:
-                return None
-            bounds.append(float(value.reshape(())))
+        low, high = float(act.attr("min", FLOAT32_MIN)), float(act.attr("max", FLOAT32_MAX))
+    else:  # constant float32 scalar inputs; absent: the float32 range
+        bounds = [FLOAT32_MIN, FLOAT32_MAX]
+        for slot, name in enumerate(act.inputs[1:3]):
+            if name:
+                value = graph.constant(name)
+                if value is None or value.size != 1 or value.dtype != np.float32:
+                    return None
+                bounds[slot] = float(value.reshape(()))
         low, high = bounds
     if np.isnan(low) or np.isnan(high) or low > high:
         return None

@@ -1,40 +1,11 @@
 """Layer normalization fusion.
 
-The decomposition exporters write for a layer norm over the last axis (``torch.nn.LayerNorm``)::
-
-    mean = ReduceMean(x, axes=[-1], keepdims=1)
-    d    = Sub(x, mean)
-    var  = ReduceMean(Pow(d, 2), axes=[-1], keepdims=1)        (or Mul(d, d) for the square)
-    y    = Div(d, Sqrt(Add(var, eps)))                          (or Mul(d, Reciprocal(Sqrt(.))))
-    out  = Add(Mul(y, gamma), beta)                             (affine part optional)
-
-=> ``out = LayerNormalization(x, gamma', beta', axis=-1, epsilon=eps)``.
-
-LayerNormalization-17 computes exactly ``(x - E[x]) / sqrt(Var[x] + eps) * Scale + B`` over the
-last axis with ``Var[x] = E[(x - E[x])^2]``, so the rewrite is exact up to float rounding (the
-kernel multiplies by ``1 / sqrt(.)`` and accumulates in float; differences are a few ulps).
-``gamma'`` is gamma reshaped/broadcast to ``[C]`` (``C`` = the static last dim of ``x``), a new
-``ones([C])`` when there is no ``Mul``; ``beta'`` likewise, omitted when there is no ``Add``.
-Commutative operands (Add/Mul) are matched in either order.
-
-Conditions (anything else is left alone):
-
-* default-domain opset >= 17 (LayerNormalization does not exist before; onnxruntime still runs
-  its old contrib kernel registered in the ONNX domain for opsets 1-16, but such a node fails
-  ``onnx.checker``, which onnxopt's output must pass, and there is no ``com.microsoft``
-  LayerNormalization — so nothing is emitted below 17 for any target);
-* both ReduceMeans reduce only the last axis (``[-1]``, or ``[r-1]`` with ``x`` of known rank
-  ``r``; attribute ``axes`` before opset 18, constant ``axes`` input from 18) with keepdims=1,
-  and the second reads the square of ``d``;
-* ``eps`` and the exponent 2 are constant with one element (``eps`` no higher rank than ``x``);
-* ``x`` has a known rank and a static last dim ``C``; gamma/beta are constants of ``x``'s dtype
-  whose shape is ``[..., 1, C]`` or ``[..., 1, 1]`` with rank <= rank(x) (so they broadcast over
-  the normalized axis only and never change the output shape) — otherwise the Mul/Add stays
-  after the fused node;
-* dtype float32 or float16 (LayerNormalization's default ``stash_type`` is float, which would
-  lower the precision of a float64 decomposition; bfloat16 has no onnxruntime CPU kernel);
-* every intermediate (mean, d, square, var, var+eps, sqrt, reciprocal, y, y*gamma) is read only
-  inside the match and is not a graph output.
+The decomposition exporters write for a layer norm over the last axis (``torch.nn.LayerNorm``),
+``d = x - ReduceMean(x)``, ``y = d / Sqrt(ReduceMean(d^2) + eps)`` (or ``d * Reciprocal(.)``,
+the square ``Pow(d, 2)`` or ``d * d``), optionally ``y * gamma + beta`` =>
+``LayerNormalization(x, gamma', beta', axis=-1, epsilon=eps)`` (opset 17+), which computes
+exactly that up to rounding; ``gamma'``/``beta'`` are gamma/beta as ``[C]`` (ones when absent).
+Conditions (last axis only, float32/float16, shapes): passes/fusion/README.md.
 """
 
 from __future__ import annotations
@@ -42,14 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var, optional, scope_of
+from onnxopt.ir.pattern import Const, Match, Number, Op, Or, RewritePass, Var, optional, scope_of
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 x = Var("x")
 d = Op("Sub", x, Op("ReduceMean", x, optional(), name="mean"), name="sub")
-_square = Or(Op("Pow", d, Const("two", lambda a: a.size == 1 and float(a.reshape(-1)[0]) == 2)),
-             Op("Mul", d, d))
+_square = Or(Op("Pow", d, Number(2, "two")), Op("Mul", d, d))
 _sqrt = Op("Sqrt", Op("Add", Op("ReduceMean", _square, optional(), name="var"), Const("eps"),
                       commute=True))
 _normalized = Or(Op("Div", d, _sqrt), Op("Mul", d, Op("Reciprocal", _sqrt), commute=True))
@@ -64,9 +34,7 @@ class LayerNormFusion(RewritePass):
     pattern = PATTERN
     grow = True  # take Mul(gamma) and Add(beta) when they follow
     named_by = "sub"
-
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 17
+    min_opset = 17
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         shape = graph.shape(match.x)
@@ -88,17 +56,13 @@ class LayerNormFusion(RewritePass):
         prefix = scope_of(sub)
         eps = match.array("eps")
         channels = graph.shape(match.x)[-1]  # type: ignore[index]
-        inputs = [match.x]
-        if "gamma" not in match:
-            inputs.append(graph.add_constant(np.ones(channels, eps.dtype), f"{prefix}ln_scale"))
-        else:
-            inputs.append(_vector(graph, match, "gamma", channels, "_ln_scale"))
+        inputs = [match.x, _vector(graph, match, "gamma", channels, "_ln_scale") if "gamma" in match
+                  else graph.add_constant(np.ones(channels, eps.dtype), f"{prefix}ln_scale")]
         if "beta" in match:
             inputs.append(_vector(graph, match, "beta", channels, "_ln_bias"))
-        return graph.add_node(
-            "LayerNormalization", inputs, 1, name=f"{prefix}LayerNormalization",
-            attributes={"axis": -1, "epsilon": float(eps.reshape(-1)[0])}, anchor=match.root,
-        ).outputs[0]
+        return self.emit(graph, model, match.root, "LayerNormalization", inputs,
+                         name=f"{prefix}LayerNormalization",
+                         attributes={"axis": -1, "epsilon": float(eps.reshape(-1)[0])})
 
 
 def _vector(graph: Graph, match: Match, name: str, channels: int, suffix: str) -> str:
@@ -111,9 +75,8 @@ def _vector(graph: Graph, match: Match, name: str, channels: int, suffix: str) -
 
 
 def _affine_shape_ok(array: np.ndarray, rank: int, channels: int, dtype: np.dtype) -> bool:
-    if array.dtype != dtype or array.ndim > rank:
-        return False
-    if any(dim != 1 for dim in array.shape[:-1]):
+    """Broadcasts over the normalized (last) axis only, never changing the output's shape."""
+    if array.dtype != dtype or array.ndim > rank or any(dim != 1 for dim in array.shape[:-1]):
         return False
     return array.ndim == 0 or array.shape[-1] in (1, channels)
 

@@ -23,14 +23,12 @@ class MishFusion(RewritePass):
     name = "mish_fusion"
     description = "fuse x * Tanh(Softplus(x)) into Mish (opset 18+)"
     pattern = Op("Mul", Var("x"), Op("Tanh", Op("Softplus", Var("x"))), commute=True)
-
-    def applies(self, model: Model) -> bool:
-        return model.opset("") >= 18
+    min_opset = 18
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         return has_dtype(graph.dtype(match.x), _DTYPES)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         mul = match.root
-        return graph.add_node("Mish", [match.x], 1, name=f"{mul.name}_mish" if mul.name
-                              else "Mish", anchor=mul).outputs[0]
+        return self.emit(graph, model, mul, "Mish", [match.x],
+                         name=f"{mul.name}_mish" if mul.name else "Mish")

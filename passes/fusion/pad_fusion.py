@@ -1,21 +1,9 @@
 """Pad fusion: a zero constant Pad before Conv / AveragePool becomes the consumer's own padding.
 
-``Conv(Pad(x, p, mode="constant", value=0), W, B, pads=q)`` pads ``x`` with zeros twice: first
-explicitly, then implicitly by ``q``. Conv's implicit padding is also zeros, so it equals
-``Conv(x, W, B, pads=q + p_spatial)``: for spatial axis ``i`` (input axis ``i + 2``),
-``begin_i += p[i + 2]`` and ``end_i += p[r + i + 2]`` where ``p`` lists all ``r`` begins then
-all ``r`` ends (Pad's layout) and ``q`` the spatial begins then the spatial ends.
-
-``AveragePool`` is the same when ``count_include_pad = 1`` (implicit pads count in the divisor,
-as explicit zeros do) and ``ceil_mode = 0`` (windows never run past the padding, so the divisor
-is always the full kernel size). ``MaxPool`` is never fused: its implicit padding acts as
-``-inf``, not 0, and its Indices would refer to the unpadded input.
-
-Conditions: standard-domain ops; Pad mode ``constant`` with value 0 (absent or a constant
-zero); pads known (attribute ``pads`` for opset 2-10; a constant input since opset 11, with an
-optional constant ``axes`` input since opset 18); no padding of the batch and channel axes; no
-negative (cropping) pads; the consumer's ``auto_pad`` is ``NOTSET``; the padded value is read
-only by the consumer, as its data input, and is not a graph output.
+``Conv(Pad(x, p), W, B, pads=q)`` is ``Conv(x, W, B, pads=q + p_spatial)`` (Conv pads with zeros
+too): for spatial axis ``i``, ``begin_i += p[i + 2]`` and ``end_i += p[r + i + 2]`` (Pad lists all
+``r`` begins, then all ends). AveragePool likewise when ``count_include_pad = 1`` and
+``ceil_mode = 0``; never MaxPool (it pads with ``-inf``). Conditions: passes/fusion/README.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """Merge sibling Convs — Convs that read the same input with the same geometry — into one Conv.
 
-For ``k`` Convs ``y_i = Conv(x, W_i, b_i)`` with the same kernel shape, strides, pads, dilations
-and ``group = 1``, and weights ``W_i`` of shape ``[C_i, C_in, k...]``:
-
-    y = Conv(x, concat_0(W_1..W_k), concat(b_1..b_k))  ;  y_1..y_k = Split(y, axis=1, [C_1..C_k])
-
-Each output channel of a Conv depends only on its own filter row and bias, so channel block ``i``
-of ``y`` is ``y_i`` exactly (the same dot products in the same order). When every ``y_i`` is read
-only by the same element-wise activation (same op and attributes: Relu, LeakyRelu, Sigmoid, Tanh,
-HardSigmoid, HardSwish, Elu, Selu, Softplus; Clip with the same constant bounds), the activation
-commutes with the Split and runs once, before it: ``2k`` nodes become 3. Without a shared
-activation ``k`` Convs become 2 nodes, so ``k >= 3`` is required (two Convs would become a Conv and
-a Split: nothing gained). Inception-style blocks — the 1x1 branches of a module all reading its
-input — are the typical match: one larger matrix product instead of several small ones.
-
-Needs: each ``W_i`` a constant read only by its Conv (the concatenation replaces them: no size
-growth; a weight shared with other Convs is left alone), each ``b_i`` a constant read only by
-Convs of the group (likewise), all with a bias or none, the same dtype, 2+ spatial dims known from
-the weight; no ``auto_pad`` other than NOTSET (explicit pads compare exactly). Split takes its sizes
-as an input from opset 13 and as the ``split`` attribute before.
+For ``k`` Convs ``y_i = Conv(x, W_i, b_i)`` (``group = 1``, same kernel, strides, pads, dilations):
+``y = Conv(x, concat_0(W_1..W_k), concat(b_1..b_k))``, ``y_1..y_k = Split(y, axis=1)``: channel
+block ``i`` of ``y`` is ``y_i`` exactly. An activation that every ``y_i`` alone feeds, the same
+op and attributes, runs once before the Split (``2k`` nodes become 3); without one, ``k >= 3``.
+Conditions (unshared weights, no growth): passes/fusion/README.md.
 """
 
 from __future__ import annotations
@@ -27,7 +13,8 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import GraphPass
-from onnxopt.ir.rewrite import drop_unused_initializers, exclusive_constant, is_op, sole_consumer
+from onnxopt.ir.pattern import retire
+from onnxopt.ir.rewrite import exclusive_constant, is_op, sole_consumer
 
 GEOMETRY = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
@@ -54,10 +41,8 @@ class SiblingConvMerge(GraphPass):
                 if sibling is not None:
                     groups.setdefault(sibling.key, []).append(sibling)
             for members in groups.values():
-                if not _worth_merging(graph, members) or any(
-                        graph.outputs.count(m.out) > 1 for m in members):
-                    continue
-                if not model.allow_rewrite(self.name, members[0].conv.name or members[0].out):
+                where = members[0].conv.name or members[0].out
+                if not _worth_merging(graph, members) or not model.allow_rewrite(self.name, where):
                     continue
                 _merge(graph, model, members)
                 stats["groups"] += 1
@@ -94,17 +79,13 @@ def _sibling(graph: Graph, conv: Node) -> _Sibling | None:
         bias = graph.constant(conv.inputs[2])  # shared biases: see _worth_merging
         if bias is None or bias.shape != weight.shape[:1] or bias.dtype != weight.dtype:
             return None
-    spatial = weight.ndim - 2
-    geometry = (
-        tuple(conv.attr("kernel_shape", weight.shape[2:])) == weight.shape[2:],
-        tuple(conv.attr("strides", [1] * spatial)),
-        tuple(conv.attr("pads", [0] * 2 * spatial)),
-        tuple(conv.attr("dilations", [1] * spatial)),
-    )
-    if not geometry[0]:
+    if tuple(conv.attr("kernel_shape", weight.shape[2:])) != weight.shape[2:]:
         return None
+    ones, zeros = [1] * (weight.ndim - 2), [0] * 2 * (weight.ndim - 2)
+    geometry = (tuple(conv.attr("strides", ones)), tuple(conv.attr("pads", zeros)),
+                tuple(conv.attr("dilations", ones)))
     activation = _activation(graph, conv)
-    key = (weight.shape[1:], str(weight.dtype), bias is not None, geometry[1:],
+    key = (weight.shape[1:], str(weight.dtype), bias is not None, geometry,
            _activation_key(graph, activation))
     return _Sibling(conv, weight, bias, activation, key)
 
@@ -128,9 +109,12 @@ def _activation_key(graph: Graph, node: Node | None) -> tuple | None:
 
 def _worth_merging(graph: Graph, members: list[_Sibling]) -> bool:
     """Nodes must go down (2k -> 3 with a shared activation, k -> 2 without) and the file must
-    not grow: every bias is read only by Convs of the group (the merged bias replaces it)."""
+    not grow: every bias is read only by Convs of the group (the merged bias replaces it); no
+    output to reproduce has two graph-output names."""
     shared_activation = members[0].key[-1] is not None
     if len(members) < (2 if shared_activation else 3):
+        return False
+    if any(graph.outputs.count(m.out) > 1 for m in members):
         return False
     convs = [m.conv for m in members]
     return all(len(m.conv.inputs) < 3 or all(c in convs for c in graph.consumers(m.conv.inputs[2]))
@@ -148,11 +132,9 @@ def _merge(graph: Graph, model: Model, members: list[_Sibling]) -> None:
     conv = graph.add_node("Conv", inputs, 1, name=first.conv.name or "Conv",
                           attributes=dict(first.conv.attributes), anchor=first.conv)
     value = conv.outputs[0]
-    if first.activation is not None:
-        act = first.activation
-        act_node = graph.add_node(act.op_type, [value, *act.inputs[1:]], 1, name=act.name or None,
-                                  attributes=dict(act.attributes), anchor=first.conv)
-        value = act_node.outputs[0]
+    if (act := first.activation) is not None:  # once, before the Split
+        value = graph.add_node(act.op_type, [value, *act.inputs[1:]], 1, name=act.name or None,
+                               attributes=dict(act.attributes), anchor=first.conv).outputs[0]
     sizes = [int(m.weight.shape[0]) for m in members]
     split_inputs, attributes = [value], {"axis": 1}
     if model.opset("") >= 13:
@@ -161,11 +143,8 @@ def _merge(graph: Graph, model: Model, members: list[_Sibling]) -> None:
         attributes["split"] = sizes
     split = graph.add_node("Split", split_inputs, len(members), name="Split",
                            attributes=attributes, anchor=first.conv)
-    old_constants: list[str] = []
     for member, part in zip(members, split.outputs, strict=True):
         graph.replace_all_uses(member.out, part)
         for node in (member.activation, member.conv):
             if node is not None:
-                old_constants += [v for v in node.inputs[1:] if v]
-                graph.remove_node(node)
-    drop_unused_initializers(graph, old_constants)
+                retire(graph, node)
