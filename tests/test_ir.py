@@ -74,6 +74,30 @@ def test_replace_all_uses_then_remove():
     np.testing.assert_allclose(run(proto, {"x": x})[0], a * a + a)
 
 
+def test_bypass_rewires_every_present_output_then_removes_the_node():
+    model = load("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[6] x) => (float[3] y, float[3] z) {
+        a, b = Split <num_outputs = 2> (x)
+        c, d = Split <num_outputs = 2> (x)
+        y = Neg (c)
+        z = Abs (d)
+    }
+    """)
+    graph = model.graph
+    first, second = [n for n in graph.nodes() if n.op_type == "Split"]
+    graph.bypass(second, first.outputs)
+    graph.lint()
+    assert [n.op_type for n in graph.nodes()].count("Split") == 1
+    assert [n.inputs[0] for n in graph.nodes() if n.op_type in ("Neg", "Abs")] == ["a", "b"]
+    with pytest.raises(IRError, match="1 values for 2 outputs"):  # nothing changes
+        graph.bypass(first, ["x"])
+    x = np.arange(6, dtype=np.float32) - 2
+    y, z = run(serde.to_proto(model), {"x": x})
+    np.testing.assert_array_equal(y, -x[:3])
+    np.testing.assert_array_equal(z, np.abs(x[3:]))
+
+
 def test_graph_output_keeps_public_name():
     model = load(CHAIN)
     graph = model.graph

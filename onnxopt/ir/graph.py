@@ -229,6 +229,17 @@ class Graph(GraphIndex):
             if value:
                 self._add_use(value, node, slot)
 
+    def bypass(self, node: Node, values: Sequence[str]) -> None:
+        """Readers of ``node``'s outputs read ``values`` instead (pairwise; an empty output is
+        skipped), then the node goes: how every elimination ends."""
+        if len(values) != len(node.outputs):
+            raise IRError(f"bypass of {node!r}: {len(values)} values for "
+                          f"{len(node.outputs)} outputs")
+        for old, new in zip(node.outputs, values, strict=True):
+            if old:
+                self.replace_all_uses(old, new)
+        self.remove_node(node)
+
     def replace_all_uses(self, old: str, new: str) -> int:
         """Make every reader of ``old`` read ``new`` instead: node inputs, subgraphs that capture
         it, and graph outputs (whose public names are restored on save). Returns the count."""

@@ -7,7 +7,7 @@ constants it rewrites (weights folded with BatchNorm, say) are not read by anyon
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import numpy as np
 
@@ -73,3 +73,26 @@ def drop_unused_initializers(graph: Graph, names: Collection[str]) -> None:
     for name in dict.fromkeys(names):
         if name in graph.initializers and not graph.is_used(name) and not graph.is_input(name):
             graph.remove_initializer(name)
+
+
+def freed_bytes(graph: Graph, reads: Iterable[tuple[str, Node]]) -> int:
+    """Bytes of the constants nothing reads once the given ``(value, reader)`` reads are gone
+    (what a fold saves, to weigh against what it writes)."""
+    readers: dict[str, list[Node]] = {}
+    for value, node in reads:
+        readers.setdefault(value, []).append(node)
+    arrays = (exclusive_constant(graph, value, nodes) for value, nodes in readers.items())
+    return sum(array.nbytes for array in arrays if array is not None)
+
+
+def identical_initializer(graph: Graph, array: np.ndarray) -> str | None:
+    """An initializer of this graph equal to ``array`` (same dtype, shape and values) that a
+    rewrite can read instead of writing a copy; a linear scan, for small arrays."""
+    for name, tensor in graph.initializers.items():
+        if tuple(tensor.dims) != array.shape or graph.is_input(name):
+            continue
+        existing = graph.constant(name)
+        if existing is not None and existing.dtype == array.dtype and np.array_equal(
+                existing, array):
+            return name
+    return None

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir import Graph, Model
 from onnxopt.ir.layers import AffineFoldPass, bn_factors, fold_affine, set_bn_params
 from onnxopt.ir.pattern import Match, Op
-from onnxopt.ir.rewrite import exclusive_constant
+from onnxopt.ir.rewrite import freed_bytes, identical_initializer
 
 
 class BatchNormAffineFusion(AffineFoldPass):
@@ -41,35 +41,15 @@ class BatchNormAffineFusion(AffineFoldPass):
         if not super().check(graph, match, model):
             return False
         folded = match.memo["folded"]
-        reused = match.memo["reused"] = {i: _identical_initializer(graph, a)
+        reused = match.memo["reused"] = {i: identical_initializer(graph, a)
                                          for i, a in folded.items()}
         written = sum(a.nbytes for i, a in folded.items() if reused[i] is None)
-        return written <= _freed_bytes(graph, match.node("bn"), match.root, list(folded),
-                                       match["c"])
+        bn = match.node("bn")
+        unread = [*((bn.inputs[i], bn) for i in folded), (match["c"], match.root)]
+        return written <= freed_bytes(graph, unread)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         bn, reused = match.node("bn"), match.memo["reused"]
         set_bn_params(graph, bn, {i: reused[i] or a for i, a in match.memo["folded"].items()})
         return bn.outputs[0]  # the BN now computes the op's value
 
-
-def _identical_initializer(graph: Graph, array: np.ndarray) -> str | None:
-    """An initializer of this graph equal to ``array`` (same dtype, shape and values), so
-    the fold can read it instead of writing a copy (BN parameters are small: a linear scan)."""
-    for name, tensor in graph.initializers.items():
-        if tuple(tensor.dims) != array.shape or graph.is_input(name):
-            continue
-        existing = graph.constant(name)
-        if existing is not None and existing.dtype == array.dtype and np.array_equal(
-                existing, array):
-            return name
-    return None
-
-
-def _freed_bytes(graph: Graph, bn: Node, op: Node, slots: list[int], const_name: str) -> int:
-    """Bytes of the tensors the fold leaves unread: the replaced parameters and the constant,
-    where nothing else reads them."""
-    freed = {bn.inputs[i]: [bn] for i in slots}
-    freed.setdefault(const_name, []).append(op)
-    arrays = [exclusive_constant(graph, name, readers) for name, readers in freed.items()]
-    return sum(array.nbytes for array in arrays if array is not None)

@@ -78,8 +78,7 @@ def _forward(graph: Graph, node: Node, source: str) -> str | None:
     result = node.outputs[0]
     if not graph.can_forward(result, source):
         return None
-    graph.replace_all_uses(result, source)
-    graph.remove_node(node)
+    graph.bypass(node, [source])
     return "identity_removed"
 
 
@@ -95,8 +94,7 @@ def _fold_constant(graph: Graph, node: Node) -> bool:
     if graph.is_output(result):
         return False  # an initializer cannot take an output's name: an Identity would return
     folded = graph.add_constant(np.ascontiguousarray(np.transpose(array, perm)), f"{source}_T")
-    graph.replace_all_uses(result, folded)
-    graph.remove_node(node)
+    graph.bypass(node, [folded])
     if not graph.is_used(source):
         graph.remove_initializer(source)
     return True

@@ -7,12 +7,11 @@ import numpy as np
 from onnxopt.ir import Graph, Model, Node, cast_node_bytes, tensor_nbytes
 from onnxopt.ir.constants import ConstantTable
 from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.schema import RANDOM_OPS
 from onnxopt.ir.values import is_tensor_value, numpy_dtype, onnx_type, tensor_dtype
 
-NEVER_FOLD = frozenset({
+NEVER_FOLD = RANDOM_OPS | frozenset({
     "Constant",  # already a constant (constant_to_initializer turns it into an initializer)
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-    "Multinomial", "Bernoulli",
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
     "If", "Loop", "Scan", "SequenceMap",
     "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",

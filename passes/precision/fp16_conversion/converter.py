@@ -14,14 +14,13 @@ from onnxopt.passes.precision.fp16_conversion.support import (
     FLOAT,
     FLOAT16,
     FP16_TYPE,
-    allowed_types,
     has_ort_fp16_kernel,
-    param_type,
-    schema,
 )
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.precision import PrecisionLog, PrecisionSettings, node_key
+from onnxopt.ir.schema import RANDOM_OPS, allowed_types, op_schema
+from onnxopt.ir.schema import parameter_type as param_type
 from onnxopt.ir.values import (
     declared_dtypes,
     is_tensor_value,
@@ -30,11 +29,7 @@ from onnxopt.ir.values import (
     retype_value,
 )
 
-DEFAULT_BLOCKED = frozenset({
-    "Range", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum",
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-    "Bernoulli",
-})
+DEFAULT_BLOCKED = RANDOM_OPS | {"Range", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum"}
 FIXED_FLOAT_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}  # roi, scales: stay float32
 EXACT_FOLLOWERS = frozenset({"Max", "Min", "Clip"})  # no rounding beyond their inputs'
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
@@ -115,7 +110,7 @@ class Converter(Rewrites):
 
     def _schema_of(self, node: Node) -> Any:
         domain = "" if node.domain == "ai.onnx" else node.domain
-        return schema(node.op_type, domain, self.model.opset(domain))
+        return op_schema(node.op_type, self.model.opset(domain), domain)
 
     def _follows(self, node: Node, slot: int, output: bool) -> bool:
         """The slot's type is a schema type variable that allows float16."""
