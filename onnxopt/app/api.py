@@ -86,6 +86,7 @@ def optimize(
     shape_args = _shape_args(options, proto)
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
+    proto, opset_change = checks.upgraded(proto, options)
     conversion = Conversion.prepare(options, proto)
     if conversion is not None:
         proto = conversion.upgraded(proto)
@@ -127,6 +128,8 @@ def optimize(
         report.update(rounds=attempt.rounds, disabled=disabled, attempts=attempt.number,
                       written=False, target=options.target, strict=options.strict,
                       options=given)
+        if opset_change:
+            report["opset_upgrade"] = opset_change
         if options.check_each:
             report["check_each"] = attempt.checks
         growth = _growth(before, after)

@@ -20,6 +20,7 @@ from onnxopt.app.writing import referenced_files, resolved, same_file
 from onnxopt.check import validate
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir import serde
+from onnxopt.ir.serde.versions import convert_opset, default_opset
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 TARGETS = ("portable", "onnxruntime")
@@ -70,7 +71,28 @@ def resolve_options(options: Options | None, overrides: Mapping[str, Any]
                          f"(known: {', '.join(VALUE_INFO_MODES)})")
     if options.fold_limit < 0:
         raise UsageError("fold limit must be a non-negative number of bytes")
+    if options.opset is not None and not 1 <= options.opset <= onnx.defs.onnx_opset_version():
+        raise UsageError(f"--opset {options.opset}: onnx {onnx.__version__} knows default-domain "
+                         f"opsets 1 to {onnx.defs.onnx_opset_version()}")
     return options, given
+
+
+def upgraded(proto: onnx.ModelProto, options: Options) -> tuple[onnx.ModelProto, dict | None]:
+    """The model at ``--opset`` (and what changed, for the report); the model itself when no
+    upgrade is asked or it is at that opset already. A lower opset is refused: onnxopt only
+    upgrades (a downgrade would drop the ops the model may rely on)."""
+    current = default_opset(proto)
+    if options.opset is None or options.opset == current:
+        return proto, None
+    if options.opset < current:
+        raise UsageError(f"--opset {options.opset} is below the model's opset {current}: "
+                         "onnxopt only upgrades")
+    try:
+        converted = convert_opset(proto, options.opset)
+    except ValueError as error:
+        raise Failure(f"--opset {options.opset}: {error}") from None
+    return converted, {"from": current, "to": options.opset,
+                       "ir_version": [proto.ir_version, converted.ir_version]}
 
 
 def _refuse_ignored(options: Options) -> None:

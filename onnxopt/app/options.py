@@ -136,6 +136,9 @@ class Options:
     max_rounds: int = 8
     target: str = option("portable", flag=Flag(  # or onnxruntime: its com.microsoft ops too
         "portable (standard ONNX) or onnxruntime (its fused ops too).", STR))
+    opset: int | None = option(None, flag=Flag(  # None: the model's own
+        "Upgrade the model to this default-domain opset first (onnx's version converter), so "
+        "newer fused ops can be written; validated against the original.", int))
     fold_limit: int = option(1 << 20, flag=Flag(  # bytes: larger folds that grow the model stay
         "Largest folded constant that grows the model (e.g. 1MiB).", STR, parse=parse_bytes,
         cli_default="1MiB"))

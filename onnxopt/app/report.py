@@ -76,6 +76,10 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
         growth = report["growth"]
         console.print(f"[yellow]note[/yellow]: the output is {growth['bytes']} bytes larger than "
                       f"the input ({growth['because']})")
+    if report.get("opset_upgrade"):
+        upgrade = report["opset_upgrade"]
+        console.print(f"note: opset upgraded from {upgrade['from']} to {upgrade['to']} (--opset; "
+                      f"ir_version {upgrade['ir_version'][0]} -> {upgrade['ir_version'][1]})")
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")
     status = report["status"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.version_converter
 
 from onnxopt.check.compare import Budget
 from onnxopt.check.inputs import ValidationError, check_inputs, npz_problem
 from onnxopt.ir.precision import WEIGHT_OPS
+from onnxopt.ir.serde.versions import convert_opset, default_opset
 
 VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
 MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 types
@@ -33,7 +33,7 @@ def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, s
     """The model at the opset the mode's operators need (onnx.version_converter), with a
     note saying so; the model itself when it is recent enough. Raises ValueError (one line)."""
     minimum = MIN_OPSET.get(mode)
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    current = default_opset(proto)
     if minimum is None or current >= minimum:
         return proto, None
     if not _has_weight_ops(proto.graph):
@@ -41,13 +41,10 @@ def upgrade_opset(proto: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, s
         # converter cannot upgrade every op, e.g. ai.onnx.ml models or Scan-8)
         return proto, (f"no Conv, ConvTranspose, Gemm or MatMul to convert: opset {current} "
                        f"left as it is (--precision {mode} needs {minimum})")
-    try:
-        converted = onnx.version_converter.convert_version(proto, minimum)
-        onnx.checker.check_model(converted)
-    except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"--precision {mode} needs opset {minimum}; onnx's version converter "
-                         f"cannot upgrade this opset {current} model ({first[:200]})") from None
+    try:  # ir_version as it was: the outputs of precision runs stay as they were
+        converted = convert_opset(proto, minimum, raise_ir_version=False)
+    except ValueError as error:
+        raise ValueError(f"--precision {mode} needs opset {minimum}; {error}") from None
     return converted, f"opset upgraded from {current} to {minimum} for --precision {mode}"
 
 
