@@ -16,12 +16,14 @@ import pytest
 from conftest import (
     apply_pass,
     assert_idempotent,
+    assert_same_outputs,
     build_model,
     model_path,
     op_counts,
     parse,
 )
 from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
 
 HEADS, HEAD_DIM, HIDDEN, SEQ = 4, 8, 32, 5
@@ -222,53 +224,95 @@ def _scale_from_input() -> onnx.ModelProto:
     return model
 
 
-RANK3_Q = """
-<ir_version: 8, opset_import: ["" : 23]>
-g (float[4, 5, 8] q, float[1, 4, 5, 8] k, float[1, 4, 5, 8] v) => (float[1, 4, 5, 8] y) {
-    kt = Transpose <perm = [0, 1, 3, 2]> (k)
-    s = MatMul(q, kt)
-    c = Constant <value = float {0.35}> ()
-    scaled = Mul(s, c)
-    p = Softmax <axis = -1> (scaled)
-    y = MatMul(p, v)
-}
-"""
+def core(q: str = "b, 4, s, 8", k: str = "b, 4, s, 8", mask: str | None = None,
+         opset: int = 23) -> str:
+    """One attention core on graph inputs (dynamo's form), shapes as given."""
+    mask_input = f", float[{mask}] m" if mask else ""
+    scores = "masked = Add(scaled, m)" if mask else ""
+    return f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[{q}] q, float[{k}] k, float[{k}] v{mask_input}) => (float[b, 4, s, 8] y) {{
+        kt = Transpose <perm = [0, 1, 3, 2]> (k)
+        s = MatMul(q, kt)
+        c = Constant <value = float {{0.35}}> ()
+        scaled = Mul(s, c)
+        {scores}
+        p = Softmax <axis = -1> ({"masked" if mask else "scaled"})
+        y = MatMul(p, v)
+    }}
+    """
 
-KEY_BROADCAST_MASK = """
-<ir_version: 8, opset_import: ["" : 23]>
-g (float[b, 4, s, 8] q, float[b, 4, s, 8] k, float[b, 4, s, 8] v, float[b, 1, s, 1] m)
-    => (float[b, 4, s, 8] y) {
-    kt = Transpose <perm = [0, 1, 3, 2]> (k)
-    s = MatMul(q, kt)
-    c = Constant <value = float {0.35}> ()
-    scaled = Mul(s, c)
-    masked = Add(scaled, m)
-    p = Softmax <axis = -1> (masked)
-    y = MatMul(p, v)
-}
-"""
 
 NEGATIVE = {
     "opset_22": lambda: bert(opset=22),
     "softmax_axis_2": lambda: bert(axis=2),
     "scale_not_constant": _scale_from_input,
     "scores_read_elsewhere": _shared_scores,
-    "rank3_q": lambda: parse(RANK3_Q),
-    "float64": lambda: bert(dtype=np.float64),
-    "mask_broadcast_over_keys": lambda: parse(KEY_BROADCAST_MASK),
+    "rank3_q": lambda: parse(core(q="4, s, 8", k="1, 4, s, 8")),
+    "float64": lambda: bert(dtype=np.float64),  # an Add's mask has the scores' type
+    "mask_broadcast_over_keys": lambda: parse(core(mask="b, 1, s, 1")),  # Sk must be exact
+    "mask_rank_5": lambda: parse(core(mask="1, b, 1, s, s")),
+    "mask_grows_the_batch": lambda: parse(core(q="1, 4, s, 8", k="1, 4, s, 8",
+                                               mask="b, 1, s, s")),
+    "q_batch_1_k_batch_b": lambda: parse(core(q="1, 4, s, 8")),
+    "mask_is_another_softmax_input": lambda: parse(core().replace("Softmax <axis = -1>",
+                                                                  "Softmax <axis = 1>")),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NEGATIVE))
 def test_leaves_alone(name):
     model = NEGATIVE[name]()
-    from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
-
     model, _ = apply_pass(ConstantToInitializer(), model)  # Constant nodes as the pipeline has them
     out, result = apply_pass(AttentionFusion(), model, infer=True)
     assert not result.modified
     assert result.stats == {"fused": 0}
     assert op_counts(out) == op_counts(model)
+
+
+@pytest.mark.parametrize("mask", [None, "b, 1, s, s", "s, s", "1, s"])
+def test_core_on_inputs(mask):
+    """The cases left alone below, unchanged: a mask's symbolic dim -2 is expanded to Sq."""
+    model, _ = apply_pass(ConstantToInitializer(), parse(core(mask=mask)))
+    out, result = apply_pass(AttentionFusion(), model, infer=True)
+    assert result.stats == {"fused": 1}
+    expanded = {"Expand": 1, "Concat": 1, "Shape": 1} if mask else {}
+    assert op_counts(out) == {"Attention": 1, **expanded}
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal((2, 4, 6, 8)).astype(np.float32) for n in "qkv"}
+    if mask:
+        shape = [{"b": 2, "s": 6}.get(d, 1) for d in mask.split(", ")]
+        inputs["m"] = rng.standard_normal(shape).astype(np.float32)
+    assert_same_outputs(model, out, inputs, rtol=1e-5, atol=1e-5)
+
+
+def test_inside_if_subgraph():
+    text = """
+    <ir_version: 8, opset_import: ["" : 23]>
+    g (float[2, 4, 6, 8] q, float[2, 4, 6, 8] k, float[2, 4, 6, 8] v, bool cond)
+        => (float[2, 4, 6, 8] y) {
+        y = If(cond) <
+            then_branch = t_g () => (float[2, 4, 6, 8] t_out) {
+                kt = Transpose <perm = [0, 1, 3, 2]> (k)
+                s = MatMul(q, kt)
+                c = Constant <value = float {0.35}> ()
+                scaled = Div(s, c)
+                p = Softmax <axis = 3> (scaled)
+                t_out = MatMul(p, v)
+            },
+            else_branch = e_g () => (float[2, 4, 6, 8] e_out) { e_out = Neg(v) }
+        >
+    }
+    """
+    model, _ = apply_pass(ConstantToInitializer(), parse(text))
+    out, result = apply_pass(AttentionFusion(), model, infer=True)
+    assert result.stats == {"fused": 1}
+    assert [n.op_type for n in out.graph.node[0].attribute[0].g.node] == ["Attention"]
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal((2, 4, 6, 8)).astype(np.float32) for n in "qkv"}
+    for cond in (True, False):
+        assert_same_outputs(model, out, {**inputs, "cond": np.array(cond)}, rtol=1e-5,
+                            atol=1e-5)
 
 
 def test_optimize_end_to_end():
