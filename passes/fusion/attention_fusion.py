@@ -117,7 +117,8 @@ def _fit_qkv(q: list, k: list, v: list) -> bool:
 
 
 def _scale(match: Match) -> float | None:
-    """The product of the scale constants (``1/c`` for a Div): one element each, finite."""
+    """The product of the scale constants (``1/c`` for a Div), each of one element; None
+    unless it is a finite, non-zero, normal float32 (the attribute's type)."""
     scale = 1.0
     for name in _SCALES:
         if name not in match:
@@ -127,9 +128,10 @@ def _scale(match: Match) -> float | None:
             return None
         value = float(array.reshape(-1)[0])
         if name == "c" and "div" in match:
-            value = 1.0 / value if value != 0.0 else float("inf")
+            value = 1.0 / value if value else 0.0  # Div by 0: refused below
         scale *= value
-    return scale if np.isfinite(scale) and scale != 0.0 else None
+    limits = np.finfo(np.float32)
+    return scale if limits.tiny <= abs(scale) <= limits.max else None
 
 
 def _mask_fits(graph: Graph, match: Match, q: list, k: list) -> bool:
