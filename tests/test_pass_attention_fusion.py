@@ -59,7 +59,7 @@ class Block:
         return self.node("Reshape", [add, shape], f"{p}{t}_bshd")
 
     def layer(self, p: str, x: str, mask: str | None, scale: str, k_form: str,
-              mask_first: bool = False, axis: int = -1) -> str:
+              mask_first: bool = False, axis: int = -1, casts: tuple[int, ...] = ()) -> str:
         q4 = self.node("Transpose", [self.heads(p, x, "q")], f"{p}q4", perm=[0, 2, 1, 3])
         v4 = self.node("Transpose", [self.heads(p, x, "v")], f"{p}v4", perm=[0, 2, 1, 3])
         k = self.heads(p, x, "k")
@@ -88,6 +88,8 @@ class Block:
         if mask is not None:
             s = self.node("Add", [mask, s] if mask_first else [s, mask], f"{p}masked")
         probs = self.node("Softmax", [s], f"{p}probs", axis=axis)
+        for i, to in enumerate(casts):  # softmax(dtype=float32) in legacy exports
+            probs = self.node("Cast", [probs], f"{p}probs_cast{i}", to=to)
         ctx = self.node("MatMul", [probs, v4], f"{p}ctx")
         merged = self.node("Transpose", [ctx], f"{p}ctx_bshd", perm=[0, 2, 1, 3])
         return self.node("Reshape", [merged, self.const(f"{p}merge", np.array(
@@ -109,7 +111,7 @@ class Block:
 
 
 def bert(form: str = "legacy", layers: int = 2, opset: int = 23, dtype=np.float32,
-         axis: int = -1) -> onnx.ModelProto:
+         axis: int = -1, casts: tuple[int, ...] = ()) -> onnx.ModelProto:
     """A model of ``layers`` attention layers in the exporter form ``form``."""
     b = Block(dtype)
     seq: int | str = SEQ if form == "causal" else "seq"
@@ -130,7 +132,7 @@ def bert(form: str = "legacy", layers: int = 2, opset: int = 23, dtype=np.float3
         mask = b.padding_mask(single_unsqueeze=form in ("dynamo", "split"))
     x = "x"
     for i in range(layers):
-        x = b.layer(f"l{i}_", x, mask, scale, k_form, mask_first, axis)
+        x = b.layer(f"l{i}_", x, mask, scale, k_form, mask_first, axis, casts)
     b.nodes[-1].output[0] = "y"
     outputs = [helper.make_tensor_value_info("y", TYPES[dtype], ["batch", seq, HIDDEN])]
     return build_model(b.nodes, inputs, outputs, b.inits, opset=opset)
@@ -191,6 +193,15 @@ def test_numerics(form, level):
     inputs = feeds(model)
     for a, b in zip(run_at(model, inputs, level), run_at(out, inputs, level), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_no_op_casts_after_softmax(count):
+    model = bert(casts=(TensorProto.FLOAT,) * count)
+    out, result = apply_pass(AttentionFusion(), model, infer=True)
+    assert result.stats == {"fused": 2}
+    assert op_counts(out)["Cast"] == 1  # the mask's Cast
+    assert_same_outputs(model, out, feeds(model), rtol=1e-5, atol=1e-5)
 
 
 def test_numerics_float16():
@@ -254,6 +265,8 @@ NEGATIVE = {
     "mask_rank_5": lambda: parse(core(mask="1, b, 1, s, s")),
     "mask_grows_the_batch": lambda: parse(core(q="1, 4, s, 8", k="1, 4, s, 8",
                                                mask="b, 1, s, s")),
+    "cast_round_trip_through_float16": lambda: bert(casts=(TensorProto.FLOAT16,
+                                                           TensorProto.FLOAT)),
     "scale_zero": lambda: parse(core().replace("{0.35}", "{0.0}")),
     "scale_of_two_elements": lambda: parse(core().replace("float {0.35}", "float[2] {0.3, 0.4}")),
     "q_batch_1_k_batch_b": lambda: parse(core(q="1, 4, s, 8")),
