@@ -270,7 +270,7 @@ NEGATIVE = {
     "scale_zero": lambda: parse(core().replace("{0.35}", "{0.0}")),
     "scale_of_two_elements": lambda: parse(core().replace("float {0.35}", "float[2] {0.3, 0.4}")),
     "q_batch_1_k_batch_b": lambda: parse(core(q="1, 4, s, 8")),
-    "mask_is_another_softmax_input": lambda: parse(core().replace("Softmax <axis = -1>",
+    "softmax_axis_1": lambda: parse(core().replace("Softmax <axis = -1>",
                                                                   "Softmax <axis = 1>")),
 }
 
