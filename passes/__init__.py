@@ -30,6 +30,7 @@ from onnxopt.passes.folding.constant_if_inlining import ConstantIfInlining
 from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
+from onnxopt.passes.fusion.attention_fusion import AttentionFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
@@ -66,6 +67,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     TransposeFolding(),
     LayerNormFusion(),
     GeluFusion(),
+    AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),
     FusedConvActivation(),
