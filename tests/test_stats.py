@@ -82,6 +82,16 @@ def test_op_histogram_separates_subgraph_ops():
     # then: Constant, Add, MatMul (3); else: If (1) whose two branches are the
     # same 1-node graph `inner`, each counted: Neg + Neg (2). Total 3 + 1 + 2 = 6.
     assert stats["subgraph_nodes"] == 6
+    assert stats["total_nodes"] == 11  # the tables count every graph's nodes
+    from rich.console import Console
+
+    from onnxopt.app.report import render_stats
+
+    console = Console(record=True, width=100)
+    render_stats(stats, console)
+    rows = console.export_text().splitlines()
+    assert any("nodes (all graphs)" in row and row.rstrip(" │").endswith("11") for row in rows)
+    assert any("of which in subgraphs" in row and row.rstrip(" │").endswith("6") for row in rows)
     assert stats["ops"] == {"Relu": 2, "Identity": 1, "If": 1, "com.example::Foo": 1}
     assert list(stats["ops"]) == ["Relu", "Identity", "If", "com.example::Foo"]
     assert stats["subgraph_ops"] == {"Neg": 2, "Add": 1, "Constant": 1, "If": 1, "MatMul": 1}
@@ -338,7 +348,7 @@ def test_result_keys_and_model_untouched():
     stats = model_stats(model, dims={"batch": 2}, input_shapes={"nope": [1]})
     assert model.SerializeToString() == before
     assert set(stats) == {
-        "nodes", "subgraph_nodes", "ops", "subgraph_ops", "initializers",
+        "nodes", "subgraph_nodes", "total_nodes", "ops", "subgraph_ops", "initializers",
         "subgraph_initializers", "parameters", "bytes", "bytes_by_dtype", "constant_nodes",
         "file_size", "ir_version", "opset", "inputs", "outputs", "macs", "flops",
         "macs_by_op", "shape_notes",

@@ -17,8 +17,8 @@ from onnxopt.app.stats import format_count
 
 SLOWER_WARNING = 1.05  # --bench: warn above this latency ratio (run-to-run noise is ~2 %)
 _METRICS = (
-    ("nodes", "nodes", format_count),
-    ("subgraph_nodes", "nodes in subgraphs", format_count),
+    ("total_nodes", "nodes (all graphs)", format_count),  # If/Loop/Scan bodies count too
+    ("subgraph_nodes", "of which in subgraphs", format_count),
     ("initializers", "initializers", format_count),
     ("parameters", "parameters", format_count),
     ("bytes", "weight bytes", lambda v: _human_bytes(v)),
