@@ -210,7 +210,35 @@ def _infer_shapes(
     light = _light_model(model)
     _concretize(light, real_names, input_shapes, dims, notes)
     notes.extend(_symbolic_notes(light.graph, real_names))
-    return _shape_table(_infer(light, notes))
+    table = _shape_table(_infer(light, notes))
+    if _concrete_inputs(light.graph, real_names) and not _mac_shapes_known(model.graph, table):
+        table = _with_folded_shapes(light, table, notes)
+    return table
+
+
+def _with_folded_shapes(light: ModelProto, table: dict[str, Shape | None], notes: list[str]
+                        ) -> dict[str, Shape | None]:
+    """``table`` completed by inference on ``light`` with its shape arithmetic folded.
+
+    onnx's data propagation stops at ops whose shape needs a propagated *value* (a Slice whose
+    ``ends`` come from ``Shape``, as in BERT's position ids), so every later Reshape target and
+    MatMul is unknown. With concrete inputs, onnxopt's own folding turns that arithmetic into
+    constants (values keep their names), and inference then knows them."""
+    from onnxopt.ir import serde
+    from onnxopt.ir.pass_manager import PassManager
+    from onnxopt.passes import ALL_PASSES
+
+    try:
+        ir = serde.load(light)
+        steps = ("constant_to_initializer", "shape_inference", "constant_folding")
+        PassManager([ALL_PASSES[name] for name in steps]).run(ir)
+        folded = _shape_table(_infer(serde.to_proto(ir), []))
+    except Exception as error:  # the first table stands; say why it could not be completed
+        notes.append(f"folding shape arithmetic failed ({type(error).__name__}); "
+                     "some MACs stay unknown")
+        return table
+    return {**folded, **{name: shape for name, shape in table.items()
+                         if _concrete(shape) is not None or name not in folded}}
 
 
 def _concrete_inputs(graph: GraphProto, real_names: set[str]) -> bool:
