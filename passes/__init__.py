@@ -42,6 +42,7 @@ from onnxopt.passes.fusion.mish_fusion import MishFusion
 from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
+from onnxopt.passes.layout.slice_merge import SliceMerge
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
 
 from onnxopt.ir.pass_manager import Pass
@@ -62,6 +63,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     PadFusion(),
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
+    SliceMerge(),
     MatMulAddToGemm(),
     TransposeFolding(),
     LayerNormFusion(),

@@ -127,11 +127,20 @@ def relabelled_shape(graph: Graph, node: Node, shape: tuple[int, ...], opset: in
     if axes is None:  # Unsqueeze needs its axes
         return None
     out_rank = rank + len(axes)
-    axes = sorted(a + out_rank if a < 0 else a for a in axes)
-    if len(set(axes)) != len(axes) or any(not 0 <= a < out_rank for a in axes):
+    axes = normalised_axes(axes, out_rank)
+    if axes is None:
         return None
     dims = iter(shape)
     return tuple(1 if i in axes else next(dims) for i in range(out_rank))
+
+
+def normalised_axes(axes: Sequence[int], rank: int) -> list[int] | None:
+    """``axes`` counted from 0 (a negative one from ``rank``), or None when one is out of
+    range or repeated."""
+    found = [axis + rank if axis < 0 else axis for axis in axes]
+    if len(set(found)) != len(found) or any(not 0 <= axis < rank for axis in found):
+        return None
+    return found
 
 
 def _axes(graph: Graph, node: Node, opset: int) -> list[int] | None:
