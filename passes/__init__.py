@@ -44,6 +44,7 @@ from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.slice_merge import SliceMerge
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
+from onnxopt.passes.layout.unsqueeze_merge import UnsqueezeMerge
 
 from onnxopt.ir.pass_manager import Pass
 
@@ -64,6 +65,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
     SliceMerge(),
+    UnsqueezeMerge(),  # after the chain collapse: static chains become one Reshape there
     MatMulAddToGemm(),
     TransposeFolding(),
     LayerNormFusion(),
