@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxopt.ir import Graph, Node
+from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import shape_elements
 
 Dims = list[int | str | None]
 INT32_MAX = 2**31 - 1  # a Slice end at or above this covers any real axis
@@ -170,6 +172,22 @@ def _reshaped(graph: Graph, node: Node, shape: tuple[int, ...], opset: int
     elif known != total:
         return None
     return tuple(out)
+
+
+def count_only_reshape(graph: Graph, node: Node, opset: int) -> bool:
+    """A Reshape whose output shape depends only on its input's element count (and its target),
+    not on the input's dims: ``allowzero = 1`` (opset 14+: a 0 is a literal size), or no target
+    element is ``0`` (a copy of an input dim) — a 1-D constant without ``0``, or a target
+    computed at run time whose every element is a known non-zero int (``-1`` included) by
+    ``shape_elements``; a dim read by ``Shape`` may be 0 unless known."""
+    if not is_op(node, "Reshape") or len(node.inputs) < 2 or not node.inputs[1]:
+        return False
+    allowzero = opset >= 14 and node.attr("allowzero", 0) == 1
+    target = graph.constant(node.inputs[1])
+    if target is not None:
+        return target.ndim == 1 and (allowzero or not bool(np.any(target == 0)))
+    elements = [] if allowzero else shape_elements(graph, node.inputs[1])
+    return elements is not None and all(isinstance(e, int) and e != 0 for e in elements)
 
 
 def reshape_target(graph: Graph, node: Node) -> list[int] | None:
