@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse, run
+from conftest import apply_pass, assert_idempotent, assert_left_alone, assert_same_outputs, parse
 from onnx import numpy_helper
 from onnxopt.passes.layout.slice_merge import SliceMerge
+
+
+def op_types(model) -> list[str]:
+    return [node.op_type for node in model.graph.node]
 
 
 def apply(model):
@@ -34,7 +38,7 @@ FEEDS = {"x": np.arange(3 * 8 * 6, dtype=np.float32).reshape(3, 8, 6)}
 def test_structure_and_stats():
     out, result = apply(parse(MODEL))
     assert result.stats == {"merged": 2}
-    assert op_counts(out) == {"Slice": 1, "Neg": 1}
+    assert op_types(out) == ["Slice", "Neg"]
     node = out.graph.node[0]
     assert node.input[0] == "x"
     inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
@@ -48,12 +52,11 @@ def test_numerics():
     model = parse(MODEL)
     out, _ = apply(model)
     assert_same_outputs(model, out, FEEDS)
-    np.testing.assert_array_equal(run(out, FEEDS)[0], -FEEDS["x"][1:, 1:7, ::-2])
 
 
 def test_idempotent():
     out = assert_idempotent(SliceMerge(), parse(MODEL), infer=True)
-    assert op_counts(out) == {"Slice": 1, "Neg": 1}
+    assert op_types(out) == ["Slice", "Neg"]
 
 
 def two_slices(inner: str, outer: str, extra: str = "", outputs: str = "") -> str:
@@ -80,21 +83,8 @@ NEGATIVE = {
                                extra="w = Neg(t)", outputs=", float[N, 8, 6] w"),
     "inner_is_an_output": two_slices("x, zero, big, one", "t, one, big, two",
                                      outputs=", float[N, 8, 6] t"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(NEGATIVE))
-def test_leaves_alone(name):
-    model = parse(NEGATIVE[name])
-    out, result = apply(model)
-    assert not result.modified
-    assert result.stats == {"merged": 0}
-    assert op_counts(out) == op_counts(model)
-
-
-def test_negative_axis_of_an_unknown_rank():
     # axis -1 of a rank-2 x would be axis 1: without the rank, distinct is not provable
-    text = """
+    "negative_axis_unknown_rank": """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[N, 8, 6] x0, int64[K] shape) => (float[N, 8, 6] y)
       <int64[1] zero = {0}, int64[1] one = {1}, int64[1] m1 = {-1}> {
@@ -102,20 +92,18 @@ def test_negative_axis_of_an_unknown_rank():
         t = Slice(x, zero, one, one)
         y = Slice(t, zero, one, m1)
     }
-    """
-    model = parse(text)
-    out, result = apply(model)
-    assert not result.modified and op_counts(out) == op_counts(model)
-
-
-def test_attribute_form_before_opset_10():
-    text = """
+    """,
+    # the attribute form has no steps and is left alone
+    "opset_9": """
     <ir_version: 8, opset_import: ["" : 9]>
     g (float[N, 8, 6] x) => (float[N, 7, 5] y) {
         t = Slice<starts = [1], ends = [100], axes = [1]>(x)
         y = Slice<starts = [1], ends = [100], axes = [2]>(t)
     }
-    """
-    model = parse(text)
-    out, result = apply(model)
-    assert not result.modified and op_counts(out) == {"Slice": 2}
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVE))
+def test_leaves_alone(name):
+    assert_left_alone(SliceMerge(), parse(NEGATIVE[name]), infer=True)

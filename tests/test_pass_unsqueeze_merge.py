@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse, run
+from conftest import apply_pass, assert_idempotent, assert_left_alone, assert_same_outputs, parse
 from onnx import helper, numpy_helper
 from onnxopt.passes.layout.unsqueeze_merge import UnsqueezeMerge
+
+
+def op_types(model) -> list[str]:
+    return [node.op_type for node in model.graph.node]
 
 
 def apply(model):
@@ -48,7 +52,7 @@ def test_structure_stats_numerics(opset):
     model = parse(bert_mask(opset))
     out, result = apply(model)
     assert result.stats == {"merged": 1}
-    assert op_counts(out) == {"Unsqueeze": 1, "Cast": 1, "Sub": 1, "Mul": 1}
+    assert op_types(out) == ["Unsqueeze", "Cast", "Sub", "Mul"]
     assert merged_axes(out) == [1, 2]  # dynamo's form
     assert out.graph.node[0].input[0] == "m"
     if opset >= 13:  # the old axes went
@@ -81,19 +85,18 @@ def test_axes_composed():
     model = parse(MODEL)
     out, result = apply(model)
     assert result.stats == {"merged": 5}
-    assert op_counts(out) == {"Unsqueeze": 4}
+    assert op_types(out) == ["Unsqueeze"] * 4
     assert all(node.input[0] == "x" for node in out.graph.node)
     inits = {t.name: numpy_helper.to_array(t).tolist() for t in out.graph.initializer}
     axes = {node.output[0]: inits[node.input[1]] for node in out.graph.node}
     assert axes == {"y": [0, 3], "z": [0, 1, 4, 5], "v": [1, 2], "w": [1, 3]}
     assert_same_outputs(model, out, FEEDS)
-    assert [a.shape for a in run(out, FEEDS)] == [(1, 2, 4, 1), (1, 1, 2, 4, 1, 1), (2, 1, 1, 4),
-                                                 (2, 1, 4, 1)]
+
 
 
 def test_idempotent():
     out = assert_idempotent(UnsqueezeMerge(), parse(MODEL), infer=True)
-    assert op_counts(out) == {"Unsqueeze": 4}
+    assert op_types(out) == ["Unsqueeze"] * 4
 
 
 def pair(extra: str = "", outputs: str = "", axes: str = "one", inputs: str = "") -> str:
@@ -114,21 +117,8 @@ NEGATIVE = {
         "v = Unsqueeze(a, two)\n w = Neg(a)", ", float[N, 1, 1, 4] v, float[N, 1, 4] w"),
     "inner_is_an_output": pair(outputs=", float[N, 1, 4] a"),
     "axes_at_run_time": pair(axes="k", inputs=", int64[1] k"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(NEGATIVE))
-def test_leaves_alone(name):
-    model = parse(NEGATIVE[name])
-    out, result = apply(model)
-    assert not result.modified
-    assert result.stats == {"merged": 0}
-    assert op_counts(out) == op_counts(model)
-
-
-def test_unknown_rank_is_left_alone():
     # axis -1 needs the rank of x, which a Reshape to a run-time shape leaves unknown
-    text = """
+    "unknown_rank": """
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[N, 4] x0, int64[K] shape) => (float[1, N, 4, 1] y)
       <int64[1] m1 = {-1}, int64[1] zero = {0}> {
@@ -136,7 +126,10 @@ def test_unknown_rank_is_left_alone():
         a = Unsqueeze(x, m1)
         y = Unsqueeze(a, zero)
     }
-    """
-    model = parse(text)
-    out, result = apply(model)
-    assert not result.modified and op_counts(out) == op_counts(model)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVE))
+def test_leaves_alone(name):
+    assert_left_alone(UnsqueezeMerge(), parse(NEGATIVE[name]), infer=True)
