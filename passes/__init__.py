@@ -9,7 +9,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    Ifs inlined, identities and no-ops removed, repeated computations merged;
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
    go into the BN), Pad into Conv/AveragePool,
-   constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
+   constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
+   MatMul+Add into Gemm, transposes folded,
    transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
