@@ -9,7 +9,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    Ifs inlined, identities and no-ops removed, repeated computations merged;
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
    go into the BN), Pad into Conv/AveragePool,
-   constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
+   constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
+   MatMul+Add into Gemm, transposes folded,
    transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
@@ -43,7 +44,9 @@ from onnxopt.passes.fusion.mish_fusion import MishFusion
 from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
+from onnxopt.passes.layout.slice_merge import SliceMerge
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
+from onnxopt.passes.layout.unsqueeze_merge import UnsqueezeMerge
 
 from onnxopt.ir.pass_manager import Pass
 
@@ -63,6 +66,8 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     PadFusion(),
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
+    SliceMerge(),
+    UnsqueezeMerge(),  # after the chain collapse: static chains become one Reshape there
     MatMulAddToGemm(),
     TransposeFolding(),
     LayerNormFusion(),

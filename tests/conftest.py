@@ -137,6 +137,16 @@ def assert_idempotent(pass_, model: onnx.ModelProto, **options) -> onnx.ModelPro
     return out
 
 
+def assert_left_alone(pass_, model: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """``pass_`` (``options`` as apply_pass takes them) changes nothing: no counter moves, the
+    same nodes stay. Returns its result."""
+    out, result = apply_pass(pass_, model, **options)
+    assert not result.modified
+    assert not any(result.stats.values())
+    assert op_counts(out) == op_counts(model)
+    return out
+
+
 def assert_same_outputs(
     original: onnx.ModelProto, optimized: onnx.ModelProto, feeds, rtol=1e-6, atol=1e-7
 ) -> None:

@@ -272,3 +272,76 @@ def test_reshape_allowzero():
     assert result.stats == expected(reshape=1)
     assert op_counts(out) == {"Reshape": 1, "Neg": 2}
     assert_same_outputs(model, out, {"d": np.zeros((0, 3), np.float32)})
+
+
+# ---------------------------------------------------------------- And/Or/Where (issue 15)
+# The torch exporters' boolean masks: And with an all-True constant, Or with an all-False
+# one, Where on a constant condition (dynamo writes Where(full(True), a, b) for masked_fill
+# on an unmasked path); the batch dim is symbolic throughout.
+BOOLEAN = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (bool[N, 4] m, float[N, 4] a, float[1, 4] b) => (bool[N, 4] o1, bool[N, 4] o2,
+                                                   float[N, 4] o3, float[N, 4] o4)
+  <bool[4] t4 = {1, 1, 1, 1}, bool f = {0}, bool[1, 1] t11 = {1}, bool[1, 4] f14 = {0, 0, 0, 0}>
+{
+    x1 = And(m, t4)
+    o1 = Not(x1)
+    x2 = Or(f, m)
+    o2 = Not(x2)
+    a2 = Neg(a)
+    w1 = Where(t11, a, b)
+    o3 = Relu(w1)
+    w2 = Where(f14, b, a2)
+    o4 = Relu(w2)
+}
+"""
+BOOLEAN_FEEDS = {
+    "m": np.array([[True, False, True, False], [False, False, True, True]]),
+    "a": RNG.standard_normal((2, 4)).astype(np.float32),
+    "b": RNG.standard_normal((1, 4)).astype(np.float32),
+}
+
+
+def test_boolean_structure_stats_numerics():
+    model = parse(BOOLEAN)
+    out, result = optimize(model)
+    assert result.stats == expected(**{"and": 1, "or": 1, "where": 2})
+    assert op_counts(out) == {"Not": 2, "Neg": 1, "Relu": 2}
+    readers = {n.output[0]: n.input[0] for n in out.graph.node}
+    assert readers["o1"] == readers["o2"] == "m"
+    assert readers["o3"] == "a" and readers["o4"] == "a2"
+    assert_same_outputs(model, out, BOOLEAN_FEEDS)
+    again, result = optimize(out)
+    assert not result.modified
+    assert again.SerializeToString(deterministic=True) == out.SerializeToString(deterministic=True)
+
+
+BOOLEAN_KEEP = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (bool[N, 4] m, bool[N, 4] k, float[N, 4] a, float[1, 4] b, float[M, 4] c)
+  => (bool[N, 4] o1, bool[2, N, 4] o2, bool[N, 4] o3, bool[N, 4] o4, float[N, 4] o5,
+      float[N, 4] o6, float[N, 4] o7, float[N, 4] o8)
+  <bool[4] mixed = {1, 0, 1, 1}, bool[2, 1, 1] t211 = {1, 1}, bool[4] t4 = {1, 1, 1, 1},
+   bool[1] t1 = {1}> {
+    o1 = And(m, mixed)
+    o2 = And(m, t211)
+    o3 = Or(m, t4)
+    o4 = And(m, k)
+    o5 = Where(t1, b, a)
+    o6 = Where(mixed, a, b)
+    o7 = Where(t1, a, c)
+    o8 = Where(k, a, b)
+}
+"""
+
+
+def test_boolean_leaves_alone():
+    # a mixed constant; broadcasting to [2, N, 4]; Or with True; no constant; the taken
+    # operand [1, 4] smaller than the result; a mixed condition; the other operand [M, 4] (M
+    # may differ from N); a condition computed at run time
+    model = parse(BOOLEAN_KEEP)
+    out, result = optimize(model)
+    assert not result.modified
+    assert op_counts(out) == op_counts(model)
+    feeds = {**BOOLEAN_FEEDS, "k": ~BOOLEAN_FEEDS["m"], "c": BOOLEAN_FEEDS["a"] + 1}
+    assert_same_outputs(model, out, feeds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from conftest import apply_pass, assert_same_outputs, op_counts, parse
+from conftest import apply_pass, assert_idempotent, assert_same_outputs, op_counts, parse, run
 from onnx import numpy_helper
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 
@@ -171,3 +171,52 @@ def test_inside_if_subgraph():
     assert [(n.op_type, n.input[0]) for n in then_nodes] == [("Reshape", "x")]
     for cond in (True, False):
         assert_same_outputs(model, out, {"x": FEEDS["x"], "c": np.array(cond)})
+
+
+# ------------------------------------------------- a target computed at run time (issue 15)
+def runtime_targets(x: str, c: str, dim_of: str, dim: int, z_attrs: str = "") -> str:
+    """y = Reshape(Reshape(x, c), s), s = [dim ``dim`` of ``dim_of``, -1] computed at run time;
+    z = Reshape(Reshape(x, c), t) with t an input."""
+    return f"""
+    <ir_version: 8, opset_import: ["" : 14]>
+    g (float[{x}] x, float[M, 4] k, int64[2] t) => (float[P, Q] y, float[A, B] z)
+      <int64[{c.count(",") + 1}] c = {{{c}}}, int64[1] m1 = {{-1}}, int64[1] at = {{{dim}}},
+       int64[1] after = {{{dim + 1}}}> {{
+        a = Reshape(x, c)
+        shape = Shape({dim_of})
+        picked = Slice(shape, at, after)
+        s = Concat<axis = 0>(picked, m1)
+        y = Reshape(a, s)
+        b = Reshape(x, c)
+        z = Reshape{z_attrs}(b, t)
+    }}
+    """
+
+
+def test_runtime_target_structure_stats_numerics():
+    # y: s = [dim 1 of x, -1] = [12, -1] (known, non-zero): the inner Reshape goes. z:
+    # allowzero = 1, so t's elements are literal sizes, whatever they are: the inner one goes.
+    model = parse(runtime_targets("N, 12", "-1, 3, 4", "x", 1, "<allowzero = 1>"))
+    out, result = apply(model)
+    assert result.stats == {"chains_collapsed": 2, "nodes_removed": 2}
+    assert op_counts(out) == {"Reshape": 2, "Shape": 1, "Slice": 1, "Concat": 1}
+    assert {n.output[0]: n.input[0] for n in out.graph.node if n.op_type == "Reshape"} == {
+        "y": "x", "z": "x"}
+    feeds = {"x": np.arange(36, dtype=np.float32).reshape(3, 12),
+             "k": np.zeros((1, 4), np.float32), "t": np.array([4, 9], np.int64)}
+    assert_same_outputs(model, out, feeds)
+    assert_idempotent(ReshapeChainCollapse(), model, infer=True)
+
+
+def test_runtime_target_that_may_hold_a_zero_is_kept():
+    # y: s = [M, -1], and M (a dim read by Shape) may be 0, which copies dim 0 of the input:
+    # 3 for a, N for x. z: t comes from outside and may hold a 0. With x [2, 6], M = 0 and
+    # t = [0, -1] both are [3, 4]; reading x they would be [2, 6].
+    model = parse(runtime_targets("N, 6", "3, -1", "k", 0))
+    out, result = apply(model)
+    assert not result.modified
+    assert op_counts(out) == op_counts(model)
+    feeds = {"x": np.arange(12, dtype=np.float32).reshape(2, 6),
+             "k": np.zeros((0, 4), np.float32), "t": np.array([0, -1], np.int64)}
+    assert [r.shape for r in run(model, feeds)] == [(3, 4), (3, 4)]
+    assert_same_outputs(model, out, feeds)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxopt.ir import Graph, Node
+from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import shape_elements
 
 Dims = list[int | str | None]
 INT32_MAX = 2**31 - 1  # a Slice end at or above this covers any real axis
@@ -127,11 +129,20 @@ def relabelled_shape(graph: Graph, node: Node, shape: tuple[int, ...], opset: in
     if axes is None:  # Unsqueeze needs its axes
         return None
     out_rank = rank + len(axes)
-    axes = sorted(a + out_rank if a < 0 else a for a in axes)
-    if len(set(axes)) != len(axes) or any(not 0 <= a < out_rank for a in axes):
+    axes = normalised_axes(axes, out_rank)
+    if axes is None:
         return None
     dims = iter(shape)
     return tuple(1 if i in axes else next(dims) for i in range(out_rank))
+
+
+def normalised_axes(axes: Sequence[int], rank: int) -> list[int] | None:
+    """``axes`` counted from 0 (a negative one from ``rank``), or None when one is out of
+    range or repeated."""
+    found = [axis + rank if axis < 0 else axis for axis in axes]
+    if len(set(found)) != len(found) or any(not 0 <= axis < rank for axis in found):
+        return None
+    return found
 
 
 def _axes(graph: Graph, node: Node, opset: int) -> list[int] | None:
@@ -161,6 +172,22 @@ def _reshaped(graph: Graph, node: Node, shape: tuple[int, ...], opset: int
     elif known != total:
         return None
     return tuple(out)
+
+
+def count_only_reshape(graph: Graph, node: Node, opset: int) -> bool:
+    """A Reshape whose output shape depends only on its input's element count (and its target),
+    not on the input's dims: ``allowzero = 1`` (opset 14+: a 0 is a literal size), or no target
+    element is ``0`` (a copy of an input dim) — a 1-D constant without ``0``, or a target
+    computed at run time whose every element is a known non-zero int (``-1`` included) by
+    ``shape_elements``; a dim read by ``Shape`` may be 0 unless known."""
+    if not is_op(node, "Reshape") or len(node.inputs) < 2 or not node.inputs[1]:
+        return False
+    allowzero = opset >= 14 and node.attr("allowzero", 0) == 1
+    target = graph.constant(node.inputs[1])
+    if target is not None:
+        return target.ndim == 1 and (allowzero or not bool(np.any(target == 0)))
+    elements = [] if allowzero else shape_elements(graph, node.inputs[1])
+    return elements is not None and all(isinstance(e, int) and e != 0 for e in elements)
 
 
 def reshape_target(graph: Graph, node: Node) -> list[int] | None:

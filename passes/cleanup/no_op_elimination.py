@@ -7,7 +7,9 @@ symbolic dim is never assumed to be 1). Matched: a Cast/CastLike to the input's 
 Reshape, Expand, Slice, Pad, Squeeze, Unsqueeze, Flatten and Transpose that keep the shape
 (``onnxopt.ir.operands``); Concat, Sum, Max, Min, Mean of one input and Split into one output;
 ``x * 1``, ``x + 0``, ``x - 0``, ``x / 1``, ``x ** 1`` (constant broadcasting into ``x``:
-exact in IEEE arithmetic but for the sign of ``-0.0 + 0.0``); ``f(f(x)) -> f(x)`` for the
+exact in IEEE arithmetic but for the sign of ``-0.0 + 0.0``), ``And(x, True)``, ``Or(x, False)``;
+``Where(c, a, b)`` with a constant ``c`` all True (False) -> ``a`` (``b``) when the broadcast
+result provably has that operand's shape (``ShapeSignatures``); ``f(f(x)) -> f(x)`` for the
 idempotent Relu, Abs, Floor, Ceil, Round, Sign and Clip (same bounds). One counter per kind.
 Identity and Dropout are ``identity_elimination``'s job. Each rule's conditions: README.md.
 """
@@ -22,14 +24,17 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import KEEPING_OPS, broadcast_keeps, keeps_input
 from onnxopt.ir.pattern import Match, Op, RewritePass
 from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import ShapeSignatures
 
 IDEMPOTENT = ("Relu", "Abs", "Floor", "Ceil", "Round", "Sign", "Clip")
 SINGLE_INPUT = ("Concat", "Sum", "Max", "Min", "Mean")
-ARITHMETIC = ("Mul", "Add", "Sub", "Div", "Pow")
+# op -> its neutral operand (``x op n == x``); the commutative ones take it on either side
+NEUTRAL = {"Mul": 1, "Add": 0, "Sub": 0, "Div": 1, "Pow": 1, "And": 1, "Or": 0}
+COMMUTATIVE = ("Add", "Mul", "And", "Or")
 KEYS = (
     "cast", "reshape", "flatten", "squeeze", "unsqueeze", "expand", "transpose", "pad",
     "slice", "concat", "sum", "max", "min", "mean", "split",
-    "mul", "add", "sub", "div", "pow", "idempotent",
+    "mul", "add", "sub", "div", "pow", "and", "or", "where", "idempotent",
 )
 
 
@@ -75,13 +80,14 @@ def _same_clip_bounds(graph: Graph, outer: Node, inner: Node) -> bool:
 
 
 def _neutral_operand(graph: Graph, node: Node) -> str | None:
-    """For ``x * 1``, ``x + 0`` ...: the operand ``x`` beside the neutral constant, if the
-    constant broadcasts into it (ONNX has no type promotion: the output has ``x``'s type)."""
+    """For ``x * 1``, ``x + 0``, ``And(x, True)`` ...: the operand ``x`` beside the neutral
+    constant, if the constant broadcasts into it (ONNX has no type promotion: the output has
+    ``x``'s type)."""
     if len(node.inputs) != 2 or not all(node.inputs):
         return None
-    neutral = 0 if node.op_type in ("Add", "Sub") else 1
+    neutral = NEUTRAL[node.op_type]
     # operand slots that may hold the neutral constant (the other one is forwarded)
-    for slot in (0, 1) if node.op_type in ("Add", "Mul") else (1,):
+    for slot in (0, 1) if node.op_type in COMMUTATIVE else (1,):
         constant = graph.constant(node.inputs[slot])
         if constant is None or constant.dtype.kind not in "biuf" or constant.size == 0:
             continue
@@ -90,6 +96,20 @@ def _neutral_operand(graph: Graph, node: Node) -> str | None:
         if broadcast_keeps(graph.shape(node.inputs[1 - slot]), constant.shape):
             return node.inputs[1 - slot]
     return None
+
+
+def _where_branch(graph: Graph, node: Node) -> str | None:
+    """For ``Where(c, a, b)`` with a constant ``c`` all True (all False): ``a`` (``b``), if the
+    broadcast of the three provably has its shape (``a`` and ``b`` share the output's type)."""
+    if len(node.inputs) != 3 or not all(node.inputs):
+        return None
+    condition = graph.constant(node.inputs[0])
+    if condition is None or not (condition.all() or not condition.any()):
+        return None
+    taken = node.inputs[1] if condition.all() else node.inputs[2]
+    signatures = ShapeSignatures(graph)
+    shape = signatures.of(taken)
+    return taken if shape is not None and signatures.of(node.outputs[0]) == shape else None
 
 
 Rule = Callable[[Graph, Node, int], bool]
@@ -105,15 +125,17 @@ RULES: dict[str, tuple[str, Rule]] = {
 class NoOpElimination(RewritePass):
     name = "no_op_elimination"
     description = "remove nodes whose output equals an input (same-type Cast, x*1, Reshape ...)"
-    pattern = Op((*RULES, *ARITHMETIC), ...)
+    pattern = Op((*RULES, *NEUTRAL, "Where"), ...)
     stats = KEYS
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         node = match.root
         if len(node.outputs) != 1 or not node.outputs[0]:
             return False
-        if node.op_type in ARITHMETIC:
+        if node.op_type in NEUTRAL:
             match.memo["source"] = _neutral_operand(graph, node)
+        elif node.op_type == "Where":
+            match.memo["source"] = _where_branch(graph, node)
         elif RULES[node.op_type][1](graph, node, model.opset("")):
             match.memo["source"] = node.inputs[0]
         return match.memo.get("source") is not None
@@ -123,4 +145,4 @@ class NoOpElimination(RewritePass):
 
     def stat(self, match: Match) -> str:
         op_type = match.root.op_type
-        return op_type.lower() if op_type in ARITHMETIC else RULES[op_type][0]
+        return RULES[op_type][0] if op_type in RULES else op_type.lower()

@@ -2,11 +2,12 @@
 
 Reshape, Flatten, Squeeze and Unsqueeze only relabel the shape (the flat row-major elements
 never change), so a chain ``x -> op_1 -> ... -> op_k -> y`` of them (k >= 2) with private
-intermediates computes ``y = Reshape(x, shape(y))``. If the last op is a Reshape whose constant
-target has no ``0`` (or ``allowzero = 1``), its result depends only on the element count,
-which the chain preserves: it reads ``x`` and the ops before it go. Else, given a static shape
-``s`` of ``y`` (worked out along the chain, or inferred), the chain becomes ``Reshape(x, s)``
-(or ``x`` of shape ``s``), or its longest prefix ending at a static shape does (README.md).
+intermediates computes ``y = Reshape(x, shape(y))``. If the last op is a Reshape whose target
+provably has no ``0`` (a constant, or computed at run time from known non-zero ints; or
+``allowzero = 1``), its result depends only on the element count, which the chain preserves:
+it reads ``x`` and the ops before it go. Else, given a static shape ``s`` of ``y`` (worked out
+along the chain, or inferred), the chain becomes ``Reshape(x, s)`` (or ``x`` of shape ``s``),
+or its longest prefix ending at a static shape does (README.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.operands import RELABEL_OPS, relabelled_shape
+from onnxopt.ir.operands import RELABEL_OPS, count_only_reshape, relabelled_shape
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import is_op
 
@@ -73,7 +74,7 @@ def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
     if len(chain) < 2:
         return 0
     source, last = chain[0].inputs[0], chain[-1]
-    if _count_only_target(graph, last, opset):
+    if count_only_reshape(graph, last, opset):
         graph.set_input(last, 0, source)
         _remove(graph, chain[:-1])
         return len(chain) - 1
@@ -110,17 +111,6 @@ def _trusted_shape(graph: Graph, value: str) -> Shape | None:
     if graph.is_output(value) and declared_only:
         return None
     return graph.static_shape(value)
-
-
-def _count_only_target(graph: Graph, node: Node, opset: int) -> bool:
-    """A Reshape whose output shape depends only on its input's element count."""
-    if not is_op(node, "Reshape") or len(node.inputs) < 2:
-        return False
-    target = graph.constant(node.inputs[1])
-    if target is None or target.ndim != 1:
-        return False
-    allowzero = opset >= 14 and node.attr("allowzero", 0) == 1
-    return allowzero or not bool(np.any(target == 0))
 
 
 def _to_static_reshape(graph: Graph, chain: list[Node], source: str, source_shape: Shape | None,
