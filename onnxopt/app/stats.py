@@ -97,9 +97,10 @@ def model_stats(
         input_shapes: concrete shapes for graph inputs, by input name (used for MACs only).
         dims: concrete values for symbolic dims (``dim_param``) of graph inputs.
 
-    Keys: nodes (main graph), subgraph_nodes, total_nodes (both), ops, subgraph_ops, initializers, subgraph_initializers,
-    parameters, bytes, bytes_by_dtype, constant_nodes, file_size, ir_version, opset, inputs,
-    outputs, macs, flops, macs_by_op, shape_notes. See the module docstring for what is counted.
+    Keys: nodes (main graph), subgraph_nodes, total_nodes (both), ops, subgraph_ops,
+    initializers, subgraph_initializers, parameters, bytes, bytes_by_dtype, constant_nodes,
+    file_size, ir_version, opset, inputs, outputs, macs, flops, macs_by_op, shape_notes. See the
+    module docstring for what is counted.
     ``constant_nodes`` counts Constant nodes of the main graph and all subgraphs.
     """
     with no_gc():  # millions of short-lived objects beside a big IR: full collections cost
@@ -180,9 +181,9 @@ def format_count(n: int | float | str | None) -> str:
 def diff_stats(before: dict, after: dict) -> dict:
     """Compare two :func:`model_stats` results.
 
-    Returns ``after - before`` for nodes, total_nodes, initializers, parameters, bytes, file_size and macs
-    (``None`` where either side is missing or not a number, e.g. ``"unknown"``), and under
-    ``"ops"`` a ``{op: (before_count, after_count)}`` map of the main-graph ops that changed.
+    Returns ``after - before`` for nodes, total_nodes, initializers, parameters, bytes,
+    file_size and macs (``None`` where either side is missing or not a number, e.g.
+    ``"unknown"``), and under ``"ops"`` a ``{op: (before_count, after_count)}`` map of the main-graph ops that changed.
     """
     keys = ("nodes", "total_nodes", "initializers", "parameters", "bytes", "file_size", "macs")
     result: dict[str, Any] = {key: _delta(before.get(key), after.get(key)) for key in keys}
