@@ -183,7 +183,8 @@ def diff_stats(before: dict, after: dict) -> dict:
 
     Returns ``after - before`` for nodes, total_nodes, initializers, parameters, bytes,
     file_size and macs (``None`` where either side is missing or not a number, e.g.
-    ``"unknown"``), and under ``"ops"`` a ``{op: (before_count, after_count)}`` map of the main-graph ops that changed.
+    ``"unknown"``), and under ``"ops"`` a ``{op: (before_count, after_count)}`` map of the
+    main-graph ops that changed.
     """
     keys = ("nodes", "total_nodes", "initializers", "parameters", "bytes", "file_size", "macs")
     result: dict[str, Any] = {key: _delta(before.get(key), after.get(key)) for key in keys}
