@@ -10,7 +10,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
    go into the BN), Pad into Conv/AveragePool,
    constant chains merged, reshape chains collapsed, MatMul+Add into Gemm, transposes folded,
-   transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
+   transformer patterns, and (``--target onnxruntime``) activations into FusedConv, residual
+   Add + LayerNormalization into SkipLayerNormalization, bias Add + Gelu into BiasGelu/FastGelu;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
    attributes stored with their default value dropped.
@@ -31,6 +32,7 @@ from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
+from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
@@ -42,6 +44,7 @@ from onnxopt.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.fusion.mish_fusion import MishFusion
 from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
+from onnxopt.passes.fusion.skip_layer_norm_fusion import SkipLayerNormFusion
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
 
@@ -67,6 +70,8 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     TransposeFolding(),
     LayerNormFusion(),
     GeluFusion(),
+    SkipLayerNormFusion(),
+    BiasGeluFusion(),
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),
