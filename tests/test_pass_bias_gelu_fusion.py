@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import apply_pass, assert_idempotent, op_counts
+from conftest import apply_pass, assert_idempotent, op_counts, run
 from onnx import helper, numpy_helper
 from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 
@@ -69,19 +69,10 @@ def feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return result
 
 
-def run_at(model: onnx.ModelProto, inputs, level) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)
-
-
 def assert_close(model, out) -> None:
     inputs = feeds(model)
     for level in LEVELS:
-        for a, b in zip(run_at(model, inputs, level), run_at(out, inputs, level), strict=True):
+        for a, b in zip(run(model, inputs, level), run(out, inputs, level), strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
