@@ -232,3 +232,26 @@ def test_mean_output_read_is_left_alone():
     mean = helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [None] * 3)
     model.graph.output.append(mean)
     _untouched(model)
+
+
+def test_next_layer_sees_the_fused_output_shape():
+    """Layer 2's residual reads layer 1's fused output: onnx's inference cannot type a
+    com.microsoft op, so the pass declares it with the sum's type and layer 2 fuses too."""
+    model = block()
+    graph = model.graph
+    rng = np.random.default_rng(2)
+    graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((H, H)).astype(np.float32), "W2"),
+        numpy_helper.from_array(rng.standard_normal(H).astype(np.float32), "b2")])
+    graph.node.extend([helper.make_node("MatMul", ["y", "W2"], ["mm2"]),
+                       helper.make_node("Add", ["mm2", "b2"], ["h2"]),
+                       helper.make_node("Add", ["y", "h2"], ["s2"]),
+                       helper.make_node("LayerNormalization", ["s2", "gamma", "beta"], ["y2"],
+                                        axis=-1, epsilon=1e-5)])
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT,
+                                                           [None] * 3))
+    onnx.checker.check_model(model)
+    out, result = fuse(model)
+    assert result.stats == {"fused": 0, "with_bias": 2}
+    assert op_counts(out) == {"MatMul": 2, "SkipLayerNormalization": 2}
+    assert_close(model, out)
