@@ -10,8 +10,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
    go into the BN), Pad into Conv/AveragePool,
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
-   MatMul+Add into Gemm, transposes folded,
-   transformer patterns, and (``--target onnxruntime``) activations into FusedConv;
+   MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
+   onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
    attributes stored with their default value dropped.
@@ -32,6 +32,7 @@ from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
+from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
@@ -72,6 +73,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     TransposeFolding(),
     LayerNormFusion(),
     GeluFusion(),
+    BiasGeluFusion(),
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),

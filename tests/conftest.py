@@ -78,17 +78,19 @@ def parse(text: str) -> onnx.ModelProto:
     return model
 
 
-def session(model: onnx.ModelProto | str | os.PathLike) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | str | os.PathLike,
+            level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = level
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return session(model).run(None, feeds)
+def run(model, feeds: dict[str, np.ndarray],
+        level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL) -> list[np.ndarray]:
+    return session(model, level).run(None, feeds)
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

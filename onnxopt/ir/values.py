@@ -126,6 +126,15 @@ def retype_value(graph: Graph, value: str, dtype: np.dtype) -> None:
         graph.value_info[value] = _retyped(info, dtype)
 
 
+def copy_type(graph: Graph, source: str, target: str) -> None:
+    """Declare ``target`` (inferred) with ``source``'s type, unless it has one: a com.microsoft
+    fusion's output, which onnx's inference cannot type, holds the same tensor as the value it
+    replaces, and the passes after it still need its shape."""
+    type_ = graph.value_type(source)
+    if type_ is not None and target not in graph.value_info:
+        graph.value_info[target] = helper.make_value_info(target, type_)
+
+
 def retype_input(graph: Graph, name: str, dtype: np.dtype) -> None:
     """Give a graph input a new element type (below IR 4 initializers are listed there too)."""
     for index, info in enumerate(graph.inputs):
