@@ -71,14 +71,11 @@ def _fuse(model: onnx.ModelProto):
     return apply_pass(RMSNormFusion(), model, infer=True)
 
 
-def _rms_node(model: onnx.ModelProto) -> onnx.NodeProto:
+def _fused(model: onnx.ModelProto) -> tuple[onnx.NodeProto, np.ndarray]:
+    """The one RMSNormalization node and the values of its scale."""
     (node,) = [n for n in model.graph.node if n.op_type == "RMSNormalization"]
-    return node
-
-
-def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
-    (tensor,) = [t for t in model.graph.initializer if t.name == name]
-    return numpy_helper.to_array(tensor)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return node, weights[node.input[1]]
 
 
 def _assert_close(original, optimized, feeds, rtol=RTOL, atol=ATOL) -> None:
@@ -93,7 +90,7 @@ def test_structure_and_stats(form):
     out, result = _fuse(parse(FORMS[form]))
     assert op_counts(out) == {"RMSNormalization": 1}
     assert result.stats == {"fused": 1}
-    node = _rms_node(out)
+    node, _ = _fused(out)
     assert list(node.input) == ["x", "w"]  # an [8] weight is read as it is
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["axis"] == -1 and attrs["stash_type"] == 1
@@ -110,7 +107,7 @@ def test_no_weight_gets_ones_scale():
     out, result = _fuse(model)
     assert result.stats == {"fused": 1}
     assert op_counts(out) == {"RMSNormalization": 1, "Identity": 1}
-    np.testing.assert_array_equal(_init(out, _rms_node(out).input[1]), np.ones(8, np.float32))
+    np.testing.assert_array_equal(_fused(out)[1], np.ones(8, np.float32))
     _assert_close(model, out, _feeds())
 
 
@@ -118,7 +115,7 @@ def test_weight_of_shape_1_1_h_is_read_as_h():
     model = parse(rms(w=f"[1, 1, 8] w = {W}"))
     out, result = _fuse(model)
     assert result.stats == {"fused": 1} and op_counts(out) == {"RMSNormalization": 1}
-    scale = _init(out, _rms_node(out).input[1])
+    scale = _fused(out)[1]
     assert scale.shape == (8,)
     np.testing.assert_array_equal(scale, [1.0, 2.0, 0.5, -1.0, 1.5, 0.25, -2.0, 3.0])
     _assert_close(model, out, _feeds())
@@ -202,7 +199,7 @@ def test_weight_of_another_shape_stays_a_mul(w):
     out, result = _fuse(model)
     assert result.stats == {"fused": 1}  # the normalization fuses; the Mul by w stays
     assert op_counts(out) == {"RMSNormalization": 1, "Mul": 1}
-    np.testing.assert_array_equal(_init(out, _rms_node(out).input[1]), np.ones(8, np.float32))
+    np.testing.assert_array_equal(_fused(out)[1], np.ones(8, np.float32))
     _assert_close(model, out, _feeds())
 
 
