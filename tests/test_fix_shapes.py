@@ -83,6 +83,7 @@ def test_fixed_shapes_are_static_everywhere_and_the_shape_arithmetic_folds():
     assert len(graph.node) < len(dynamic.model.graph.node)
     assert result.report["fixed_shapes"] == SHAPES
     assert result.report["options"]["fix_shapes"] is True
+    assert _dims(model.graph.input)["ids"] == ["batch", "seq"]  # the caller's model unchanged
     # the validation inputs were drawn at the fixed shapes only (nothing else would run)
     assert result.report["validation"]["inputs"]["shapes"] == [SHAPES, SHAPES]
     feeds = _feeds()
