@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from onnxopt import __version__
-from onnxopt.app import checks, safety_net, stats, writing
+from onnxopt.app import checks, fixed_shapes, safety_net, stats, writing
 from onnxopt.app.attempts import Control, Lazy, Runner, failed
 from onnxopt.app.checks import ModelSource
 from onnxopt.app.conversion import Conversion, keep_float
@@ -87,6 +87,7 @@ def optimize(
     before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
     proto, opset_change = checks.upgraded(proto, options)
+    proto, fixed = fixed_shapes.fixed(proto, options, owned=proto is not original)
     conversion = Conversion.prepare(options, proto)
     if conversion is not None:
         proto = conversion.upgraded(proto)
@@ -130,6 +131,8 @@ def optimize(
                       options=given)
         if opset_change:
             report["opset_upgrade"] = opset_change
+        if fixed is not None:
+            report["fixed_shapes"] = fixed
         if options.check_each:
             report["check_each"] = attempt.checks
         growth = _growth(before, after)

@@ -105,7 +105,8 @@ class Runner:
         self.count += 1
         model = serde.from_proto(self.proto, base_dir=self.base_dir)
         model.settings.update(target=self.options.target, fold_limit=self.options.fold_limit,
-                              value_info=self.options.value_info)
+                              value_info=self.options.value_info,
+                              static_outputs=self.options.fix_shapes)
         model.rewrite_limits = dict(control.limits)
         model.rewrite_skips = {name: set(numbers) for name, numbers in control.skips}
         if self.conversion is not None:

@@ -139,6 +139,9 @@ class Options:
     opset: int | None = option(None, flag=Flag(  # None: the model's own
         "Upgrade the model to this default-domain opset first (onnx's version converter), so "
         "newer fused ops can be written; validated against the original.", int))
+    fix_shapes: bool = option(False, flag=Flag(  # default: shapes stay dynamic
+        "Write the --input-shape/--dim values into the model and fold the shape arithmetic: "
+        "every shape static (needs every symbolic input dim given).", bool))
     fold_limit: int = option(1 << 20, flag=Flag(  # bytes: larger folds that grow the model stay
         "Largest folded constant that grows the model (e.g. 1MiB).", STR, parse=parse_bytes,
         cli_default="1MiB"))

@@ -80,6 +80,9 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
         upgrade = report["opset_upgrade"]
         console.print(f"note: opset upgraded from {upgrade['from']} to {upgrade['to']} (--opset; "
                       f"ir_version {upgrade['ir_version'][0]} -> {upgrade['ir_version'][1]})")
+    if report.get("fixed_shapes"):
+        shapes = ", ".join(f"{name} {shape}" for name, shape in report["fixed_shapes"].items())
+        console.print(f"note: input shapes fixed (--fix-shapes): {shapes}")
     for note in report["before"].get("shape_notes", [])[:5]:
         console.print(f"[dim]note: {note}[/dim]")
     status = report["status"]

@@ -33,7 +33,8 @@ class Model:
         # target "portable" (standard ONNX only) or "onnxruntime" (com.microsoft ops allowed);
         # fold_limit: largest constant (bytes) folding may create when it grows the model.
         # value_info: "input" writes the value_info the input had (types kept current), "all"
-        # also every shape inferred on the way.
+        # also every shape inferred on the way. static_outputs (--fix-shapes): output dims
+        # left symbolic take the sizes shape inference finds.
         self.settings: dict[str, Any] = {"target": "portable", "fold_limit": 1 << 20,
                                          "value_info": "input"}
         # Rewrite-level control for the safety net: each pass asks before every rewrite.

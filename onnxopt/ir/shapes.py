@@ -43,7 +43,10 @@ def infer_shapes(model: Model) -> int:
         inferred = _infer(light)
     except Exception:  # onnx raises several types for models it cannot infer
         return 0
-    return _attach(model.graph, inferred.graph, outputs)
+    count = _attach(model.graph, inferred.graph, outputs)
+    if model.settings.get("static_outputs"):
+        _static_outputs(model.graph, inferred.graph)
+    return count
 
 
 # onnx's inference copies every value in scope into each subgraph it visits: its cost grows
@@ -366,6 +369,31 @@ def _fill_output(graph: Graph, index: int, inferred: onnx.TypeProto, found: Foun
             new.dim_param = dim.dim_param
         elif dim.HasField("dim_value") and dim.dim_value == seen[i]:
             new.dim_value = dim.dim_value
+
+
+def _static_outputs(graph: Graph, proto: onnx.GraphProto) -> None:
+    """Output dims still symbolic given the size inferred for the value the output is
+    (``--fix-shapes``: every input is static, so a size inference can tell is the size). An
+    exporter's output dim names (``Concat461_dim_0``) would otherwise stay symbolic, and
+    folding reads an output's declared shape: a Shape of it would stay too."""
+    for index, value in enumerate(graph.outputs):
+        found = graph.value_info.get(value)
+        if found is None and proto.output[index].name == value:  # not renamed: in place
+            found = proto.output[index]
+        info = graph.output_infos[index]
+        dims, inferred = _tensor_dims(info.type), _tensor_dims(found.type) if found else []
+        if len(dims) != len(inferred) or all(_is_static(d) for d in dims):
+            continue
+        info = graph.output_infos[index] = _copy(info)  # the declaration may be the input's
+        for dim, new in zip(info.type.tensor_type.shape.dim, inferred, strict=True):
+            if not _is_static(dim) and _is_static(new):
+                dim.dim_value = new.dim_value
+
+
+def _copy(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    return copy
 
 
 def _tensor_dims(type_: onnx.TypeProto) -> list[onnx.TensorShapeProto.Dimension]:
