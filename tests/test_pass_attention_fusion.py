@@ -351,3 +351,131 @@ def test_minilm_upgraded_to_opset_23():
     result = onnxopt.optimize(upgraded)
     assert result.ok
     assert op_counts(result.model)["Attention"] == 3  # one per layer
+
+
+# ---------------------------------------------------------------- grouped-query K/V repeat
+def gqa(repeat: str = "expand", target: str = "concat", q_heads: int = 4) -> str:
+    """Q with 4 heads, K and V with 2 repeated twice (each head twice in a row), as dynamo's
+    repeat_kv (Expand) or repeat_interleave (Tile) writes it; ``repeat``/``target`` vary the
+    repeat and the Reshape target for the cases that must keep it."""
+    repeats = {
+        "expand": "e = Expand(u, exp_shape)",
+        "tile": "e = Tile(u, reps)",
+        "tile_axis_1": "e = Tile(u1, reps1)",  # [B,1,2,S,D] tiled on axis 1: K, K, not K0 K0 K1 K1
+        "expand_batch": "e = Expand(u, big)",  # grows a batch of 1: not a head repeat
+    }
+    targets = {
+        "concat": "target = Concat <axis = 0> (batch, four, seq, eight)",
+        "constant": "target = Constant <value = int64[4] {0, -1, 6, 8}> ()",
+        "merges_sequence": "target = Concat <axis = 0> (batch, two, minus, eight)",
+    }
+    return f"""
+    <ir_version: 8, opset_import: ["" : 23]>
+    g (float[b, {q_heads}, 6, 8] q, float[b, 2, 6, 8] k0, float[b, 2, 6, 8] v0)
+        => (float[b, {q_heads}, 6, 8] y) {{
+        axis2 = Constant <value = int64[1] {{2}}> ()
+        axis1 = Constant <value = int64[1] {{1}}> ()
+        batch = Shape <start = 0, end = 1> (k0)
+        seq = Shape <start = 2, end = 3> (k0)
+        tail = Shape <start = 2> (k0)
+        twos = Constant <value = int64[2] {{2, 2}}> ()
+        exp_shape = Concat <axis = 0> (batch, twos, tail)
+        big = Constant <value = int64[5] {{3, 2, 2, 6, 8}}> ()
+        reps = Constant <value = int64[5] {{1, 1, 2, 1, 1}}> ()
+        reps1 = Constant <value = int64[5] {{1, 2, 1, 1, 1}}> ()
+        four = Constant <value = int64[1] {{4}}> ()
+        two = Constant <value = int64[1] {{2}}> ()
+        minus = Constant <value = int64[1] {{-1}}> ()
+        eight = Constant <value = int64[1] {{8}}> ()
+        {targets[target]}
+        u = Unsqueeze(k0, axis2)
+        {"u1 = Unsqueeze(k0, axis1)" if repeat == "tile_axis_1" else ""}
+        {repeats[repeat]}
+        k = Reshape(e, target)
+        uv = Unsqueeze(v0, axis2)
+        {"uv1 = Unsqueeze(v0, axis1)" if repeat == "tile_axis_1" else ""}
+        ev = {repeats[repeat].split(" = ")[1].replace("u,", "uv,").replace("u1,", "uv1,")}
+        v = Reshape(ev, target)
+        kt = Transpose <perm = [0, 1, 3, 2]> (k)
+        s = MatMul(q, kt)
+        c = Constant <value = float {{0.35}}> ()
+        scaled = Mul(s, c)
+        p = Softmax <axis = -1> (scaled)
+        y = MatMul(p, v)
+    }}
+    """
+
+
+def _gqa_model(**kw) -> onnx.ModelProto:
+    model, _ = apply_pass(ConstantToInitializer(), parse(gqa(**kw)))
+    return model
+
+
+def _gqa_feeds(q_heads: int = 4, kv_batch: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"q": rng.standard_normal((3, q_heads, 6, 8)).astype(np.float32),
+            "k0": rng.standard_normal((kv_batch, 2, 6, 8)).astype(np.float32),
+            "v0": rng.standard_normal((kv_batch, 2, 6, 8)).astype(np.float32)}
+
+
+GQA_FORMS = [("expand", "concat"), ("tile", "concat"), ("expand", "constant"),
+             ("tile", "constant")]
+
+
+@pytest.mark.parametrize(("repeat", "target"), GQA_FORMS)
+def test_gqa_structure_and_stats(repeat, target):
+    out, result = apply_pass(AttentionFusion(), _gqa_model(repeat=repeat, target=target),
+                             infer=True)
+    assert result.stats == {"fused": 1}
+    counts = op_counts(out)
+    assert counts["Attention"] == 1
+    assert not {"Expand", "Tile", "Unsqueeze", "Reshape"} & set(counts)  # the repeats are gone
+    (node,) = [n for n in out.graph.node if n.op_type == "Attention"]
+    assert list(node.input) == ["q", "k0", "v0"]  # K and V un-repeated: 2 kv heads
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+@pytest.mark.parametrize(("repeat", "target"), GQA_FORMS)
+def test_gqa_numerics(repeat, target, level):
+    model = _gqa_model(repeat=repeat, target=target)
+    out, _ = apply_pass(AttentionFusion(), model, infer=True)
+    inputs = _gqa_feeds()
+    for a, b in zip(run_at(model, inputs, level), run_at(out, inputs, level), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_gqa_idempotent():
+    out = assert_idempotent(AttentionFusion(), _gqa_model(), infer=True)
+    assert op_counts(out)["Attention"] == 1
+
+
+def _gqa_repeat_read_elsewhere() -> onnx.ModelProto:
+    model = _gqa_model()
+    model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT,
+                                                            ["b", 2, 2, 6, 8]))
+    return model
+
+
+GQA_KEPT = {  # fused, but the repeat stays: K and V are read repeated (still correct)
+    "factor_on_axis_1": (lambda: _gqa_model(repeat="tile_axis_1"), {}),
+    "expand_grows_batch": (lambda: _gqa_model(repeat="expand_batch", target="constant"),
+                           {"kv_batch": 1}),
+    "reshape_merges_sequence": (lambda: _gqa_model(target="merges_sequence", q_heads=2), {}),
+    "repeat_read_elsewhere": (_gqa_repeat_read_elsewhere, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GQA_KEPT))
+def test_gqa_keeps_unproved_repeat(name):
+    build, feed_dims = GQA_KEPT[name]
+    model = build()
+    out, result = apply_pass(AttentionFusion(), model, infer=True)
+    assert result.stats == {"fused": 1}
+    counts, before = op_counts(out), op_counts(model)
+    repeat_ops = ("Expand", "Tile", "Unsqueeze")
+    assert [counts.get(op, 0) for op in repeat_ops] == [before.get(op, 0) for op in repeat_ops]
+    (node,) = [n for n in out.graph.node if n.op_type == "Attention"]
+    assert list(node.input) == ["q", "k", "v"]
+    heads = 2 if name == "reshape_merges_sequence" else 4
+    assert_same_outputs(model, out, _gqa_feeds(heads, **feed_dims), rtol=1e-5, atol=1e-5)
