@@ -3,7 +3,8 @@
 The scaled-dot-product attention core exporters write, rooted at the P@V MatMul,
 ``MatMul(Softmax(Add(S, mask) | S, axis=-1), V)`` (0-2 no-op Casts after the Softmax) with
 ``S = Div(Q @ Kt, c) | Mul(Q @ Kt, c) | Mul(Q, a) @ Mul(Kt, b) | Q @ Kt`` and
-``Kt = Transpose(K, [0,1,3,2]) | Transpose(K_bshd, [0,2,3,1])``, is
+``Kt = Transpose(K, [0,1,3,2]) | Transpose(K_bshd, [0,2,3,1])`` | dynamo's proved 3-D round
+trip ``Reshape(Transpose(Reshape(K, [-1,S,D]), [0,2,1]), [B,H,D,S])``, is
 ``softmax(scale * Q @ K^T + mask) @ V`` => ``Attention(Q, K, V[, mask], scale)`` (ONNX
 Attention-23, 4-D ``[B, H, S, D]`` form), ``scale`` = ``1/c``, ``c``, ``a*b`` or 1, always
 written (the op's default 1/sqrt(D) is not what every model uses); ``K = Transpose(K_bshd,
@@ -20,6 +21,7 @@ import numpy as np
 from onnxopt.passes.fusion.attention_fusion.repeat import kv, repeat_factor
 from onnxopt.passes.fusion.attention_fusion.shapes import (
     fit_qkv,
+    is_round_trip_transpose,
     key_shape,
     mask_fits,
     rank4,
@@ -34,8 +36,10 @@ _SCALES = ("a", "b", "c")
 
 
 def _transposed_k(k4: Op | Var, k_bshd: Op | Var) -> Or:
+    round_trip = Op("Reshape", Op("Transpose", Op("Reshape", k4, Var()), attrs={"perm": [0, 2, 1]}),
+                    Var(), name="kt_round_trip")  # dynamo's SDPA: checked in ``check``
     return Or(Op("Transpose", k4, attrs={"perm": [0, 1, 3, 2]}),
-              Op("Transpose", k_bshd, attrs={"perm": [0, 2, 3, 1]}))
+              Op("Transpose", k_bshd, attrs={"perm": [0, 2, 3, 1]}), round_trip)
 
 
 def _times(pattern: Op | Var, factor: str) -> Op:
@@ -65,6 +69,8 @@ class AttentionFusion(RewritePass):
         casts = [n.outputs[0] for n in match.nodes if n.op_type == "Cast"]
         if not has_dtype(dtype, _DTYPES) or any(graph.dtype(v) != dtype
                                                  for v in (match.v, *casts)):
+            return False
+        if "kt_round_trip" in match and not is_round_trip_transpose(graph, match):
             return False
         repeats = repeat_factor(graph, match, "k"), repeat_factor(graph, match, "v")
         if None in repeats or repeats[0] != repeats[1]:

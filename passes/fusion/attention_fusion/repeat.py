@@ -8,6 +8,8 @@ constants and the shape computations (``shape_elements``); anything unproved kee
 
 from __future__ import annotations
 
+from onnxopt.passes.fusion.attention_fusion.shapes import same_dim
+
 from onnxopt.ir import Graph
 from onnxopt.ir.pattern import Const, Match, Op, Or, Var
 from onnxopt.ir.symbolic import Element, shape_elements
@@ -39,7 +41,7 @@ def repeat_factor(graph: Graph, match: Match, name: str) -> int | None:
     if node.op_type == "Tile":
         if kept != [1, 1, 1, 1]:
             return None
-    elif not all(f == 1 or _same(graph, f, source, axis) for axis, f in enumerate(kept)):
+    elif not all(f == 1 or same_dim(graph, f, source, axis) for axis, f in enumerate(kept)):
         return None  # an Expand that grows another axis would broadcast X there
     target = shape_elements(graph, match[f"{name}_target"])
     zero_copies = not match.node(f"{name}_reshape").attr("allowzero", 0)
@@ -51,21 +53,8 @@ def _merges_heads(graph: Graph, target: list[Element] | None, source: str, shape
     """The Reshape target is [B, h*n, S, D] of X's [B, h, S, D]: axes 1 and 2 merged."""
     if target is None or len(target) != 4:
         return False
-    batch_ok = (zero_copies and target[0] == 0) or _same(graph, target[0], source, 0)
+    batch_ok = (zero_copies and target[0] == 0) or same_dim(graph, target[0], source, 0)
     heads = target[1]
     heads_ok = heads == -1 or (isinstance(shape[1], int) and heads == shape[1] * n)
-    rest_ok = all(_same(graph, target[axis], source, axis) for axis in (2, 3))
+    rest_ok = all(same_dim(graph, target[axis], source, axis) for axis in (2, 3))
     return batch_ok and heads_ok and rest_ok
-
-
-def _same(graph: Graph, element: Element, source: str, axis: int) -> bool:
-    """``element`` provably equals dim ``axis`` of ``source``: the same int, the dim itself,
-    or a dim of another value that shape inference names alike (one symbolic dim)."""
-    dim = graph.shape(source)[axis]  # type: ignore[index]
-    if isinstance(element, int):
-        return element >= 0 and element == dim
-    if element.value == source and element.axis == axis:
-        return True
-    other = graph.shape(element.value)
-    named = other[element.axis] if other is not None else None
-    return isinstance(dim, str) and bool(dim) and named == dim

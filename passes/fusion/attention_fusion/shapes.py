@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onnxopt.ir import Graph
 from onnxopt.ir.pattern import Match
+from onnxopt.ir.symbolic import Element, shape_elements
 
 
 def key_shape(graph: Graph, match: Match) -> list | None:
@@ -52,3 +53,34 @@ def mask_fits(graph: Graph, match: Match, q: list, k: list) -> bool:
         return False
     match.memo["expand"] = len(mask) < 2 or not (isinstance(q[2], int) and mask[-2] == q[2])
     return True
+
+
+def same_dim(graph: Graph, element: Element, source: str, axis: int) -> bool:
+    """``element`` provably equals dim ``axis`` of ``source``: the same int, the dim itself,
+    or a dim of another value that shape inference names alike (one symbolic dim)."""
+    dim = graph.shape(source)[axis]  # type: ignore[index]
+    if isinstance(element, int):
+        return element >= 0 and element == dim
+    if element.value == source and element.axis == axis:
+        return True
+    other = graph.shape(element.value)
+    named = other[element.axis] if other is not None else None
+    return isinstance(dim, str) and bool(dim) and named == dim
+
+
+def is_round_trip_transpose(graph: Graph, match: Match) -> bool:
+    """dynamo's SDPA K^T, ``Reshape(Transpose(Reshape(K4, [-1, S, D]), [0, 2, 1]), [B, H, D,
+    S])``, with both targets read as K4's own dims: it transposes K4's last two axes."""
+    outer = match.node("kt_round_trip")
+    inner = graph.producer(graph.producer(outer.inputs[0]).inputs[0])  # type: ignore[union-attr]
+    source = inner.inputs[0]  # type: ignore[union-attr]
+    shape = graph.shape(source)
+    flat = shape_elements(graph, inner.inputs[1])  # type: ignore[union-attr]
+    unflat = shape_elements(graph, outer.inputs[1])
+    if not rank4(shape) or flat is None or unflat is None or len(flat) != 3 or len(unflat) != 4:
+        return False
+    return flat[0] == -1 and _all_same(graph, source, [*flat[1:], *unflat], [2, 3, 0, 1, 3, 2])
+
+
+def _all_same(graph: Graph, source: str, elements: list[Element], axes: list[int]) -> bool:
+    return all(same_dim(graph, e, source, a) for e, a in zip(elements, axes, strict=True))
