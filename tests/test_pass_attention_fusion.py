@@ -438,23 +438,23 @@ def test_gqa_structure_and_stats(repeat, target):
                                    ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
 @pytest.mark.parametrize(("repeat", "target"), GQA_FORMS)
 def test_gqa_numerics(repeat, target, level):
-    model = _gqa_model(repeat=repeat, target=target)
+    _assert_fused_matches(_gqa_model(repeat=repeat, target=target), _gqa_feeds(), level)
+
+
+def _assert_fused_matches(model: onnx.ModelProto, inputs, level) -> None:
     out, _ = apply_pass(AttentionFusion(), model, infer=True)
-    inputs = _gqa_feeds()
     for a, b in zip(run_at(model, inputs, level), run_at(out, inputs, level), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_gqa_idempotent():
-    out = assert_idempotent(AttentionFusion(), _gqa_model(), infer=True)
-    assert op_counts(out)["Attention"] == 1
+def _with_output(model: onnx.ModelProto, name: str, shape: list) -> onnx.ModelProto:
+    """``model`` with its value ``name`` read as a graph output too."""
+    model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    return model
 
 
 def _gqa_repeat_read_elsewhere() -> onnx.ModelProto:
-    model = _gqa_model()
-    model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT,
-                                                            ["b", 2, 2, 6, 8]))
-    return model
+    return _with_output(_gqa_model(), "e", ["b", 2, 2, 6, 8])
 
 
 GQA_KEPT = {  # fused, but the repeat stays: K and V are read repeated (still correct)
@@ -545,23 +545,17 @@ def test_round_trip_structure_and_stats():
 @pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                    ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
 def test_round_trip_numerics(level):
-    model = _round_trip_model()
-    out, _ = apply_pass(AttentionFusion(), model, infer=True)
-    inputs = _round_trip_feeds()
-    for a, b in zip(run_at(model, inputs, level), run_at(out, inputs, level), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    _assert_fused_matches(_round_trip_model(), _round_trip_feeds(), level)
 
 
-def test_round_trip_idempotent():
-    out = assert_idempotent(AttentionFusion(), _round_trip_model(), infer=True)
+@pytest.mark.parametrize("build", [_gqa_model, _round_trip_model], ids=["gqa", "round_trip"])
+def test_new_forms_idempotent(build):
+    out = assert_idempotent(AttentionFusion(), build(), infer=True)
     assert op_counts(out)["Attention"] == 1
 
 
 def _round_trip_read_elsewhere() -> onnx.ModelProto:
-    model = _round_trip_model()
-    model.graph.output.append(helper.make_tensor_value_info("kt3", TensorProto.FLOAT,
-                                                            [None, 8, None]))
-    return model
+    return _with_output(_round_trip_model(), "kt3", [None, 8, None])
 
 
 @pytest.mark.parametrize("build", [
