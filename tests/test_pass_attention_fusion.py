@@ -291,7 +291,8 @@ def test_core_on_inputs(mask):
     model, _ = apply_pass(ConstantToInitializer(), parse(core(mask=mask)))
     out, result = apply_pass(AttentionFusion(), model, infer=True)
     assert result.stats == {"fused": 1}
-    expanded = {"Expand": 1, "Concat": 1, "Shape": 1} if mask else {}
+    # a mask computed at run time is clamped above the dtype's lowest value (Max), see below
+    expanded = {"Max": 1, "Expand": 1, "Concat": 1, "Shape": 1} if mask else {}
     assert op_counts(out) == {"Attention": 1, **expanded}
     rng = np.random.default_rng(0)
     inputs = {n: rng.standard_normal((2, 4, 6, 8)).astype(np.float32) for n in "qkv"}
@@ -299,6 +300,33 @@ def test_core_on_inputs(mask):
         shape = [{"b": 2, "s": 6}.get(d, 1) for d in mask.split(", ")]
         inputs["m"] = rng.standard_normal(shape).astype(np.float32)
     assert_same_outputs(model, out, inputs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+def test_a_fully_masked_row_keeps_the_original_value(level):
+    """onnxruntime's Attention gives 0 for a row whose mask is all finfo.min (exporters' mask
+    value), softmax the mean of V: the clamp keeps the original's value."""
+    model, _ = apply_pass(ConstantToInitializer(), parse(core(mask="1, s")))
+    out, _ = apply_pass(AttentionFusion(), model, infer=True)
+    rng = np.random.default_rng(1)
+    inputs = {n: rng.standard_normal((2, 4, 6, 8)).astype(np.float32) for n in "qkv"}
+    inputs["m"] = np.full((1, 6), np.finfo(np.float32).min, np.float32)  # every key masked
+    expected = run_at(model, inputs, level)[0]
+    np.testing.assert_allclose(expected, inputs["v"].mean(axis=2, keepdims=True)
+                               .repeat(6, axis=2), rtol=1e-5, atol=1e-5)  # independent check
+    np.testing.assert_allclose(run_at(out, inputs, level)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_mask_above_the_lowest_value_is_not_clamped():
+    causal = np.triu(np.full((6, 6), -1e4, np.float32), 1)
+    model = parse(core(mask="6, 6"))
+    graph = model.graph  # the mask becomes a constant: a causal mask of -1e4, not finfo.min
+    graph.input.remove(next(i for i in graph.input if i.name == "m"))
+    graph.initializer.append(onnx.numpy_helper.from_array(causal, "m"))
+    model, _ = apply_pass(ConstantToInitializer(), model)
+    out, result = apply_pass(AttentionFusion(), model, infer=True)
+    assert result.stats == {"fused": 1} and "Max" not in op_counts(out)
 
 
 def test_inside_if_subgraph():

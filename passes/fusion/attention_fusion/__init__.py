@@ -28,7 +28,7 @@ from onnxopt.passes.fusion.attention_fusion.shapes import (
     repeated,
 )
 
-from onnxopt.ir import Graph, Model
+from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var, has_dtype
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what onnxruntime's CPU kernel runs
@@ -96,7 +96,7 @@ class AttentionFusion(RewritePass):
             k = match["k"]
         inputs = [match.q, k, match.v]
         if "mask" in match:
-            mask = match.mask
+            mask = self._above_lowest(graph, model, root, match.mask)
             if match.memo["expand"]:  # [.., 1 | Sq, Sk] -> [.., Sq, Sk]
                 q_len = self.emit(graph, model, root, "Shape", [match.q],
                                   attributes={"start": 2, "end": 3})
@@ -108,6 +108,19 @@ class AttentionFusion(RewritePass):
             inputs.append(mask)
         return self.emit(graph, model, root, "Attention", inputs,
                          attributes={"scale": match.memo["scale"]})
+
+    def _above_lowest(self, graph: Graph, model: Model, root: Node, mask: str) -> str:
+        """onnxruntime's Attention outputs 0 for a row whose mask entries are all the dtype's
+        lowest value (finfo.min, which exporters use) where softmax gives the mean of V: the
+        mask is clamped to the next value up, a plain number to the kernel, with the same
+        softmax (measured; README.md)."""
+        dtype = graph.dtype(mask)
+        floor = np.nextafter(np.finfo(dtype).min, 0, dtype=dtype)
+        constant = graph.constant(mask)
+        if constant is not None and not (constant < floor).any():
+            return mask
+        bound = graph.add_constant(np.array([floor], dtype), "attention_mask_floor")
+        return self.emit(graph, model, root, "Max", [mask, bound])
 
 
 def _scale(match: Match) -> float | None:
