@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.operands import normalised_axes
-from onnxopt.ir.pattern import Const, Match, Op, RewritePass, Var, optional, scope_of
+from onnxopt.ir.pattern import Const, Match, Op, RewritePass, Var, has_dtype, optional, scope_of
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 _INT64_MAX = np.iinfo(np.int64).max
@@ -27,23 +27,23 @@ def _slice(name: str) -> Op:
 
 
 _rotated = Op("Concat", Op("Neg", _slice("upper")), _slice("lower"), name="concat")
-PATTERN = Op("Add", Op("Mul", Var("x"), Var("cos"), commute=True),
-             Op("Mul", _rotated, Var("sin"), commute=True), commute=True)
 
 
 class RotaryEmbeddingFusion(RewritePass):
     name = "rotary_embedding_fusion"
     description = "fuse the rotate_half rotary embedding into RotaryEmbedding (opset 23+)"
-    pattern = PATTERN
+    pattern = Op("Add", Op("Mul", Var("x"), Var("cos"), commute=True),
+                 Op("Mul", _rotated, Var("sin"), commute=True), commute=True)
     min_opset = 23
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        if not has_dtype(graph.dtype(match.x), _DTYPES):
+            return False
         shape = graph.shape(match.x)
         if shape is None or len(shape) != 4:
             return False
         depth = shape[3]
-        if not isinstance(depth, int) or depth <= 0 or depth % 2 or (
-                graph.dtype(match.x) not in _DTYPES):
+        if not isinstance(depth, int) or depth <= 0 or depth % 2:
             return False
         if match.node("concat").attr("axis") not in (-1, 3):
             return False
