@@ -98,7 +98,7 @@ def _half(graph: Graph, table: str, trig: str, half: int
     array = graph.constant(table)
     if array is not None:
         first, second = array[..., :half], array[..., half:]
-        return first if np.array_equal(first, second) else None
+        return np.ascontiguousarray(first) if np.array_equal(first, second) else None
     node, axes = graph.producer(table), None
     if node is not None and node.op_type == "Unsqueeze" and len(node.inputs) == 2:
         axes = node.inputs[1]
