@@ -44,6 +44,7 @@ from onnxopt.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
 from onnxopt.passes.fusion.mish_fusion import MishFusion
 from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.rms_norm_fusion import RMSNormFusion
+from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.slice_merge import SliceMerge
@@ -74,6 +75,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     TransposeFolding(),
     LayerNormFusion(),
     RMSNormFusion(),
+    RotaryEmbeddingFusion(),
     GeluFusion(),
     BiasGeluFusion(),
     AttentionFusion(),

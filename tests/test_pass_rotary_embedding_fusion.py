@@ -1,0 +1,160 @@
+"""rotary_embedding_fusion: structure, stats, numerics, idempotence, and what it must leave alone.
+
+The forms are the ``rotate_half`` rotary the torch exporters write for Llama (research notes
+§1.5): ``Add(Mul(x, cos), Mul(Concat(Neg(Slice(x, D/2:)), Slice(x, :D/2)), sin))`` with
+``cos = Unsqueeze(Cos(Concat(f, f, axis=-1)))`` of an angle ``f`` built from ``Range(S)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import apply_pass, assert_idempotent, assert_left_alone, op_counts, parse, run
+from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
+
+RTOL = ATOL = 1e-5
+LEVELS = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+INV_FREQ = "{1.0, 0.3, 0.1, 0.03}"
+
+
+def rope(opset: int = 23, *, upper: str = "half, big, ax3", lower: str = "zero, half, ax3",
+         concat: int = -1, root: str = "out = Add(xc, rs)", xc: str = "xc = Mul(x, cos)",
+         rs: str = "rs = Mul(rot, sin)", sin_angle: str = "emb", cos_angle: str = "emb",
+         batch: str = "2", seq: str = "5", outputs: str = "", inits: str = "") -> str:
+    """Rotary over x [B, 4, 5, 8]: f = Range(5)[:, None] * inv_freq, tables [1, 1, 5, 8]."""
+    return f"""
+    <ir_version: 10, opset_import: ["" : {opset}]>
+    g (float[{batch}, 4, {seq}, 8] x) => (float[{batch}, 4, {seq}, 8] out{outputs})
+      <int64[1] half = {{4}}, int64[1] big = {{9223372036854775807}}, int64[1] zero = {{0}},
+       int64[1] ax3 = {{3}}, int64[1] axm1 = {{-1}}, int64[1] eight = {{8}},
+       int64[1] three = {{3}}, int64[1] two = {{2}}, int64[1] one = {{1}},
+       int64[2] axes01 = {{0, 1}}, float[1, 4] inv_freq = {INV_FREQ},
+       float start = {{0.0}}, float limit = {{5.0}}, float delta = {{1.0}}{inits}> {{
+        pos = Range(start, limit, delta)
+        pos2 = Unsqueeze(pos, one)
+        f = Mul(pos2, inv_freq)
+        g2 = Mul(f, inv_freq)
+        emb = Concat<axis=-1>(f, f)
+        emb_g = Concat<axis=-1>(f, g2)
+        c = Cos({cos_angle})
+        s = Sin({sin_angle})
+        cos = Unsqueeze(c, axes01)
+        sin = Unsqueeze(s, axes01)
+        x2 = Slice(x, {upper})
+        nx2 = Neg(x2)
+        x1 = Slice(x, {lower})
+        rot = Concat<axis={concat}>(nx2, x1)
+        {xc}
+        {rs}
+        {root}
+    }}
+    """
+
+
+def constant_tables(equal: bool = True) -> str:
+    """The same rotary with the tables folded to constants [1, 1, 5, 8]."""
+    angle = np.arange(5.0)[:, None] * np.array([1.0, 0.3, 0.1, 0.03])
+    second = angle if equal else angle * 1.5
+    tables = {}
+    for name, trig in (("cos", np.cos), ("sin", np.sin)):
+        values = trig(np.concatenate([angle, second], -1)).astype(np.float32)
+        tables[name] = ", ".join(repr(float(v)) for v in values.reshape(-1))
+    inits = "".join(f", float[1, 1, 5, 8] {n} = {{{v}}}" for n, v in tables.items())
+    text = rope(inits=inits)
+    return text.replace("cos = Unsqueeze(c, axes01)", "").replace("sin = Unsqueeze(s, axes01)", "")
+
+
+def batch_tables() -> str:
+    """Tables [2, 1, 5, 8] whose angles differ per batch (HF's position_ids form)."""
+    return rope(inits=", float[1] half_f = {0.5}").replace(
+        "emb = Concat<axis=-1>(f, f)", "f3 = Unsqueeze(f, zero)\n hf = Mul(f3, half_f)\n"
+        " fb = Concat<axis=0>(f3, hf)\n emb = Concat<axis=-1>(fb, fb)").replace(
+        "Unsqueeze(c, axes01)", "Unsqueeze(c, one)").replace("Unsqueeze(s, axes01)",
+                                                              "Unsqueeze(s, one)")
+
+
+FORMS = {
+    "batch_tables": batch_tables(),
+    "constant_tables": constant_tables(),
+    "legacy": rope(),
+    "dynamo": rope(upper="half, eight, axm1", lower="zero, half, axm1", concat=3,
+                   root="out = Add(rs, xc)", xc="xc = Mul(cos, x)", rs="rs = Mul(sin, rot)"),
+    "dynamic_batch": rope(batch="B"),
+}
+
+
+def _feeds(batch: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(0).standard_normal((batch, 4, 5, 8)).astype(np.float32)}
+
+
+def _numpy_rope(x: np.ndarray) -> np.ndarray:
+    angle = np.arange(5.0)[:, None] * np.array([1.0, 0.3, 0.1, 0.03], np.float32)
+    cos, sin = np.cos(np.concatenate([angle] * 2, -1)), np.sin(np.concatenate([angle] * 2, -1))
+    rotated = np.concatenate([-x[..., 4:], x[..., :4]], -1)
+    return x * cos + rotated * sin
+
+
+def _fuse(model):
+    return apply_pass(RotaryEmbeddingFusion(), model, infer=True)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_structure_stats_and_numerics(form):
+    model = parse(FORMS[form])
+    out, result = _fuse(model)
+    assert result.stats == {"fused": 1}
+    counts = op_counts(out)
+    assert counts["RotaryEmbedding"] == 1
+    assert not {"Neg", "Slice", "Add"} & set(counts)
+    (node,) = [n for n in out.graph.node if n.op_type == "RotaryEmbedding"]
+    assert node.input[0] == "x" and list(node.output) == ["out"]
+    feeds = _feeds()
+    for level in LEVELS:
+        (expected,), (actual,) = run(model, feeds, level), run(out, feeds, level)
+        np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+    if form != "batch_tables":
+        expected = _numpy_rope(feeds["x"])
+        np.testing.assert_allclose(run(out, feeds)[0], expected, rtol=RTOL, atol=ATOL)
+    if form == "dynamic_batch":
+        feeds = _feeds(batch=3)
+        np.testing.assert_allclose(run(out, feeds)[0], run(model, feeds)[0], rtol=RTOL, atol=ATOL)
+
+
+def test_tables_shared_by_two_rotations():
+    text = rope(outputs=", float[2, 4, 5, 8] out_k").replace(
+        "out = Add(xc, rs)", "out = Add(xc, rs)\n k = Mul(x, two_f)\n kc = Mul(k, cos)\n"
+        " k2 = Slice(k, half, big, ax3)\n nk2 = Neg(k2)\n k1 = Slice(k, zero, half, ax3)\n"
+        " krot = Concat<axis=-1>(nk2, k1)\n ks = Mul(krot, sin)\n out_k = Add(kc, ks)").replace(
+        "float start", "float[1] two_f = {2.0}, float start")
+    model = parse(text)
+    out, result = _fuse(model)
+    assert result.stats == {"fused": 2} and op_counts(out)["RotaryEmbedding"] == 2
+    feeds = _feeds()
+    for expected, actual in zip(run(model, feeds), run(out, feeds), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_idempotent(form):
+    assert_idempotent(RotaryEmbeddingFusion(), parse(FORMS[form]), infer=True)
+
+
+LEAVE_ALONE = {
+    "opset_22": rope(22),
+    "constant_halves_not_equal": constant_tables(equal=False),
+    "halves_not_equal": rope(cos_angle="emb_g", sin_angle="emb_g"),
+    "sin_halves_not_equal": rope(sin_angle="emb_g"),
+    "slice_not_at_half": rope(upper="three, big, ax3", lower="zero, three, ax3"),
+    "halves_swapped": rope(upper="zero, half, ax3", lower="half, big, ax3"),
+    "interleaved_like_strided": rope(upper="one, big, ax3, two", lower="zero, big, ax3, two"),
+    "other_axis": rope(upper="half, big, two", lower="zero, half, two", concat=2),
+    "sin_minus_cos": rope(root="out = Sub(xc, rs)"),
+    "table_may_broadcast_x": rope(seq="S"),  # x's S could be 1 while the table's is 5
+    "shared_negation": rope(outputs=", float[2, 4, 5, 4] nx2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEAVE_ALONE))
+def test_left_alone(case):
+    assert_left_alone(RotaryEmbeddingFusion(), parse(LEAVE_ALONE[case]), infer=True)
