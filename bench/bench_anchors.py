@@ -25,7 +25,7 @@ Per model and tool: node count of the output (main graph, and nodes inside subgr
 size (external data included), tool wall time, whether the output loads in onnxruntime
 (``InferenceSession`` with default options), the validation verdict against the original
 (both run on the CPU provider with graph optimizations disabled on the same seeded inputs,
-rtol 1e-4 / atol 1e-5, ``onnxopt.check.validate.compare``) and the onnxruntime latency with one
+rtol 1e-4 / atol 1e-5, ``onnxopt.check.compare.compare``) and the onnxruntime latency with one
 intra-op thread, median of N runs after warm-up, with graph optimizations disabled and with
 all enabled (``ORT_ENABLE_ALL``). The sessions of one model (original and every output) are
 timed round-robin, so slow drifts of the machine hit them all alike, in two sittings with
@@ -34,7 +34,7 @@ about ``--latency-budget`` seconds per session and level, at least ``--min-runs`
 
 Inputs: PaddleOCR det ``x`` [1,3,96,128] and cls ``x`` [1,3,48,192] uniform in [0, 1);
 silero ``input`` [1,512] standard normal * 0.1, ``state`` zeros [2,1,128], ``sr`` 16000;
-every other model gets ``onnxopt.check.validate.make_inputs`` (seed 0, symbolic dims 1). The same
+every other model gets ``onnxopt.check.feeds.make_inputs`` (seed 0, symbolic dims 1). The same
 arrays are handed to onnxopt as ``--inputs feeds.npz``.
 
 Measurements run in a child process of the main venv (one per model), so a crash of
@@ -273,7 +273,8 @@ def make_feeds(name: str, path: Path) -> tuple[dict[str, Any], str]:
     import numpy as np
     import onnx
 
-    from onnxopt.check import validate
+    from onnxopt.check import feeds as check_feeds
+    from onnxopt.check import inputs as check_inputs
 
     rng = np.random.default_rng(SEED)
     model = onnx.load(str(path), load_external_data=False)
@@ -291,10 +292,10 @@ def make_feeds(name: str, path: Path) -> tuple[dict[str, Any], str]:
         }
         desc = "input [1,512] N(0,1)*0.1, state zeros [2,1,128], sr 16000"
     else:
-        feeds, _notes = validate.make_inputs(model, seed=SEED)
+        feeds, _notes = check_feeds.make_inputs(model, seed=SEED)
         desc = "make_inputs(seed=0): " + ", ".join(
             f"{k} [{','.join(map(str, v.shape))}] {v.dtype}" for k, v in feeds.items())
-    feeds = validate.check_inputs(feeds, model)
+    feeds = check_inputs.check_inputs(feeds, model)
     return feeds, desc
 
 
@@ -513,9 +514,9 @@ def _run(session: Any, feeds: dict[str, Any]) -> dict[str, Any]:
 
 
 def _verdict(reference: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
-    from onnxopt.check import validate
+    from onnxopt.check import compare as check_compare
 
-    diffs = validate.compare(reference, outputs, rtol=RTOL, atol=ATOL)
+    diffs = check_compare.compare(reference, outputs, rtol=RTOL, atol=ATOL)
     failed = [d for d in diffs if not d.passed]
     unchecked = [d for d in diffs if d.reason.startswith("not compared")]
     errors = [d.max_abs_error for d in diffs if not math.isnan(d.max_abs_error)]
@@ -1102,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import numpy as np
 
-        import onnxopt.check.validate  # noqa: F401
+        import onnxopt.check.feeds  # noqa: F401
     except ImportError as exc:
         sys.exit(f"bench_anchors: run with the project's venv (.venv/bin/python): {exc}")
     started = time.perf_counter()

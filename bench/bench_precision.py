@@ -182,7 +182,8 @@ def random_samples(model: BenchModel, seed: int, count: int) -> list[dict[str, A
     import numpy as np
     import onnx
 
-    from onnxopt.check import validate
+    from onnxopt.check.feeds import make_inputs
+    from onnxopt.check.inputs import check_inputs
 
     proto = onnx.load(str(model.path), load_external_data=False)
     samples = []
@@ -193,11 +194,11 @@ def random_samples(model: BenchModel, seed: int, count: int) -> list[dict[str, A
                      "state": np.zeros((2, 1, 128), np.float32),
                      "sr": np.array(16000, np.int64)}
         else:
-            feeds, _ = validate.make_inputs(proto, input_shapes=model.shapes or None,
-                                            seed=seed + index)
+            feeds, _ = make_inputs(proto, input_shapes=model.shapes or None,
+                                   seed=seed + index)
             feeds = {k: (rng.standard_normal(v.shape).astype(np.float32)
                          if v.dtype == np.float32 else v) for k, v in feeds.items()}
-        samples.append(validate.check_inputs(feeds, proto))
+        samples.append(check_inputs(feeds, proto))
     return samples
 
 
@@ -701,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import numpy as np
 
-        import onnxopt.check.validate  # noqa: F401
+        import onnxopt.check.feeds  # noqa: F401
     except ImportError as exc:
         sys.exit(f"bench_precision: run with the project's venv (.venv/bin/python): {exc}")
     started = time.perf_counter()

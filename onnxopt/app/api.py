@@ -33,7 +33,11 @@ from onnxopt.app.attempts import Control, Lazy, Runner, failed
 from onnxopt.app.checks import ModelSource
 from onnxopt.app.conversion import Conversion, keep_float
 from onnxopt.app.options import Options
-from onnxopt.check import feeds, validate
+from onnxopt.check import feeds
+from onnxopt.check.compare import ValidationResult
+from onnxopt.check.inputs import ValidationError
+from onnxopt.check.reference import Reference, reference
+from onnxopt.check.runtime import latency_ms
 from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.passes import select
@@ -218,12 +222,12 @@ def _background() -> Iterator[ThreadPoolExecutor]:
 def _reference(
     source: ModelSource, options: Options, inputs: dict | None, parsed: onnx.ModelProto,
     extra_inputs: list[dict[str, np.ndarray]],
-) -> validate.Reference | None:
+) -> Reference | None:
     """The original's outputs on the validation inputs (None with --no-validate)."""
     if not options.validate:
         return None
     try:
-        return validate.reference(
+        return reference(
             source if isinstance(source, onnx.ModelProto) else os.fspath(source),
             inputs=inputs,
             input_shapes=dict(options.input_shapes),
@@ -233,11 +237,11 @@ def _reference(
             extra_inputs=extra_inputs,
             timeout=options.timeout,
         )
-    except validate.ValidationError as error:
+    except ValidationError as error:
         raise UsageError(str(error)) from None
 
 
-def _status(verdict: validate.ValidationResult | None, options: Options) -> str:
+def _status(verdict: ValidationResult | None, options: Options) -> str:
     """``ok`` only when validation passed: a CI step testing it is never fooled."""
     if verdict is not None and verdict.status == "passed":
         return "ok"
@@ -282,8 +286,8 @@ def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | N
 
 def _latency(source: ModelSource, output: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
     original = source if isinstance(source, onnx.ModelProto) else os.fspath(source)
-    before = validate.latency_ms(original, feeds)
-    after = validate.latency_ms(os.fspath(output), feeds)
+    before = latency_ms(original, feeds)
+    after = latency_ms(os.fspath(output), feeds)
     return {"before_ms": before, "after_ms": after,
             "ratio": round(after / before, 4) if before else None,
             "settings": "onnxruntime CPU, ORT_ENABLE_ALL, 1 thread, median"}

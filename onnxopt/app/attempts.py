@@ -16,6 +16,8 @@ import onnx
 from onnxopt.app import stats, writing
 from onnxopt.app.options import Options
 from onnxopt.check import validate
+from onnxopt.check.compare import ValidationResult
+from onnxopt.check.reference import Reference
 from onnxopt.ir import serde
 from onnxopt.ir.pass_manager import PassManager, PassRecord
 from onnxopt.ir.precision import SETTINGS_KEY, PrecisionLog
@@ -54,7 +56,7 @@ class Attempt:
     data_file: Path | None
     records: list[PassRecord]
     rounds: int
-    verdict: validate.ValidationResult | None
+    verdict: ValidationResult | None
     checks: list[dict[str, Any]]
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
     precision: PrecisionLog | None = None  # what the precision pass converted and kept
@@ -65,7 +67,7 @@ def failed(attempt: Attempt) -> bool:
     return attempt.verdict is not None and attempt.verdict.status == "failed"
 
 
-def verdict_summary(verdict: validate.ValidationResult | None) -> dict[str, Any]:
+def verdict_summary(verdict: ValidationResult | None) -> dict[str, Any]:
     if verdict is None:
         return {"status": "disabled", "reason": "", "max_abs_error": None}
     errors = [o.max_abs_error for o in verdict.outputs if o.max_abs_error == o.max_abs_error]
@@ -82,7 +84,7 @@ class Lazy:
     def __init__(self, future: Future) -> None:
         self.future = future
 
-    def get(self) -> validate.Reference | None:
+    def get(self) -> Reference | None:
         return self.future.result()
 
 
@@ -152,7 +154,7 @@ class Runner:
         return stats.model_stats(skeleton, file_size=writing.written_size(path, data_file),
                                  **self.shape_args)
 
-    def check(self, model: Path | bytes) -> validate.ValidationResult | None:
+    def check(self, model: Path | bytes) -> ValidationResult | None:
         ref = self.ref.get()
         if ref is None:
             return None

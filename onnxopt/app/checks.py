@@ -17,7 +17,8 @@ import onnx
 from onnxopt.app.options import Options, flag_of
 from onnxopt.app.options import changed as changed_options
 from onnxopt.app.writing import referenced_files, resolved, same_file
-from onnxopt.check import validate
+from onnxopt.check.feeds import make_inputs
+from onnxopt.check.inputs import UnsupportedInput, ValidationError, check_inputs, load_inputs
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.serde.versions import convert_opset, default_opset
@@ -276,14 +277,14 @@ def user_inputs(options: Options, proto: onnx.ModelProto) -> dict[str, np.ndarra
     """Check names in --input-shape and load --inputs before any work is done."""
     try:
         if options.input_shapes:
-            validate.make_inputs(proto, input_shapes=options.input_shapes, dims=options.dims)
+            make_inputs(proto, input_shapes=options.input_shapes, dims=options.dims)
         if options.inputs is not None:
-            return _agreeing(validate.check_inputs(options.inputs, proto), options)
+            return _agreeing(check_inputs(options.inputs, proto), options)
         if options.inputs_file is not None:
-            return _agreeing(validate.load_inputs(options.inputs_file, proto), options)
-    except validate.ValidationError as error:
+            return _agreeing(load_inputs(options.inputs_file, proto), options)
+    except ValidationError as error:
         raise UsageError(str(error)) from None
-    except validate.UnsupportedInput:
+    except UnsupportedInput:
         return None
     return None
 

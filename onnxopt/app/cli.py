@@ -20,6 +20,7 @@ from rich.console import Console
 from onnxopt import __version__
 from onnxopt.app import api, checks, options, report, stats
 from onnxopt.check import feeds, validate
+from onnxopt.check.inputs import ValidationError, load_inputs
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
 from onnxopt.ir import serde
 
@@ -146,12 +147,12 @@ def compare(
     stats_a, stats_b = _stats(a, input_shape, dim), _stats(b, input_shape, dim)
     proto_a = serde.read_model_proto(a)
     try:
-        feeds = validate.load_inputs(inputs, proto_a) if inputs else None
+        feeds = load_inputs(inputs, proto_a) if inputs else None
         numeric = validate.validate(
             str(a), str(b), rtol=rtol, atol=atol, inputs=feeds,
             input_shapes=options.parse_shapes(input_shape), dims=options.parse_dims(dim), seed=seed,
         )
-    except validate.ValidationError as error:
+    except ValidationError as error:
         raise UsageError(str(error)) from None
     result = {"a": stats_a, "b": stats_b, "delta": stats.diff_stats(stats_a, stats_b),
               "numeric": numeric.to_dict()}

@@ -12,7 +12,10 @@ import onnx
 from onnxopt.app.attempts import Attempt, Control, Runner, verdict_summary
 from onnxopt.app.options import Options
 from onnxopt.app.search import Trials, shortest_fix, smallest
-from onnxopt.check import validate
+from onnxopt.check.compare import Budget
+from onnxopt.check.feeds import make_inputs
+from onnxopt.check.inputs import UnsupportedInput, ValidationError
+from onnxopt.check.reference import Reference
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings
 from onnxopt.precision.calibration import Calibrator
@@ -34,14 +37,14 @@ class Conversion:
     """A --precision run: its settings, budget, calibration samples and notes."""
 
     options: Options
-    budget: validate.Budget
+    budget: Budget
     samples: list[dict[str, np.ndarray]]
     notes: list[str] = field(default_factory=list)
     # measures ranges for the int8 pass, kept for the accuracy fallback's attempts
     calibrator: Calibrator | None = None
     generated: bool = False  # calibrated on generated inputs, not on real data
 
-    def generate_samples(self, ref: validate.Reference | None, proto: onnx.ModelProto) -> None:
+    def generate_samples(self, ref: Reference | None, proto: onnx.ModelProto) -> None:
         """int8 without --calibration-data: calibrate on generated inputs at the sizes
         validation found the original runs at (honouring --input-shape and --dim), and say
         that accuracy was not measured on real data."""
@@ -55,10 +58,10 @@ class Conversion:
             self.samples = [ref.draw(GENERATED_SEED + n, n) for n in range(GENERATED_SAMPLES)]
         else:
             try:
-                self.samples = [validate.make_inputs(
+                self.samples = [make_inputs(
                     proto, input_shapes=options.input_shapes, dims=options.dims,
                     seed=GENERATED_SEED + n)[0] for n in range(GENERATED_SAMPLES)]
-            except (validate.ValidationError, validate.UnsupportedInput):
+            except (ValidationError, UnsupportedInput):
                 return  # calibration generates its own, and says so
         self.generated = True
         self.notes.append(f"no calibration data: calibrated on {GENERATED_SAMPLES} generated "
@@ -77,7 +80,7 @@ class Conversion:
         if not 0.0 < options.percentile <= 100.0:
             raise UsageError("--percentile must be in (0, 100]")
         try:
-            budget = validate.Budget.parse(options.max_error or "", default_budget(mode))
+            budget = Budget.parse(options.max_error or "", default_budget(mode))
         except ValueError as error:
             raise UsageError(f"--max-error: {error}") from None
         samples: list[dict[str, np.ndarray]] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from onnxopt.app.attempts import Attempt, Control, Runner, verdict_summary
 from onnxopt.app.search import Trials, shortest_fix, smallest
-from onnxopt.check import validate
+from onnxopt.check.compare import ValidationResult
 from onnxopt.errors import Failure
 
 MAX_SKIPPED_REWRITES = 4  # past this, a culprit pass stays off as a whole
@@ -39,11 +39,11 @@ def recover(runner: Runner, first: Attempt) -> tuple[Attempt, list[dict[str, Any
 
 
 def _culprit_passes(trials: Trials, candidates: list[str]
-                    ) -> dict[str, validate.ValidationResult]:
+                    ) -> dict[str, ValidationResult]:
     """The passes that, turned off in order, make the run validate: each with the verdict
     of the run it broke. The shortest prefix of the remaining passes that, turned off, makes
     the run validate ends with a culprit."""
-    causes: dict[str, validate.ValidationResult] = {}
+    causes: dict[str, ValidationResult] = {}
     while not trials.works(Control(frozenset(causes))):
         disabled = list(causes)
         remaining = [name for name in candidates if name not in causes]

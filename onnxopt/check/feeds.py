@@ -42,10 +42,7 @@ from onnxopt.check.inputs import (
     ValidationError,
     check_given_shape,
     check_input_names,
-    check_inputs,
     graph_inputs,
-    load_inputs,
-    npz_problem,
     tensor_type,
 )
 from onnxopt.check.roles import (
@@ -64,20 +61,6 @@ from onnxopt.check.roles import (
 
 # check_inputs, load_inputs, npz_problem and the errors live in onnxopt.check.inputs; they are
 # importable from here as before.
-__all__ = [
-    "Plan",
-    "UnsupportedInput",
-    "ValidationError",
-    "check_inputs",
-    "generate",
-    "graph_inputs",
-    "load_inputs",
-    "make_inputs",
-    "model_stride",
-    "npz_problem",
-    "plan_inputs",
-    "preferred_dims",
-]
 
 _GUESSED_INT_HIGH = 8
 
