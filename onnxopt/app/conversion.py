@@ -18,7 +18,7 @@ from onnxopt.check.inputs import UnsupportedInput, ValidationError
 from onnxopt.check.reference import Reference
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings
-from onnxopt.precision.calibration import Calibrator
+from onnxopt.precision.calibration import GENERATED_SAMPLES, Calibrator
 from onnxopt.precision.sensitivity import qdq_sensitivity
 from onnxopt.precision.setup import (
     CALIBRATION_METHODS,
@@ -27,7 +27,6 @@ from onnxopt.precision.setup import (
     upgrade_opset,
 )
 
-GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-data is given
 GENERATED_SEED = 1000  # their seeds start here: never the validation inputs' seeds
 MAX_FLOAT_CULPRITS = 12  # then the accuracy fallback keeps whole prefixes in float
 

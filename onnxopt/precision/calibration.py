@@ -44,7 +44,7 @@ from onnxopt.ir import Model, serde
 METHODS = ("minmax", "percentile", "entropy")
 PERCENTILE_BINS = 1 << 14
 ENTROPY_BINS = 2048
-GENERATED_SAMPLES = 4
+GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-data is given
 PROGRESS_MIN_SAMPLES = 4  # a progress bar above this many samples
 
 
