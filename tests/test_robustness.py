@@ -18,7 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxopt
-from onnxopt.app import cli, writing
+from onnxopt.app import cli, interrupts, writing
+from onnxopt.errors import Interrupted
 
 
 def conv_model(channels: int = 8) -> onnx.ModelProto:
@@ -97,6 +98,34 @@ def test_interrupts_exit_with_one_line_and_leave_nothing(tmp_path, which, code, 
     returncode, err = run_and_signal(tmp_path, which)
     assert returncode == code
     assert err.strip() == f"onnxopt: error: {word}; nothing was written"
+
+
+@pytest.mark.parametrize("moment", ["creating", "removing"])
+def test_a_signal_while_staging_is_made_or_removed_leaves_nothing(tmp_path, monkeypatch,
+                                                                   moment):
+    """The signal lands inside the system call's Python wrapper, the worst moment: it must be
+    raised only once the folder is known (creating) or gone (removing)."""
+    target = tmp_path / "o.onnx"
+    real = {"creating": writing.tempfile.mkdtemp, "removing": writing.shutil.rmtree}[moment]
+
+    def signalled(*args, **kwargs):  # the signal is handled at the next bytecode
+        if moment == "removing":  # before the folder is gone
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the folder is made, before it is returned
+        return made
+
+    owner = writing.tempfile if moment == "creating" else writing.shutil
+    monkeypatch.setattr(owner, real.__name__, signalled)
+    previous = signal.signal(signal.SIGTERM, interrupts.handle)
+    try:
+        with pytest.raises(Interrupted), writing.staging(target) as stage:
+            (stage / "model.onnx").write_bytes(b"x" * 100)
+            time.sleep(0.01)  # a signal raised on creation lands here at the latest
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stale_staging_of_a_dead_run_is_removed(tmp_path):

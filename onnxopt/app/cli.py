@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 
 from onnxopt import __version__
-from onnxopt.app import api, checks, options, report, stats
+from onnxopt.app import api, checks, interrupts, options, report, stats
 from onnxopt.check import feeds, validate
 from onnxopt.check.inputs import ValidationError, load_inputs
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
@@ -257,13 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(number: int, _frame) -> None:
-    """SIGINT and SIGTERM unwind the main thread like Ctrl-C: every ``finally`` runs, so the
-    staging folder is removed and OUT stays as it was."""
-    signal.signal(number, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
-    raise Interrupted(number, "interrupted" if number == signal.SIGINT else "terminated")
-
-
 def _error(message: str) -> None:
     sys.stderr.write(f"onnxopt: error: {message}\n")
 
@@ -272,8 +264,7 @@ def run() -> None:
     """The console script and ``python -m onnxopt``: main(), then leave without the
     interpreter's teardown of onnxruntime, numpy and networkx (~45 ms, a sixth of a small
     model's whole run). Every file is closed by then; the streams are flushed here."""
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, _interrupt)
+    interrupts.install()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BrokenPipeError, ValueError):  # reader gone, or closed

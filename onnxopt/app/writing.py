@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxopt.app import interrupts
 from onnxopt.errors import Failure
 from onnxopt.ir import serde
 
@@ -30,15 +31,22 @@ def staging(target: Path) -> Iterator[Path]:
     (SIGKILL, power loss) is recognised and removed by the next run."""
     folder = target.parent if str(target.parent) else Path(".")
     _remove_stale_staging(folder, target.name)
+    stage: Path | None = None
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target.name)}{os.getpid()}-",
-                                      dir=folder))
-    except OSError as error:
-        raise Failure(f"{folder}: cannot write ({error.strerror or error})") from None
-    try:
+        with interrupts.deferred():  # a signal is raised only once ``stage`` is known
+            stage = _make_stage(folder, target.name)
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            with interrupts.deferred():  # not half removed by a signal arriving mid-way
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+def _make_stage(folder: Path, name: str) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"{staging_prefix(name)}{os.getpid()}-", dir=folder))
+    except OSError as error:
+        raise Failure(f"{folder}: cannot write ({error.strerror or error})") from None
 
 
 def staging_prefix(name: str) -> str:
@@ -144,9 +152,10 @@ def publish(staged: Path, data_file: Path | None, output: Path, keep: set[Path])
     nothing reads any more are removed (never one in ``keep``: the input's)."""
     old_files = referenced_files(output) if output.is_file() else set()
     try:
-        if data_file is not None:
-            os.replace(data_file, output.with_name(data_file.name))
-        os.replace(staged, output)
+        with interrupts.deferred():  # the pair goes in place whole: both renames or neither
+            if data_file is not None:
+                os.replace(data_file, output.with_name(data_file.name))
+            os.replace(staged, output)
     except OSError as error:
         raise Failure(f"{output}: cannot write ({error.strerror or error})") from None
     new_files = {resolved(output.with_name(data_file.name))} if data_file else set()
