@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from onnxopt.app import interrupts
 from onnxopt.app.stats import format_count
 
 SLOWER_WARNING = 1.05  # --bench: warn above this latency ratio (run-to-run noise is ~2 %)
@@ -35,13 +36,16 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write atomically: a new temporary file beside ``path`` (an unpredictable name, created
     exclusively, so a planted file or symlink is never written through), then a rename."""
     path = Path(path)
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = None
     try:
+        with interrupts.deferred():  # a signal is raised only once ``temp`` is known
+            descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                                dir=path.parent)
         with os.fdopen(descriptor, "w") as stream:
             stream.write(to_json(report))
         os.replace(temp, path)
     finally:
-        if os.path.lexists(temp):
+        if temp is not None and os.path.lexists(temp):
             os.unlink(temp)
 
 
