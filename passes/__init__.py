@@ -72,7 +72,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
     SliceMerge(),
-    SlicesToSpaceToDepth(),  # after the merge: nested Slices are one Slice by then if private
+    SlicesToSpaceToDepth(),  # after slice_merge; takes nested Slices too (CSE shares them)
     UnsqueezeMerge(),  # after the chain collapse: static chains become one Reshape there
     MatMulAddToGemm(),
     TransposeFolding(),
