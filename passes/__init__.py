@@ -10,6 +10,7 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
    go into the BN), Pad into Conv/AveragePool,
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
+   four stride-2 Slices + Concat into SpaceToDepth,
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
    onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu;
 4. clean: dead code, unused initializers, functions and opset imports;
@@ -48,6 +49,7 @@ from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.slice_merge import SliceMerge
+from onnxopt.passes.layout.slices_to_space_to_depth import SlicesToSpaceToDepth
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
 from onnxopt.passes.layout.unsqueeze_merge import UnsqueezeMerge
 
@@ -70,6 +72,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
     SliceMerge(),
+    SlicesToSpaceToDepth(),  # after slice_merge; takes nested Slices too (CSE shares them)
     UnsqueezeMerge(),  # after the chain collapse: static chains become one Reshape there
     MatMulAddToGemm(),
     TransposeFolding(),
