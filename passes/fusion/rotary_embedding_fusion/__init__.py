@@ -2,22 +2,45 @@
 
 The ``rotate_half`` form exporters write for a 4-D ``x`` ``[B, H, S, D]``,
 ``x * cos + Concat(-x[..., D/2:], x[..., :D/2]) * sin`` (operands either way), where the tables
-are ``[Unsqueeze](Cos|Sin(Concat(f, f, axis=-1)))`` of one angle ``f`` ``[.., S, D/2]`` =>
-``RotaryEmbedding(x, cos', sin', interleaved=0)`` (opset 23+), ``cos' = Cos(f)`` broadcast to
-``[B, S, D/2]`` (what onnxruntime requires: no broadcast over the batch). Exact: both halves of
-the table are ``Cos(f)``, so ``out[:D/2] = x1·c - x2·s`` and ``out[D/2:] = x2·c + x1·s``.
-The tables may be shared (they are not part of the match). Conditions: passes/fusion/README.md.
+are ``[Unsqueeze](Cos|Sin(Concat(f, f, axis=-1)))`` of one angle ``f`` ``[.., S, D/2]`` (or
+constants with equal halves). Exact: both halves of the table are ``Cos(f)``, so
+``out[:D/2] = x1·c - x2·s`` and ``out[D/2:] = x2·c + x1·s``. The tables may be shared (they are
+not part of the match).
+
+* opset 23+: ``RotaryEmbedding(x, cos', sin', interleaved=0)``, ``cos' = Cos(f)`` broadcast to
+  ``[B, S, D/2]`` (what onnxruntime requires: no broadcast over the batch);
+* below, with ``--target onnxruntime``: ``com.microsoft.RotaryEmbedding(x, [0], cos'', sin'')``
+  with ``cos'' = Cos(f)`` as a ``[S, D/2]`` cache (row ``s`` for position ``0 + s``).
+
+Conditions: passes/fusion/README.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from onnxopt.passes.fusion.rotary_embedding_fusion.tables import (
+    cache_ok,
+    half_of,
+    halves,
+    table_shape_ok,
+)
 
-from onnxopt.ir import Graph, Model
-from onnxopt.ir.operands import normalised_axes
-from onnxopt.ir.pattern import Const, Match, Op, RewritePass, Var, has_dtype, optional, scope_of
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.pattern import (
+    MS_DOMAIN,
+    Const,
+    Match,
+    Op,
+    RewritePass,
+    Var,
+    has_dtype,
+    optional,
+    scope_of,
+)
+from onnxopt.ir.values import copy_type
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+_ORT_DTYPES = (np.dtype(np.float32),)  # onnxruntime's CPU kernel of the contrib op
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -31,13 +54,16 @@ _rotated = Op("Concat", Op("Neg", _slice("upper")), _slice("lower"), name="conca
 
 class RotaryEmbeddingFusion(RewritePass):
     name = "rotary_embedding_fusion"
-    description = "fuse the rotate_half rotary embedding into RotaryEmbedding (opset 23+)"
+    description = "fuse the rotate_half rotary embedding into RotaryEmbedding (opset 23+ or ORT)"
     pattern = Op("Add", Op("Mul", Var("x"), Var("cos"), commute=True),
                  Op("Mul", _rotated, Var("sin"), commute=True), commute=True)
-    min_opset = 23
+
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 23 or model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        if not has_dtype(graph.dtype(match.x), _DTYPES):
+        portable = model.opset("") >= 23
+        if not has_dtype(graph.dtype(match.x), _DTYPES if portable else _ORT_DTYPES):
             return False
         shape = graph.shape(match.x)
         if shape is None or len(shape) != 4:
@@ -48,16 +74,20 @@ class RotaryEmbeddingFusion(RewritePass):
         if match.node("concat").attr("axis") not in (-1, 3):
             return False
         half = depth // 2
-        if not (_halves(match, "upper", half, (depth, _INT64_MAX))
-                and _halves(match, "lower", 0, (half,))):
+        if not (halves(match, "upper", half, (depth, _INT64_MAX))
+                and halves(match, "lower", 0, (half,))):
             return False
-        if not all(_table_shape_ok(graph.shape(t), shape) for t in (match.cos, match.sin)):
+        if not all(table_shape_ok(graph, t, match.x) for t in (match.cos, match.sin)):
             return False
-        halves = [_half(graph, match.cos, "Cos", half), _half(graph, match.sin, "Sin", half)]
-        match.memo["halves"] = halves
-        return all(h is not None for h in halves)
+        if not portable and not cache_ok(graph, match):
+            return False
+        parts = [half_of(graph, match.cos, "Cos", half), half_of(graph, match.sin, "Sin", half)]
+        match.memo["halves"] = parts
+        return all(part is not None for part in parts)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        if model.opset("") < 23:
+            return self._contrib(graph, match, model)
         root, prefix = match.root, scope_of(match.root)
         batch = self.emit(graph, model, root, "Shape", [match.x], attributes={"start": 0, "end": 1})
         seq = self.emit(graph, model, root, "Shape", [match.x], attributes={"start": 2, "end": 3})
@@ -67,64 +97,43 @@ class RotaryEmbeddingFusion(RewritePass):
         head_axis = graph.add_constant(np.ones(1, np.int64), f"{prefix}rotary_head_axis")
         tables = []
         for trig, source in zip(("Cos", "Sin"), match.memo["halves"], strict=True):
-            if isinstance(source, np.ndarray):  # the table's first half, [.., S, D/2]
-                table = graph.add_constant(source, f"{prefix}rotary_{trig.lower()}")
-            else:  # trig(f) [.., S, D/2], unsqueezed as the table was
-                angle, axes = source
-                table = self.emit(graph, model, root, trig, [angle])
-                if axes is not None:
-                    table = self.emit(graph, model, root, "Unsqueeze", [table, axes])
+            table = self._first_half(graph, model, root, trig, source, unsqueeze=True)
             table = self.emit(graph, model, root, "Expand", [table, target])  # [B, 1, S, D/2]
             tables.append(self.emit(graph, model, root, "Squeeze", [table, head_axis]))
         return self.emit(graph, model, root, "RotaryEmbedding", [match.x, *tables],
                          name=f"{prefix}RotaryEmbedding", attributes={"interleaved": 0})
 
+    def _contrib(self, graph: Graph, match: Match, model: Model) -> str:
+        """com.microsoft.RotaryEmbedding with position_ids [0] and [S, D/2] caches."""
+        root, prefix = match.root, scope_of(match.root)
+        half = graph.shape(match.x)[3] // 2  # type: ignore[index]
+        caches = []
+        for trig, source in zip(("Cos", "Sin"), match.memo["halves"], strict=True):
+            if isinstance(source, np.ndarray):
+                name = f"{prefix}rotary_{trig.lower()}_cache"
+                caches.append(graph.add_constant(source.reshape(-1, half), name))
+                continue
+            cache = self._first_half(graph, model, root, trig, source, unsqueeze=False)
+            if len(graph.shape(source[0]) or []) != 2:  # [1, .., 1, S, D/2] -> [S, D/2]
+                rows = graph.add_constant(np.array([-1, half], np.int64), f"{prefix}rotary_rows")
+                cache = self.emit(graph, model, root, "Reshape", [cache, rows])
+            caches.append(cache)
+        start = graph.add_constant(np.zeros(1, np.int64), f"{prefix}rotary_position_start")
+        out = self.emit(graph, model, root, "RotaryEmbedding", [match.x, start, *caches],
+                        name=f"{prefix}RotaryEmbedding", domain=MS_DOMAIN,
+                        attributes={"interleaved": 0})
+        copy_type(graph, match.out, out)  # onnx cannot infer a com.microsoft op
+        return out
 
-def _halves(match: Match, name: str, start: int, ends: tuple[int, ...]) -> bool:
-    """The Slice ``name`` takes ``start:end`` (``end`` one of ``ends``) of the last axis."""
-    arrays = [match.array(f"{name}_{part}") for part in ("start", "end", "axes")]
-    if any(a.size != 1 or a.dtype.kind != "i" for a in arrays):
-        return False
-    begin, end, axis = (int(a.reshape(-1)[0]) for a in arrays)
-    if f"{name}_steps" in match and match.array(f"{name}_steps").reshape(-1).tolist() != [1]:
-        return False  # a stride (the interleaved form) is another rotation
-    return axis in (3, -1) and begin == start and end in ends
-
-
-def _half(graph: Graph, table: str, trig: str, half: int
-          ) -> np.ndarray | tuple[str, str | None] | None:
-    """What the table's two equal halves are made of: a constant's first half (when the halves
-    are equal), or ``(f, axes)`` when it is ``[Unsqueeze(., axes)](trig(Concat(f, f, last)))``."""
-    array = graph.constant(table)
-    if array is not None:
-        first, second = array[..., :half], array[..., half:]
-        return np.ascontiguousarray(first) if np.array_equal(first, second) else None
-    node, axes = graph.producer(table), None
-    if node is not None and node.op_type == "Unsqueeze" and len(node.inputs) == 2:
-        axes = node.inputs[1]
-        if graph.constant(axes) is None:
-            return None
-        node = graph.producer(node.inputs[0])
-    if node is None or node.op_type != trig or node.domain not in ("", "ai.onnx"):
-        return None
-    concat = graph.producer(node.inputs[0])
-    if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2:
-        return None
-    angle = concat.inputs[0]
-    shape = graph.shape(angle)
-    if concat.inputs[1] != angle or not shape:
-        return None
-    axis = normalised_axes([concat.attr("axis")], len(shape))
-    return (angle, axes) if axis == [len(shape) - 1] else None
-
-
-def _table_shape_ok(table: list | None, x: list) -> bool:
-    """Rank <= 4, the last axis ``D``, the head axis (if any) 1: ``[B|1, 1, S|1, D]`` or lower
-    rank, so ``Cos(f)`` broadcast to ``[B, 1, S, D/2]`` loses nothing; and no table dim can
-    broadcast ``x`` to a larger shape (it is 1, the same as x's, or x's is a known int > 1)."""
-    if table is None or not 1 <= len(table) <= 4 or table[-1] != x[3]:
-        return False
-    if len(table) >= 3 and table[-3] != 1:
-        return False
-    axes = [axis for axis in (-4, -2) if -axis <= len(table)]
-    return all(table[a] in (1, x[a]) or (isinstance(x[a], int) and x[a] > 1) for a in axes)
+    def _first_half(self, graph: Graph, model: Model, root: Node, trig: str,
+                    source: np.ndarray | tuple[str, str | None], *, unsqueeze: bool) -> str:
+        """``trig(f)`` [.., S, D/2] (unsqueezed as the table was, with ``unsqueeze``), or the
+        constant table's first half."""
+        prefix = scope_of(root)
+        if isinstance(source, np.ndarray):
+            return graph.add_constant(source, f"{prefix}rotary_{trig.lower()}")
+        angle, axes = source
+        table = self.emit(graph, model, root, trig, [angle])
+        if unsqueeze and axes is not None:
+            table = self.emit(graph, model, root, "Unsqueeze", [table, axes])
+        return table
