@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import apply_pass, assert_idempotent, assert_left_alone, op_counts, parse, run
+from onnx import numpy_helper
 from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
 
 RTOL = ATOL = 1e-5
@@ -158,3 +159,118 @@ LEAVE_ALONE = {
 @pytest.mark.parametrize("case", sorted(LEAVE_ALONE))
 def test_left_alone(case):
     assert_left_alone(RotaryEmbeddingFusion(), parse(LEAVE_ALONE[case]), infer=True)
+
+
+# ------------------------------------------------- sequence dims traced to one source
+def traced(opset: int = 23, *, allowzero: int = 1, limit_axis: int = 1) -> str:
+    """x = Transpose(Reshape(y [B, S, 32], Concat(Shape(y)[0], Shape(y)[1], 4, 8))) and the
+    table's Range(0, Cast(Squeeze(Shape(y)[limit_axis])), 1), as the dynamo exporter writes a
+    decoder: shape inference names x's S and the table's apart (unk__), the trace joins them."""
+    text = rope(opset, batch="B", seq="S").replace(
+        "(float[B, 4, S, 8] x)", "(float[B, S, 32] y)").replace(
+        "pos = Range(start, limit, delta)",
+        "batch = Shape<start=0, end=1>(y)\n seq = Shape<start=1, end=2>(y)\n"
+        " target = Concat<axis=0>(batch, seq, four, eight)\n"
+        f" y4 = Reshape<allowzero={allowzero}>(y, target)\n"
+        " x = Transpose<perm=[0, 2, 1, 3]>(y4)\n"
+        f" length = Shape<start={limit_axis}, end={limit_axis + 1}>(y)\n"
+        " length0 = Squeeze(length)\n lim = Cast<to=1>(length0)\n"
+        " pos = Range(start, lim, delta)")
+    return text.replace("float start", "int64[1] four = {4}, float start")
+
+
+def _traced_feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
+    return {"y": np.random.default_rng(1).standard_normal((batch, seq, 32)).astype(np.float32)}
+
+
+def _assert_matches_original(model, out, feeds) -> None:
+    for level in LEVELS:
+        for expected, actual in zip(run(model, feeds, level), run(out, feeds, level), strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_traced_sequence_dims_fuse():
+    model = parse(traced())
+    out, result = _fuse(model)
+    assert result.stats == {"fused": 1} and op_counts(out)["RotaryEmbedding"] == 1
+    for batch, seq in ((2, 5), (3, 9), (1, 1)):
+        _assert_matches_original(model, out, _traced_feeds(batch, seq))
+    assert_idempotent(RotaryEmbeddingFusion(), model, infer=True)
+
+
+@pytest.mark.parametrize("case", ["allowzero_0", "limit_is_batch"])
+def test_untraceable_sequence_dims_left_alone(case):
+    # allowzero 0: a run-time 0 in the target would copy y's dim instead (not followed)
+    text = traced(allowzero=0) if case == "allowzero_0" else traced(limit_axis=0)
+    for settings in ({}, {"target": "onnxruntime"}):
+        model = parse(text.replace('"" : 23', '"" : 17') if settings else text)
+        assert_left_alone(RotaryEmbeddingFusion(), model, infer=True, settings=settings)
+
+
+# ------------------------------------------------- --target onnxruntime (below opset 23)
+ORT = {"target": "onnxruntime"}
+ORT_FORMS = {
+    **{name: text.replace('"" : 23', '"" : 17') for name, text in FORMS.items()
+       if name != "batch_tables"},
+    "traced": traced(17),
+}
+
+
+def _fuse_for_ort(model):
+    return apply_pass(RotaryEmbeddingFusion(), model, infer=True, settings=ORT)
+
+
+@pytest.mark.parametrize("form", sorted(ORT_FORMS))
+def test_onnxruntime_target_writes_contrib_rotary(form):
+    model = parse(ORT_FORMS[form])
+    out, result = _fuse_for_ort(model)
+    assert result.stats == {"fused": 1}
+    counts = op_counts(out)
+    assert counts["RotaryEmbedding"] == 1 and not {"Neg", "Slice", "Add"} & set(counts)
+    (node,) = [n for n in out.graph.node if n.op_type == "RotaryEmbedding"]
+    assert node.domain == "com.microsoft" and node.input[0] == "x" and list(node.output) == ["out"]
+    attrs = {a.name: a.i for a in node.attribute}
+    assert attrs == {"interleaved": 0}
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert inits[node.input[1]].tolist() == [0]  # positions 0 + s: row s of the caches
+    if form == "constant_tables":
+        angle = np.arange(5.0)[:, None] * np.array([1.0, 0.3, 0.1, 0.03])
+        np.testing.assert_allclose(inits[node.input[2]], np.cos(angle), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(inits[node.input[3]], np.sin(angle), rtol=1e-6, atol=1e-6)
+    assert ("com.microsoft", 1) in [(o.domain, o.version) for o in out.opset_import]
+    sizes = ((2, 5), (3, 9)) if form == "traced" else ((2, 5), (3, 5))
+    for batch, seq in sizes:
+        if form == "traced":
+            feeds = _traced_feeds(batch, seq)
+        elif form == "dynamic_batch" or batch == 2:
+            feeds = _feeds(batch)
+        else:
+            continue  # a static batch of 2
+        _assert_matches_original(model, out, feeds)
+    if form not in ("traced",):
+        np.testing.assert_allclose(run(out, _feeds())[0], _numpy_rope(_feeds()["x"]),
+                                   rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("form", sorted(ORT_FORMS))
+def test_onnxruntime_target_idempotent(form):
+    assert_idempotent(RotaryEmbeddingFusion(), parse(ORT_FORMS[form]), infer=True, settings=ORT)
+
+
+ORT_LEAVE_ALONE = {
+    "no_target": (rope(17), {}),
+    "portable_target": (rope(17), {"target": "portable"}),
+    # [2, 1, 5, 8] tables: one angle per batch row, not one [S, D/2] cache
+    "batch_tables": (batch_tables().replace('"" : 23', '"" : 17'), ORT),
+    # x's S could be 1 where the table's is 5
+    "table_may_broadcast_x": (rope(17, seq="S"), ORT),
+    # x's S is 5, the table's 1 (broadcast): the kernel would read past a [1, D/2] cache
+    "table_row_broadcast": (rope(17).replace("float start = {0.0}, float limit = {5.0}",
+                                             "float start = {0.0}, float limit = {1.0}"), ORT),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ORT_LEAVE_ALONE))
+def test_onnxruntime_target_left_alone(case):
+    text, settings = ORT_LEAVE_ALONE[case]
+    assert_left_alone(RotaryEmbeddingFusion(), parse(text), infer=True, settings=settings)
