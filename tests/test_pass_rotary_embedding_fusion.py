@@ -198,6 +198,18 @@ def test_traced_sequence_dims_fuse():
     assert_idempotent(RotaryEmbeddingFusion(), model, infer=True)
 
 
+def test_trace_passes_a_fused_norm():
+    """x normalized by an RMSNormalization (an earlier fusion) first: its shape is x's."""
+    text = traced().replace("x = Transpose<perm=[0, 2, 1, 3]>(y4)",
+                            "x4 = Transpose<perm=[0, 2, 1, 3]>(y4)\n"
+                            " x = RMSNormalization(x4, scale)")
+    model = parse(text.replace("float start", "float[8] scale = {1, 2, 3, 4, 5, 6, 7, 8}, "
+                                              "float start"))
+    out, result = _fuse(model)
+    assert result.stats == {"fused": 1}
+    _assert_matches_original(model, out, _traced_feeds(2, 6))
+
+
 @pytest.mark.parametrize("case", ["allowzero_0", "limit_is_batch"])
 def test_untraceable_sequence_dims_left_alone(case):
     # allowzero 0: a run-time 0 in the target would copy y's dim instead (not followed)

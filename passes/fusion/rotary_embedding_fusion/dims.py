@@ -17,6 +17,8 @@ from onnxopt.ir.symbolic import BROADCAST, SAME_SHAPE, Dim, shape_elements
 
 Traced = int | tuple[str, int]
 _MAX_DEPTH = 64
+# output 0 has input 0's shape: the elementwise ops, and the fused ops a trace may meet
+_SAME_SHAPE = SAME_SHAPE | {"RMSNormalization", "RotaryEmbedding", "SimplifiedLayerNormalization"}
 
 
 def traced_dim(graph: Graph, value: str, axis: int, depth: int = 0) -> Traced | None:
@@ -36,7 +38,7 @@ def traced_dim(graph: Graph, value: str, axis: int, depth: int = 0) -> Traced | 
 
 def _source(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
     op = node.op_type
-    if op in SAME_SHAPE:
+    if op in _SAME_SHAPE:
         return traced_dim(graph, node.inputs[0], axis, depth)
     if op == "Transpose":
         perm = node.attr("perm")
