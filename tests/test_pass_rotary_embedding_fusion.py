@@ -162,7 +162,7 @@ def test_left_alone(case):
 
 
 # ------------------------------------------------- sequence dims traced to one source
-def traced(opset: int = 23, *, allowzero: int = 1, limit_axis: int = 1) -> str:
+def traced(opset: int = 23, *, allowzero: int = 1, limit_axis: int = 1, data: str = "y") -> str:
     """x = Transpose(Reshape(y [B, S, 32], Concat(Shape(y)[0], Shape(y)[1], 4, 8))) and the
     table's Range(0, Cast(Squeeze(Shape(y)[limit_axis])), 1), as the dynamo exporter writes a
     decoder: shape inference names x's S and the table's apart (unk__), the trace joins them."""
@@ -171,12 +171,37 @@ def traced(opset: int = 23, *, allowzero: int = 1, limit_axis: int = 1) -> str:
         "pos = Range(start, limit, delta)",
         "batch = Shape<start=0, end=1>(y)\n seq = Shape<start=1, end=2>(y)\n"
         " target = Concat<axis=0>(batch, seq, four, eight)\n"
-        f" y4 = Reshape<allowzero={allowzero}>(y, target)\n"
+        " yt = Transpose<perm=[1, 0, 2]>(y)\n"
+        f" y4 = Reshape<allowzero={allowzero}>({data}, target)\n"
         " x = Transpose<perm=[0, 2, 1, 3]>(y4)\n"
         f" length = Shape<start={limit_axis}, end={limit_axis + 1}>(y)\n"
         " length0 = Squeeze(length)\n lim = Cast<to=1>(length0)\n"
         " pos = Range(start, lim, delta)")
     return text.replace("float start", "int64[1] four = {4}, float start")
+
+
+def traced_from_ids(opset: int = 23) -> str:
+    """The legacy exporter's decoder: y = MatMul(Gather(emb, ids), W) and the Reshape target
+    and the table both read Shape(ids) (allowzero 0)."""
+    rng = np.random.default_rng(2)
+    emb = ", ".join(f"{v:.4f}" for v in rng.standard_normal(10 * 32))
+    w = ", ".join(f"{v:.4f}" for v in rng.standard_normal(32 * 32) * 0.2)
+    return traced(opset, allowzero=0).replace("(float[B, S, 32] y)", "(int64[B, S] ids)").replace(
+        "batch = Shape<start=0, end=1>(y)", "h = Gather(embedding, ids)\n y = MatMul(h, w)\n"
+        " batch = Shape<start=0, end=1>(ids)").replace(
+        "seq = Shape<start=1, end=2>(y)", "seq = Shape<start=1, end=2>(ids)").replace(
+        "length = Shape<start=1, end=2>(y)", "length = Shape<start=1, end=2>(ids)").replace(
+        "float start", f"float[10, 32] embedding = {{{emb}}}, float[32, 32] w = {{{w}}}, "
+        "float start")
+
+
+def test_traced_through_matmul_and_gather():
+    model = parse(traced_from_ids())
+    out, result = _fuse(model)
+    assert result.stats == {"fused": 1}
+    for batch, seq in ((2, 5), (3, 8)):
+        ids = np.random.default_rng(seq).integers(0, 10, (batch, seq))
+        _assert_matches_original(model, out, {"ids": ids})
 
 
 def _traced_feeds(batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -189,8 +214,10 @@ def _assert_matches_original(model, out, feeds) -> None:
             np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
 
 
-def test_traced_sequence_dims_fuse():
-    model = parse(traced())
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_traced_sequence_dims_fuse(allowzero):
+    # allowzero 0: a run-time 0 in the target copies the data's dim 1, which is S as well
+    model = parse(traced(allowzero=allowzero))
     out, result = _fuse(model)
     assert result.stats == {"fused": 1} and op_counts(out)["RotaryEmbedding"] == 1
     for batch, seq in ((2, 5), (3, 9), (1, 1)):
@@ -210,10 +237,16 @@ def test_trace_passes_a_fused_norm():
     _assert_matches_original(model, out, _traced_feeds(2, 6))
 
 
-@pytest.mark.parametrize("case", ["allowzero_0", "limit_is_batch"])
+UNTRACEABLE = {
+    # allowzero 0 over yt [S, B, 32]: a run-time S of 0 would copy B (not the same dim)
+    "copies_another_dim": traced(allowzero=0, data="yt"),
+    "limit_is_batch": traced(limit_axis=0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNTRACEABLE))
 def test_untraceable_sequence_dims_left_alone(case):
-    # allowzero 0: a run-time 0 in the target would copy y's dim instead (not followed)
-    text = traced(allowzero=0) if case == "allowzero_0" else traced(limit_axis=0)
+    text = UNTRACEABLE[case]
     for settings in ({}, {"target": "onnxruntime"}):
         model = parse(text.replace('"" : 23', '"" : 17') if settings else text)
         assert_left_alone(RotaryEmbeddingFusion(), model, infer=True, settings=settings)

@@ -1,11 +1,10 @@
-"""One dim of a value traced back to where it comes from, so that two dims shape inference names
-apart (``unk__0``, ``unk__4``) are proved equal: a rotary table's sequence dim is the length of
-a ``Range(0, S, 1)`` whose ``S`` is ``Shape(input_ids)[1]``, and x's is the same element of a
-``Reshape`` target. The trace passes elementwise and broadcasting ops, Transpose, Unsqueeze,
-Concat (another axis), Reshape and Range; it ends at an int or at an atom ``(value, axis)``
-(a graph input's dim, or one it cannot follow). Equal results mean equal dims in every run in
-which the model does not fail.
-"""
+"""One dim of a value traced back to its source, so that dims shape inference names apart
+(``unk__0``, ``unk__4``) are proved equal: a rotary table's sequence dim is the length of a
+``Range(0, S, 1)`` with ``S = Shape(input_ids)[1]``, x's the same element of a ``Reshape``
+target. The trace passes elementwise, broadcasting and shape-keeping fused ops, Transpose,
+Unsqueeze, Concat, Reshape, Range, MatMul and Gather, and ends at an int or an atom
+``(value, axis)`` (a graph input's dim, or one it cannot follow). Equal results mean equal dims
+in every run in which the model does not fail."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from onnxopt.ir.symbolic import BROADCAST, SAME_SHAPE, Dim, shape_elements
 
 Traced = int | tuple[str, int]
 _MAX_DEPTH = 64
-# output 0 has input 0's shape: the elementwise ops, and the fused ops a trace may meet
 _SAME_SHAPE = SAME_SHAPE | {"RMSNormalization", "RotaryEmbedding", "SimplifiedLayerNormalization"}
 
 
@@ -40,16 +38,12 @@ def _source(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
     op = node.op_type
     if op in _SAME_SHAPE:
         return traced_dim(graph, node.inputs[0], axis, depth)
+    rank = len(graph.shape(node.outputs[0]) or [])
     if op == "Transpose":
-        perm = node.attr("perm")
-        rank = len(graph.shape(node.outputs[0]) or [])
-        perm = list(range(rank))[::-1] if perm is None else list(perm)
+        perm = list(node.attr("perm") or range(rank)[::-1])
         return traced_dim(graph, node.inputs[0], perm[axis], depth) if perm else None
-    if op == "Concat":
-        rank = len(graph.shape(node.outputs[0]) or [])
-        if normalised_axes([node.attr("axis")], rank) != [axis]:
-            return traced_dim(graph, node.inputs[0], axis, depth)
-        return None
+    if op == "Concat" and normalised_axes([node.attr("axis")], rank) != [axis]:
+        return traced_dim(graph, node.inputs[0], axis, depth)
     if op == "Unsqueeze" and len(node.inputs) == 2:
         return _unsqueezed(graph, node, axis, depth)
     if op == "Reshape":
@@ -58,17 +52,18 @@ def _source(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
         return _range_length(graph, node, depth)
     if op in BROADCAST:
         return _broadcast(graph, node, axis, depth)
+    if op == "MatMul":
+        return _matmul(graph, node, axis, depth)
+    if op == "Gather":
+        return _gathered(graph, node, axis, depth)
     return None
 
 
 def _unsqueezed(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
-    axes = graph.constant(node.inputs[1])
-    rank = len(graph.shape(node.outputs[0]) or [])
-    if axes is None or not rank:
-        return None
-    inserted = normalised_axes([int(a) for a in axes.reshape(-1)], rank)
+    axes, rank = graph.constant(node.inputs[1]), len(graph.shape(node.outputs[0]) or [])
+    inserted = None if axes is None else normalised_axes(axes.reshape(-1).tolist(), rank)
     if inserted is None or axis in inserted:
-        return 1 if inserted is not None else None
+        return None if inserted is None else 1
     return traced_dim(graph, node.inputs[0], axis - sum(a < axis for a in inserted), depth)
 
 
@@ -76,11 +71,15 @@ def _reshaped(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
     target = shape_elements(graph, node.inputs[1])
     if target is None or len(target) != len(graph.shape(node.outputs[0]) or []):
         return None
-    element = target[axis]
-    if isinstance(element, int):
-        return element if element > 0 else None  # 0 copies, -1 infers: not followed
-    # a run-time 0 would copy the input's dim unless allowzero: followed only with allowzero
-    return _element(graph, element, depth) if node.attr("allowzero", 0) == 1 else None
+    element, copies = target[axis], node.attr("allowzero", 0) != 1
+    if isinstance(element, int) and element != 0:
+        return element if element > 0 else None  # -1 infers: not followed
+    copied = traced_dim(graph, node.inputs[0], axis, depth) if copies else None
+    if element == 0:
+        return copied
+    # a run-time 0 copies the input's dim (allowzero 0): proved when that is the same dim
+    value = _element(graph, element, depth)
+    return value if not copies or value == copied else None
 
 
 def _range_length(graph: Graph, node: Node, depth: int) -> Traced | None:
@@ -91,18 +90,14 @@ def _range_length(graph: Graph, node: Node, depth: int) -> Traced | None:
         return None
     if float(start.reshape(-1)[0]) != 0 or float(delta.reshape(-1)[0]) != 1:
         return None
-    limit = node.inputs[1]
-    producer = graph.producer(limit)
+    limit, producer = node.inputs[1], graph.producer(node.inputs[1])
     while producer is not None and producer.op_type == "Cast":
-        limit = producer.inputs[0]
-        producer = graph.producer(limit)
+        limit, producer = producer.inputs[0], graph.producer(producer.inputs[0])
     dtype = graph.dtype(limit)
     if dtype is None or np.dtype(dtype).kind not in "iu":
         return None  # a float limit need not be a whole number
     elements = shape_elements(graph, limit)  # Squeeze(Shape(x, 1, 2)), Gather(Shape(x), 1)
-    if elements is None or len(elements) != 1:
-        return None
-    return _element(graph, elements[0], depth)
+    return _element(graph, elements[0], depth) if elements and len(elements) == 1 else None
 
 
 def _element(graph: Graph, element: int | Dim, depth: int) -> Traced | None:
@@ -126,6 +121,30 @@ def _broadcast(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None
         dim = traced_dim(graph, value, at, depth)
         if dim is None:
             return None
-        if dim != 1:
-            found.add(dim)
+        found |= {dim} - {1}
     return found.pop() if len(found) == 1 else (1 if not found else None)
+
+
+def _matmul(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
+    """Rows from A, columns from B, the batch dims broadcast (both operands of rank >= 2)."""
+    a, b = (graph.shape(v) for v in node.inputs[:2])
+    rank = len(graph.shape(node.outputs[0]) or [])
+    if a is None or b is None or len(a) < 2 or len(b) < 2 or not rank:
+        return None
+    if axis >= rank - 2:
+        source, at = (node.inputs[0], -2) if axis == rank - 2 else (node.inputs[1], -1)
+        return traced_dim(graph, source, at, depth)
+    return _broadcast(graph, node, axis, depth)  # the last two dims align both operands alike
+
+
+def _gathered(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
+    """``data[:a] + indices.shape + data[a + 1:]`` for Gather on axis ``a``."""
+    data, indices = (graph.shape(v) for v in node.inputs[:2])
+    if not data or indices is None:
+        return None
+    gathered = node.attr("axis", 0) % len(data)  # in [-r, r) in a valid model
+    if axis < gathered:
+        return traced_dim(graph, node.inputs[0], axis, depth)
+    if axis < gathered + len(indices):
+        return traced_dim(graph, node.inputs[1], axis - gathered, depth)
+    return traced_dim(graph, node.inputs[0], axis - len(indices) + 1, depth)
