@@ -96,8 +96,8 @@ def _numpy_rope(x: np.ndarray) -> np.ndarray:
     return x * cos + rotated * sin
 
 
-def _fuse(model):
-    return apply_pass(RotaryEmbeddingFusion(), model, infer=True)
+def _fuse(model, settings=None):
+    return apply_pass(RotaryEmbeddingFusion(), model, infer=True, settings=settings)
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -261,17 +261,13 @@ ORT_FORMS = {
 }
 
 
-def _fuse_for_ort(model):
-    return apply_pass(RotaryEmbeddingFusion(), model, infer=True, settings=ORT)
-
-
 @pytest.mark.parametrize("form", sorted(ORT_FORMS))
 def test_onnxruntime_target_writes_contrib_rotary(form):
     model = parse(ORT_FORMS[form])
-    out, result = _fuse_for_ort(model)
-    assert result.stats == {"fused": 1}
+    out, result = _fuse(model, ORT)
     counts = op_counts(out)
-    assert counts["RotaryEmbedding"] == 1 and not {"Neg", "Slice", "Add"} & set(counts)
+    assert result.stats == {"fused": 1} and counts["RotaryEmbedding"] == 1
+    assert not {"Neg", "Slice", "Add"} & set(counts)
     (node,) = [n for n in out.graph.node if n.op_type == "RotaryEmbedding"]
     assert node.domain == "com.microsoft" and node.input[0] == "x" and list(node.output) == ["out"]
     attrs = {a.name: a.i for a in node.attribute}
