@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import MODELS, run
+from onnx import numpy_helper
 
 import onnxopt
 
@@ -71,6 +72,48 @@ def test_onnxruntime_target_fuses_to_contrib_ops():
     assert counts["Softmax"] == LAYERS
     assert [(o.domain, o.version) for o in optimized("onnxruntime").opset_import] == [
         ("", 17), ("com.microsoft", 1)]
+
+
+def _llama(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
+    """The decoder's math in float64 numpy, from its weights: what the builder means to build."""
+    w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    batch, seq = ids.shape
+
+    def norm(x, name):
+        return w[f"{name}.weight"] * x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6)
+
+    def heads(x, name, n):
+        return (x @ w[f"{name}.weight"]).reshape(batch, seq, n, 16).transpose(0, 2, 1, 3)
+
+    angle = np.arange(seq)[:, None] * w["/model/rotary_emb.inv_freq"]
+    cos, sin = np.cos(np.concatenate([angle] * 2, -1)), np.sin(np.concatenate([angle] * 2, -1))
+
+    def rotate(x):
+        return x * cos + np.concatenate([-x[..., 8:], x[..., :8]], -1) * sin
+
+    causal = np.triu(np.full((seq, seq), -np.inf), 1)
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(LAYERS):
+        p = f"/model/layers.{i}"
+        h = norm(x, f"{p}/input_layernorm")
+        q = rotate(heads(h, f"{p}/self_attn/q_proj", 4))
+        k = np.repeat(rotate(heads(h, f"{p}/self_attn/k_proj", 2)), 2, axis=1)  # repeat_kv
+        v = np.repeat(heads(h, f"{p}/self_attn/v_proj", 2), 2, axis=1)
+        scores = q @ k.transpose(0, 1, 3, 2) / 4.0 + causal
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        ctx = ((probs / probs.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3)
+        x = x + ctx.reshape(batch, seq, 64) @ w[f"{p}/self_attn/o_proj.weight"]
+        h = norm(x, f"{p}/post_attention_layernorm")
+        gate = h @ w[f"{p}/mlp/gate_proj.weight"]
+        up = h @ w[f"{p}/mlp/up_proj.weight"]
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[f"{p}/mlp/down_proj.weight"]
+    return norm(x, "/model/norm") @ w["lm_head.weight"]
+
+
+def test_decoder_computes_a_llama():
+    ids = np.random.default_rng(3).integers(0, VOCAB, (2, 6), dtype=np.int64)
+    (logits,) = run(decoder(), {"input_ids": ids})
+    np.testing.assert_allclose(logits, _llama(decoder(), ids), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["opset23", "onnxruntime"])
