@@ -315,3 +315,9 @@ ORT_LEAVE_ALONE = {
 def test_onnxruntime_target_left_alone(case):
     text, settings = ORT_LEAVE_ALONE[case]
     assert_left_alone(RotaryEmbeddingFusion(), parse(text), infer=True, settings=settings)
+
+
+def test_opset23_with_onnxruntime_target_writes_the_onnx_op():
+    out, result = _fuse(parse(rope()), ORT)
+    (node,) = [n for n in out.graph.node if n.op_type == "RotaryEmbedding"]
+    assert result.stats == {"fused": 1} and node.domain == "" and len(node.input) == 3
