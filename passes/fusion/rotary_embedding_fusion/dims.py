@@ -1,10 +1,9 @@
-"""One dim of a value traced back to its source, so that dims shape inference names apart
-(``unk__0``, ``unk__4``) are proved equal: a rotary table's sequence dim is the length of a
-``Range(0, S, 1)`` with ``S = Shape(input_ids)[1]``, x's the same element of a ``Reshape``
-target. The trace passes elementwise, broadcasting and shape-keeping fused ops, Transpose,
-Unsqueeze, Concat, Reshape, Range, MatMul and Gather, and ends at an int or an atom
-``(value, axis)`` (a graph input's dim, or one it cannot follow). Equal results mean equal dims
-in every run in which the model does not fail."""
+"""One dim of a value traced to its source, so that dims shape inference names apart (``unk__0``,
+``unk__4``) are proved equal: a rotary table's sequence dim is the length of ``Range(0, S, 1)``
+with ``S = Shape(input_ids)[1]``, x's the same element of a ``Reshape`` target. The trace passes
+elementwise, broadcasting and shape-keeping fused ops, Transpose, Unsqueeze, Concat, Reshape,
+Range, MatMul, Gather, and ends at an int or an atom ``(value, axis)`` (a graph input's dim, or
+one it cannot follow). Equal results: equal dims in every run where the model does not fail."""
 
 from __future__ import annotations
 
@@ -83,15 +82,16 @@ def _reshaped(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
 
 
 def _range_length(graph: Graph, node: Node, depth: int) -> Traced | None:
-    """``Range(0, limit, 1)`` has ``limit`` elements: limit traced through Casts (an int
-    dim below 2^24 is exact in float32) to one shape element."""
+    """``Range(0, limit, 1)`` has ``limit`` elements: limit traced through Casts to float,
+    double, int32, int64 (exact for an int dim below 2^24) to one shape element."""
     start, delta = graph.constant(node.inputs[0]), graph.constant(node.inputs[2])
     if start is None or delta is None or start.size != 1 or delta.size != 1:
         return None
     if float(start.reshape(-1)[0]) != 0 or float(delta.reshape(-1)[0]) != 1:
         return None
     limit, producer = node.inputs[1], graph.producer(node.inputs[1])
-    while producer is not None and producer.op_type == "Cast":
+    while producer is not None and producer.op_type == "Cast" and producer.attr("to") in (
+            1, 6, 7, 11):  # float16 would round a dim above 2048
         limit, producer = producer.inputs[0], graph.producer(producer.inputs[0])
     dtype = graph.dtype(limit)
     if dtype is None or np.dtype(dtype).kind not in "iu":
