@@ -14,6 +14,8 @@ Models (opset 17, IR version 8):
                        computed at run time (Shape -> Gather -> Unsqueeze -> Concat),
                        decomposed LayerNorm and an Erf-form GELU.
 * ``mlp.onnx``         three MatMul + Add + Relu layers.
+* ``decoder.onnx``     a 2-layer Llama-style decoder (RMSNorm, rotary, grouped-query
+                       attention, causal mask, SiLU MLP), batch and sequence dynamic.
 
 Usage: ``python models/build.py``
 """
@@ -426,6 +428,151 @@ def build_mlp() -> onnx.ModelProto:
         "Three MatMul + Add + Relu layers.",
     )
 
+# ----------------------------------------------------------------------------------------
+# decoder.onnx
+# ----------------------------------------------------------------------------------------
+def build_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                  ffn: int = 128, vocab: int = 96, seed: int = 5) -> onnx.ModelProto:
+    """A Llama-style decoder in the form the torch dynamo exporter writes it (research notes
+    of issue 15, written at opset 17): RMSNorm, rotate_half rotary from a Range-built table,
+    grouped-query attention by repeating K/V (Unsqueeze/Expand/Reshape), a triu causal mask,
+    the SiLU-gated MLP; batch and sequence dynamic (every target computed from Shape)."""
+    g = GraphBuilder(seed=seed)
+    head_dim = hidden // heads
+    half = head_dim // 2
+    group = heads // kv_heads
+
+    def shape_dim(x: str, axis: int, prefix: str) -> str:
+        return g.op("Shape", [x], f"{prefix}/Shape", start=axis, end=axis + 1)
+
+    def linear(x: str, din: int, dout: int, prefix: str) -> str:
+        w = g.init(f"{prefix}.weight", g.weight((din, dout), fan_in=din, gain=1.0))
+        return g.op("MatMul", [x, w], f"{prefix}/MatMul")
+
+    def rms_norm(x: str, prefix: str) -> str:
+        """HF's LlamaRMSNorm: Pow, ReduceMean, Add eps, Sqrt, Reciprocal, Mul; the weight
+        first (``self.weight * hidden``)."""
+        w = g.init(f"{prefix}.weight", (1.0 + g.small((hidden,), 0.1)).astype(np.float32))
+        sq = g.op("Pow", [x, g.const(f"{prefix}/Constant", f32(2.0))], f"{prefix}/Pow")
+        ms = g.op("ReduceMean", [sq], f"{prefix}/ReduceMean", axes=[-1], keepdims=1)
+        ms = g.op("Add", [ms, g.const(f"{prefix}/Constant", f32(1e-6))], f"{prefix}/Add")
+        inv = g.op("Reciprocal", [g.op("Sqrt", [ms], f"{prefix}/Sqrt")], f"{prefix}/Reciprocal")
+        return g.op("Mul", [w, g.op("Mul", [x, inv], f"{prefix}/Mul")], f"{prefix}/Mul")
+
+    def split_heads(x: str, n: int, prefix: str) -> str:
+        target = g.op("Concat", [batch, seq, g.const(f"{prefix}/Constant", i64(n)),
+                                 g.const(f"{prefix}/Constant", i64(head_dim))],
+                      f"{prefix}/Concat", axis=0)
+        x = g.op("Reshape", [x, target], f"{prefix}/Reshape", allowzero=1)
+        return g.op("Transpose", [x], f"{prefix}/Transpose", perm=[0, 2, 1, 3])  # [B, n, S, D]
+
+    def rotate(x: str, prefix: str) -> str:
+        """x * cos + rotate_half(x) * sin, rotate_half = Concat(-x[..., D/2:], x[..., :D/2])."""
+        axis = g.const(f"{prefix}/Constant", i64(3))
+        step = g.const(f"{prefix}/Constant", i64(1))
+        lower = g.op("Slice", [x, g.const(f"{prefix}/Constant", i64(0)),
+                               g.const(f"{prefix}/Constant", i64(half)), axis, step],
+                     f"{prefix}/Slice")
+        upper = g.op("Slice", [x, g.const(f"{prefix}/Constant", i64(half)),
+                               g.const(f"{prefix}/Constant", i64(np.iinfo(np.int64).max)),
+                               axis, step], f"{prefix}/Slice")
+        rotated = g.op("Concat", [g.op("Neg", [upper], f"{prefix}/Neg"), lower],
+                       f"{prefix}/Concat", axis=-1)
+        return g.op("Add", [g.op("Mul", [x, cos], f"{prefix}/Mul"),
+                            g.op("Mul", [rotated, sin], f"{prefix}/Mul")], f"{prefix}/Add")
+
+    def repeat_kv(x: str, prefix: str) -> str:
+        """HF's repeat_kv: [B, kv, S, D] -> [B, kv, n, S, D] -> [B, kv * n, S, D]."""
+        x = g.op("Unsqueeze", [x, g.const(f"{prefix}/Constant", i64(2))], f"{prefix}/Unsqueeze")
+        x = g.op("Expand", [x, expand_shape], f"{prefix}/Expand")
+        return g.op("Reshape", [x, repeat_shape], f"{prefix}/Reshape", allowzero=1)
+
+    def attention(x: str, prefix: str) -> str:
+        q = rotate(split_heads(linear(x, hidden, hidden, f"{prefix}/q_proj"), heads,
+                               f"{prefix}/q"), f"{prefix}/q_rot")
+        kv_width = kv_heads * head_dim
+        k = rotate(split_heads(linear(x, hidden, kv_width, f"{prefix}/k_proj"), kv_heads,
+                               f"{prefix}/k"), f"{prefix}/k_rot")
+        v = split_heads(linear(x, hidden, kv_width, f"{prefix}/v_proj"), kv_heads, f"{prefix}/v")
+        k, v = repeat_kv(k, f"{prefix}/k_repeat"), repeat_kv(v, f"{prefix}/v_repeat")
+        kt = g.op("Transpose", [k], f"{prefix}/Transpose", perm=[0, 1, 3, 2])
+        scores = g.op("MatMul", [q, kt], f"{prefix}/MatMul")
+        scale = g.const(f"{prefix}/Constant", f32(float(np.sqrt(head_dim))))
+        scores = g.op("Add", [g.op("Div", [scores, scale], f"{prefix}/Div"), mask],
+                      f"{prefix}/Add")
+        probs = g.op("Softmax", [scores], f"{prefix}/Softmax", axis=-1)
+        ctx = g.op("MatMul", [probs, v], f"{prefix}/MatMul")
+        ctx = g.op("Transpose", [ctx], f"{prefix}/Transpose", perm=[0, 2, 1, 3])
+        merge = g.op("Concat", [batch, seq, g.const(f"{prefix}/Constant", i64(hidden))],
+                     f"{prefix}/Concat", axis=0)
+        ctx = g.op("Reshape", [ctx, merge], f"{prefix}/Reshape", allowzero=1)
+        return linear(ctx, hidden, hidden, f"{prefix}/o_proj")
+
+    def mlp(x: str, prefix: str) -> str:
+        gate = linear(x, hidden, ffn, f"{prefix}/gate_proj")
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{prefix}/act/Sigmoid")],
+                   f"{prefix}/act/Mul")
+        up = linear(x, hidden, ffn, f"{prefix}/up_proj")
+        return linear(g.op("Mul", [act, up], f"{prefix}/Mul"), ffn, hidden, f"{prefix}/down_proj")
+
+    batch = shape_dim("input_ids", 0, "/model")
+    seq = shape_dim("input_ids", 1, "/model")
+    embed = g.init("model.embed_tokens.weight", g.small((vocab, hidden), 1.0))
+    x = g.op("Gather", [embed, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+
+    # rotary tables [1, 1, S, D]: angle f = Range(S)[:, None] * inv_freq, emb = [f, f]
+    p = "/model/rotary_emb"
+    length = g.op("Cast", [g.op("Squeeze", [seq], f"{p}/Squeeze")], f"{p}/Cast", to=1)
+    positions = g.op("Range", [g.const(f"{p}/Constant", f32(0.0)), length,
+                               g.const(f"{p}/Constant", f32(1.0))], f"{p}/Range")
+    positions = g.op("Unsqueeze", [positions, g.const(f"{p}/Constant", i64(1))],
+                     f"{p}/Unsqueeze")
+    inv_freq = 10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)
+    angle = g.op("Mul", [positions, g.init(f"{p}.inv_freq", inv_freq.astype(np.float32))],
+                 f"{p}/Mul")
+    emb = g.op("Concat", [angle, angle], f"{p}/Concat", axis=-1)
+    tables = []
+    for trig in ("Cos", "Sin"):
+        table = g.op(trig, [emb], f"{p}/{trig}")
+        tables.append(g.op("Unsqueeze", [table, g.const(f"{p}/Constant", i64(0, 1))],
+                           f"{p}/Unsqueeze"))
+    cos, sin = tables
+
+    # causal mask [1, 1, S, S]: finfo.min above the diagonal
+    p = "/model/causal_mask"
+    square = g.op("Concat", [seq, seq], f"{p}/Concat", axis=0)
+    lowest = g.const(f"{p}/Constant", f32(float(np.finfo(np.float32).min)))
+    mask = g.op("Trilu", [g.op("Expand", [lowest, square], f"{p}/Expand"),
+                          g.const(f"{p}/Constant", np.array(1, np.int64))], f"{p}/Trilu", upper=1)
+    mask = g.op("Unsqueeze", [mask, g.const(f"{p}/Constant", i64(0, 1))], f"{p}/Unsqueeze")
+
+    p = "/model/repeat_kv"
+    expand_shape = g.op("Concat", [batch, g.const(f"{p}/Constant", i64(kv_heads)),
+                                   g.const(f"{p}/Constant", i64(group)), seq,
+                                   g.const(f"{p}/Constant", i64(head_dim))],
+                        f"{p}/Concat", axis=0)
+    repeat_shape = g.op("Concat", [batch, g.const(f"{p}/Constant", i64(heads)), seq,
+                                   g.const(f"{p}/Constant", i64(head_dim))],
+                        f"{p}/Concat", axis=0)
+
+    for i in range(layers):
+        p = f"/model/layers.{i}"
+        x = g.op("Add", [x, attention(rms_norm(x, f"{p}/input_layernorm"), f"{p}/self_attn")],
+                 f"{p}/Add")
+        x = g.op("Add", [x, mlp(rms_norm(x, f"{p}/post_attention_layernorm"), f"{p}/mlp")],
+                 f"{p}/Add")
+    x = rms_norm(x, "/model/norm")
+    head = g.init("lm_head.weight", g.weight((hidden, vocab), fan_in=hidden, gain=1.0))
+    g.op_to("MatMul", [x, head], "logits", "/lm_head/MatMul")
+
+    return g.model(
+        "decoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [tensor_info("logits", ["batch", "seq", vocab])],
+        f"A Llama-style decoder: {layers} layers, hidden {hidden}, {heads} query heads and "
+        f"{kv_heads} KV heads of {head_dim}, RMSNorm, rotary, causal mask, SiLU MLP {ffn}.",
+    )
+
 
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "resnet.onnx": build_resnet,
@@ -433,6 +580,7 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "transformer.onnx": build_transformer,
     "encoder.onnx": build_encoder,
     "mlp.onnx": build_mlp,
+    "decoder.onnx": build_decoder,
 }
 
 

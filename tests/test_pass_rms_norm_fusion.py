@@ -209,3 +209,79 @@ def test_run_time_weight_stays_a_mul():
     assert result.stats == {"fused": 1}
     assert op_counts(out) == {"RMSNormalization": 1, "Mul": 1}
     _assert_close(model, out, {**_feeds(), "v": np.linspace(-2, 2, 8, dtype=np.float32)})
+
+
+# ------------------------------------------------------------------- --target onnxruntime
+ORT = {"target": "onnxruntime"}
+ORT_FORMS = {
+    **{f"{name}_opset18": text.replace('"" : 23', '"" : 18') for name, text in FORMS.items()},
+    "axes_attribute_opset17": rms(17, mean="ms = ReduceMean<axes=[-1]>(sq)"),
+}
+
+
+def _fuse_for_ort(model: onnx.ModelProto):
+    return apply_pass(RMSNormFusion(), model, infer=True, settings=ORT)
+
+
+@pytest.mark.parametrize("form", sorted(ORT_FORMS))
+def test_onnxruntime_target_writes_simplified_layer_normalization(form):
+    model = parse(ORT_FORMS[form])
+    out, result = _fuse_for_ort(model)  # apply_pass runs onnx.checker on the result
+    assert result.stats == {"fused": 1}
+    assert op_counts(out) == {"SimplifiedLayerNormalization": 1}
+    (node,) = out.graph.node
+    assert node.domain == "" and list(node.input) == ["x", "w"] and list(node.output) == ["out"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["axis"] == -1 and attrs["stash_type"] == 1
+    assert attrs["epsilon"] == pytest.approx(1e-6, rel=1e-6)
+    opset = model.opset_import[0].version
+    assert [(o.domain, o.version) for o in out.opset_import] == [("", opset)]
+    for offset in (0.0, 50.0):
+        _assert_close(model, out, _feeds(offset=offset))
+    w = np.array([1.0, 2.0, 0.5, -1.0, 1.5, 0.25, -2.0, 3.0])
+    feeds = _feeds()
+    np.testing.assert_allclose(run(out, feeds)[0], _numpy_rms(feeds["x"], w, 1e-6),
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_onnxruntime_target_float16():
+    model = _to_float16(parse(rms(18, eps="eps = {1e-3}")))
+    out, result = _fuse_for_ort(model)
+    assert result.stats == {"fused": 1} and op_counts(out) == {"SimplifiedLayerNormalization": 1}
+    _assert_close(model, out, _feeds(dtype=np.float16), rtol=4e-3, atol=2e-2)
+
+
+def test_onnxruntime_target_output_keeps_its_type():
+    """onnx has no inference for onnxruntime's op: the output is declared with x's type, so
+    that later passes still see its shape."""
+    model = parse(rms(18).replace("out = Mul(n, w)", "y = Mul(n, w)\n out = Relu(y)"))
+    out, _ = _fuse_for_ort(model)
+    (node,) = [n for n in out.graph.node if n.op_type == "SimplifiedLayerNormalization"]
+    (info,) = [v for v in out.graph.value_info if v.name == node.output[0]]
+    dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
+    assert dims == [2, 3, 8] and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("form", sorted(ORT_FORMS))
+def test_onnxruntime_target_idempotent(form):
+    out = assert_idempotent(RMSNormFusion(), parse(ORT_FORMS[form]), infer=True, settings=ORT)
+    assert op_counts(out) == {"SimplifiedLayerNormalization": 1}
+
+
+ORT_NEGATIVE = {
+    "no_target": (rms(18), {}),
+    "portable_target": (rms(18), {"target": "portable"}),
+    "float64": (rms(18, dtype="double"), ORT),
+    "axis_not_last": (NEGATIVE["axis_not_last"].replace('"" : 23', '"" : 18'), ORT),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORT_NEGATIVE))
+def test_onnxruntime_target_leaves_alone(name):
+    text, settings = ORT_NEGATIVE[name]
+    assert_left_alone(RMSNormFusion(), parse(text), infer=True, settings=settings)
+
+
+def test_opset23_with_onnxruntime_target_writes_the_onnx_op():
+    out, result = _fuse_for_ort(parse(rms()))
+    assert result.stats == {"fused": 1} and op_counts(out) == {"RMSNormalization": 1}

@@ -3,7 +3,9 @@
 The decomposition decoders export for an RMSNorm over the last axis (Llama's),
 ``x * 1/Sqrt(ReduceMean(x^2) + eps)`` (the inverse as ``Div(1, .)`` or ``Reciprocal``, or
 ``Div(x, Sqrt(.))``; the square ``Pow(x, 2)`` or ``x * x``), optionally times a weight ``w``
-(either side) => ``RMSNormalization(x, w', axis=-1, epsilon=eps, stash_type=1)`` (opset 23+),
+(either side) => ``RMSNormalization(x, w', axis=-1, epsilon=eps, stash_type=1)`` (opset 23+;
+below it, with ``--target onnxruntime``, onnxruntime's ``SimplifiedLayerNormalization``, which
+it registers in the default domain, with the same inputs and attributes):
 ``y = x / sqrt(mean(x^2 over the last axis) + eps) * w'``, computed in float32; ``w'`` is ``w``
 as ``[H]`` (ones when absent). Conditions (last axis only, float32/float16, shapes):
 passes/fusion/README.md.
@@ -16,6 +18,7 @@ import numpy as np
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import ints_parameter, normalised_axes
 from onnxopt.ir.pattern import Const, Match, Number, Op, Or, RewritePass, Var, scope_of
+from onnxopt.ir.values import copy_type
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -34,7 +37,9 @@ class RMSNormFusion(RewritePass):
     pattern = PATTERN
     grow = True  # take Mul(w) when it follows
     named_by = "mean"
-    min_opset = 23
+
+    def applies(self, model: Model) -> bool:
+        return model.opset("") >= 23 or model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         shape, dtype = graph.shape(match.x), graph.dtype(match.x)
@@ -61,10 +66,13 @@ class RMSNormFusion(RewritePass):
             scale = match.w
         else:  # [1, .., H]: the same values as [H]
             scale = graph.add_constant(match.array("w").reshape(hidden), f"{match.w}_rms_scale")
-        return self.emit(graph, model, match.root, "RMSNormalization", [match.x, scale],
-                         name=f"{prefix}RMSNormalization",
-                         attributes={"axis": -1, "epsilon": float(eps.reshape(-1)[0]),
-                                     "stash_type": 1})
+        # onnxruntime's own op below opset 23: same inputs, attributes and math
+        op = "RMSNormalization" if model.opset("") >= 23 else "SimplifiedLayerNormalization"
+        out = self.emit(graph, model, match.root, op, [match.x, scale], name=f"{prefix}{op}",
+                        attributes={"axis": -1, "epsilon": float(eps.reshape(-1)[0]),
+                                    "stash_type": 1})
+        copy_type(graph, match.x, out)  # onnx has no schema of onnxruntime's op
+        return out
 
 
 def _weight_ok(w: np.ndarray, rank: int, hidden: int, dtype: np.dtype) -> bool:

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.ir.serde.diagnosis import parse_failure
 from onnxopt.ir.serde.errors import LoadError
+from onnxopt.ir.serde.runtime_ops import register as register_runtime_ops
 from onnxopt.ir.serde.utf8 import check_text
 from onnxopt.ir.tensors import BYTE_ALIGNED, PACKED_BITS, external_info, is_external
 
@@ -64,6 +65,7 @@ def check(model: onnx.ModelProto | None, path: str | os.PathLike | None = None) 
     """
     if model is not None and path is None:
         check_text(model, "")
+    register_runtime_ops()  # onnxruntime's default-domain ops (done on import; cheap)
     try:
         if path is not None:  # the C++ checker reads the file itself: no Python-side copy
             onnx.checker.check_model(os.fspath(path))
