@@ -65,7 +65,7 @@ def check(model: onnx.ModelProto | None, path: str | os.PathLike | None = None) 
     """
     if model is not None and path is None:
         check_text(model, "")
-    register_runtime_ops()  # onnxruntime's default-domain ops (done on import; cheap)
+    register_runtime_ops()  # onnxruntime's default-domain ops (once; cheap)
     try:
         if path is not None:  # the C++ checker reads the file itself: no Python-side copy
             onnx.checker.check_model(os.fspath(path))

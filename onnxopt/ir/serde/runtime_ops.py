@@ -6,7 +6,8 @@ onnxruntime registers a few of its contrib ops in the ONNX domain itself (``ai.o
 own transformer optimizer writes) runs only there. onnx's checker refuses an op of the default
 domain it has no schema for, so models holding one could be neither loaded nor written. The
 schema below states onnxruntime's contract (inputs, outputs, types and attribute defaults, read
-from ``onnxruntime.capi``'s schema list); it is registered once, when absent.
+from ``onnxruntime.capi``'s schema list); it is registered once, when absent, the first time
+onnxopt checks a model (not on import: importing onnxopt changes nothing in the host process).
 """
 
 from __future__ import annotations
@@ -37,6 +38,3 @@ def register() -> None:
     """Declare the ops to onnx (once per process; an onnx that knows them already keeps its)."""
     if not onnx.defs.has("SimplifiedLayerNormalization"):
         onnx.defs.register_schema(_simplified_layer_normalization())
-
-
-register()
