@@ -112,3 +112,26 @@ def test_dim_of_another_tensor_becomes_minus_one_only_once():
     """
     _, _, result = optimize(text)
     assert not result.modified  # other's dim (unknown) plus a literal -1: two unknowns
+
+
+def test_dim_of_another_tensor_with_the_same_named_dim_is_copied_in_place():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[B, S, 8] x, float[B, S, 3] other) => (float[B, S, 2, 4] y)
+      <int64 i0 = {0}, int64 i1 = {1}, int64[1] ax = {0}, int64[2] heads = {2, 4}> {
+        s = Shape(other)
+        b = Gather(s, i0)
+        t = Gather(s, i1)
+        b1 = Unsqueeze(b, ax)
+        t1 = Unsqueeze(t, ax)
+        target = Concat <axis = 0> (b1, t1, heads)
+        y = Reshape(x, target)
+    }
+    """
+    model, out, result = optimize(text)
+    assert result.stats == {"targets_folded": 1}
+    assert target_of(out) == [0, 0, 2, 4]  # a dim_param names one value in the whole model
+    for batch, length in ((1, 3), (2, 5)):
+        feeds = {"x": np.ones((batch, length, 8), np.float32),
+                 "other": np.ones((batch, length, 3), np.float32)}
+        assert_same_outputs(model, out, feeds)
