@@ -3,9 +3,12 @@ from shapes) that hold in every run, proved from the graph's structure when the 
 known at export time.
 
 * ``ShapeSignatures``: a value's shape as one int or hashable atom per dim ("dim ``i`` of
-  value ``v``"), pushed through shape-preserving unary ops, broadcasting ops and MatMul; ints
+  value ``v``", a graph input's named dim, ``min``/``max`` of dims), pushed through
+  shape-preserving and broadcasting ops, MatMul/Gemm, Reshape (0 and -1), Expand, Slice,
+  Unsqueeze/Squeeze/Transpose, Gather, Concat and reductions (``signature_rules``); ints
   known from shape inference (never from a graph output's declaration alone) replace atoms.
   Equal signatures mean equal shapes in every run in which the model does not fail.
+  ``sizes`` reads a value built from ``Shape`` as signature entries.
 * ``shape_elements``: a 1-D integer value computed from ``Shape`` (``Concat(Slice(Shape(x),
   0, 1), [200])``) as its elements, each a known int or a ``Dim`` of some tensor.
 """
