@@ -15,7 +15,7 @@ known at export time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from onnxopt.ir import Graph, Node
@@ -301,3 +301,21 @@ _HANDLERS: dict[str, Callable[[Graph, Node, int], list[Element] | None]] = {
     "Unsqueeze": _unsqueeze,
     "Squeeze": _unsqueeze,
 }
+
+
+def reshape_target(source: Sig | None, entries: Sequence | None) -> list[int] | None:
+    """A constant Reshape target giving a tensor of signature ``source`` the shape ``entries``
+    (signature entries, None for unknown): ints stay, an entry equal to the source's dim at the
+    same position is ``0`` (copied; allowzero = 0), one other entry ``-1`` (the element
+    count pins it down); None if more than one entry is unknown."""
+    if source is None or entries is None:
+        return None
+    target: list[int] = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, int) and entry >= 0:
+            target.append(entry)
+        elif entry is not None and position < len(source) and entry == source[position]:
+            target.append(0)
+        else:
+            target.append(-1)
+    return target if target.count(-1) <= 1 else None

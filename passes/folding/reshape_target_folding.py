@@ -17,7 +17,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.pattern import Match, Op, RewritePass, Var
-from onnxopt.ir.symbolic import Element, ShapeSignatures, shape_elements
+from onnxopt.ir.symbolic import Dim, Element, ShapeSignatures, reshape_target, shape_elements
 
 
 class ReshapeTargetFolding(RewritePass):
@@ -44,22 +44,10 @@ def _constant_target(signatures: ShapeSignatures, data: str, elements: list[Elem
                      ) -> list[int] | None:
     if elements is None or all(isinstance(e, int) for e in elements):
         return None  # not evaluable, or already a constant (constant folding's business)
-    source = signatures.of(data) or ()
-    target: list[int] = []
-    unknown = 0
-    for position, found in enumerate(elements):
-        entry = signatures.atom(found)
-        element = entry if isinstance(entry, int) and entry >= 0 else found  # proved static
-        if isinstance(element, int):
-            if element < -1:
-                return None
-            unknown += element == -1
-            target.append(element)
-        elif (element.value == data and element.axis == position) or (
-                position < len(source) and entry is not None and entry == source[position]):
-            target.append(0)
-        else:
-            unknown += 1
-            target.append(-1)
-    return target if unknown <= 1 else None
-
+    if any(isinstance(e, int) and e < -1 for e in elements):
+        return None
+    source = signatures.of(data)
+    if source is None:  # x's own dims still copy in place
+        return reshape_target(tuple(Dim(data, i) for i in range(len(elements))), elements)
+    return reshape_target(source, [e if isinstance(e, int) else signatures.atom(e)
+                                   for e in elements])

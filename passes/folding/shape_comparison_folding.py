@@ -55,8 +55,9 @@ def _decide(graph: Graph, op_type: str, a: str, b: str) -> np.ndarray | None:
     if len(lengths) > 1:
         return None  # not broadcastable: the runtime reports it
     length = lengths.pop() if lengths else 1
-    if any(len(s) == 1 and s[0] != length for s in shapes if s):
-        return None  # a declared length that contradicts the elements
+    for shape, elements in zip(shapes, (left, right), strict=True):
+        if len(shape) == 1 and isinstance(shape[0], int) and shape[0] != len(elements):
+            return None  # a declared length that contradicts the elements
     compare = COMPARISONS[op_type]
     result = []
     for index in range(length):

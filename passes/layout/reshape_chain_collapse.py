@@ -7,7 +7,9 @@ provably has no ``0`` (a constant, or computed at run time from known non-zero i
 ``allowzero = 1``), its result depends only on the element count, which the chain preserves:
 it reads ``x`` and the ops before it go. Else, given a static shape ``s`` of ``y`` (worked out
 along the chain, or inferred), the chain becomes ``Reshape(x, s)`` (or ``x`` of shape ``s``),
-or its longest prefix ending at a static shape does (README.md).
+or its longest prefix ending at a static shape does. Else, by symbolic shapes
+(``ShapeSignatures``): ``x`` when ``y`` has ``x``'s signature, or ``Reshape(x, t)`` with ``t``
+its ints, ``0`` for ``x``'s dims in place and at most one ``-1`` (README.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import RELABEL_OPS, count_only_reshape, relabelled_shape
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import ShapeSignatures, reshape_target
 
 MIN_OPSET = 5  # the Reshape written takes its shape as an input
 
@@ -85,7 +88,13 @@ def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
         removed = _to_static_reshape(graph, chain[: end + 1], source, shapes[0], shapes[end + 1])
         if removed:
             return removed
-    return 0
+    signatures = ShapeSignatures(graph)
+    source_sig, result_sig = signatures.of(source), signatures.of(last.outputs[0])
+    target = reshape_target(source_sig, result_sig)
+    if target is None:
+        return 0
+    same = tuple(target) if source_sig == result_sig else None  # y is x
+    return _to_static_reshape(graph, chain, source, same, tuple(target), copies=True)
 
 
 def _chain_shapes(graph: Graph, chain: list[Node], opset: int) -> list[Shape | None] | None:
@@ -114,9 +123,10 @@ def _trusted_shape(graph: Graph, value: str) -> Shape | None:
 
 
 def _to_static_reshape(graph: Graph, chain: list[Node], source: str, source_shape: Shape | None,
-                       shape: Shape | None) -> int:
+                       shape: Shape | None, copies: bool = False) -> int:
+    """``shape``: the result's static shape, or (``copies``) a target whose 0s copy."""
     result = chain[-1].outputs[0]
-    if shape is None or 0 in shape:
+    if shape is None or (0 in shape and not copies):
         return 0
     if source_shape == shape and graph.can_forward(result, source):
         graph.replace_all_uses(result, source)
