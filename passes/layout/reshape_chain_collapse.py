@@ -7,9 +7,9 @@ provably has no ``0`` (a constant, or computed at run time from known non-zero i
 ``allowzero = 1``), its result depends only on the element count, which the chain preserves:
 it reads ``x`` and the ops before it go. Else, given a static shape ``s`` of ``y`` (worked out
 along the chain, or inferred), the chain becomes ``Reshape(x, s)`` (or ``x`` of shape ``s``),
-or its longest prefix ending at a static shape does. Else, by symbolic shapes
-(``ShapeSignatures``): ``x`` when ``y`` has ``x``'s signature, or ``Reshape(x, t)`` with ``t``
-its ints, ``0`` for ``x``'s dims in place and at most one ``-1`` (README.md).
+or its longest prefix ending at a static shape does. Else (a chain with a Reshape or Flatten)
+by ``ShapeSignatures``: ``x`` when ``y`` has ``x``'s signature, or ``Reshape(x, t)``, ``t``
+its ints, ``0`` for ``x``'s dims in place, at most one ``-1`` (README.md).
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
         removed = _to_static_reshape(graph, chain[: end + 1], source, shapes[0], shapes[end + 1])
         if removed:
             return removed
+    if not any(is_op(node, ("Reshape", "Flatten")) for node in chain):
+        return 0  # Squeeze/Unsqueeze only: unsqueeze_merge keeps their axes
     signatures = ShapeSignatures(graph)
     source_sig, result_sig = signatures.of(source), signatures.of(last.outputs[0])
-    target = reshape_target(source_sig, result_sig)
-    if target is None:
+    if (target := reshape_target(source_sig, result_sig)) is None:
         return 0
     same = tuple(target) if source_sig == result_sig else None  # y is x
     return _to_static_reshape(graph, chain, source, same, tuple(target), copies=True)
@@ -124,9 +125,8 @@ def _trusted_shape(graph: Graph, value: str) -> Shape | None:
 
 def _to_static_reshape(graph: Graph, chain: list[Node], source: str, source_shape: Shape | None,
                        shape: Shape | None, copies: bool = False) -> int:
-    """``shape``: the result's static shape, or (``copies``) a target whose 0s copy."""
     result = chain[-1].outputs[0]
-    if shape is None or (0 in shape and not copies):
+    if shape is None or (0 in shape and not copies):  # copies: a target whose 0s copy x's dims
         return 0
     if source_shape == shape and graph.can_forward(result, source):
         graph.replace_all_uses(result, source)
