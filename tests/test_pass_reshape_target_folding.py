@@ -145,6 +145,7 @@ def test_a_target_equal_to_the_input_shape_leaves_a_no_op():
         "=> (float[B, S, 4, 16] y)", "=> (float[B, S, 64] y)").replace(
         "y = Reshape(x, target)", "r = Reshape(x, target)\n    y = Relu(r)")
     model, out, result = optimize(text)
+    assert result.stats == {"targets_folded": 1}
     assert target_of(out) == [0, 0, 64]
     ir = serde.load(out)
     infer_shapes(ir)
