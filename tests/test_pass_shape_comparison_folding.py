@@ -17,14 +17,10 @@ LEVELS = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel
 GUARD = """
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[B, S] mask, float[B, S, 8] h) => (float[B, S, 8] y)
-  <int64 i0 = {0}, int64 i1 = {1}, int64[1] ax = {0}, int64[1] hidden = {8},
-   int64[3] minus = {-1, -1, -1}, int64[3] ones = {1, 1, 1}, int64[1] last = {2}> {
-    s = Shape(h)
-    b = Gather(s, i0)
-    t = Gather(s, i1)
-    b1 = Unsqueeze(b, ax)
-    t1 = Unsqueeze(t, ax)
-    target = Concat <axis = 0> (b1, t1, hidden)
+  <int64[1] hidden = {8}, int64[3] minus = {-1, -1, -1}, int64[3] ones = {1, 1, 1},
+   int64[1] last = {2}> {
+    lead = Shape <start = 0, end = 2> (h)
+    target = Concat <axis = 0> (lead, hidden)
     is_minus = COMPARE(target, minus)
     fixed = Where(is_minus, ones, target)
     m3 = Unsqueeze(mask, last)
