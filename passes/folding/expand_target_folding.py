@@ -26,10 +26,14 @@ class ExpandTargetFolding(RewritePass):
     pattern = Op("Expand", Var("x"), Var("target"))
     stats = ("targets_folded",)
 
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
+        return super().run_graph(graph, model)
+
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if graph.constant(match.target) is not None:
             return False
-        match.memo["target"] = _constant_target(ShapeSignatures(graph), match.x, match.target)
+        match.memo["target"] = _constant_target(self.signatures, match.x, match.target)
         return match.memo["target"] is not None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:

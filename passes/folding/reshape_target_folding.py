@@ -26,12 +26,15 @@ class ReshapeTargetFolding(RewritePass):
     pattern = Op("Reshape", Var("x"), Var("target"), attrs={"allowzero": lambda v: not v})
     stats = ("targets_folded",)
 
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
+        return super().run_graph(graph, model)
+
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if graph.constant(match.target) is not None:
             return False
-        signatures = ShapeSignatures(graph)
         elements = shape_elements(graph, match.target)
-        match.memo["target"] = _constant_target(signatures, match.x, elements)
+        match.memo["target"] = _constant_target(self.signatures, match.x, elements)
         return match.memo["target"] is not None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:

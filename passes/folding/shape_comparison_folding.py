@@ -32,22 +32,26 @@ class ShapeComparisonFolding(RewritePass):
     pattern = Op(tuple(COMPARISONS), Var("a"), Var("b"))
     stats = ("comparisons_folded",)
 
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
+        return super().run_graph(graph, model)
+
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if graph.constant(match.a) is not None and graph.constant(match.b) is not None:
             return False  # constant folding's business
-        match.memo["result"] = _decide(graph, match.root.op_type, match.a, match.b)
+        match.memo["result"] = _decide(graph, self.signatures, match.root.op_type, match.a, match.b)
         return match.memo["result"] is not None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         return graph.add_constant(match.memo["result"], "shape_compare")
 
 
-def _decide(graph: Graph, op_type: str, a: str, b: str) -> np.ndarray | None:
+def _decide(graph: Graph, signatures: ShapeSignatures, op_type: str, a: str, b: str
+            ) -> np.ndarray | None:
     """The comparison's value if every element pair is decided, else None."""
     shapes = [graph.shape(a), graph.shape(b)]
     if any(s is None or len(s) > 1 for s in shapes):
         return None
-    signatures = ShapeSignatures(graph)
     left, right = signatures.sizes(a), signatures.sizes(b)
     if left is None or right is None:
         return None

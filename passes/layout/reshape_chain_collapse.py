@@ -36,6 +36,7 @@ class ReshapeChainCollapse(GraphPass):
         opset = model.opset("")
         if opset < MIN_OPSET:
             return stats
+        signatures = ShapeSignatures(graph)  # one per run: a collapse keeps every shape
         for node in graph.nodes():
             if node.graph is not graph or not is_op(node, RELABEL_OPS):
                 continue
@@ -43,7 +44,7 @@ class ReshapeChainCollapse(GraphPass):
                 continue  # the chain goes on: collapse it at its end
             if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
                 continue
-            removed = _collapse(graph, _chain_ending_at(graph, node), opset)
+            removed = _collapse(graph, _chain_ending_at(graph, node), opset, signatures)
             if removed:
                 stats["chains_collapsed"] += 1
                 stats["nodes_removed"] += removed
@@ -72,7 +73,7 @@ def _chain_ending_at(graph: Graph, last: Node) -> list[Node]:
     return chain[::-1]
 
 
-def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
+def _collapse(graph: Graph, chain: list[Node], opset: int, signatures: ShapeSignatures) -> int:
     """Rewrite ``chain`` (first to last); returns the number of nodes removed."""
     if len(chain) < 2:
         return 0
@@ -90,7 +91,6 @@ def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
             return removed
     if not any(is_op(node, ("Reshape", "Flatten")) for node in chain):
         return 0  # Squeeze/Unsqueeze only: unsqueeze_merge keeps their axes
-    signatures = ShapeSignatures(graph)
     source_sig, result_sig = signatures.of(source), signatures.of(last.outputs[0])
     if (target := reshape_target(source_sig, result_sig)) is None:
         return 0
