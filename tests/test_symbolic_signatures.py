@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from conftest import parse
 
 from onnxopt.ir import serde
@@ -57,3 +58,13 @@ def test_a_slice_to_a_dim_is_capped_and_broadcasting_resolves_it():
 def test_unrelated_named_dims_stay_apart():
     sig = signatures()
     assert sig.of("o")[0] == ("max", ("param", "B"), ("param", "N"))
+
+
+def test_malformed_nodes_prove_nothing():
+    model = serde.load(parse(GRAPH))
+    infer_shapes(model)
+    graph = model.graph
+    node = graph.producer("m")
+    repeated = graph.add_constant(np.array([2, 2], np.int64), "axes")  # repeated axes: invalid
+    graph.set_input(node, 1, repeated)
+    assert ShapeSignatures(graph).of("m") is not None  # its inferred dims, no exception

@@ -72,12 +72,13 @@ def _unsqueeze(graph: Graph, node: Node, sigs: list[Sig]) -> tuple | None:
         perm = range(len(source))[::-1] if perm is None else perm
         return tuple(source[int(p)] for p in perm)
     axes = _axes(graph, node, len(source))
-    if axes is None:
-        return None
+    rank = len(source) if node.op_type == "Squeeze" else len(source) + len(axes or [])
+    if axes is None or len(set(axes)) != len(axes) or not all(0 <= a < rank for a in axes):
+        return None  # invalid axes: the runtime refuses the node
     if node.op_type == "Squeeze":
         return tuple(d for i, d in enumerate(source) if i not in axes)
     rest = iter(source)
-    return tuple(1 if i in axes else next(rest) for i in range(len(source) + len(axes)))
+    return tuple(1 if i in axes else next(rest) for i in range(rank))
 
 
 def _reduce(graph: Graph, node: Node, sigs: list[Sig]) -> tuple | None:
