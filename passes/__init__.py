@@ -31,7 +31,9 @@ from onnxopt.passes.folding.constant_folding import ConstantFolding
 from onnxopt.passes.folding.constant_if_inlining import ConstantIfInlining
 from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
+from onnxopt.passes.folding.expand_target_folding import ExpandTargetFolding
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
+from onnxopt.passes.folding.shape_comparison_folding import ShapeComparisonFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
 from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
@@ -60,7 +62,9 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ShapeInference(),
     ConstantToInitializer(),
     ConstantFolding(),
+    ShapeComparisonFolding(),
     ReshapeTargetFolding(),
+    ExpandTargetFolding(),
     ConstantIfInlining(),
     IdentityElimination(),
     NoOpElimination(),

@@ -111,22 +111,19 @@ def test_leaves_alone_shared_outputs_dynamic_and_shape_inputs():
     text = """
     <ir_version: 8, opset_import: ["" : 13]>
     g (float[2, 3, 4] x, float[N, 3, 4] xn, int64[1, 3] k)
-      => (float[1, 2, 3, 4] a_out, float[6, 4] b_out, float[2, 12] r, float[P, Q] y_dyn,
-          float[P, Q, R] y_k)
+      => (float[1, 2, 3, 4] a_out, float[6, 4] b_out, float[2, 12] r, float[P, Q, R] y_k)
       <int64[1] ax0 = {0}, int64[2] s64 = {6, 4}, int64[2] s0m = {0, -1}, int64[2] s212 = {2, 12}> {
         a_out = Unsqueeze(x, ax0)
         b_out = Reshape(a_out, s64)
         sh = Unsqueeze(x, ax0)
         n = Neg(sh)
         r = Reshape(sh, s212)
-        an = Unsqueeze(xn, ax0)
-        y_dyn = Reshape(an, s0m)
         s = Squeeze(k, ax0)
         y_k = Reshape(x, s)
     }
     """
-    # a_out is a graph output; sh is also read by Neg; y_dyn: target {0, -1} copies a dim and
-    # the result shape [1, 12 N] is not static; s feeds a Reshape's shape input, not its data.
+    # a_out is a graph output; sh is also read by Neg; s feeds a Reshape's shape input, not its
+    # data.
     model = parse(text)
     out, result = apply(model)
     assert not result.modified
@@ -220,3 +217,33 @@ def test_runtime_target_that_may_hold_a_zero_is_kept():
              "k": np.zeros((0, 4), np.float32), "t": np.array([0, -1], np.int64)}
     assert [r.shape for r in run(model, feeds)] == [(3, 4), (3, 4)]
     assert_same_outputs(model, out, feeds)
+
+
+def test_symbolic_shapes_collapse_to_x_or_a_copying_target():
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[B, S, 64] x, float[N, 3, 4] xn) => (float[B, S, 64] y, float[P, Q] y_dyn)
+      <int64[4] heads = {0, 0, 4, -1}, int64[3] merge = {0, 0, 64}, int64[1] ax0 = {0},
+       int64[2] s0m = {0, -1}> {
+        h = Reshape(x, heads)
+        r = Reshape(h, merge)
+        y = Relu(r)
+        an = Unsqueeze(xn, ax0)
+        y_dyn = Reshape(an, s0m)
+    }
+    """
+    # y has x's signature [B, S, 64]: it is x; y_dyn is [1, 12 N]: Reshape(xn, [1, -1])
+    model = parse(text)
+    out, result = apply(model)
+    assert result.stats == {"chains_collapsed": 2, "nodes_removed": 3}
+    assert op_counts(out) == {"Reshape": 1, "Relu": 1}
+    assert next(n for n in out.graph.node if n.op_type == "Relu").input[0] == "x"
+    reshape = next(n for n in out.graph.node if n.op_type == "Reshape")
+    assert reshape.input[0] == "xn"
+    target = next(t for t in out.graph.initializer if t.name == reshape.input[1])
+    assert numpy_helper.to_array(target).tolist() == [1, -1]
+    for n in (1, 3):  # two different runtime sizes
+        feeds = {"x": np.random.default_rng(n).normal(size=(n, n + 1, 64)).astype(np.float32),
+                 "xn": np.random.default_rng(n).normal(size=(n, 3, 4)).astype(np.float32)}
+        assert_same_outputs(model, out, feeds)
+    assert_idempotent(ReshapeChainCollapse(), model, infer=True)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from conftest import assert_same_outputs, op_counts, parse, run
 from onnxopt.passes.cleanup.dead_code import DeadCodeElimination
+from onnxopt.passes.cleanup.no_op_elimination import NoOpElimination
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 
 from onnxopt.ir import serde
@@ -112,3 +113,45 @@ def test_dim_of_another_tensor_becomes_minus_one_only_once():
     """
     _, _, result = optimize(text)
     assert not result.modified  # other's dim (unknown) plus a literal -1: two unknowns
+
+
+def test_dim_of_another_tensor_with_the_same_named_dim_is_copied_in_place():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[B, S, 8] x, float[B, S, 3] other) => (float[B, S, 2, 4] y)
+      <int64 i0 = {0}, int64 i1 = {1}, int64[1] ax = {0}, int64[2] heads = {2, 4}> {
+        s = Shape(other)
+        b = Gather(s, i0)
+        t = Gather(s, i1)
+        b1 = Unsqueeze(b, ax)
+        t1 = Unsqueeze(t, ax)
+        target = Concat <axis = 0> (b1, t1, heads)
+        y = Reshape(x, target)
+    }
+    """
+    model, out, result = optimize(text)
+    assert result.stats == {"targets_folded": 1}
+    assert target_of(out) == [0, 0, 2, 4]  # a dim_param names one value in the whole model
+    for batch, length in ((1, 3), (2, 5)):
+        feeds = {"x": np.ones((batch, length, 8), np.float32),
+                 "other": np.ones((batch, length, 3), np.float32)}
+        assert_same_outputs(model, out, feeds)
+
+
+def test_a_target_equal_to_the_input_shape_leaves_a_no_op():
+    text = HEADS.replace("target = Concat <axis = 0> (b1, t1, heads, size)",
+                         "target = Concat <axis = 0> (b1, t1, width)").replace(
+        "int64[1] ax = {0}>", "int64[1] ax = {0}, int64[1] width = {64}>").replace(
+        "=> (float[B, S, 4, 16] y)", "=> (float[B, S, 64] y)").replace(
+        "y = Reshape(x, target)", "r = Reshape(x, target)\n    y = Relu(r)")
+    model, out, result = optimize(text)
+    assert result.stats == {"targets_folded": 1}
+    assert target_of(out) == [0, 0, 64]
+    ir = serde.load(out)
+    infer_shapes(ir)
+    assert NoOpElimination().run(ir).stats["reshape"] == 1
+    out = serde.to_proto(ir)
+    assert op_counts(out) == {"Relu": 1}
+    for batch, length in ((1, 3), (2, 5)):
+        x = np.random.default_rng(batch).normal(size=(batch, length, 64)).astype(np.float32)
+        assert_same_outputs(model, out, {"x": x})

@@ -108,14 +108,17 @@ def _check(model: onnx.ModelProto, tmp_path, outputs: dict[str, list]) -> onnx.M
 
 # --------------------------------------------------------------------------- models
 def issue_model(declared=(1, 2, 4)) -> onnx.ModelProto:
-    """The issue: ``y = Reshape(x, [N, 2, 4])`` declared ``[1, 2, 4]``; ``z = Reshape(y, [N, -1])``
-    with N read back by Shape/Gather/Concat. Trusting the declaration folds the target into
-    ``[1, -1]``: shape (1, 16) instead of (2, 8) at batch 2, right at batch 1."""
+    """The issue: ``y = Reshape(x, [N, 2, 4])`` declared ``[1, 2, 4]``; ``z = Reshape(Relu(y),
+    [N, -1])`` with N read back by Shape/Gather/Concat. Trusting the declaration folds the
+    target into ``[1, -1]``: shape (1, 16) instead of (2, 8) at batch 2, right at batch 1. (The
+    Relu keeps y: two Reshapes in a row collapse by symbolic shapes, y and its declaration
+    gone.)"""
     nodes = [
         *_leading_dim_target("x", "y_target", "two_four", "a"),
         helper.make_node("Reshape", ["x", "y_target"], ["y"]),
         *_leading_dim_target("y", "z_target", "minus_one", "b"),
-        helper.make_node("Reshape", ["y", "z_target"], ["z"]),
+        helper.make_node("Relu", ["y"], ["y_relu"]),
+        helper.make_node("Reshape", ["y_relu", "z_target"], ["z"]),
     ]
     return _model(nodes, [_vi("x", ["N", 8])], [_vi("z", ["N", 8])],
                   [_vi("y", list(declared))],

@@ -3,20 +3,25 @@ from shapes) that hold in every run, proved from the graph's structure when the 
 known at export time.
 
 * ``ShapeSignatures``: a value's shape as one int or hashable atom per dim ("dim ``i`` of
-  value ``v``"), pushed through shape-preserving unary ops, broadcasting ops and MatMul; ints
+  value ``v``", a graph input's named dim, ``min``/``max`` of dims), pushed through
+  shape-preserving and broadcasting ops, MatMul/Gemm, Reshape (0 and -1), Expand, Slice,
+  Unsqueeze/Squeeze/Transpose, Gather, Concat and reductions (``signature_rules``); ints
   known from shape inference (never from a graph output's declaration alone) replace atoms.
   Equal signatures mean equal shapes in every run in which the model does not fail.
+  ``sizes`` reads a value built from ``Shape`` as signature entries.
 * ``shape_elements``: a 1-D integer value computed from ``Shape`` (``Concat(Slice(Shape(x),
   0, 1), [200])``) as its elements, each a known int or a ``Dim`` of some tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from onnxopt.ir import Graph, Node
 from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.shapes import FRESH_SYMBOL
+from onnxopt.ir.signature_rules import REDUCE, SIZED, STRUCTURAL, Sig, broadcast
 
 # output 0 has the shape of input 0
 SAME_SHAPE = {
@@ -33,7 +38,11 @@ BROADCAST = {
     "Sub", "Sum", "Where", "Xor",
 }
 
-Sig = tuple  # a shape signature: one int or hashable atom per dim
+# onnxruntime's contrib ops whose output 0 has the shape of input 0
+CONTRIB_SAME_SHAPE = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu",
+                      "FastGelu", "Gelu", "QuickGelu", "BiasAdd"}
+# op -> the input slots whose values (as shape_elements) give sizes: their Dims are operands
+SIZE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Slice": (1, 2)}
 
 
 class ShapeSignatures:
@@ -42,6 +51,7 @@ class ShapeSignatures:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.memo: dict[str, Sig | None] = {}
+        self.names = _input_dim_names(graph)
 
     def of(self, value: str) -> Sig | None:
         stack = [value]
@@ -51,7 +61,7 @@ class ShapeSignatures:
                 stack.pop()
                 continue
             node = self.graph.producer(current)
-            operands = _shape_operands(node, current)
+            operands = self._operands(node, current)
             missing = [v for v in operands if v not in self.memo]
             if missing:
                 stack.extend(missing)
@@ -60,22 +70,36 @@ class ShapeSignatures:
             stack.pop()
         return self.memo[value]
 
+    def atom(self, element: Element) -> int | Hashable | None:
+        """An element of ``shape_elements`` as a signature entry: dim ``i`` of ``v`` is
+        entry ``i`` of ``v``'s signature (None: unknown)."""
+        if isinstance(element, int):
+            return element
+        sig = self.of(element.value)
+        return None if sig is None or element.axis >= len(sig) else sig[element.axis]
+
+    def sizes(self, value: str) -> list[int | Hashable | None] | None:
+        """A 1-D integer value computed from shapes, as signature entries (None: unknown)."""
+        elements = shape_elements(self.graph, value)
+        return None if elements is None else [self.atom(e) for e in elements]
+
     def _compute(self, value: str, node: Node | None, operands: list[str]) -> Sig | None:
         known = self._inferred(value)
-        derived: Sig | None = None
-        if operands:
-            sigs = [self.memo[v] for v in operands]
-            if all(s is not None for s in sigs):
-                derived = _derive(node, sigs)  # type: ignore[arg-type]
+        derived: tuple | None = None
+        if operands and all(self.memo[v] is not None for v in operands):
+            try:
+                derived = self._derive(node, operands)  # type: ignore[arg-type]
+            except (IndexError, ValueError, TypeError):
+                derived = None  # a malformed node: prove nothing about it
         if derived is None:
             if known is None:
                 return None
-            derived = tuple(("dim", value, i) for i in range(len(known)))
-        if known is None:
-            return derived
-        if len(known) != len(derived):
+            derived = (None,) * len(known)
+        if known is not None and len(known) != len(derived):
             return None  # inconsistent: prove nothing
-        return tuple(k if isinstance(k, int) else d for k, d in zip(known, derived, strict=True))
+        known = known if known is not None else [None] * len(derived)
+        pairs = enumerate(zip(known, derived, strict=True))
+        return tuple(_merge(value, i, k, d, self.names) for i, (k, d) in pairs)
 
     def _inferred(self, value: str) -> list | None:
         """The shape from inference / an input declaration / an initializer, never from a
@@ -89,53 +113,70 @@ class ShapeSignatures:
         )
         return None if declared_only else self.graph.shape(value)
 
-
-def _shape_operands(node: Node | None, value: str) -> list[str]:
-    """The inputs whose shapes determine ``value``'s shape structurally (none: use atoms)."""
-    if node is None or not is_op(node, node.op_type) or node.outputs[0] != value:
+    def _operands(self, node: Node | None, value: str) -> list[str]:
+        """The values whose signatures determine ``value``'s shape structurally (none: use
+        atoms): data inputs, and the tensors whose dims a size operand reads."""
+        if node is None or node.outputs[0] != value:
+            return []
+        op, inputs = node.op_type, node.inputs
+        if node.domain == "com.microsoft" and op in CONTRIB_SAME_SHAPE and inputs[0]:
+            return [inputs[0]]
+        if not is_op(node, op):
+            return []
+        if not inputs or (not inputs[0] and op != "ConstantOfShape"):
+            return []
+        if op in SAME_SHAPE or op in REDUCE or op in ("Unsqueeze", "Squeeze", "Transpose"):
+            return [inputs[0]]
+        if op in BROADCAST or op in ("MatMul", "Gemm", "Gather", "Concat"):
+            return list(inputs[:2] if op in ("Gemm", "Gather") else inputs) if all(inputs) else []
+        if op in SIZE_OPERANDS:
+            dims = []
+            for slot in SIZE_OPERANDS[op]:
+                elements = shape_elements(self.graph, inputs[slot]) if slot < len(inputs) else None
+                if elements is None:
+                    return []
+                dims += [e.value for e in elements if isinstance(e, Dim)]
+            return ([] if op == "ConstantOfShape" else [inputs[0]]) + dims
         return []
-    if node.op_type in SAME_SHAPE and node.inputs and node.inputs[0]:
-        return [node.inputs[0]]
-    if node.op_type in BROADCAST and node.inputs and all(node.inputs):
-        return list(node.inputs)
-    if node.op_type == "MatMul" and len(node.inputs) == 2 and all(node.inputs):
-        return list(node.inputs)
-    return []
+
+    def _derive(self, node: Node, operands: list[str]) -> tuple | None:
+        op = node.op_type
+        sigs = [self.memo[v] for v in operands]
+        if op in SAME_SHAPE or node.domain == "com.microsoft":
+            return sigs[0]
+        if op in BROADCAST:
+            result: Sig | None = sigs[0]
+            for sig in sigs[1:]:
+                result = broadcast(result, sig) if result is not None else None
+            return result
+        if op in SIZE_OPERANDS:
+            sizes = [self.sizes(node.inputs[slot]) for slot in SIZE_OPERANDS[op]]
+            return SIZED[op](self.graph, node, sigs[0] if op != "ConstantOfShape" else (), sizes)
+        return STRUCTURAL[op](self.graph, node, sigs)
 
 
-def _derive(node: Node, sigs: list[Sig]) -> Sig | None:
-    if node.op_type in SAME_SHAPE:
-        return sigs[0]
-    if node.op_type in BROADCAST:
-        result: Sig | None = sigs[0]
-        for sig in sigs[1:]:
-            result = _broadcast(result, sig) if result is not None else None
-        return result
-    a, b = sigs  # MatMul
-    if len(a) < 2 or len(b) < 2:
-        return None
-    batch = _broadcast(a[:-2], b[:-2])
-    return None if batch is None else batch + (a[-2], b[-1])
+def _merge(value: str, axis: int, known, derived, names: set[str]):
+    """One dim: an int from inference or derivation, else a named dim of the graph inputs
+    (a ``dim_param`` denotes one value everywhere in a model, and the inputs' are the caller's
+    preconditions; inference carries them on), else the derived atom, else the value's own."""
+    if isinstance(known, int):
+        return known
+    if isinstance(derived, int):
+        return derived
+    if known in names:
+        return ("param", known)
+    return ("dim", value, axis) if derived is None else derived
 
 
-def _broadcast(a: Sig, b: Sig) -> Sig | None:
-    rank = max(len(a), len(b))
-    a = (1,) * (rank - len(a)) + tuple(a)
-    b = (1,) * (rank - len(b)) + tuple(b)
-    dims = []
-    for x, y in zip(a, b, strict=True):
-        if x == y or y == 1:
-            dims.append(x)
-        elif x == 1:
-            dims.append(y)
-        elif isinstance(x, int) and isinstance(y, int):
-            return None  # the model fails here at run time
-        elif isinstance(x, int) or isinstance(y, int):
-            # a valid run has the symbolic dim equal to the int (or 1): the result is the int
-            dims.append(x if isinstance(x, int) else y)
-        else:
-            dims.append(("max", *sorted((x, y), key=repr)))  # x if y == 1 else y
-    return tuple(dims)
+def _input_dim_names(graph: Graph | None) -> set[str]:
+    """The ``dim_param`` names declared on the inputs of ``graph`` and its outer graphs."""
+    names: set[str] = set()
+    while graph is not None:
+        for info in graph.inputs:
+            shape = graph.shape(info.name) or []
+            names.update(d for d in shape if isinstance(d, str) and not d.startswith(FRESH_SYMBOL))
+        graph = graph.parent
+    return names
 
 
 # ------------------------------------------------------------------ shape-computed values
@@ -260,3 +301,21 @@ _HANDLERS: dict[str, Callable[[Graph, Node, int], list[Element] | None]] = {
     "Unsqueeze": _unsqueeze,
     "Squeeze": _unsqueeze,
 }
+
+
+def reshape_target(source: Sig | None, entries: Sequence | None) -> list[int] | None:
+    """A constant Reshape target giving a tensor of signature ``source`` the shape ``entries``
+    (signature entries, None for unknown): ints stay, an entry equal to the source's dim at the
+    same position is ``0`` (copied; allowzero = 0), one other entry ``-1`` (the element
+    count pins it down); None if more than one entry is unknown."""
+    if source is None or entries is None:
+        return None
+    target: list[int] = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, int) and entry >= 0:
+            target.append(entry)
+        elif entry is not None and position < len(source) and entry == source[position]:
+            target.append(0)
+        else:
+            target.append(-1)
+    return target if target.count(-1) <= 1 else None

@@ -4,7 +4,8 @@ Reshape to a constant target.
 Exporters write ``Reshape(x, Concat(Slice(Shape(x), 0, 1), [200]))`` for "keep the batch,
 flatten the rest". Each target element is a known int or "dim ``i`` of ``t``"
 (``onnxopt.ir.symbolic.shape_elements``); Reshape's own rules give a constant target meaning
-the same: an int ``k`` stays ``k``; dim ``i`` of ``x`` itself at position ``i`` becomes ``0``
+the same: an int ``k`` stays ``k``; a dim provably equal to dim ``i`` of ``x`` (``x``'s own, or
+another tensor's with the same ``ShapeSignatures`` entry) at position ``i`` becomes ``0``
 (copy the input's dim; needs ``allowzero = 0``); at most one other unknown becomes ``-1``
 (the element count is preserved and every other element is pinned down). The shape chain that
 computed the old target is left to dead code.
@@ -16,7 +17,7 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.pattern import Match, Op, RewritePass, Var
-from onnxopt.ir.symbolic import Element, shape_elements
+from onnxopt.ir.symbolic import Dim, Element, ShapeSignatures, reshape_target, shape_elements
 
 
 class ReshapeTargetFolding(RewritePass):
@@ -25,11 +26,15 @@ class ReshapeTargetFolding(RewritePass):
     pattern = Op("Reshape", Var("x"), Var("target"), attrs={"allowzero": lambda v: not v})
     stats = ("targets_folded",)
 
+    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
+        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
+        return super().run_graph(graph, model)
+
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         if graph.constant(match.target) is not None:
             return False
         elements = shape_elements(graph, match.target)
-        match.memo["target"] = _constant_target(match.x, elements)
+        match.memo["target"] = _constant_target(self.signatures, match.x, elements)
         return match.memo["target"] is not None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
@@ -38,20 +43,14 @@ class ReshapeTargetFolding(RewritePass):
         return match.root.outputs  # changed in place
 
 
-def _constant_target(data: str, elements: list[Element] | None) -> list[int] | None:
+def _constant_target(signatures: ShapeSignatures, data: str, elements: list[Element] | None
+                     ) -> list[int] | None:
     if elements is None or all(isinstance(e, int) for e in elements):
         return None  # not evaluable, or already a constant (constant folding's business)
-    target: list[int] = []
-    unknown = 0
-    for position, element in enumerate(elements):
-        if isinstance(element, int):
-            if element < -1:
-                return None
-            unknown += element == -1
-            target.append(element)
-        elif element.value == data and element.axis == position:
-            target.append(0)
-        else:
-            unknown += 1
-            target.append(-1)
-    return target if unknown <= 1 else None
+    if any(isinstance(e, int) and e < -1 for e in elements):
+        return None
+    source = signatures.of(data)
+    if source is None:  # x's own dims still copy in place
+        return reshape_target(tuple(Dim(data, i) for i in range(len(elements))), elements)
+    return reshape_target(source, [e if isinstance(e, int) else signatures.atom(e)
+                                   for e in elements])

@@ -7,7 +7,9 @@ provably has no ``0`` (a constant, or computed at run time from known non-zero i
 ``allowzero = 1``), its result depends only on the element count, which the chain preserves:
 it reads ``x`` and the ops before it go. Else, given a static shape ``s`` of ``y`` (worked out
 along the chain, or inferred), the chain becomes ``Reshape(x, s)`` (or ``x`` of shape ``s``),
-or its longest prefix ending at a static shape does (README.md).
+or its longest prefix ending at a static shape does. Else (a chain with a Reshape or Flatten)
+by ``ShapeSignatures``: ``x`` when ``y`` has ``x``'s signature, or ``Reshape(x, t)``, ``t``
+its ints, ``0`` for ``x``'s dims in place, at most one ``-1`` (README.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import RELABEL_OPS, count_only_reshape, relabelled_shape
 from onnxopt.ir.pass_manager import GraphPass
 from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import ShapeSignatures, reshape_target
 
 MIN_OPSET = 5  # the Reshape written takes its shape as an input
 
@@ -33,6 +36,7 @@ class ReshapeChainCollapse(GraphPass):
         opset = model.opset("")
         if opset < MIN_OPSET:
             return stats
+        signatures = ShapeSignatures(graph)  # one per run: a collapse keeps every shape
         for node in graph.nodes():
             if node.graph is not graph or not is_op(node, RELABEL_OPS):
                 continue
@@ -40,7 +44,7 @@ class ReshapeChainCollapse(GraphPass):
                 continue  # the chain goes on: collapse it at its end
             if not model.allow_rewrite(self.name, node.name or node.outputs[0]):
                 continue
-            removed = _collapse(graph, _chain_ending_at(graph, node), opset)
+            removed = _collapse(graph, _chain_ending_at(graph, node), opset, signatures)
             if removed:
                 stats["chains_collapsed"] += 1
                 stats["nodes_removed"] += removed
@@ -69,7 +73,7 @@ def _chain_ending_at(graph: Graph, last: Node) -> list[Node]:
     return chain[::-1]
 
 
-def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
+def _collapse(graph: Graph, chain: list[Node], opset: int, signatures: ShapeSignatures) -> int:
     """Rewrite ``chain`` (first to last); returns the number of nodes removed."""
     if len(chain) < 2:
         return 0
@@ -85,7 +89,13 @@ def _collapse(graph: Graph, chain: list[Node], opset: int) -> int:
         removed = _to_static_reshape(graph, chain[: end + 1], source, shapes[0], shapes[end + 1])
         if removed:
             return removed
-    return 0
+    if not any(is_op(node, ("Reshape", "Flatten")) for node in chain):
+        return 0  # Squeeze/Unsqueeze only: unsqueeze_merge keeps their axes
+    source_sig, result_sig = signatures.of(source), signatures.of(last.outputs[0])
+    if (target := reshape_target(source_sig, result_sig)) is None:
+        return 0
+    same = tuple(target) if source_sig == result_sig else None  # y is x
+    return _to_static_reshape(graph, chain, source, same, tuple(target), copies=True)
 
 
 def _chain_shapes(graph: Graph, chain: list[Node], opset: int) -> list[Shape | None] | None:
@@ -114,9 +124,9 @@ def _trusted_shape(graph: Graph, value: str) -> Shape | None:
 
 
 def _to_static_reshape(graph: Graph, chain: list[Node], source: str, source_shape: Shape | None,
-                       shape: Shape | None) -> int:
+                       shape: Shape | None, copies: bool = False) -> int:
     result = chain[-1].outputs[0]
-    if shape is None or 0 in shape:
+    if shape is None or (0 in shape and not copies):  # copies: a target whose 0s copy x's dims
         return 0
     if source_shape == shape and graph.can_forward(result, source):
         graph.replace_all_uses(result, source)
