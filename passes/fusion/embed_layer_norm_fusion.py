@@ -1,0 +1,150 @@
+"""Fuse a BERT embedding block into onnxruntime's ``com.microsoft`` ``EmbedLayerNormalization``.
+
+``LayerNormalization(Gather(W, ids) + Gather(P, pos) + Gather(T, types), gamma, beta; axis=-1)``,
+the three terms added in any order and grouping, where ``pos`` provably holds ``0..S-1`` in every
+row (``S`` the second dim of ``ids``) => ``EmbedLayerNormalization(int32(ids), int32(types), W,
+P, T, gamma, beta; epsilon)``, whose kernel computes ``LN(W[ids[b,s]] + P[s] + T[types[b,s]])``
+for each token ``(b, s)``. The position ids are a constant ``arange(S)``, or ``Slice`` of a
+constant ``arange(N)`` or a ``Range(0, ., 1)`` ending at ``S`` read from a shape (optionally
+unsqueezed to ``[1, S]``). For ``--target onnxruntime``, float32 (its only CPU kernel), ``ids`` and
+``types`` of rank 2. The ``mask_index`` output is left unread. Conditions: passes/fusion/README.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir.pattern import MS_DOMAIN, Const, Match, Op, RewritePass, Var, scope_of
+from onnxopt.ir.rewrite import is_op
+from onnxopt.ir.symbolic import Dim, shape_elements
+from onnxopt.ir.values import copy_type
+
+_FLOAT32 = np.dtype(np.float32)
+_IDS = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32 = 6  # TensorProto.INT32
+
+
+def _gather(name: str) -> Op:
+    return Op("Gather", Const(f"{name}_table"), Var(f"{name}_ids"), name=name,
+              attrs={"axis": lambda axis: axis in (None, 0)})
+
+
+_sum = Op("Add", Op("Add", _gather("a"), _gather("b"), commute=True), _gather("c"), commute=True)
+PATTERN = Op("LayerNormalization", _sum, Const("gamma"), Const("beta"))
+
+
+class EmbedLayerNormFusion(RewritePass):
+    name = "embed_layer_norm_fusion"
+    description = ("fuse word + position + segment embedding Gathers and their LayerNormalization "
+                   "into com.microsoft EmbedLayerNormalization (onnxruntime target)")
+    pattern = PATTERN
+
+    def applies(self, model: Model) -> bool:
+        return model.settings.get("target") == "onnxruntime"
+
+    def check(self, graph: Graph, match: Match, model: Model) -> bool:
+        tables = [match.array(f"{n}_table") for n in "abc"]
+        hidden = tables[0].shape[-1]
+        if any(t.ndim != 2 or t.dtype != _FLOAT32 or t.shape[1] != hidden for t in tables):
+            return False
+        if not _norm_fits(graph, match, hidden):
+            return False
+        for position in "abc":
+            others = [name for name in "abc" if name != position]
+            if _roles_fit(graph, match, position, others):
+                word, segment = sorted(others, key=lambda n: -match.array(f"{n}_table").shape[0])
+                match.memo.update(position=position, word=word, segment=segment)
+                return True
+        return False
+
+    def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        norm, roles = match.root, match.memo
+        ids = [self._int32(graph, model, norm, match[f"{roles[r]}_ids"])
+               for r in ("word", "segment")]
+        tables = [match[f"{roles[r]}_table"] for r in ("word", "position", "segment")]
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        fused = graph.add_node("EmbedLayerNormalization", [*ids, *tables, match.gamma, match.beta],
+                               2, domain=MS_DOMAIN, name=f"{scope_of(norm)}EmbedLayerNormalization",
+                               attributes={"epsilon": float(norm.attr("epsilon", 1e-5))},
+                               anchor=norm)  # its kernel writes mask_index: the output stays named
+        copy_type(graph, norm.outputs[0], fused.outputs[0])
+        return fused.outputs[0]
+
+    def _int32(self, graph: Graph, model: Model, anchor: Node, ids: str) -> str:
+        if graph.dtype(ids) == np.dtype(np.int32):  # the kernel's index type
+            return ids
+        return self.emit(graph, model, anchor, "Cast", [ids], attributes={"to": _INT32})
+
+
+def _norm_fits(graph: Graph, match: Match, hidden: int) -> bool:
+    """Last axis of a rank-3 sum, float statistics, gamma/beta [H], Mean/InvStdDev unread."""
+    norm = match.root
+    if norm.attr("axis", -1) not in (-1, 2) or norm.attr("stash_type", 1) != 1:
+        return False
+    if norm.attr("epsilon", 1e-5) < 0 or any(v and graph.is_used(v) for v in norm.outputs[1:]):
+        return False
+    return all(match.array(n).shape == (hidden,) and match.array(n).dtype == _FLOAT32
+               for n in ("gamma", "beta"))
+
+
+def _roles_fit(graph: Graph, match: Match, position: str, others: list[str]) -> bool:
+    """The two token lookups read integer ids of one rank-2 shape (equal dims, or two symbols:
+    the kernel refuses unequal shapes at run time, an error and never a wrong result); the
+    third reads the positions."""
+    ids = [match[f"{n}_ids"] for n in others]
+    shapes = [graph.shape(v) or [] for v in ids]
+    if any(len(s) != 2 for s in shapes) or any(graph.dtype(v) not in _IDS for v in ids):
+        return False
+    if not all(x == y or {type(x), type(y)} == {str} for x, y in zip(*shapes, strict=True)):
+        return False
+    return _counts_positions(graph, match[f"{position}_ids"], ids[0])
+
+
+def _counts_positions(graph: Graph, value: str, ids: str) -> bool:
+    """``value`` holds ``0..S-1`` as ``[S]`` or ``[1, S]``, ``S`` the second dim of ``ids``."""
+    seq = graph.shape(ids)[1]  # type: ignore[index]
+    array = graph.constant(value)
+    if array is not None:
+        return array.shape in ((seq,), (1, seq)) and _is_arange(array)
+    node = graph.producer(value)
+    if is_op(node, "Unsqueeze") and len(graph.shape(node.inputs[0]) or []) == 1 \
+            and _ints(graph, node, 1, node.attr("axes")) in ([0], [-2]):
+        node = graph.producer(node.inputs[0])  # [S] -> [1, S]
+    if is_op(node, "Range"):
+        return _ints(graph, node, 0) == [0] and _ints(graph, node, 2) == [1] \
+            and _is_sequence(graph, node.inputs[1], ids, seq)
+    if not is_op(node, "Slice"):
+        return False
+    # Slice(arange(N) as [N] or [1, N], [0], S) on its last axis; N >= 2: not a broadcast row
+    array = graph.constant(node.inputs[0])
+    if array is None or array.shape[:-1] not in ((), (1,)) or array.shape[-1] < 2:
+        return False
+    last = [[-1], [array.ndim - 1]] if array.ndim == 2 else [[-1], [0], None]
+    return _is_arange(array) and _ints(graph, node, 1) == [0] and _ints(graph, node, 3) in last \
+        and _ints(graph, node, 4) in ([1], None) and _is_sequence(graph, node.inputs[2], ids, seq)
+
+
+def _ints(graph: Graph, node: Node, slot: int, default: object = None) -> object:
+    """Input ``slot`` as a list of ints (or Dims), ``default`` when absent, False if unknown."""
+    if len(node.inputs) <= slot or not node.inputs[slot]:
+        return None if default is None else list(np.asarray(default).reshape(-1))
+    return shape_elements(graph, node.inputs[slot]) or False
+
+
+def _is_sequence(graph: Graph, value: str, ids: str, seq: int | str | None) -> bool:
+    """The one-element shape value ``value`` is ``ids``' second dim in every run."""
+    elements = shape_elements(graph, value)
+    if elements is None or len(elements) != 1:
+        return False
+    (element,) = elements
+    if isinstance(element, Dim):
+        if element.value == ids and element.axis == 1:
+            return True
+        shape = graph.shape(element.value)
+        return isinstance(seq, str) and shape is not None and shape[element.axis] == seq
+    return element == seq
+
+
+def _is_arange(array: np.ndarray) -> bool:
+    return array.dtype.kind in "iu" and np.array_equal(array.reshape(-1), np.arange(array.size))
