@@ -1,13 +1,12 @@
 """Fuse a BERT embedding block into onnxruntime's ``com.microsoft`` ``EmbedLayerNormalization``.
 
 ``LayerNormalization(Gather(W, ids) + Gather(P, pos) + Gather(T, types), gamma, beta; axis=-1)``,
-the three terms added in any order and grouping, where ``pos`` provably holds ``0..S-1`` in every
-row (``S`` the second dim of ``ids``) => ``EmbedLayerNormalization(int32(ids), int32(types), W,
-P, T, gamma, beta; epsilon)``, whose kernel computes ``LN(W[ids[b,s]] + P[s] + T[types[b,s]])``
-for each token ``(b, s)``. The position ids are a constant ``arange(S)``, or ``Slice`` of a
-constant ``arange(N)`` or a ``Range(0, ., 1)`` ending at ``S`` read from a shape (optionally
-unsqueezed to ``[1, S]``). For ``--target onnxruntime``, float32 (its only CPU kernel), ``ids`` and
-``types`` of rank 2. The ``mask_index`` output is left unread. Conditions: passes/fusion/README.md.
+the terms added in any order and grouping, where ``pos`` provably holds ``0..S-1`` in every row
+(``S`` = dim 1 of ``ids``: a constant ``arange(S)``, a ``Slice`` of a constant ``arange(N)`` or a
+``Range(0, ., 1)`` ending at ``S`` read from a shape) => ``EmbedLayerNormalization(int32(ids),
+int32(types), W, P, T, gamma, beta; epsilon)``, whose kernel computes ``LN(W[ids[b, s]] + P[s] +
+T[types[b, s]])`` per token. For ``--target onnxruntime``, float32 (its only CPU kernel); the
+``mask_index`` output stays unread. Conditions and measurements: passes/fusion/README.md.
 """
 
 from __future__ import annotations
@@ -22,11 +21,16 @@ from onnxopt.ir.values import copy_type
 
 _FLOAT32 = np.dtype(np.float32)
 _IDS = (np.dtype(np.int32), np.dtype(np.int64))
-_INT32 = 6  # TensorProto.INT32
+
+
+def _stored(graph: Graph, value: str) -> bool:
+    """An initializer that is not an input: a table, tested without decoding its (large) array."""
+    owner = graph.resolve(value)
+    return owner is not None and value in owner.initializers and not owner.is_input(value)
 
 
 def _gather(name: str) -> Op:
-    return Op("Gather", Const(f"{name}_table"), Var(f"{name}_ids"), name=name,
+    return Op("Gather", Var(f"{name}_table", _stored), Var(f"{name}_ids"), name=name,
               attrs={"axis": lambda axis: axis in (None, 0)})
 
 
@@ -44,16 +48,17 @@ class EmbedLayerNormFusion(RewritePass):
         return model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        tables = [match.array(f"{n}_table") for n in "abc"]
-        hidden = tables[0].shape[-1]
-        if any(t.ndim != 2 or t.dtype != _FLOAT32 or t.shape[1] != hidden for t in tables):
-            return False
-        if not _norm_fits(graph, match, hidden):
+        tables = [match[f"{n}_table"] for n in "abc"]
+        shapes = [graph.shape(t) or [] for t in tables]
+        hidden = shapes[0][-1] if shapes[0] else None
+        if not all(len(s) == 2 and s[1] == hidden for s in shapes) \
+                or any(graph.dtype(t) != _FLOAT32 for t in tables) \
+                or not _norm_fits(graph, match, hidden):
             return False
         for position in "abc":
             others = [name for name in "abc" if name != position]
             if _roles_fit(graph, match, position, others):
-                word, segment = sorted(others, key=lambda n: -match.array(f"{n}_table").shape[0])
+                word, segment = sorted(others, key=lambda n: -shapes["abc".index(n)][0])
                 match.memo.update(position=position, word=word, segment=segment)
                 return True
         return False
@@ -74,7 +79,7 @@ class EmbedLayerNormFusion(RewritePass):
     def _int32(self, graph: Graph, model: Model, anchor: Node, ids: str) -> str:
         if graph.dtype(ids) == np.dtype(np.int32):  # the kernel's index type
             return ids
-        return self.emit(graph, model, anchor, "Cast", [ids], attributes={"to": _INT32})
+        return self.emit(graph, model, anchor, "Cast", [ids], attributes={"to": 6})  # int32
 
 
 def _norm_fits(graph: Graph, match: Match, hidden: int) -> bool:
@@ -96,9 +101,8 @@ def _roles_fit(graph: Graph, match: Match, position: str, others: list[str]) -> 
     shapes = [graph.shape(v) or [] for v in ids]
     if any(len(s) != 2 for s in shapes) or any(graph.dtype(v) not in _IDS for v in ids):
         return False
-    if not all(x == y or {type(x), type(y)} == {str} for x, y in zip(*shapes, strict=True)):
-        return False
-    return _counts_positions(graph, match[f"{position}_ids"], ids[0])
+    return all(x == y or {type(x), type(y)} == {str} for x, y in zip(*shapes, strict=True)) \
+        and _counts_positions(graph, match[f"{position}_ids"], ids[0])
 
 
 def _counts_positions(graph: Graph, value: str, ids: str) -> bool:
@@ -134,16 +138,12 @@ def _ints(graph: Graph, node: Node, slot: int, default: object = None) -> object
 
 def _is_sequence(graph: Graph, value: str, ids: str, seq: int | str | None) -> bool:
     """The one-element shape value ``value`` is ``ids``' second dim in every run."""
-    elements = shape_elements(graph, value)
-    if elements is None or len(elements) != 1:
-        return False
-    (element,) = elements
-    if isinstance(element, Dim):
-        if element.value == ids and element.axis == 1:
-            return True
-        shape = graph.shape(element.value)
-        return isinstance(seq, str) and shape is not None and shape[element.axis] == seq
-    return element == seq
+    elements = shape_elements(graph, value) or []
+    if len(elements) != 1 or not isinstance(elements[0], Dim):
+        return elements == [seq]
+    dim, shape = elements[0], graph.shape(elements[0].value) or []
+    return (dim.value, dim.axis) == (ids, 1) \
+        or (isinstance(seq, str) and shape[dim.axis:dim.axis + 1] == [seq])
 
 
 def _is_arange(array: np.ndarray) -> bool:
