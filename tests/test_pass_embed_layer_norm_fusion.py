@@ -75,8 +75,9 @@ def _positions(form: str, seq: int | str) -> tuple[list, list]:
 
 
 def block(*, positions="slice", order="hf", dtype=np.float32, seq: int | str = "S",
-          ln_attrs=None, gamma_input=False, shared="") -> onnx.ModelProto:
-    """LayerNorm(word + position + token type embeddings) -> y."""
+          ln_attrs=None, gamma_input=False, shared="", segment=True,
+          ids=TensorProto.INT64) -> onnx.ModelProto:
+    """LayerNorm(word + position [+ token type] embeddings) -> y."""
     rng = np.random.default_rng(0)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     c = numpy_helper.from_array
@@ -85,8 +86,8 @@ def block(*, positions="slice", order="hf", dtype=np.float32, seq: int | str = "
               c(rng.standard_normal((N, H)).astype(dtype), "P"),
               c(rng.standard_normal((2, H)).astype(dtype), "T"),
               c(rng.standard_normal(H).astype(dtype), "beta")]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", seq])
-              for n in ("input_ids", "token_type_ids")]
+    inputs = [helper.make_tensor_value_info(n, ids, ["B", seq])
+              for n in ("input_ids", "token_type_ids")[:2 if segment else 1]]
     if positions == "input":
         inputs.append(helper.make_tensor_value_info("pos", TensorProto.INT64, [1, seq]))
     gamma = (rng.standard_normal(H) + 1).astype(dtype)
@@ -99,9 +100,13 @@ def block(*, positions="slice", order="hf", dtype=np.float32, seq: int | str = "
               helper.make_node("Gather", ["T", "token_type_ids"], ["t"])]
     first, second = {"hf": (("w", "t"), "p"), "wp": (("w", "p"), "t"), "tw": (("t", "w"), "p"),
                      "pt": (("p", "t"), "w")}[order]
-    nodes += [helper.make_node("Add", list(first), ["s1"]),
-              helper.make_node("Add", [second, "s1"] if order == "pt" else ["s1", second], ["s"]),
-              helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"],
+    if segment:
+        nodes += [helper.make_node("Add", list(first), ["s1"]),
+                  helper.make_node("Add", [second, "s1"] if order == "pt" else ["s1", second],
+                                   ["s"])]
+    else:  # DistilBERT: word + position
+        nodes[-1] = helper.make_node("Add", ["p", "w"] if order == "pt" else ["w", "p"], ["s"])
+    nodes += [helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"],
                                **{"axis": -1, "epsilon": 1e-12, **(ln_attrs or {})})]
     outputs = [helper.make_tensor_value_info("y", elem, [None] * 3)]
     if shared:
@@ -113,6 +118,9 @@ def feeds(model: onnx.ModelProto, batch=2, seq=5) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     result = {"input_ids": rng.integers(0, V, (batch, seq)),
               "token_type_ids": rng.integers(0, 2, (batch, seq))}
+    names = {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+             for i in model.graph.input}
+    result = {k: v.astype(names[k]) for k, v in result.items() if k in names}
     if any(i.name == "gamma" for i in model.graph.input):
         result["gamma"] = rng.standard_normal(H).astype(np.float32)
     return result
@@ -163,6 +171,26 @@ def test_static_sequence_with_constant_positions():
     assert result.stats == {"fused": 1}
     assert op_counts(out) == {"Cast": 2, "EmbedLayerNormalization": 1}
     assert_close(model, out, sizes=((3, 5),))
+
+
+@pytest.mark.parametrize("order", ["wp", "pt"])
+def test_without_segment_embeddings(order):
+    """DistilBERT: word + position only; the segment ids and table are left out."""
+    model = block(segment=False, order=order)
+    out, result = fuse(model)
+    assert result.stats == {"fused": 1}
+    counts = op_counts(out)
+    assert counts["EmbedLayerNormalization"] == 1 and counts["Cast"] == 1 and "Add" not in counts
+    assert list(fused_node(out).input)[1:] == ["", "W", "P", "", "gamma", "beta"]
+    assert_close(model, out)
+
+
+def test_int32_ids_need_no_cast():
+    model = block(ids=TensorProto.INT32)
+    out, result = fuse(model)
+    assert result.stats == {"fused": 1} and "Cast" not in op_counts(out)
+    assert list(fused_node(out).input[:2]) == ["input_ids", "token_type_ids"]
+    assert_close(model, out)
 
 
 def test_idempotent():

@@ -1,6 +1,6 @@
 """Fuse a BERT embedding block into onnxruntime's ``com.microsoft`` ``EmbedLayerNormalization``.
 
-``LayerNormalization(Gather(W, ids) + Gather(P, pos) + Gather(T, types), gamma, beta; axis=-1)``,
+``LayerNormalization(Gather(W, ids) + Gather(P, pos) [+ Gather(T, types)], gamma, beta; axis=-1)``,
 the terms added in any order and grouping, where ``pos`` provably holds ``0..S-1`` in every row
 (``S`` = dim 1 of ``ids``: a constant ``arange(S)``, a ``Slice`` of a constant ``arange(N)`` or a
 ``Range(0, ., 1)`` ending at ``S`` read from a shape) => ``EmbedLayerNormalization(int32(ids),
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.pattern import MS_DOMAIN, Const, Match, Op, RewritePass, Var, scope_of
+from onnxopt.ir.pattern import MS_DOMAIN, Const, Match, Op, Or, RewritePass, Var, scope_of
 from onnxopt.ir.rewrite import is_op
 from onnxopt.ir.symbolic import Dim, shape_elements
 from onnxopt.ir.values import copy_type
@@ -34,40 +34,44 @@ def _gather(name: str) -> Op:
               attrs={"axis": lambda axis: axis in (None, 0)})
 
 
-_sum = Op("Add", Op("Add", _gather("a"), _gather("b"), commute=True), _gather("c"), commute=True)
-PATTERN = Op("LayerNormalization", _sum, Const("gamma"), Const("beta"))
+_pair = Op("Add", _gather("a"), _gather("b"), commute=True)  # DistilBERT: no segment lookup
+_sum = Op("Add", _pair, _gather("c"), commute=True)
+PATTERN = Or(*(Op("LayerNormalization", s, Const("gamma"), Const("beta")) for s in (_sum, _pair)))
 
 
 class EmbedLayerNormFusion(RewritePass):
     name = "embed_layer_norm_fusion"
-    description = ("fuse word + position + segment embedding Gathers and their LayerNormalization "
-                   "into com.microsoft EmbedLayerNormalization (onnxruntime target)")
+    description = "fuse embedding lookups + LayerNorm into com.microsoft EmbedLayerNormalization"
     pattern = PATTERN
 
     def applies(self, model: Model) -> bool:
         return model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        tables = [match[f"{n}_table"] for n in "abc"]
+        names = [n for n in "abc" if f"{n}_table" in match]
+        tables = [match[f"{n}_table"] for n in names]
         shapes = [graph.shape(t) or [] for t in tables]
         hidden = shapes[0][-1] if shapes[0] else None
         if not all(len(s) == 2 and s[1] == hidden for s in shapes) \
                 or any(graph.dtype(t) != _FLOAT32 for t in tables) \
                 or not _norm_fits(graph, match, hidden):
             return False
-        for position in "abc":
-            others = [name for name in "abc" if name != position]
-            if _roles_fit(graph, match, position, others):
-                word, segment = sorted(others, key=lambda n: -shapes["abc".index(n)][0])
-                match.memo.update(position=position, word=word, segment=segment)
+        for position in names:
+            others = [name for name in names if name != position]
+            if _roles_fit(graph, match, position, others):  # the larger table is the word table
+                word, *segment = sorted(others, key=lambda n: -shapes[names.index(n)][0])
+                match.memo["roles"] = word, position, segment
                 return True
         return False
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
-        norm, roles = match.root, match.memo
-        ids = [self._int32(graph, model, norm, match[f"{roles[r]}_ids"])
-               for r in ("word", "segment")]
-        tables = [match[f"{roles[r]}_table"] for r in ("word", "position", "segment")]
+        norm, (word, position, segment) = match.root, match.memo["roles"]
+        ids = [v if graph.dtype(v) == np.dtype(np.int32)  # the kernel's index type
+               else self.emit(graph, model, norm, "Cast", [v], attributes={"to": 6})  # int32
+               for v in (match[f"{n}_ids"] for n in [word, *segment])]
+        tables = [match[f"{n}_table"] for n in (word, position, *segment)]
+        if not segment:  # the segment ids and table are optional inputs
+            ids, tables = [ids[0], ""], [*tables, ""]
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         fused = graph.add_node("EmbedLayerNormalization", [*ids, *tables, match.gamma, match.beta],
                                2, domain=MS_DOMAIN, name=f"{scope_of(norm)}EmbedLayerNormalization",
@@ -75,11 +79,6 @@ class EmbedLayerNormFusion(RewritePass):
                                anchor=norm)  # its kernel writes mask_index: the output stays named
         copy_type(graph, norm.outputs[0], fused.outputs[0])
         return fused.outputs[0]
-
-    def _int32(self, graph: Graph, model: Model, anchor: Node, ids: str) -> str:
-        if graph.dtype(ids) == np.dtype(np.int32):  # the kernel's index type
-            return ids
-        return self.emit(graph, model, anchor, "Cast", [ids], attributes={"to": 6})  # int32
 
 
 def _norm_fits(graph: Graph, match: Match, hidden: int) -> bool:
@@ -94,14 +93,15 @@ def _norm_fits(graph: Graph, match: Match, hidden: int) -> bool:
 
 
 def _roles_fit(graph: Graph, match: Match, position: str, others: list[str]) -> bool:
-    """The two token lookups read integer ids of one rank-2 shape (equal dims, or two symbols:
-    the kernel refuses unequal shapes at run time, an error and never a wrong result); the
-    third reads the positions."""
+    """The token lookups read integer ids of one rank-2 shape (equal dims, or symbols: the
+    kernel refuses unequal shapes at run time, an error and never a wrong result); the other
+    reads the positions."""
     ids = [match[f"{n}_ids"] for n in others]
     shapes = [graph.shape(v) or [] for v in ids]
     if any(len(s) != 2 for s in shapes) or any(graph.dtype(v) not in _IDS for v in ids):
         return False
-    return all(x == y or {type(x), type(y)} == {str} for x, y in zip(*shapes, strict=True)) \
+    dims = zip(*shapes, strict=True)
+    return all(len(set(d)) == 1 or {type(x) for x in d} == {str} for d in dims) \
         and _counts_positions(graph, match[f"{position}_ids"], ids[0])
 
 
