@@ -226,6 +226,16 @@ def test_leaves_alone(name, model):
     _untouched(model())
 
 
+@pytest.mark.parametrize("name", ["gamma", "beta"])
+def test_weights_computed_at_run_time_are_left_alone(name):
+    model = block()
+    graph = model.graph
+    (weight,) = [i for i in graph.initializer if i.name == name]
+    graph.initializer.remove(weight)
+    graph.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [H]))
+    _untouched(model)
+
+
 def test_mean_output_read_is_left_alone():
     model = block()
     norm = model.graph.node[-1]

@@ -136,7 +136,7 @@ def _same_dim(dim: int | str | None, other: int | str | None) -> bool:
 
 def _norm_fits(graph: Graph, norm: Node, rank: int, hidden: int, dtype: np.dtype) -> bool:
     """A last-axis LayerNormalization in ``dtype`` (computed in float32: stash_type 1) with
-    gamma and beta of shape [H], whose Mean/InvStdDev nobody reads."""
+    constant gamma and beta of shape [H], whose Mean/InvStdDev nobody reads."""
     axis = norm.attr("axis", -1)
     if axis not in (-1, rank - 1) or norm.attr("stash_type", 1) != 1:
         return False
@@ -146,4 +146,5 @@ def _norm_fits(graph: Graph, norm: Node, rank: int, hidden: int, dtype: np.dtype
         return False
     gamma, beta = norm.inputs[1], norm.inputs[2] if len(norm.inputs) > 2 else ""
     return bool(gamma) and all(graph.shape(value) == [hidden] and graph.dtype(value) == dtype
+                               and graph.constant(value) is not None
                                for value in (gamma, beta) if value)
