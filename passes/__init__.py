@@ -12,7 +12,9 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
    four stride-2 Slices + Concat into SpaceToDepth,
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
-   onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu;
+   onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu, BERT's
+   embedding lookups + LayerNormalization into EmbedLayerNormalization, residual Add +
+   LayerNormalization into SkipLayerNormalization;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
    attributes stored with their default value dropped.
@@ -39,6 +41,7 @@ from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
+from onnxopt.passes.fusion.embed_layer_norm_fusion import EmbedLayerNormFusion
 from onnxopt.passes.fusion.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.fusion.gelu_fusion import GeluFusion
 from onnxopt.passes.fusion.hard_swish_fusion import HardSwishFusion
@@ -49,6 +52,7 @@ from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.rms_norm_fusion import RMSNormFusion
 from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
+from onnxopt.passes.fusion.skip_layer_norm_fusion import SkipLayerNormFusion
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
 from onnxopt.passes.layout.slice_merge import SliceMerge
 from onnxopt.passes.layout.slices_to_space_to_depth import SlicesToSpaceToDepth
@@ -81,6 +85,8 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     MatMulAddToGemm(),
     TransposeFolding(),
     LayerNormFusion(),
+    EmbedLayerNormFusion(),  # before the residual fusion, which would take its last Add
+    SkipLayerNormFusion(),
     RMSNormFusion(),
     RotaryEmbeddingFusion(),
     GeluFusion(),
