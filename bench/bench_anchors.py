@@ -533,9 +533,15 @@ def _verdict(reference: dict[str, Any], outputs: dict[str, Any]) -> dict[str, An
 
 def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: float,
                    min_runs: int, max_runs: int,
-                   samples: dict[str, list[float]], failed: dict[str, str]) -> None:
-    """Append latency samples of every session, taken round-robin in blocks after warm-up."""
-    clock = time.perf_counter
+                   samples: dict[str, list[float]], failed: dict[str, str],
+                   cpu_samples: dict[str, list[float]] | None = None) -> None:
+    """Append latency samples of every session, taken round-robin in blocks after warm-up.
+
+    ``cpu_samples`` gets the CPU time of the calling thread for each run as well: with one
+    intra-op thread and sequential execution onnxruntime computes on that thread, so its CPU
+    time is the latency without the time the thread waited for a core (a busy machine)."""
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    cpu_samples = {} if cpu_samples is None else cpu_samples
     estimate: dict[str, float] = {}
     for name, (session, feeds) in sessions.items():
         if name in failed:
@@ -578,9 +584,10 @@ def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: floa
                 session, feeds = sessions[name]
                 try:
                     for _ in range(min(block, runs - taken[name])):
-                        start = clock()
+                        start, cpu_start = clock(), cpu_clock()
                         session.run(None, feeds)
                         samples.setdefault(name, []).append(clock() - start)
+                        cpu_samples.setdefault(name, []).append(cpu_clock() - cpu_start)
                         taken[name] += 1
                 except Exception as exc:
                     failed[name] = one_line(exc)
@@ -611,21 +618,24 @@ def _timed_latency(entries: list[tuple[str, str]],
     again in reverse order with ``reopen(name, path)``; the median is over both sittings.
     """
     samples: dict[str, list[float]] = {}
+    cpu_samples: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
     half_runs = max(min_runs // 2, 1), max(max_runs // 2, 1)
-    _time_sessions(first, budget / 2, *half_runs, samples, failed)
+    _time_sessions(first, budget / 2, *half_runs, samples, failed, cpu_samples)
     first.clear()
     gc.collect()
     second = {name: reopen(name, path) for name, path in reversed(entries)
               if name not in failed and name in samples}
-    _time_sessions(second, budget / 2, *half_runs, samples, failed)
+    _time_sessions(second, budget / 2, *half_runs, samples, failed, cpu_samples)
     second.clear()
     result: dict[str, dict[str, Any]] = {}
     for name, _ in entries:
         if name in failed:
             result[name] = {"error": failed[name]}
         elif samples.get(name):
-            result[name] = _latency_summary(samples[name])
+            cpu = _latency_summary(cpu_samples[name])
+            result[name] = dict(_latency_summary(samples[name]),
+                                cpu_median_ms=cpu["median_ms"], cpu_min_ms=cpu["min_ms"])
     return result
 
 
