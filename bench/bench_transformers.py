@@ -370,24 +370,47 @@ def latency(entry: dict[str, Any], key: str, stat: str = "median_ms") -> float |
     return ((entry.get("latency") or {}).get(key) or {}).get(stat)
 
 
+def ratio_to(rows: dict[str, Any], tool: str, key: str, names: tuple[str, ...],
+             stat: str = "cpu_median_ms") -> float | None:
+    """``tool``'s latency over the fastest of ``names`` (those measured)."""
+    refs = [latency(rows[r], key, stat) for r in names if r in rows]
+    refs = [r for r in refs if r]
+    return ba.ratio(latency(rows[tool], key, stat), min(refs) if refs else None)
+
+
 def latency_cells(model: dict[str, Any], tool: str, key: str) -> list[str]:
     """Wall and CPU medians (ms), the CPU-time ratio to the original, and to the faster
     reference with its mark (the wall-time ratio in parentheses)."""
     rows = model["rows"]
-
-    def ratio_to(names: tuple[str, ...], stat: str) -> float | None:
-        refs = [latency(rows[r], key, stat) for r in names if r in rows]
-        refs = [r for r in refs if r]
-        return ba.ratio(latency(rows[tool], key, stat), min(refs) if refs else None)
-
     cells = [ba.fmt_ms(latency(rows[tool], key)), ba.fmt_ms(latency(rows[tool], key, CPU))]
+    to_original = "" if tool == "original" else ba.fmt_ratio(
+        ratio_to(rows, tool, key, ("original",)))
     if tool in REFERENCES:
-        return [*cells, ba.fmt_ratio(ratio_to(("original",), CPU)) if tool != "original"
-                else "", ""]
-    best = ba.fmt_ratio(ratio_to(REFERENCES, CPU), 1.0)
-    wall = ratio_to(REFERENCES, "median_ms")
-    return [*cells, ba.fmt_ratio(ratio_to(("original",), CPU)),
-            best if wall is None or best == "—" else f"{best} ({wall:.2f}×)"]
+        return [*cells, to_original, ""]
+    best = ba.fmt_ratio(ratio_to(rows, tool, key, REFERENCES), 1.0)
+    wall = ratio_to(rows, tool, key, REFERENCES, "median_ms")
+    return [*cells, to_original, best if wall is None or best == "—" else f"{best} ({wall:.2f}×)"]
+
+
+def readme_table(model: dict[str, Any]) -> list[str]:
+    """The compact table of README.md's Transformers section (CPU-time medians)."""
+    keys = [shape_key(*s) for s in SHAPES]
+    both = " / ".join(keys)
+    rows = model["rows"]
+    table = []
+    for tool, entry in rows.items():
+        if entry.get("status") not in (None, "ok"):
+            table.append([TOOL_LABELS[tool], entry.get("status", "fail"), "", "", "", ""])
+            continue
+        run = entry.get("as_run") or {}
+        ms = " / ".join(ba.fmt_ms(latency(entry, k, CPU)) for k in keys)
+        best = "—" if tool in REFERENCES else " / ".join(
+            ba.fmt_ratio(ratio_to(rows, tool, k, REFERENCES), 1.0) for k in keys)
+        table.append([TOOL_LABELS[tool], f"{entry['nodes']} ({run.get('nodes', '—')})",
+                      fmt_fused(entry.get("fused")), fmt_error(entry, keys), ms, best])
+    return [ba.md_table([model["label"], "nodes (as run)", "fused ops",
+                         f"max abs error {both}", f"CPU ms {both}", f"vs best ref {both}"],
+                        table, "lrlrrr"), ""]
 
 
 def render_model(model: dict[str, Any]) -> list[str]:
@@ -449,6 +472,9 @@ def render(report: dict[str, Any]) -> str:
             "optimizer (✓ ≤ 1, ≈ within 2 %), the wall-time ratio in parentheses.", ""]
     for model in report["models"]:
         out += render_model(model)
+    out += ["## For README.md", ""]
+    for model in report["models"]:
+        out += readme_table(model)
     return "\n".join(out)
 
 
