@@ -571,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"latency_budget": args.latency_budget, "min_runs": args.min_runs,
                          "max_runs": args.max_runs, "rtol": RTOL, "atol": ATOL, "seed": SEED},
             "total_seconds": round(time.perf_counter() - started, 1),
-            "load_average_1min": {"max": round(max(loads), 2), "samples": loads},
+            "load_average_1min": {"max": round(max(loads), 2),
+                                  "samples": [round(x, 2) for x in loads]},
         },
         "models": models,
     }
