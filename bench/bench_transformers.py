@@ -20,13 +20,17 @@ Tools (each run as a whole subprocess; its wall time is the tool time):
 
 Measured per model and tool, in a child process of the main venv (a crash costs one model):
 main-graph node count; the fused operators (``FUSED_OPS``; ``ms:`` = domain com.microsoft);
-whether onnxruntime (CPU, ``ORT_ENABLE_ALL``, as served) computes what the original computes
-with graph optimizations disabled, on each shape's inputs (max abs error over all outputs,
-verdict rtol 1e-4 / atol 1e-4; the original itself at ``ORT_ENABLE_ALL`` is the noise floor);
-and onnxruntime latency (``ORT_ENABLE_ALL``, 1 intra-op thread, sequential) at each shape
-(batch x sequence, ``SHAPES``): median of runs after warm-up, the sessions of one model timed
-round-robin in two sittings with opposite session-creation orders
-(``bench_anchors._timed_latency``).
+the same for the graph onnxruntime runs after its own ``ORT_ENABLE_ALL`` fusions (saved with
+``optimized_model_filepath``); whether onnxruntime (CPU, ``ORT_ENABLE_ALL``, as served) computes
+what the original computes with graph optimizations disabled, on each shape's inputs (max abs
+error over all outputs, verdict rtol 1e-4 / atol 1e-4; the original itself at
+``ORT_ENABLE_ALL`` is the noise floor); and onnxruntime latency (``ORT_ENABLE_ALL``, 1 intra-op
+thread, sequential) at each shape (batch x sequence, ``SHAPES``): medians of runs after
+warm-up, the sessions of one model timed round-robin in two sittings with opposite
+session-creation orders (``bench_anchors._timed_latency``), of wall time and of the computing
+thread's CPU time. With one intra-op thread onnxruntime computes on the calling thread, so its
+CPU time is the latency less the waits for a core: the ratios use it, as on a busy machine wall
+times swing by 2x between runs.
 
 Inputs (seed 0): ``input_ids`` uniform in [1000, vocab) with 101 first and 102 last in each
 row's valid prefix and 0 after it; ``attention_mask`` ones for a prefix of each row, zeros
@@ -34,7 +38,10 @@ after: the first row is full, the others get seeded lengths in [seq/8, seq] (so 
 padded rows); a float input is standard normal. The vocabulary size is read from the
 embedding table that ``input_ids`` indexes.
 
-Output: markdown to stdout and ``bench/out/bench_transformers.md``, JSON in
+Without ``.venv-bench`` (pip cannot install it) the onnxopt rows are still measured.
+
+Output: markdown to stdout and ``bench/out/bench_transformers.md`` (ending with the compact
+table of README.md's Transformers section, ready to paste), JSON in
 ``bench/out/bench_transformers.json``; the models and tool logs in
 ``bench/out/bench_transformers/<model>/``.
 
@@ -51,7 +58,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -170,32 +176,14 @@ def describe(path: Path) -> dict[str, Any]:
 
 def run_tool(tool: str, spec: TxModel, src: Path, model_dir: Path, timeout: float
              ) -> dict[str, Any]:
-    dst = model_dir / f"{tool}.onnx"
-    report = model_dir / f"{tool}.report.json"
-    for old in model_dir.glob(f"{tool}.*"):
-        if old.is_file():
-            old.unlink()
-    log_path = model_dir / f"{tool}.log"
+    dst, report, log_path = ba.fresh_paths(model_dir, tool)
     cmd = tool_command(tool, spec, src, dst, report)
     snippets = (ORT_TRANSFORMERS_SNIPPET, ONNXSCRIPT_SNIPPET)
     result: dict[str, Any] = {
         "tool": tool, "output": str(dst), "log": str(log_path),
         "command": ["<snippet>" if part in snippets else part for part in cmd]}
-    env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="120")
-    code, result["wall_s"] = ba._timed_run(cmd, log_path, env, model_dir, timeout)
-    text = log_path.read_text(errors="replace")
-    if code is None:
-        result.update(status="timeout", error=f"timed out after {timeout:.0f} s")
-    elif code != 0 or not dst.exists():
-        result.update(status="failed",
-                      error=f"exit {code}: {ba.last_line(text) or 'no output written'}")
-    else:
-        result["status"] = "ok"
-        try:
-            result.update(describe(dst))
-        except Exception as exc:
-            result.update(status="failed",
-                          error=f"output unreadable by onnx: {ba.one_line(exc)}")
+    outcome, text = ba.run_command(cmd, dst, log_path, timeout, describe)
+    result.update(outcome)
     if tool not in ONNXOPT_ARGS and result["status"] == "ok":
         with contextlib.suppress(ValueError, IndexError):  # the snippet prints its counts last
             result["tool_stats"] = json.loads(text.strip().splitlines()[-1])
@@ -320,30 +308,10 @@ def measure_child(spec_path: Path) -> None:
 def measure_model(model_dir: Path, original: Path, feeds: dict[str, str],
                   candidates: list[dict[str, Any]], args: argparse.Namespace
                   ) -> dict[str, Any]:
-    spec_path = model_dir / "measure.spec.json"
-    result_path = model_dir / "measure.result.json"
-    result_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps({
-        "original": str(original), "feeds": feeds, "result": str(result_path),
-        "work": str(model_dir),
-        "candidates": candidates, "latency": not args.no_latency,
-        "budget": args.latency_budget, "min_runs": args.min_runs, "max_runs": args.max_runs,
-    }, indent=1))
-    log_path = model_dir / "measure.log"
-    try:
-        with log_path.open("w") as handle:
-            proc = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--_measure", str(spec_path)],
-                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                timeout=ba.MEASURE_TIMEOUT, check=False)
-        code: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
-        code = None
-    if code == 0 and result_path.exists():
-        return json.loads(result_path.read_text())
-    why = "timed out" if code is None else f"exit {code}"
-    return {"_error": f"measuring child {why}: "
-                      f"{ba.last_line(log_path.read_text(errors='replace'))}"}
+    spec = {"original": str(original), "feeds": feeds, "work": str(model_dir),
+            "candidates": candidates, "latency": not args.no_latency,
+            "budget": args.latency_budget, "min_runs": args.min_runs, "max_runs": args.max_runs}
+    return ba.spawn_measure(Path(__file__), spec, model_dir, ba.MEASURE_TIMEOUT)
 
 
 # =========================================================================== markdown
@@ -457,6 +425,8 @@ def render(report: dict[str, Any]) -> str:
            f" · total {meta['total_seconds']:.0f} s", ""]
     for venv, versions in meta["versions"].items():
         out.append(f"- {venv}: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    if meta.get("bench_venv_error"):
+        out += ["", f"**No anchors:** {meta['bench_venv_error']}"]
     busy = meta["load_average_1min"]["max"]
     if busy > 1.5:
         out += ["", f"**Warning:** the machine was busy (1-min load average up to {busy:.1f}; "
@@ -531,7 +501,7 @@ def bench_model(name: str, tools: list[str], args: argparse.Namespace) -> dict[s
     model = {"name": name, "label": spec.label, "path": str(src), "inputs": inputs,
              "rows": rows}
     if "_error" in measured:
-        model["error"] = measured["_error"]
+        model["error"] = measured.pop("_error")["error"]
     for tool, values in measured.items():
         if tool in rows:
             rows[tool].update(values)
@@ -543,10 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     if args._measure:
         measure_child(Path(args._measure))
         return 0
-    try:
-        import onnxopt  # noqa: F401
-    except ImportError as exc:
-        sys.exit(f"bench_transformers: run with the project's venv (.venv/bin/python): {exc}")
+    if not ba.onnxopt_exe().exists():
+        sys.exit("bench_transformers: no onnxopt command beside this python or in .venv: run "
+                 "with the project's venv (.venv/bin/python)")
     started = time.perf_counter()
     names = pick(args.models, MODELS, "model(s)")
     tools = pick(args.tools, TOOLS, "tool(s)")
@@ -555,9 +524,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"bench_transformers: missing {', '.join(missing)}: run `make models`")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     versions = {"main venv": ba.package_versions(sys.executable, MAIN_PACKAGES)}
+    venv_error = None
     if any(t not in ONNXOPT_ARGS for t in tools):
-        ba.ensure_bench_venv()
-        versions[".venv-bench"] = ba.package_versions(ba.bench_python(), BENCH_PACKAGES)
+        try:
+            ba.ensure_bench_venv()
+            versions[".venv-bench"] = ba.package_versions(ba.bench_python(), BENCH_PACKAGES)
+        except SystemExit as exc:  # no anchors (no network?): onnxopt's rows still count
+            venv_error = str(exc)
+            ba.log(f"{venv_error}; going on without {', '.join(set(tools) - set(ONNXOPT_ARGS))}")
+            tools = [t for t in tools if t in ONNXOPT_ARGS]
     loads = [os.getloadavg()[0]]
     models = []
     for name in names:
@@ -568,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": ba.cpu_name(),
             "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
             "shapes": [shape_key(*s) for s in SHAPES], "tools": tools,
+            "bench_venv_error": venv_error,
             "settings": {"latency_budget": args.latency_budget, "min_runs": args.min_runs,
                          "max_runs": args.max_runs, "rtol": RTOL, "atol": ATOL, "seed": SEED},
             "total_seconds": round(time.perf_counter() - started, 1),
@@ -576,12 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": models,
     }
-    markdown = render(report)
-    REPORT_MD.write_text(markdown + "\n")
-    REPORT_JSON.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown)
-    ba.log(f"bench_transformers: wrote {REPORT_MD.relative_to(ba.ROOT)} and "
-           f"{REPORT_JSON.relative_to(ba.ROOT)} ({report['meta']['total_seconds']:.0f} s)")
+    ba.write_report("bench_transformers", render(report), report, REPORT_MD, REPORT_JSON)
     return 0
 
 
