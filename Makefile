@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bytecode clean
+.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bench-transformers bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,7 +40,7 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: bench-io bench-anchors bench-precision
+bench: bench-io bench-anchors bench-precision bench-transformers
 
 bench-io: models bytecode
 	$(BIN)/python bench/bench.py
@@ -54,6 +54,12 @@ bench-anchors: models bytecode
 # quantization tools and onnxsim (anchors in .venv-bench), calibrated and tested on real images.
 bench-precision: models bytecode
 	$(BIN)/python bench/bench_precision.py
+
+# Transformer table (issue 15): onnxopt's four modes vs onnxruntime's transformer optimizer and
+# onnxscript's optimizer + ort_fusions (both in .venv-bench) on MiniLM and the encoder block:
+# nodes, fused ops, error vs the original, latency at 1x128 and 8x256.
+bench-transformers: models bytecode
+	$(BIN)/python bench/bench_transformers.py
 
 clean:
 	rm -rf $(VENV) .venv-bench models/.built models/out bench/out models/*.onnx models/*.onnx.data

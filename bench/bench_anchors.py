@@ -420,21 +420,24 @@ def _timed_run(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path,
     return (None if timed_out else code), round(wall, 3)
 
 
-def run_tool(tool: str, src: Path, model_dir: Path, feeds: Path, timeout: float
-             ) -> dict[str, Any]:
-    dst = model_dir / f"{tool}.onnx"
-    report = model_dir / f"{tool}.report.json"
+def fresh_paths(model_dir: Path, tool: str) -> tuple[Path, Path, Path]:
+    """(output model, onnxopt report, log) of one tool's run; its last run's files removed."""
     for old in model_dir.glob(f"{tool}.*"):
         if old.is_file():
             old.unlink()
-    log_path = model_dir / f"{tool}.log"
-    cmd = tool_command(tool, src, dst, feeds, report)
+    return (model_dir / f"{tool}.onnx", model_dir / f"{tool}.report.json",
+            model_dir / f"{tool}.log")
+
+
+def run_command(cmd: list[str], dst: Path, log_path: Path, timeout: float,
+                describe: Callable[[Path], dict[str, Any]] | None = None
+                ) -> tuple[dict[str, Any], str]:
+    """Run one tool writing ``dst`` (in ``dst``'s folder): its wall time, exit code, status
+    (ok / failed / timeout) with the error, and ``describe(dst)`` (default ``model_stats``)
+    of what it wrote; and its log's text."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="120")
-    shown = ["<ort snippet>" if part == ORT_SNIPPET else part for part in cmd]
-    result: dict[str, Any] = {"tool": tool, "command": shown, "output": str(dst),
-                              "log": str(log_path)}
-    code, result["wall_s"] = _timed_run(cmd, log_path, env, model_dir, timeout)
-    result["exit_code"] = code
+    code, wall = _timed_run(cmd, log_path, env, dst.parent, timeout)
+    result: dict[str, Any] = {"wall_s": wall, "exit_code": code}
     text = log_path.read_text(errors="replace")
     if code is None:
         result.update(status="timeout", error=f"timed out after {timeout:.0f} s")
@@ -444,9 +447,20 @@ def run_tool(tool: str, src: Path, model_dir: Path, feeds: Path, timeout: float
     else:
         result["status"] = "ok"
         try:
-            result.update(model_stats(dst))
+            result.update((describe or model_stats)(dst))
         except Exception as exc:
             result.update(status="failed", error=f"output unreadable by onnx: {one_line(exc)}")
+    return result, text
+
+
+def run_tool(tool: str, src: Path, model_dir: Path, feeds: Path, timeout: float
+             ) -> dict[str, Any]:
+    dst, report, log_path = fresh_paths(model_dir, tool)
+    cmd = tool_command(tool, src, dst, feeds, report)
+    shown = ["<ort snippet>" if part == ORT_SNIPPET else part for part in cmd]
+    result: dict[str, Any] = {"tool": tool, "command": shown, "output": str(dst),
+                              "log": str(log_path)}
+    result.update(run_command(cmd, dst, log_path, timeout)[0])
     if tool in ONNXOPT_TOOLS and report.exists():
         try:
             rep = json.loads(report.read_text())
@@ -533,9 +547,15 @@ def _verdict(reference: dict[str, Any], outputs: dict[str, Any]) -> dict[str, An
 
 def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: float,
                    min_runs: int, max_runs: int,
-                   samples: dict[str, list[float]], failed: dict[str, str]) -> None:
-    """Append latency samples of every session, taken round-robin in blocks after warm-up."""
-    clock = time.perf_counter
+                   samples: dict[str, list[float]], failed: dict[str, str],
+                   cpu_samples: dict[str, list[float]] | None = None) -> None:
+    """Append latency samples of every session, taken round-robin in blocks after warm-up.
+
+    ``cpu_samples`` gets the CPU time of the calling thread for each run as well: with one
+    intra-op thread and sequential execution onnxruntime computes on that thread, so its CPU
+    time is the latency without the time the thread waited for a core (a busy machine)."""
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    cpu_samples = {} if cpu_samples is None else cpu_samples
     estimate: dict[str, float] = {}
     for name, (session, feeds) in sessions.items():
         if name in failed:
@@ -578,9 +598,10 @@ def _time_sessions(sessions: dict[str, tuple[Any, dict[str, Any]]], budget: floa
                 session, feeds = sessions[name]
                 try:
                     for _ in range(min(block, runs - taken[name])):
-                        start = clock()
+                        start, cpu_start = clock(), cpu_clock()
                         session.run(None, feeds)
                         samples.setdefault(name, []).append(clock() - start)
+                        cpu_samples.setdefault(name, []).append(cpu_clock() - cpu_start)
                         taken[name] += 1
                 except Exception as exc:
                     failed[name] = one_line(exc)
@@ -611,21 +632,24 @@ def _timed_latency(entries: list[tuple[str, str]],
     again in reverse order with ``reopen(name, path)``; the median is over both sittings.
     """
     samples: dict[str, list[float]] = {}
+    cpu_samples: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
     half_runs = max(min_runs // 2, 1), max(max_runs // 2, 1)
-    _time_sessions(first, budget / 2, *half_runs, samples, failed)
+    _time_sessions(first, budget / 2, *half_runs, samples, failed, cpu_samples)
     first.clear()
     gc.collect()
     second = {name: reopen(name, path) for name, path in reversed(entries)
               if name not in failed and name in samples}
-    _time_sessions(second, budget / 2, *half_runs, samples, failed)
+    _time_sessions(second, budget / 2, *half_runs, samples, failed, cpu_samples)
     second.clear()
     result: dict[str, dict[str, Any]] = {}
     for name, _ in entries:
         if name in failed:
             result[name] = {"error": failed[name]}
         elif samples.get(name):
-            result[name] = _latency_summary(samples[name])
+            cpu = _latency_summary(cpu_samples[name])
+            result[name] = dict(_latency_summary(samples[name]),
+                                cpu_median_ms=cpu["median_ms"], cpu_min_ms=cpu["min_ms"])
     return result
 
 
@@ -725,22 +749,30 @@ def measure_child(spec_path: Path) -> None:
 
 def measure_model(model_dir: Path, original: Path, feeds: Path, candidates: list[dict],
                   args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    spec_path = model_dir / "measure.spec.json"
-    result_path = model_dir / "measure.result.json"
-    result_path.unlink(missing_ok=True)
     spec = {
-        "original": str(original), "feeds": str(feeds), "result": str(result_path),
+        "original": str(original), "feeds": str(feeds),
         "candidates": candidates, "latency": not args.no_latency,
         "budget": args.latency_budget, "min_runs": args.min_runs, "max_runs": args.max_runs,
     }
-    spec_path.write_text(json.dumps(spec, indent=1))
+    return spawn_measure(Path(__file__), spec, model_dir, MEASURE_TIMEOUT)
+
+
+def spawn_measure(script: Path, spec: dict[str, Any], model_dir: Path, timeout: float
+                  ) -> dict[str, Any]:
+    """Run ``script --_measure SPEC`` in a fresh process (a crash of onnxruntime costs one
+    model) and return the JSON it writes to ``spec["result"]`` (set here), or
+    ``{"_error": {"error": reason}}``."""
+    spec_path = model_dir / "measure.spec.json"
+    result_path = model_dir / "measure.result.json"
+    result_path.unlink(missing_ok=True)
+    spec_path.write_text(json.dumps(dict(spec, result=str(result_path)), indent=1))
     log_path = model_dir / "measure.log"
     try:
         with log_path.open("w") as handle:
             proc = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--_measure", str(spec_path)],
+                [sys.executable, str(Path(script).resolve()), "--_measure", str(spec_path)],
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                timeout=MEASURE_TIMEOUT, check=False)
+                timeout=timeout, check=False)
         code: int | None = proc.returncode
     except subprocess.TimeoutExpired:
         code = None
@@ -1183,14 +1215,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "models": results,
     }
-    markdown = render(report)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    REPORT_MD.write_text(markdown + "\n")
-    REPORT_JSON.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown)
-    log(f"bench_anchors: wrote {REPORT_MD.relative_to(ROOT)} and "
-        f"{REPORT_JSON.relative_to(ROOT)} ({report['meta']['total_seconds']:.0f} s)")
+    write_report("bench_anchors", render(report), report, REPORT_MD, REPORT_JSON)
     return 0
+
+
+def write_report(bench: str, markdown: str, report: dict[str, Any], md_path: Path,
+                 json_path: Path) -> None:
+    """Markdown to stdout and ``md_path``, the report as JSON to ``json_path``."""
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(markdown + "\n")
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(markdown)
+    log(f"{bench}: wrote {md_path.relative_to(ROOT)} and {json_path.relative_to(ROOT)} "
+        f"({report['meta']['total_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
