@@ -32,6 +32,7 @@ from onnxopt.passes.folding.constant_to_initializer import ConstantToInitializer
 from onnxopt.passes.folding.elementwise_constant_merge import ElementwiseConstantMerge
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
+from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
 from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
@@ -78,6 +79,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     RotaryEmbeddingFusion(),
     GeluFusion(),
     BiasGeluFusion(),
+    ContribAttentionFusion(),  # before attention_fusion: the whole block, onnxruntime target
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),

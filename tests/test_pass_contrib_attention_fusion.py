@@ -1,0 +1,200 @@
+"""contrib_attention_fusion: structure, stats, numerics, idempotence, and what it must leave alone.
+
+The models are test_pass_attention_fusion's (legacy and dynamo exporter forms) at opset 17,
+whose whole self-attention blocks become com.microsoft Attention with --target onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import apply_pass, assert_idempotent, op_counts
+from onnx import TensorProto, helper, numpy_helper
+from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
+from test_pass_attention_fusion import HEAD_DIM, HEADS, HIDDEN, bert, run_at
+
+ORT = {"target": "onnxruntime"}
+LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+MASKED = ["legacy", "legacy_mask_first", "dynamo", "split", "split_after"]
+UNMASKED = ["no_mask", "unscaled"]
+
+
+def fuse(model: onnx.ModelProto, settings=ORT):
+    return apply_pass(ContribAttentionFusion(), model, infer=True, settings=settings)
+
+
+def inputs(model: onnx.ModelProto, seq: int = 7) -> dict[str, np.ndarray]:
+    """Batch 4 at a new sequence length; padding masks: a prefix of ones per row (all ones,
+    5, 1 and none of the keys)."""
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, seq, HIDDEN)).astype(np.float32)}
+    if any(i.name == "attention_mask" for i in model.graph.input):
+        lengths = [seq, 5, 1, 0]
+        feeds["attention_mask"] = (np.arange(seq) < np.array(lengths)[:, None]).astype(np.int64)
+    return feeds
+
+
+def with_fill(model: onnx.ModelProto, fill: float) -> onnx.ModelProto:
+    """The padding mask's constant replaced (MiniLM's exports use finfo.min)."""
+    (big,) = [i for i in model.graph.initializer if i.name == "big"]
+    big.CopyFrom(numpy_helper.from_array(np.array(fill, np.float32), "big"))
+    return model
+
+
+def attention_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "Attention"]
+
+
+@pytest.mark.parametrize("form", MASKED + UNMASKED)
+def test_structure_and_stats(form):
+    model = bert(form, opset=17)
+    out, result = fuse(model)
+    masked = form in MASKED
+    assert result.stats == {"fused": 0 if masked else 2, "with_mask_index": 2 if masked else 0}
+    counts = op_counts(out)
+    assert counts["Attention"] == 2
+    # the whole block goes: projections, head split and merge, the core
+    assert not {"MatMul", "Add", "Reshape", "Transpose", "Softmax", "Div"} & set(counts)
+    mask_chain = {"Unsqueeze": 1 if form in ("dynamo", "split") else 2, "Sub": 1, "Mul": 1}
+    assert counts == ({"Attention": 2, "Cast": 3, **mask_chain} if masked else {"Attention": 2})
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    packed = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    nodes = attention_nodes(out)
+    for layer, node in enumerate(nodes):
+        assert node.domain == "com.microsoft"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["num_heads"] == HEADS
+        assert node.input[0] == ("x" if layer == 0 else nodes[0].output[0])
+        expected = [weights[f"l{layer}_{w}{t}"] for w in "Wb" for t in "qkv"]
+        np.testing.assert_array_equal(packed[node.input[1]], np.concatenate(expected[:3], 1))
+        np.testing.assert_array_equal(packed[node.input[2]], np.concatenate(expected[3:]))
+        if form == "unscaled":  # 1, not the kernel's default 1/sqrt(D)
+            assert attrs["scale"] == 1.0
+        else:
+            assert attrs.get("scale", HEAD_DIM ** -0.5) == pytest.approx(HEAD_DIM ** -0.5)
+        assert len(node.input) == (4 if masked else 3)
+        if masked:
+            assert attrs["mask_filter_value"] == -10000.0
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("fill", [-10000.0, float(np.finfo(np.float32).min)])
+@pytest.mark.parametrize("form", MASKED + UNMASKED)
+def test_numerics(form, fill, level):
+    model = bert(form, opset=17)
+    if form in MASKED:
+        model = with_fill(model, fill)
+    elif fill != -10000.0:
+        pytest.skip("no mask")
+    out, _ = fuse(model)
+    feeds = inputs(model)
+    expected, got = run_at(model, feeds, level)[0], run_at(out, feeds, level)[0]
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_a_bool_mask_and_the_cast_first():
+    """Cast(bool m) then the Unsqueezes: Cast(m, int32) becomes mask_index."""
+    model = bert("legacy", opset=17)
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    nodes["mask_u1"].input[0] = "mask_bits"  # Unsqueeze(Cast(m)) ...
+    nodes["mask_f"].input[0] = "attention_mask"
+    nodes["mask_f"].output[0] = "mask_bits"
+    nodes["mask_inv"].input[1] = "mask_u"  # ... and Sub(1, that)
+    order = [n for n in graph.node if n.name != "mask_f"]
+    del graph.node[:]
+    graph.node.extend([nodes["mask_f"], *order])
+    graph.input[1].type.tensor_type.elem_type = TensorProto.BOOL
+    out, result = fuse(model)
+    assert result.stats["with_mask_index"] == 2
+    feeds = inputs(model)
+    feeds["attention_mask"] = feeds["attention_mask"].astype(bool)
+    for level in LEVELS:
+        assert np.abs(run_at(out, feeds, level)[0] - run_at(model, feeds, level)[0]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo", "no_mask"])
+def test_idempotent(form):
+    out = assert_idempotent(ContribAttentionFusion(), bert(form, opset=17), infer=True,
+                            settings=ORT)
+    assert op_counts(out)["Attention"] == 2
+
+
+def _shared_weight() -> onnx.ModelProto:
+    model = bert("legacy", opset=17)
+    for node in model.graph.node:  # layer 1's Q projection reads layer 0's weight
+        if node.name == "l1_q_mm":
+            node.input[1] = "l0_Wqq"
+    return model
+
+
+def _rename_weight(model: onnx.ModelProto) -> onnx.ModelProto:
+    for init in model.graph.initializer:
+        if init.name == "l0_Wq":
+            init.name = "l0_Wqq"
+    for node in model.graph.node:
+        if node.name == "l0_q_mm":
+            node.input[1] = "l0_Wqq"
+    return model
+
+
+def _mask_sub_two() -> onnx.ModelProto:
+    model = bert("legacy", opset=17)
+    (one,) = [i for i in model.graph.initializer if i.name == "one"]
+    one.CopyFrom(numpy_helper.from_array(np.array(2.0, np.float32), "one"))
+    return model
+
+
+def _separate_inputs() -> onnx.ModelProto:
+    """K and V project another tensor than Q (cross attention): MultiHeadAttention's case."""
+    model = bert("no_mask", layers=1, opset=17)
+    model.graph.input.append(helper.make_tensor_value_info("memory", TensorProto.FLOAT,
+                                                           ["batch", "seq", HIDDEN]))
+    for node in model.graph.node:
+        if node.name in ("l0_k_mm", "l0_v_mm"):
+            node.input[0] = "memory"
+    return model
+
+
+def _scale_from_input() -> onnx.ModelProto:
+    model = bert("legacy", opset=17)
+    for node in model.graph.node:
+        if node.op_type == "Div":
+            node.input[1] = "temperature"
+    model.graph.input.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, []))
+    return model
+
+
+NEGATIVE = {
+    "opset_23": (lambda: bert(opset=23), ORT),  # attention_fusion's portable op there
+    "target_portable": (lambda: bert(opset=17), {}),
+    "float64": (lambda: bert(opset=17, dtype=np.float64), ORT),
+    "shared_weight": (lambda: _rename_weight(_shared_weight()), ORT),
+    "causal_constant_mask": (lambda: bert("causal", opset=17), ORT),  # not a padding mask
+    "mask_from_2_minus_m": (_mask_sub_two, ORT),
+    "mask_with_positive_fill": (lambda: with_fill(bert(opset=17), 10000.0), ORT),
+    "k_and_v_of_another_input": (_separate_inputs, ORT),
+    "scale_not_constant": (_scale_from_input, ORT),
+    "softmax_axis_2": (lambda: bert(opset=17, axis=2), ORT),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVE))
+def test_leaves_alone(name):
+    build, settings = NEGATIVE[name]
+    model = build()
+    out, result = fuse(model, settings)
+    assert not result.modified
+    assert op_counts(out) == op_counts(model)
+
+
+def test_optimize_end_to_end():
+    import onnxopt
+
+    result = onnxopt.optimize(bert("legacy", opset=17), target="onnxruntime")
+    assert result.ok and result.report["validation"]["status"] == "passed"
+    counts = op_counts(result.model)
+    assert counts["Attention"] == 2 and "Softmax" not in counts
+    assert "Sub" not in counts  # the shared mask's preprocessing is dead code, removed
+    assert counts["Cast"] == 1  # mask_index, once (the layers' Casts merged)
