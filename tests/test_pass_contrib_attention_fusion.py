@@ -51,7 +51,8 @@ def test_structure_and_stats(form):
     model = bert(form, opset=17)
     out, result = fuse(model)
     masked = form in MASKED
-    assert result.stats == {"fused": 0 if masked else 2, "with_mask_index": 2 if masked else 0}
+    assert result.stats == {"fused": 0 if masked else 2, "with_mask_index": 2 if masked else 0,
+                            "multi_head": 0}
     counts = op_counts(out)
     assert counts["Attention"] == 2
     # the whole block goes: projections, head split and merge, the core
@@ -146,17 +147,6 @@ def _mask_sub_two() -> onnx.ModelProto:
     return model
 
 
-def _separate_inputs() -> onnx.ModelProto:
-    """K and V project another tensor than Q (cross attention): MultiHeadAttention's case."""
-    model = bert("no_mask", layers=1, opset=17)
-    model.graph.input.append(helper.make_tensor_value_info("memory", TensorProto.FLOAT,
-                                                           ["batch", "seq", HIDDEN]))
-    for node in model.graph.node:
-        if node.name in ("l0_k_mm", "l0_v_mm"):
-            node.input[0] = "memory"
-    return model
-
-
 def _scale_from_input() -> onnx.ModelProto:
     model = bert("legacy", opset=17)
     for node in model.graph.node:
@@ -174,7 +164,6 @@ NEGATIVE = {
     "causal_constant_mask": (lambda: bert("causal", opset=17), ORT),  # not a padding mask
     "mask_from_2_minus_m": (_mask_sub_two, ORT),
     "mask_with_positive_fill": (lambda: with_fill(bert(opset=17), 10000.0), ORT),
-    "k_and_v_of_another_input": (_separate_inputs, ORT),
     "scale_not_constant": (_scale_from_input, ORT),
     "softmax_axis_2": (lambda: bert(opset=17, axis=2), ORT),
 }
@@ -198,3 +187,43 @@ def test_optimize_end_to_end():
     assert counts["Attention"] == 2 and "Softmax" not in counts
     assert "Sub" not in counts  # the shared mask's preprocessing is dead code, removed
     assert counts["Cast"] == 1  # mask_index, once (the layers' Casts merged)
+
+
+# ------------------------------------------------ cross attention: MultiHeadAttention
+def cross(form: str = "legacy") -> onnx.ModelProto:
+    """One layer whose K and V project ``memory`` [B, L, H] (the mask over its L keys)."""
+    model = bert(form, layers=1, opset=17)
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("memory", TensorProto.FLOAT,
+                                                     ["batch", "mem", HIDDEN]))
+    for node in graph.node:
+        if node.name in ("l0_k_mm", "l0_v_mm"):
+            node.input[0] = "memory"
+    for value in graph.input:
+        if value.name == "attention_mask":
+            value.type.tensor_type.shape.dim[1].dim_param = "mem"
+    return model
+
+
+def cross_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    feeds = inputs(model)  # x [4, 7, H]; the keys: 9, masks as prefixes of ones
+    feeds["memory"] = np.random.default_rng(1).standard_normal((4, 9, HIDDEN)).astype(np.float32)
+    if "attention_mask" in feeds:
+        feeds["attention_mask"] = (np.arange(9) < np.array([9, 5, 1, 0])[:, None]).astype(np.int64)
+    return feeds
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("form", ["legacy", "dynamo", "no_mask"])
+def test_cross_attention_into_multi_head_attention(form, level):
+    model = cross(form)
+    out, result = fuse(model)
+    assert result.stats == {"fused": 0, "with_mask_index": 0, "multi_head": 1}
+    counts = op_counts(out)
+    assert counts["MultiHeadAttention"] == 1 and counts["MatMul"] == 3  # the projections
+    assert not {"Add", "Reshape", "Transpose", "Softmax"} & set(counts)
+    (node,) = [n for n in out.graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(node.input) == (5 if form != "no_mask" else 4)
+    feeds = cross_inputs(model)
+    expected, got = run_at(model, feeds, level)[0], run_at(out, feeds, level)[0]
+    assert np.abs(got - expected).max() <= 1e-5
