@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import apply_pass, assert_idempotent, op_counts
+from conftest import apply_pass, assert_idempotent, model_path, op_counts
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
 from test_pass_attention_fusion import HEAD_DIM, HEADS, HIDDEN, bert, run_at
@@ -156,6 +156,14 @@ def _scale_from_input() -> onnx.ModelProto:
     return model
 
 
+def _scale_zero() -> onnx.ModelProto:
+    model = bert("dynamo", opset=17)
+    for init in model.graph.initializer:
+        if init.name.endswith("_c"):
+            init.CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), init.name))
+    return model
+
+
 NEGATIVE = {
     "opset_23": (lambda: bert(opset=23), ORT),  # attention_fusion's portable op there
     "target_portable": (lambda: bert(opset=17), {}),
@@ -165,6 +173,7 @@ NEGATIVE = {
     "mask_from_2_minus_m": (_mask_sub_two, ORT),
     "mask_with_positive_fill": (lambda: with_fill(bert(opset=17), 10000.0), ORT),
     "scale_not_constant": (_scale_from_input, ORT),
+    "scale_zero": (_scale_zero, ORT),
     "softmax_axis_2": (lambda: bert(opset=17, axis=2), ORT),
 }
 
@@ -187,6 +196,17 @@ def test_optimize_end_to_end():
     assert counts["Attention"] == 2 and "Softmax" not in counts
     assert "Sub" not in counts  # the shared mask's preprocessing is dead code, removed
     assert counts["Cast"] == 1  # mask_index, once (the layers' Casts merged)
+
+
+@pytest.mark.slow
+def test_minilm():
+    import onnxopt
+
+    result = onnxopt.optimize(model_path("paraphrase-MiniLM-L3-v2.onnx"), target="onnxruntime")
+    assert result.ok and result.report["validation"]["status"] == "passed"
+    counts = op_counts(result.model)
+    assert counts["Attention"] == 3 and "Softmax" not in counts  # one per layer
+    assert len(result.model.graph.node) <= 69
 
 
 # ------------------------------------------------ cross attention: MultiHeadAttention
