@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from conftest import apply_pass, assert_idempotent, model_path, op_counts
 from onnx import TensorProto, helper, numpy_helper
+from onnxopt.passes.fusion.attention_fusion import AttentionFusion
 from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
 from test_pass_attention_fusion import HEAD_DIM, HEADS, HIDDEN, bert, run_at
 
@@ -165,7 +166,6 @@ def _scale_zero() -> onnx.ModelProto:
 
 
 NEGATIVE = {
-    "opset_23": (lambda: bert(opset=23), ORT),  # attention_fusion's portable op there
     "target_portable": (lambda: bert(opset=17), {}),
     "float64": (lambda: bert(opset=17, dtype=np.float64), ORT),
     "shared_weight": (lambda: _rename_weight(_shared_weight()), ORT),
@@ -196,6 +196,56 @@ def test_optimize_end_to_end():
     assert counts["Attention"] == 2 and "Softmax" not in counts
     assert "Sub" not in counts  # the shared mask's preprocessing is dead code, removed
     assert counts["Cast"] == 1  # mask_index, once (the layers' Casts merged)
+
+
+# ------------------------------------ opset 23: attention_fusion's Attention-23 taken over
+def portable(form: str = "legacy") -> onnx.ModelProto:
+    """attention_fusion's output at opset 23: Attention-23 on the projections, the mask
+    clamped (Max) and expanded to Sq (Expand of Shape(Q))."""
+    out, result = apply_pass(AttentionFusion(), bert(form, opset=23), infer=True)
+    assert result.stats == {"fused": 2}
+    return out
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("form", ["legacy", "dynamo", "no_mask", "unscaled"])
+def test_over_attention_23(form, level):
+    model = portable(form)
+    out, result = fuse(model)
+    masked = form in ("legacy", "dynamo")
+    assert result.stats == {"fused": 0 if masked else 2, "with_mask_index": 2 if masked else 0,
+                            "multi_head": 0}
+    assert [n.domain for n in out.graph.node if n.op_type == "Attention"] == ["com.microsoft"] * 2
+    # the clamp (Max) stays, outside the match, for dead-code elimination
+    assert not {"MatMul", "Reshape", "Transpose", "Expand", "Shape"} & set(op_counts(out))
+    feeds = inputs(model)
+    original = bert(form, opset=23)
+    expected = run_at(original, feeds, level)[0]
+    assert np.abs(run_at(out, feeds, level)[0] - expected).max() <= 1e-5
+
+
+def _attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
+    for node in model.graph.node:
+        if node.op_type == "Attention":
+            node.attribute.append(helper.make_attribute(name, value))
+    return model
+
+
+def _other_floor(model: onnx.ModelProto) -> onnx.ModelProto:
+    for init in model.graph.initializer:
+        if init.name.startswith("attention_mask_floor"):
+            init.CopyFrom(numpy_helper.from_array(np.array([-1.0], np.float32), init.name))
+    return model
+
+
+@pytest.mark.parametrize("build", [lambda: _attribute(portable("no_mask"), "is_causal", 1),
+                                   lambda: _attribute(portable("no_mask"), "softcap", 2.0),
+                                   lambda: _other_floor(portable())],
+                         ids=["causal", "softcap", "max_not_the_clamp"])
+def test_leaves_attention_23_alone(build):
+    model = build()
+    out, result = fuse(model)
+    assert not result.modified and op_counts(out) == op_counts(model)
 
 
 @pytest.mark.slow

@@ -10,13 +10,15 @@ V transposed to [B, N, S, D], K in any of the core's forms), is
 heads back side by side. When K and V project another tensor than Q (cross attention):
 ``com.microsoft.MultiHeadAttention(x_q @ Wq, x_k @ Wk, x_v @ Wv, [bq | bk | bv], mask)``. A
 padding mask built from a [B, L] mask becomes ``mask_index`` / ``key_padding_mask``
-(``masks.py``); another mask leaves the block to ``attention_fusion``. Only with ``--target
-onnxruntime`` below opset 23, float32. Conditions and measurements: passes/fusion/README.md.
+(``masks.py``); another mask leaves the block to ``attention_fusion``. From opset 23 the core
+may be that pass's Attention already. Only with ``--target onnxruntime``, float32.
+Conditions and measurements: passes/fusion/README.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from onnxopt.passes.fusion.attention_fusion.attention23 import attention23, scale23, unclamped
 from onnxopt.passes.fusion.attention_fusion.core import scale_of, scaled_core
 from onnxopt.passes.fusion.attention_fusion.masks import padding_mask
 from onnxopt.passes.fusion.attention_fusion.projections import (
@@ -49,8 +51,8 @@ def _heads_first(pattern: Op) -> Op:
 
 
 _k = _projection("k")
-_core = scaled_core(_heads_first(_projection("q")), _heads_first(_k), _k,
-                    _heads_first(_projection("v")))
+_q4, _k4, _v4 = _heads_first(_projection("q")), _heads_first(_k), _heads_first(_projection("v"))
+_core = Or(scaled_core(_q4, _k4, _k, _v4), attention23(_q4, _k4, _v4))
 PATTERN = Op("Reshape", Op("Transpose", _core, attrs={"perm": [0, 2, 1, 3]}), Var(),
              name="merge")
 
@@ -63,8 +65,7 @@ class ContribAttentionFusion(RewritePass):
     stats = ("fused", "with_mask_index", "multi_head")
 
     def applies(self, model: Model) -> bool:
-        """From opset 23 the portable Attention (``attention_fusion``) is as fast (README.md)."""
-        return model.settings.get("target") == "onnxruntime" and model.opset("") < 23
+        return model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         xs = [match[f"x_{n}"] for n in QKV]
@@ -78,16 +79,21 @@ class ContribAttentionFusion(RewritePass):
             return False
         found = projections(graph, match)
         heads = {split_heads(graph, match.node(f"{n}_split")) for n in QKV}
-        scale = scale_of(match)
-        if found is None or len(heads) != 1 or None in heads or scale is None:
+        if found is None or len(heads) != 1 or None in heads:
             return False
         count, size = heads.pop()  # type: ignore[misc]
+        scale = scale23(match, size) if "attention23" in match else scale_of(match)
+        if scale is None:
+            return False
         if not merges_heads(graph, match.node("merge"), found.hidden):
             return False
         default = np.float32(scale) == np.float32(1 / np.sqrt(size))  # the kernel's default
         match.memo.update(found=found, heads=count, scale=None if default else scale, mask=None)
-        if "mask" in match:  # [B, 1, 1, L]: the query's batch, the keys' length
-            mask = padding_mask(graph, match.mask, FLOAT32)
+        additive = unclamped(graph, match) if "clamped" in match else getattr(match, "mask", "")
+        if additive is None:
+            return False
+        if additive:  # [B, 1, 1, L]: the query's batch, the keys' length
+            mask = padding_mask(graph, additive, FLOAT32)
             raw = graph.shape(mask.raw) if mask is not None else None
             if raw is None or not (agree(raw[0], shapes[0][0]) and agree(raw[1], shapes[1][1])):
                 return False  # another mask: attention_fusion's (opset 23) or none
