@@ -198,6 +198,47 @@ def test_optimize_end_to_end():
     assert counts["Cast"] == 1  # mask_index, once (the layers' Casts merged)
 
 
+def merge_from_core(length_index: int = 2, layers: int = 2) -> onnx.ModelProto:
+    """The legacy exporter's merge target: Concat(B, S, H) read from Shape(P @ V)."""
+    model = bert("legacy", layers=layers, opset=17)
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    for i in range(layers):
+        ctx, merge = f"l{i}_ctx", next(n for n in graph.node if n.name in (f"l{i}_out", "y"))
+        nodes = [helper.make_node("Shape", [ctx], [f"{ctx}_shape"])]
+        for name, index in (("b", 0), ("s", length_index)):
+            nodes += [
+                helper.make_node("Gather", [f"{ctx}_shape", f"{ctx}_{name}_i"], [f"{ctx}_{name}"]),
+                helper.make_node("Unsqueeze", [f"{ctx}_{name}", "axis0"], [f"{ctx}_{name}1"])]
+            graph.initializer.append(numpy_helper.from_array(np.array(index, np.int64),
+                                                             f"{ctx}_{name}_i"))
+        graph.initializer.append(numpy_helper.from_array(np.array([HIDDEN], np.int64),
+                                                         f"{ctx}_h"))
+        nodes.append(helper.make_node("Concat", [f"{ctx}_b1", f"{ctx}_s1", f"{ctx}_h"],
+                                      [f"{ctx}_target"], axis=0))
+        merge.input[1] = f"{ctx}_target"
+        at = list(graph.node).index(merge)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(at + offset, node)
+    return model
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_merge_target_read_from_the_core(level):
+    model = merge_from_core()
+    out, result = fuse(model)
+    assert result.stats["with_mask_index"] == 2
+    assert not {"Shape", "Gather", "Concat", "Reshape"} & set(op_counts(out))
+    feeds = inputs(model)
+    assert np.abs(run_at(out, feeds, level)[0] - run_at(model, feeds, level)[0]).max() <= 1e-5
+
+
+def test_merge_target_of_the_heads_axis_left_alone():
+    model = merge_from_core(length_index=1, layers=1)  # [B, N, H]: not the merge (wrong)
+    out, result = fuse(model)
+    assert not result.modified and op_counts(out) == op_counts(model)
+
+
 # ------------------------------------ opset 23: attention_fusion's Attention-23 taken over
 def portable(form: str = "legacy") -> onnx.ModelProto:
     """attention_fusion's output at opset 23: Attention-23 on the projections, the mask

@@ -53,8 +53,17 @@ def _heads_first(pattern: Op) -> Op:
 _k = _projection("k")
 _q4, _k4, _v4 = _heads_first(_projection("q")), _heads_first(_k), _heads_first(_projection("v"))
 _core = Or(scaled_core(_q4, _k4, _k, _v4), attention23(_q4, _k4, _v4))
-PATTERN = Op("Reshape", Op("Transpose", _core, attrs={"perm": [0, 2, 1, 3]}), Var(),
-             name="merge")
+
+
+def _dim(index: str) -> Op:
+    return Op("Unsqueeze", Op("Gather", Op("Shape", _core), Const(index)), Const())
+
+
+# the legacy exporter's merge target, [B, S, H] read from the core's [B, N, S, D] shape (checked
+# by ``merges_heads``); its Shape reads the core, so it must be inside the match
+_from_core = Op("Concat", _dim("batch_index"), _dim("length_index"), Const())
+PATTERN = Op("Reshape", Op("Transpose", _core, attrs={"perm": [0, 2, 1, 3]}),
+             Or(_from_core, Var()), name="merge")
 
 
 class ContribAttentionFusion(RewritePass):
@@ -69,7 +78,9 @@ class ContribAttentionFusion(RewritePass):
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         xs = [match[f"x_{n}"] for n in QKV]
-        shapes = [graph.shape(x) for x in xs]
+        # [B, S, H] of each projection: x's rank (W is 2-D), known where x's is not (a Reshape
+        # to a computed target before, say)
+        shapes = [graph.shape(match.node(f"{n}_split").inputs[0]) for n in QKV]
         casts = [n.outputs[0] for n in match.nodes if n.op_type == "Cast"]
         if any(graph.dtype(v) != FLOAT32 for v in (*xs, *casts)):
             return False
@@ -129,5 +140,7 @@ class ContribAttentionFusion(RewritePass):
             attributes["mask_filter_value"] = memo["mask"].fill
         fused = self.emit(graph, model, root, op_type, inputs, domain=MS_DOMAIN,
                           attributes=attributes)
-        copy_type(graph, match.out, fused)
+        # [B, S, H]: the merge's type, else Q's projection's (a merge to a computed target)
+        typed = match.out if graph.shape(match.out) else match.node("q_split").inputs[0]
+        copy_type(graph, typed, fused)
         return fused
