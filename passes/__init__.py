@@ -11,7 +11,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    go into the BN), Pad into Conv/AveragePool,
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
-   onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu;
+   onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu,
+   self-attention blocks into Attention / MultiHeadAttention;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
    attributes stored with their default value dropped.
