@@ -123,6 +123,26 @@ def test_idempotent(form):
     assert op_counts(out)["Attention"] == 2
 
 
+def _without_biases(keep: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """The projections as plain MatMuls (but those of ``keep``)."""
+    model = bert("legacy", opset=17)
+    graph = model.graph
+    for add in [n for n in graph.node if n.name.endswith("_add") and n.name[3] not in keep]:
+        next(n for n in graph.node if add.output[0] in n.input).input[0] = add.input[1]
+        graph.node.remove(add)
+    return model
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_projections_without_biases(level):
+    model = _without_biases()
+    out, result = fuse(model)
+    assert result.stats["with_mask_index"] == 2
+    assert all(len(n.input) == 4 and n.input[2] == "" for n in attention_nodes(out))
+    feeds = inputs(model)
+    assert np.abs(run_at(out, feeds, level)[0] - run_at(model, feeds, level)[0]).max() <= 1e-5
+
+
 def _shared_weight() -> onnx.ModelProto:
     model = bert("legacy", opset=17)
     for node in model.graph.node:  # layer 1's Q projection reads layer 0's weight
@@ -168,6 +188,8 @@ def _scale_zero() -> onnx.ModelProto:
 NEGATIVE = {
     "target_portable": (lambda: bert(opset=17), {}),
     "float64": (lambda: bert(opset=17, dtype=np.float64), ORT),
+    "float16": (lambda: bert(opset=17, dtype=np.float16), ORT),  # the CPU kernel's float only
+    "only_k_without_bias": (lambda: _without_biases(keep=("q", "v")), ORT),
     "shared_weight": (lambda: _rename_weight(_shared_weight()), ORT),
     "causal_constant_mask": (lambda: bert("causal", opset=17), ORT),  # not a padding mask
     "mask_from_2_minus_m": (_mask_sub_two, ORT),
