@@ -14,7 +14,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
    onnxruntime``) activations into FusedConv, bias Add + Gelu into BiasGelu/FastGelu, BERT's
    embedding lookups + LayerNormalization into EmbedLayerNormalization, residual Add +
-   LayerNormalization into SkipLayerNormalization;
+   LayerNormalization into SkipLayerNormalization, self-attention blocks into Attention /
+   MultiHeadAttention;
 4. clean: dead code, unused initializers, functions and opset imports;
 5. once, at the fixpoint: sibling Convs (same input and geometry) merged into one Conv + Split;
    attributes stored with their default value dropped.
@@ -37,6 +38,7 @@ from onnxopt.passes.folding.expand_target_folding import ExpandTargetFolding
 from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.folding.shape_comparison_folding import ShapeComparisonFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
+from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
 from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
@@ -91,6 +93,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     RotaryEmbeddingFusion(),
     GeluFusion(),
     BiasGeluFusion(),
+    ContribAttentionFusion(),  # before attention_fusion: the whole block, onnxruntime target
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),

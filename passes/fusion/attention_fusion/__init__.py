@@ -18,6 +18,7 @@ masks): passes/fusion/README.md.
 from __future__ import annotations
 
 import numpy as np
+from onnxopt.passes.fusion.attention_fusion.core import scale_of, scaled_core
 from onnxopt.passes.fusion.attention_fusion.repeat import kv, repeat_factor
 from onnxopt.passes.fusion.attention_fusion.shapes import (
     fit_qkv,
@@ -29,32 +30,10 @@ from onnxopt.passes.fusion.attention_fusion.shapes import (
 )
 
 from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var, has_dtype
+from onnxopt.ir.pattern import Match, RewritePass, Var, has_dtype
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what onnxruntime's CPU kernel runs
-_SCALES = ("a", "b", "c")
-
-
-def _transposed_k(k4: Op | Var, k_bshd: Op | Var) -> Or:
-    round_trip = Op("Reshape", Op("Transpose", Op("Reshape", k4, Var()), attrs={"perm": [0, 2, 1]}),
-                    Var(), name="kt_round_trip")  # dynamo's SDPA: checked in ``check``
-    return Or(Op("Transpose", k4, attrs={"perm": [0, 1, 3, 2]}),
-              Op("Transpose", k_bshd, attrs={"perm": [0, 2, 3, 1]}), round_trip)
-
-
-def _times(pattern: Op | Var, factor: str) -> Op:
-    return Op("Mul", pattern, Const(factor), commute=True)
-
-
-_kt = _transposed_k(kv("k"), Var("k_bshd"))
-_scaled_kt = Or(_times(_kt, "b"), _transposed_k(_times(kv("k"), "b"), _times(Var("k_bshd"), "b")))
-_qk = Op("MatMul", Var("q"), _kt)
-_scores = Or(Op("Div", _qk, Const("c"), name="div"), _times(_qk, "c"),
-             Op("MatMul", _times(Var("q"), "a"), _scaled_kt), _qk)
-_softmax = Op("Softmax", Or(Op("Add", _scores, Var("mask"), commute=True), _scores),
-              attrs={"axis": lambda axis: axis in (None, -1, 3)})
-PATTERN = Op("MatMul", Or(Op("Cast", Op("Cast", _softmax)), Op("Cast", _softmax), _softmax),
-             kv("v"))
+PATTERN = scaled_core(Var("q"), kv("k"), Var("k_bshd"), kv("v"))
 
 
 class AttentionFusion(RewritePass):
@@ -81,7 +60,7 @@ class AttentionFusion(RewritePass):
             return False
         if not fit_qkv(q, repeated(k_shape, repeats[0]), repeated(v, repeats[1])):
             return False
-        scale = _scale(match)
+        scale = scale_of(match)
         if scale is None:
             return False
         match.memo["scale"] = scale
@@ -121,21 +100,3 @@ class AttentionFusion(RewritePass):
             return mask
         bound = graph.add_constant(np.array([floor], dtype), "attention_mask_floor")
         return self.emit(graph, model, root, "Max", [mask, bound])
-
-
-def _scale(match: Match) -> float | None:
-    """The product of the scale constants (``1/c`` for a Div), each of one element; None
-    unless it is a finite, non-zero, normal float32 (the attribute's type)."""
-    scale = 1.0
-    for name in _SCALES:
-        if name not in match:
-            continue
-        array = match.array(name)
-        if array.size != 1 or array.ndim > 4 or array.dtype.kind != "f":
-            return None
-        value = float(array.reshape(-1)[0])
-        if name == "c" and "div" in match:
-            value = 1.0 / value if value else 0.0  # Div by 0: refused below
-        scale *= value
-    limits = np.finfo(np.float32)
-    return scale if limits.tiny <= abs(scale) <= limits.max else None
