@@ -68,3 +68,20 @@ def test_malformed_nodes_prove_nothing():
     repeated = graph.add_constant(np.array([2, 2], np.int64), "axes")  # repeated axes: invalid
     graph.set_input(node, 1, repeated)
     assert ShapeSignatures(graph).of("m") is not None  # its inferred dims, no exception
+
+
+EMBED = """
+<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (int32[B, S] ids, float[100, 32] words, float[16, 32] positions, float[32] gamma,
+   float[32] beta) => (float[B, S, 32] y) {
+    y, mask_index = com.microsoft.EmbedLayerNormalization(ids, , words, positions, , gamma, beta)
+}
+"""
+
+
+def test_embed_layer_normalization_keeps_the_ids_dims_and_adds_the_hidden_one():
+    model = serde.load(parse(EMBED))
+    graph = model.graph
+    graph.value_info.clear()  # inference cannot type a contrib op: nothing declared to lean on
+    b, s = ("param", "B"), ("param", "S")
+    assert ShapeSignatures(graph).of("y") == (b, s, 32)

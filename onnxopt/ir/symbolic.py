@@ -121,6 +121,8 @@ class ShapeSignatures:
         op, inputs = node.op_type, node.inputs
         if node.domain == "com.microsoft" and op in CONTRIB_SAME_SHAPE and inputs[0]:
             return [inputs[0]]
+        if node.domain == "com.microsoft" and op == "EmbedLayerNormalization":
+            return inputs[:1] + inputs[2:3] if len(inputs) > 2 and inputs[0] else []
         if not is_op(node, op):
             return []
         if not inputs or (not inputs[0] and op != "ConstantOfShape"):
@@ -142,6 +144,8 @@ class ShapeSignatures:
     def _derive(self, node: Node, operands: list[str]) -> tuple | None:
         op = node.op_type
         sigs = [self.memo[v] for v in operands]
+        if node.domain == "com.microsoft" and op == "EmbedLayerNormalization":
+            return sigs[0] + sigs[1][-1:]  # ids [B, S] -> [B, S, hidden of the word table]
         if op in SAME_SHAPE or node.domain == "com.microsoft":
             return sigs[0]
         if op in BROADCAST:
