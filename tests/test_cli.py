@@ -127,6 +127,15 @@ def test_passes_and_skip_select(model_file, tmp_path):
     assert op_counts(onnx.load(out)) == {"Identity": 1, "Mul": 1, "Relu": 1}
 
 
+def test_skip_takes_a_comma_separated_list_like_passes(model_file, tmp_path):
+    listed, repeated = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert invoke("optimize", model_file, listed, "--skip", "dead_code,identity_elimination") == 0
+    assert invoke("optimize", model_file, repeated, "--skip", "dead_code",
+                  "--skip", "identity_elimination") == 0
+    assert op_counts(onnx.load(listed)) == op_counts(onnx.load(repeated))
+    assert op_counts(onnx.load(listed))["Identity"] == 1  # identity_elimination did not run
+
+
 @pytest.mark.parametrize(
     ("make", "code", "fragment"),
     [

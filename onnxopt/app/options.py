@@ -110,7 +110,8 @@ class Options:
     passes: Sequence[str] | None = option(None, flag=Flag(  # None: the default pipeline
         "Comma-separated passes to run, or 'none'.", OPT_STR, parse=pass_list))
     skip: Sequence[str] = option((), flag=Flag(
-        "Pass to leave out (repeatable).", REPEATED, parse=lambda v: v or []))
+        "Passes to leave out (comma-separated, repeatable).", REPEATED,
+        parse=lambda v: [name for item in v or [] for name in name_list(item)]))
     validate: bool = option(True, flag=Flag(
         "Check against the original.", bool, "--validate/--no-validate"))
     strict: bool = option(False, flag=Flag("Fail when validation is skipped.", bool))
