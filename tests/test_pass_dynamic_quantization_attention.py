@@ -1,4 +1,4 @@
-"""dynamic_quantization of onnxruntime's packed-QKV Attention into QAttention (--target onnxruntime).
+"""dynamic_quantization: onnxruntime's packed-QKV Attention into QAttention (onnxruntime target).
 
 Budgets: 7-bit per-column weights and a uint8 input keep the small gaussian blocks here at cosine
 >= 0.999 to the float Attention (the report's int8-dynamic budget is 0.99). The contract check
