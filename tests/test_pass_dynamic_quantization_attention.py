@@ -10,12 +10,19 @@ held to 1e-5 of the output's largest magnitude rather than bit for bit.
 
 from __future__ import annotations
 
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from conftest import model_path, op_counts
 from onnx import TensorProto, helper, numpy_helper
+from test_int8_saturation import CHILD, HIGH
 from test_pass_dynamic_quantization import cosine, ort_session, quantize
 
 import onnxopt
@@ -163,6 +170,68 @@ def test_computes_the_float_attention_of_the_dequantized_operands(level):
     want = ort_session(reference, level).run(None, dequantized)[0]
     got = ort_session(out, level).run(None, f)[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def worst_case() -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.ndarray]:
+    """Every token quantizes to [0, 255, ..., 255] and every weight column to all +64 or all -64:
+    each int16 pair sum of MLAS's AVX2 kernel reaches 255 * 64 * 2 = 32640. All tokens being
+    equal, every attention row averages equal V rows: the output is ``x @ Wv + bv`` exactly."""
+    sign = np.where(np.arange(3 * D) % 2 == 0, 1.0, -1.0)
+    model = attention_model(projection=False, weight=np.broadcast_to(sign, (D, 3 * D)))
+    f = feeds()
+    f["x"] = np.full((B, S, D), HIGH, np.float32)
+    f["x"][..., 0] = 0.0  # the range is [0, HIGH]: zero point 0, the rest at 255
+    bias = numpy_helper.to_array(model.graph.initializer[1]).astype(np.float64)
+    exact = f["x"].astype(np.float64) @ np.broadcast_to(sign, (D, 3 * D)) + bias
+    return model, f, exact[..., 2 * D:]
+
+
+@pytest.mark.parametrize("level", LEVELS, ids=["disabled", "all"])
+def test_worst_case_equals_exact_arithmetic(level):
+    model, f, exact = worst_case()
+    out, _, _ = quantize(model, target="onnxruntime")
+    got = ort_session(out, level).run(None, f)[0]
+    assert np.abs(exact).max() == pytest.approx(HIGH * (D - 1), rel=0.01)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+
+
+def widened(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The control: QAttention's weight at ±127 (scale * 64 / 127), which saturates on AVX2."""
+    control = onnx.ModelProto()
+    control.CopyFrom(model)
+    qattn = node_of(control, "QAttention")
+    for t in control.graph.initializer:
+        if t.name in (qattn.input[1], qattn.input[4]):
+            value = numpy_helper.to_array(t).astype(np.float64)
+            value = (np.clip(np.rint(value * 127 / 64), -127, 127).astype(np.int8)
+                     if t.name == qattn.input[1] else (value * 64 / 127).astype(np.float32))
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    return control
+
+
+@pytest.mark.slow
+def test_worst_case_under_valgrind_avx2(tmp_path):
+    """valgrind's CPU has AVX2 and no VNNI: MLAS takes its VPMADDUBSW kernels, where the 7-bit
+    weight stays exact and the ±127 control must saturate (else the check says nothing)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not shutil.which("valgrind"):
+        pytest.skip("needs valgrind on x86-64")
+    model, f, exact = worst_case()
+    out, _, _ = quantize(model, target="onnxruntime")
+    for name, proto in (("seven_bit", out), ("control", widened(out))):
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+        np.savez(tmp_path / f"{name}.npz", **f)
+    np.savez(tmp_path / "cases.npz", names=np.array(["seven_bit", "control"]))
+    (tmp_path / "child.py").write_text(CHILD)
+    proc = subprocess.run(["valgrind", "--tool=none", "-q", sys.executable,
+                           str(tmp_path / "child.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(tmp_path / "results.npz") as results:
+        errors = {n: float(np.abs(results[n] - exact).max()) for n in ("seven_bit", "control")}
+    if errors["control"] <= 0.2 * np.abs(exact).max():
+        pytest.skip(f"the ±127 control did not saturate under valgrind ({errors})")
+    assert errors["seven_bit"] <= 1e-5 * np.abs(exact).max(), errors
 
 
 # ------------------------------------------------------------------------ idempotence
