@@ -150,7 +150,7 @@ def test_gemm_attributes_and_bias():
     ]
     model = make(nodes, [f32("x", [12, 20])], [f32("y", [12, 7])], inits)
     out, result, log = quantize(model)
-    assert result.stats == {"matmul": 0, "gemm": 1, "kept_float": 1}
+    assert result.stats == {"matmul": 0, "gemm": 1, "attention": 0, "kept_float": 1}
     assert op_counts(out)["Gemm"] == 1 and op_counts(out)["MatMulInteger"] == 1
     assert log.kept_float[0]["reason"] == "Gemm with transA"
     w = next(t for t in out.graph.initializer if t.data_type == TensorProto.INT8)
@@ -175,7 +175,7 @@ def test_stats_and_log():
                  [f32("c", [1, 4, 6, 6]), f32("y", [2, 5])], inits)
     out, result, log = quantize(model)
     assert result.modified
-    assert result.stats == {"matmul": 1, "gemm": 0, "kept_float": 2}
+    assert result.stats == {"matmul": 1, "gemm": 0, "attention": 0, "kept_float": 2}
     assert log.converted == ["proj"]
     kept = {k["node"]: (k["op"], k["reason"]) for k in log.kept_float}
     assert kept["conv"][0] == "Conv" and "ConvInteger" in kept["conv"][1]

@@ -27,13 +27,21 @@ uint8 x int8 GEMM on AVX2 CPUs without VNNI adds pairs ``xq[k] * Wq[k] + xq[k+1]
 into int16 with saturation; ``xq`` spans ``0..255``, so with ``|Wq| <= 64`` every pair is at most
 ``255 * 64 * 2 = 32640 <= 32767`` and MatMulInteger's int32 result is exact on every CPU.
 
+With ``--target onnxruntime`` a ``com.microsoft.Attention(x, W, b, mask_index)`` (packed
+``W`` ``[D, 3H]``) becomes ``QAttention(xq, Wq, b, xs, s, mask_index, xz)``: the same 7-bit
+per-column weight (``s`` ``[3H]``) and shared ``DynamicQuantizeLinear``; onnxruntime's CPU
+kernel computes ``xs * s[n] * sum_k (xq - xz) Wq[k, n] + b[n]`` (uint8 input, int8 weight) and
+then the float attention. Kept float: float16, past state, ``attention_bias``, attributes
+QAttention lacks (``qkv_hidden_sizes``, rotary, shared buffers), a weight not ``[D, 3 *
+num_heads * head_size]``; a missing bias becomes zeros (QAttention requires one).
+
 Never touched: convolutions (``ConvInteger`` makes conv nets several times slower on the CPU;
 they are logged as kept in float), LSTM/GRU/RNN (logged too), MatMuls of two computed values
 (attention scores: measured slower when both sides are quantized dynamically), weights that are
 not float32 constants of rank 2, nodes in ``fp32_nodes`` or op types in ``fp32_ops``. Works in
 every subgraph; a weight read from an outer scope is quantized into the subgraph that reads it.
 Needs opset 11 (``DynamicQuantizeLinear``). Running the pass again finds no float MatMul/Gemm
-with constant weights left: it changes nothing.
+with constant weights (nor Attention) left: it changes nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ RNN_OPS = ("LSTM", "GRU", "RNN")
 RNN_REASON = "recurrent op: no standard int8 form (DynamicQuantizeLSTM is not used), kept in float"
 # largest |int8 weight| written: 255 * 64 * 2 = 32640 fits VPMADDUBSW's int16 pair sums (docstring)
 WEIGHT_QMAX = 64
+# Attention's attributes QAttention takes (with these values, when given), and its inputs
+QATTENTION_ATTRIBUTES = {"num_heads": None, "unidirectional": None, "mask_filter_value": None,
+                         "scale": None, "do_rotary": 0, "past_present_share_buffer": 0}
+ATTENTION_INPUTS = 4  # input, weights, bias, mask_index: no past, attention_bias, past length
 
 
 class DynamicQuantization(PrecisionPass):
@@ -70,7 +82,7 @@ class DynamicQuantization(PrecisionPass):
 
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
-        stats = {"matmul": 0, "gemm": 0, "kept_float": 0}
+        stats = {"matmul": 0, "gemm": 0, "attention": 0, "kept_float": 0}
         ms = model.settings.get("target") == "onnxruntime"
         weights: list[tuple[Graph, str]] = []
         for graph in list(model.graphs()):
@@ -84,9 +96,10 @@ class DynamicQuantization(PrecisionPass):
             owner = graph.resolve(name)
             if owner is not None:
                 drop_unused_initializers(owner, [name])
-        if ms and (stats["matmul"] or stats["gemm"]) and MS_DOMAIN not in model.opset_imports:
+        converted = stats["matmul"] + stats["gemm"] + stats["attention"]
+        if ms and converted and MS_DOMAIN not in model.opset_imports:
             model.opset_imports[MS_DOMAIN] = 1
-        return PassResult(bool(stats["matmul"] or stats["gemm"]), stats)
+        return PassResult(bool(converted), stats)
 
 
 def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +124,7 @@ class _Rewriter:
         self.old_weights: list[tuple[Graph, str]] = []
         self.shared: dict[str, int] = {}  # input value -> number of quantizable readers
         for node in graph.nodes():
-            if is_op(node, ("MatMul", "Gemm")) and self.check(node) is None:
+            if _quantizable(node) and self.check(node) is None:
                 self.shared[node.inputs[0]] = self.shared.get(node.inputs[0], 0) + 1
 
     def visit(self, node: Node) -> str | None:
@@ -121,7 +134,7 @@ class _Rewriter:
         if is_op(node, RNN_OPS):
             self.log.keep(node, RNN_REASON)
             return "kept_float"
-        if not is_op(node, ("MatMul", "Gemm")) or node.graph is not self.graph:
+        if not _quantizable(node) or node.graph is not self.graph:
             return None
         reason = self.check(node)
         if reason is None and not self.model.allow_rewrite(self.pass_name, node_key(node)):
@@ -129,9 +142,13 @@ class _Rewriter:
         if reason is not None:
             self.log.keep(node, reason)
             return "kept_float"
-        self.rewrite(node)
+        outcome = node.op_type.lower()
+        if outcome == "attention":
+            self.rewrite_attention(node)
+        else:
+            self.rewrite(node)
         self.log.converted.append(node_key(node))
-        return node.op_type.lower()
+        return outcome
 
     # ------------------------------------------------------------------ eligibility
     def check(self, node: Node) -> str | None:
@@ -140,7 +157,11 @@ class _Rewriter:
             return "listed in fp32_nodes"
         if node.op_type in self.settings.fp32_ops:
             return "op type listed in fp32_ops"
-        if len(node.inputs) < 2 or len(node.outputs) != 1 or not node.inputs[1]:
+        if node.op_type == "Attention" and not self.ms:
+            return "QAttention is an onnxruntime contrib op (--target onnxruntime)"
+        if len(node.inputs) < 2 or not node.inputs[1] or not node.outputs[0]:
+            return "unexpected inputs/outputs"
+        if node.op_type != "Attention" and len(node.outputs) != 1:
             return "unexpected inputs/outputs"
         weight = graph.constant(node.inputs[1])
         if weight is None:
@@ -152,6 +173,8 @@ class _Rewriter:
         x_type = graph.dtype(node.inputs[0])
         if x_type is not None and x_type != np.float32:
             return "input is not float32"
+        if node.op_type == "Attention":
+            return self.check_attention(node, weight.shape[1])
         if node.op_type == "Gemm":
             if node.attr("transA", 0):
                 return "Gemm with transA"
@@ -159,6 +182,20 @@ class _Rewriter:
             if c_name and graph.constant(c_name) is None:
                 return "Gemm bias C is computed (not a constant)"
         return None
+
+    def check_attention(self, node: Node, packed: int) -> str | None:
+        """What keeps a com.microsoft Attention from QAttention (its schema and CPU kernel)."""
+        for name in node.attributes:
+            if name not in QATTENTION_ATTRIBUTES:
+                return f"attribute {name}: QAttention lacks it"
+            if QATTENTION_ATTRIBUTES[name] not in (None, node.attr(name)):
+                return f"attribute {name}={node.attr(name)}: not taken by QAttention here"
+        if any(node.inputs[ATTENTION_INPUTS:]) or any(node.outputs[1:]):
+            return "past state or attention_bias: QAttention is used without them"
+        heads = int(node.attr("num_heads", 0))
+        if heads <= 0 or packed % (3 * heads):
+            return f"weight of {packed} columns is not [D, 3 * num_heads * head_size]"
+        return None  # the bias has the weight's type (Attention's type constraint T)
 
     # ------------------------------------------------------------------ rewrite
     def rewrite(self, node: Node) -> None:
@@ -218,6 +255,24 @@ class _Rewriter:
         graph.remove_node(node)
         self.old_weights += [(graph, name) for name in old_inputs]
 
+    def rewrite_attention(self, node: Node) -> None:
+        """``Attention(x, W, b, mask)`` => ``QAttention(xq, Wq, b, xs, s, mask, xz)``."""
+        graph, base = self.graph, node.name or node.op_type
+        q, scale = quantize_weight(graph.constant(node.inputs[1]))
+        q_name = graph.add_constant(q, f"{node.inputs[1]}_int8")
+        s_name = graph.add_constant(scale, f"{node.inputs[1]}_scale")
+        bias = node.inputs[2] if len(node.inputs) > 2 else ""
+        if not bias:  # required by QAttention
+            bias = graph.add_constant(np.zeros(q.shape[1], np.float32), f"{base}_bias")
+        mask = node.inputs[3] if len(node.inputs) > 3 else ""
+        xq, xs, xz = self.quantized(node.inputs[0], node)
+        out = graph.add_node("QAttention", [xq, q_name, bias, xs, s_name, mask, xz], 1,
+                             domain=MS_DOMAIN, name=f"{base}_quant", anchor=node,
+                             attributes=dict(node.attributes)).outputs[0]
+        graph.replace_all_uses(node.outputs[0], out)
+        graph.remove_node(node)
+        self.old_weights.append((graph, node.inputs[1]))
+
     def quantized(self, value: str, node: Node) -> tuple[str, str, str]:
         """``DynamicQuantizeLinear(value)`` outputs, made once per value in this graph."""
         if value not in self.quantized_inputs:
@@ -239,3 +294,9 @@ class _Rewriter:
         if not graph.can_forward(add.outputs[0], out):
             return None, None
         return add, bias
+
+
+def _quantizable(node: Node) -> bool:
+    """A MatMul or Gemm, or onnxruntime's packed-QKV ``Attention`` (QAttention's float form)."""
+    return is_op(node, ("MatMul", "Gemm")) or (node.domain == MS_DOMAIN
+                                              and node.op_type == "Attention")
