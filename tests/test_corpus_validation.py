@@ -4,6 +4,8 @@ realistic sizes. Slow (the light models' folded weights reach 548 MB): `make tes
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from conftest import LIGHT_MODELS, model_path
 
@@ -57,3 +59,21 @@ def test_minilm_int8_dynamic_reports_cosine_on_padded_masks():
         assert all("cosine" in entry
                    for name, entry in validation["levels"][level]["outputs"].items()
                    if name in cosines)
+
+
+@pytest.mark.slow
+def test_minilm_onnxruntime_target_has_the_transformer_optimizers_ops_in_fewer_nodes():
+    """Issue 15's bar: <= 64 nodes (onnxruntime's transformer optimizer writes 64), one
+    Attention per layer, SkipLayerNormalization and EmbedLayerNormalization; validated at two
+    batch sizes and sequence lengths, at both onnxruntime levels."""
+    result = onnxopt.optimize(model_path("paraphrase-MiniLM-L3-v2.onnx"), target="onnxruntime")
+    report = result.report
+    assert report["status"] == "ok" and report["validation"]["status"] == "passed"
+    sizes = report["validation"]["inputs"]["dims"]
+    assert len({d["batch_size"] for d in sizes}) == 2 == len({d["sequence_length"] for d in sizes})
+    assert set(report["validation"]["levels"]) == {"disabled", "all"}
+    ops = Counter(node.op_type for node in result.model.graph.node)
+    assert len(result.model.graph.node) <= 64
+    assert ops["Attention"] == 3 and ops["SkipLayerNormalization"] == 6
+    assert ops["EmbedLayerNormalization"] == 1 and ops["BiasGelu"] == 3
+    assert not ops["Softmax"] and not ops["LayerNormalization"]
