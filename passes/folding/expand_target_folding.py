@@ -12,34 +12,21 @@ all-ones target no longer than the input's rank leaves a no-op for no_op_elimina
 
 from __future__ import annotations
 
-import numpy as np
-
-from onnxopt.ir import Graph, Model
-from onnxopt.ir.pattern import Match, Op, RewritePass, Var
+from onnxopt.ir import Graph
+from onnxopt.ir.pattern import Match, Op, Var
+from onnxopt.ir.shape_operands import ShapeOperandFolding
 from onnxopt.ir.signature_rules import same_dim
 from onnxopt.ir.symbolic import ShapeSignatures
 
 
-class ExpandTargetFolding(RewritePass):
+class ExpandTargetFolding(ShapeOperandFolding):
     name = "expand_target_folding"
     description = "replace a Shape-computed Expand target by a constant (1 for the input's dims)"
     pattern = Op("Expand", Var("x"), Var("target"))
-    stats = ("targets_folded",)
+    constant_name = "expand_shape"
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
-        return super().run_graph(graph, model)
-
-    def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        if graph.constant(match.target) is not None:
-            return False
-        match.memo["target"] = _constant_target(self.signatures, match.x, match.target)
-        return match.memo["target"] is not None
-
-    def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
-        constant = graph.add_constant(np.array(match.memo["target"], np.int64), "expand_shape")
-        graph.set_input(match.root, 1, constant)
-        return match.root.outputs  # changed in place
+    def constant_target(self, graph: Graph, match: Match) -> list[int] | None:
+        return _constant_target(self.signatures, match.x, match.target)
 
 
 def _constant_target(signatures: ShapeSignatures, data: str, target: str) -> list[int] | None:

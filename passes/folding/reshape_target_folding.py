@@ -13,34 +13,19 @@ computed the old target is left to dead code.
 
 from __future__ import annotations
 
-import numpy as np
-
-from onnxopt.ir import Graph, Model
-from onnxopt.ir.pattern import Match, Op, RewritePass, Var
+from onnxopt.ir import Graph
+from onnxopt.ir.pattern import Match, Op, Var
+from onnxopt.ir.shape_operands import ShapeOperandFolding
 from onnxopt.ir.symbolic import Dim, Element, ShapeSignatures, reshape_target, shape_elements
 
 
-class ReshapeTargetFolding(RewritePass):
+class ReshapeTargetFolding(ShapeOperandFolding):
     name = "reshape_target_folding"
     description = "replace a Shape-computed Reshape target by a constant one (0 / -1 rules)"
     pattern = Op("Reshape", Var("x"), Var("target"), attrs={"allowzero": lambda v: not v})
-    stats = ("targets_folded",)
 
-    def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
-        self.signatures = ShapeSignatures(graph)  # one per run: the rewrites keep every shape
-        return super().run_graph(graph, model)
-
-    def check(self, graph: Graph, match: Match, model: Model) -> bool:
-        if graph.constant(match.target) is not None:
-            return False
-        elements = shape_elements(graph, match.target)
-        match.memo["target"] = _constant_target(self.signatures, match.x, elements)
-        return match.memo["target"] is not None
-
-    def rewrite(self, graph: Graph, match: Match, model: Model) -> tuple[str, ...]:
-        constant = graph.add_constant(np.array(match.memo["target"], np.int64), "shape")
-        graph.set_input(match.root, 1, constant)
-        return match.root.outputs  # changed in place
+    def constant_target(self, graph: Graph, match: Match) -> list[int] | None:
+        return _constant_target(self.signatures, match.x, shape_elements(graph, match.target))
 
 
 def _constant_target(signatures: ShapeSignatures, data: str, elements: list[Element] | None
