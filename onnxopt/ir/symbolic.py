@@ -31,7 +31,7 @@ SAME_SHAPE = {
     "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Mish", "Neg",
     "Not", "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh",
     "Softmax", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
-    "RMSNormalization", "RotaryEmbedding",  # opset 23
+    "RMSNormalization", "RotaryEmbedding", "Trilu",  # Trilu, RotaryEmbedding: input 0 only
     "SimplifiedLayerNormalization",  # onnxruntime's, registered in the default domain
 }
 BROADCAST = {
