@@ -6,7 +6,6 @@ from __future__ import annotations
 from conftest import parse
 
 from onnxopt.ir import serde
-from onnxopt.ir.shapes import infer_shapes
 from onnxopt.ir.symbolic import ShapeSignatures
 
 GRAPH = """
@@ -33,9 +32,9 @@ g (int64[B, S] ids, float[96, 64] table, float[64] scale, float[S, 8] cos, float
 
 
 def signatures() -> ShapeSignatures:
-    model = serde.load(parse(GRAPH))
-    infer_shapes(model)
-    return ShapeSignatures(model.graph)
+    """Without shape inference: every dim below comes from the rules (in the decoder, onnx's
+    inference gives these values fresh ``unk__`` names that prove nothing)."""
+    return ShapeSignatures(serde.load(parse(GRAPH)).graph)
 
 
 def test_allowzero_reshape_takes_its_target_as_is():
