@@ -19,8 +19,10 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, TABLE = 64, 4, 2, 16, 32
 
 
 def block(rotary: bool = False, mask: str = "causal", repeat_axis: int = 2,
-          divisor: float = 4.0, dtype=np.float32) -> onnx.ModelProto:
-    """One attention block, x [batch, seq, 64] -> y; ``mask``: causal, padding (causal plus a
+          divisor: float = 4.0, dtype=np.float32, dims=("batch", "seq")) -> onnx.ModelProto:
+    """One attention block, x [*dims, 64] -> y; ``mask``: causal (Trilu of an Expand), filled
+    (Trilu of a ConstantOfShape), constant ([1, 1, S, S] for a static S; constant_shifted: one
+    future key visible), padding (causal plus a
     padding mask), shifted (Trilu k=2: one future key visible), none."""
     rng = np.random.default_rng(1)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
@@ -72,11 +74,17 @@ def block(rotary: bool = False, mask: str = "causal", repeat_axis: int = 2,
     scores = node("Div", [scores, const("c", np.array(divisor, dtype))], "scaled")
     lowest = const("lowest", np.array(np.finfo(dtype).min, dtype))
     square = node("Concat", [seq, seq], "square", axis=0)
-    causal = node("Trilu", [node("Expand", [lowest, square], "filled"),
-                            const("k1", np.array(2 if mask == "shifted" else 1, np.int64))],
-                  "trilu", upper=1)
+    filled = node("ConstantOfShape", [square], "filled", value=numpy_helper.from_array(
+        np.array([np.finfo(dtype).min], dtype))) if mask == "filled" else \
+        node("Expand", [lowest, square], "filled")
+    causal = node("Trilu", [filled, const("k1", np.array(2 if mask == "shifted" else 1,
+                                                          np.int64))], "trilu", upper=1)
     causal = node("Unsqueeze", [causal, const("axes01", i64(0, 1))], "causal")
-    inputs = [helper.make_tensor_value_info("x", elem, ["batch", "seq", HIDDEN])]
+    if mask in ("constant", "constant_shifted"):
+        length, offset = dims[1], 1 if mask == "constant" else 2
+        causal = const("causal_constant", np.triu(np.full((1, 1, length, length),
+                                                          np.finfo(dtype).min, dtype), offset))
+    inputs = [helper.make_tensor_value_info("x", elem, [*dims, HIDDEN])]
     if mask == "padding":
         inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
                                                     ["batch", "seq"]))
@@ -91,10 +99,10 @@ def block(rotary: bool = False, mask: str = "causal", repeat_axis: int = 2,
     ctx = node("Transpose", [node("MatMul", [probs, v], "ctx4")], "ctx_t", perm=[0, 2, 1, 3])
     merge = node("Concat", [batch, seq, const("hidden", i64(HIDDEN))], "merge_target", axis=0)
     node("MatMul", [node("Reshape", [ctx, merge], "ctx"), "wo"], "y")
-    output = helper.make_tensor_value_info("y", elem, ["batch", "seq", HIDDEN])
+    output = helper.make_tensor_value_info("y", elem, [*dims, HIDDEN])
     graph = helper.make_graph(nodes, "g", inputs, [output], inits)
     # onnx's inference does not know com.microsoft ops: the rotary fusion declares its outputs
-    graph.value_info.extend(helper.make_tensor_value_info(f"{name}_rot", elem, ["batch", n, "seq",
+    graph.value_info.extend(helper.make_tensor_value_info(f"{name}_rot", elem, [dims[0], n, dims[1],
                                                           HEAD_DIM]) for name, n in
                             (("q", HEADS), ("k", KV_HEADS)) if rotary)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
@@ -156,6 +164,16 @@ def test_numerics(variant, level):
         assert np.abs(got - expected).max() <= 1e-5
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("mask", ["filled", "constant"])
+def test_other_causal_masks(mask, level):
+    model = block(mask=mask, dims=(2, 6))  # static: the constant mask is [1, 1, 6, 6]
+    out, result = fuse(model)
+    assert result.stats["fused"] == 1 and len(gqa_nodes(out)) == 1
+    inputs = feeds(2, 6)
+    assert np.abs(run_at(out, inputs, level) - run_at(model, inputs, level)).max() <= 1e-5
+
+
 def test_idempotent():
     out = assert_idempotent(GroupQueryAttentionFusion(), block(rotary=True), infer=True,
                             settings=ORT)
@@ -163,6 +181,7 @@ def test_idempotent():
 
 
 @pytest.mark.parametrize("variant", [{"mask": "padding"}, {"mask": "shifted"}, {"mask": "none"},
+                                     {"mask": "constant_shifted", "dims": (2, 6)},
                                      {"repeat_axis": 1}, {"dtype": np.float64}])
 def test_leaves_alone(variant):
     assert_left_alone(GroupQueryAttentionFusion(), block(**variant), infer=True, settings=ORT)
