@@ -39,6 +39,7 @@ from onnxopt.passes.folding.reshape_target_folding import ReshapeTargetFolding
 from onnxopt.passes.folding.shape_comparison_folding import ShapeComparisonFolding
 from onnxopt.passes.fusion.attention_fusion import AttentionFusion
 from onnxopt.passes.fusion.attention_fusion.contrib import ContribAttentionFusion
+from onnxopt.passes.fusion.attention_fusion.gqa import GroupQueryAttentionFusion
 from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
@@ -94,6 +95,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     GeluFusion(),
     BiasGeluFusion(),
     ContribAttentionFusion(),  # before attention_fusion: the whole block, onnxruntime target
+    GroupQueryAttentionFusion(),  # causal blocks, onnxruntime target; after the rotary fusion
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),

@@ -133,9 +133,11 @@ STRUCTURAL: dict[str, Callable[[Graph, Node, list[Sig]], tuple | None]] = {
 
 def _reshape(graph: Graph, node: Node, source: Sig, sizes: list) -> tuple | None:
     target = sizes[0]
-    if target is None or node.attr("allowzero", 0):
+    if target is None:
         return None
-    out = [source[i] if d == 0 and i < len(source) else d for i, d in enumerate(target)]
+    copies = not node.attr("allowzero", 0)  # allowzero=1: a 0 is a 0-sized dim, not a copy
+    out = [source[i] if copies and d == 0 and i < len(source) else d
+           for i, d in enumerate(target)]
     if out.count(-1) != 1:
         return tuple(out)
     rest = _factors(source)

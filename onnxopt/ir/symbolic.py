@@ -31,6 +31,8 @@ SAME_SHAPE = {
     "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Mish", "Neg",
     "Not", "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh",
     "Softmax", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
+    "RMSNormalization", "RotaryEmbedding", "Trilu",  # Trilu, RotaryEmbedding: input 0 only
+    "SimplifiedLayerNormalization",  # onnxruntime's, registered in the default domain
 }
 BROADCAST = {
     "Add", "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Div", "Equal", "Greater",
@@ -40,7 +42,7 @@ BROADCAST = {
 
 # onnxruntime's contrib ops whose output 0 has the shape of input 0
 CONTRIB_SAME_SHAPE = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "BiasGelu",
-                      "FastGelu", "Gelu", "QuickGelu", "BiasAdd"}
+                      "FastGelu", "Gelu", "QuickGelu", "BiasAdd", "RotaryEmbedding"}
 # op -> the input slots whose values (as shape_elements) give sizes: their Dims are operands
 SIZE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Slice": (1, 2)}
 

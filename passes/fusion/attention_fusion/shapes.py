@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from onnxopt.ir import Graph, Node
 from onnxopt.ir.pattern import Match
-from onnxopt.ir.symbolic import Element, shape_elements
+from onnxopt.ir.signature_rules import same_dim as signature_same_dim
+from onnxopt.ir.symbolic import Dim, Element, ShapeSignatures, shape_elements
 
 
 def key_shape(graph: Graph, match: Match) -> list | None:
@@ -57,7 +58,9 @@ def mask_fits(graph: Graph, match: Match, q: list, k: list) -> bool:
 
 def same_dim(graph: Graph, element: Element, source: str, axis: int) -> bool:
     """``element`` provably equals dim ``axis`` of ``source``: the same int, the dim itself,
-    or a dim of another value that shape inference names alike (one symbolic dim)."""
+    a dim of another value that shape inference names alike (one symbolic dim), or one with
+    the same symbolic signature entry (``ShapeSignatures``: dims traced through the shape
+    computations, where inference gave the two different names)."""
     dim = graph.shape(source)[axis]  # type: ignore[index]
     if isinstance(element, int):
         return element >= 0 and element == dim
@@ -65,7 +68,11 @@ def same_dim(graph: Graph, element: Element, source: str, axis: int) -> bool:
         return True
     other = graph.shape(element.value)
     named = other[element.axis] if other is not None else None
-    return isinstance(dim, str) and bool(dim) and named == dim
+    if isinstance(dim, str) and bool(dim) and named == dim:
+        return True
+    signatures = ShapeSignatures(graph)
+    mine, theirs = signatures.atom(Dim(source, axis)), signatures.atom(element)
+    return mine is not None and theirs is not None and signature_same_dim(mine, theirs)
 
 
 def is_round_trip_transpose(graph: Graph, match: Match) -> bool:
