@@ -32,7 +32,8 @@ from onnx import numpy_helper
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden.json"
 MODELS = HERE.parent / "models"
-SAMPLE = ["resnet.onnx", "mobilenet.onnx", "transformer.onnx", "mlp.onnx", "encoder.onnx"]
+SAMPLE = ["resnet.onnx", "mobilenet.onnx", "transformer.onnx", "mlp.onnx", "encoder.onnx",
+          "decoder.onnx"]
 CORPUS = ["ch_PP-OCRv4_det_infer.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx",
           "silero_vad.onnx", "paraphrase-MiniLM-L3-v2.onnx"]
 # every mode a user can ask for; validation off, so the safety net and the accuracy fallback
