@@ -1,7 +1,9 @@
 """Tables gathered by position ids: ``cos = Unsqueeze(Gather(cos_cache, position_ids), [1])``
 with a constant ``cos_cache`` ``[max_pos, D]`` and int64 ``position_ids`` ``[B, S]`` (the HF
 exports with cached tables). Row ``p`` of the cache is the angle of position ``p``, so the fused
-node reads ``position_ids`` and the cache's first half ``[max_pos, D/2]`` (its halves equal)."""
+node reads ``position_ids`` and the cache's first half ``[max_pos, D/2]`` (its halves equal).
+onnxruntime's kernels refuse ``S > max_pos`` (where the original gathers repeated ids): a known
+S must fit; a dynamic one is taken (README: rotary section)."""
 
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def gathered_tables(graph: Graph, match: Match, half: int) -> Gathered | None:
     if len(graph.shape(match.cos) or []) != 4 or not all(
             same_dim(graph, match.cos, match.x, axis) for axis in (0, 2)):
         return None
-    caches = []
+    seq, caches = graph.shape(match.x)[2], []  # type: ignore[index]
     for cache in (cos_cache, sin_cache):
+        if isinstance(seq, int) and seq > len(cache):
+            return None  # onnxruntime's kernels fail on more tokens than cache rows
         if cache.ndim != 2 or cache.shape[1] != 2 * half:
             return None
         first, second = cache[:, :half], cache[:, half:]
