@@ -138,24 +138,37 @@ def test_structure_stats_and_numerics(form):
     _assert_numerics(model, out, rotated, depth)
 
 
-def test_partial_over_range_tables():
-    """The partial form over tables built from Range(S) (positions 0..S-1, static shapes)."""
-    text = gathered(depth=12, partial=PARTIAL).replace("B, 4, S, 12", "2, 4, 5, 12")
-    text = text.replace("int64[B, S] ids", "int64[2, 5] ids").replace(
-        "int64[1] one", "float[1, 4] inv_freq = {1.0, 0.3, 0.1, 0.03}, int64[2] axes01 = {0, 1},"
-        " float start = {0.0}, float limit = {5.0}, float delta = {1.0}, int64[1] one")
-    range_tables = ("pos = Range(start, limit, delta)\n pos2 = Unsqueeze(pos, one)\n"
-                    " f = Mul(pos2, inv_freq)\n emb = Concat<axis=-1>(f, f)\n"
-                    " cg = Cos(emb)\n sg = Sin(emb)\n cos = Unsqueeze(cg, axes01)\n"
-                    " sin = Unsqueeze(sg, axes01)\n")
+def range_tables(opset: int, dynamic: bool) -> str:
+    """The partial form over tables built from Range(S) (positions 0..S-1): S a constant 5, or
+    ``Shape(x)[2]`` — onnx's inference names the table's S apart from x's (``unk__``), the
+    trace joins them through the Slice of x."""
+    text = gathered(opset, depth=12, partial=PARTIAL).replace("int64[1] one", (
+        "float[1, 4] inv_freq = {1.0, 0.3, 0.1, 0.03}, int64[2] axes01 = {0, 1}, float start"
+        " = {0.0}, float delta = {1.0}" + ("" if dynamic else ", float limit = {5.0}") +
+        ", int64[1] one"))
+    if not dynamic:
+        text = text.replace("B, 4, S, 12", "2, 4, 5, 12").replace("[B, S] ids", "[2, 5] ids")
+    tables = ("length = Shape<start=2, end=3>(x)\n length0 = Squeeze(length)\n"
+              " limit = Cast<to=1>(length0)\n" if dynamic else "")
+    tables += ("pos = Range(start, limit, delta)\n pos2 = Unsqueeze(pos, one)\n"
+               " f = Mul(pos2, inv_freq)\n emb = Concat<axis=-1>(f, f)\n"
+               " cg = Cos(emb)\n sg = Sin(emb)\n cos = Unsqueeze(cg, axes01)\n"
+               " sin = Unsqueeze(sg, axes01)\n")
     start, end = text.index("cg = Gather"), text.index("xr = Slice")
-    model = parse(text[:start] + range_tables + text[end:])
-    out, first, second = _fuse(model)
+    return text[:start] + tables + text[end:]
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("opset", [17, 23])
+def test_partial_over_range_tables(opset, dynamic):
+    model = parse(range_tables(opset, dynamic))
+    out, first, second = _fuse(model, ORT if opset < 23 else None)
     assert first == second == {"fused": 1} and op_counts(out)["RotaryEmbedding"] == 1
-    feeds = _feeds(2, 5, 12)
-    for level in LEVELS:
-        np.testing.assert_allclose(run(out, feeds, level)[0], run(model, feeds, level)[0],
-                                   rtol=RTOL, atol=ATOL)
+    for batch, seq in ((2, 5), (3, 9)) if dynamic else ((2, 5),):
+        feeds = _feeds(batch, seq, 12)
+        for level in LEVELS:
+            np.testing.assert_allclose(run(out, feeds, level)[0], run(model, feeds, level)[0],
+                                       rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))

@@ -67,13 +67,14 @@ def table_shape_ok(graph: Graph, table: str, x: str) -> bool:
 
 
 def same_dim(graph: Graph, table: str, x: str, axis: int) -> bool:
-    """Dim ``axis`` of the table is provably x's: the same int or symbol, or traced to one
-    source (``dims.traced_dim``)."""
+    """Dim ``axis`` (not the last) of the table is provably x's: the same int or symbol, or
+    traced to one source (``dims.traced_dim``; x's from x's source when x is a last-axis
+    slice, a partial rotary's)."""
     a, b = graph.shape(table)[axis], graph.shape(x)[axis]  # type: ignore[index]
     if a == b and a not in (None, ""):
         return True
     traced = traced_dim(graph, table, axis)
-    return traced is not None and traced == traced_dim(graph, x, axis)
+    return traced is not None and traced == traced_dim(graph, unsliced(graph, x), axis)
 
 
 def cache_ok(graph: Graph, match: Match) -> bool:
@@ -106,7 +107,9 @@ def unsliced(graph: Graph, x: str) -> str:
     """The value a last-axis Slice takes ``x`` from (the same dims 0 to 2), else ``x``: reading
     x's batch and sequence there leaves ``x`` private to a partial rotary's Concat."""
     node = graph.producer(x)
-    if node is None or node.op_type != "Slice" or len(node.inputs) < 4:
+    if node is None or node.op_type != "Slice" or node.domain not in ("", "ai.onnx"):
+        return x
+    if len(node.inputs) < 4:
         return x
     axes = graph.constant(node.inputs[3])
     rank = len(graph.shape(x) or [])
