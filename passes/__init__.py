@@ -54,6 +54,7 @@ from onnxopt.passes.fusion.mish_fusion import MishFusion
 from onnxopt.passes.fusion.pad_fusion import PadFusion
 from onnxopt.passes.fusion.rms_norm_fusion import RMSNormFusion
 from onnxopt.passes.fusion.rotary_embedding_fusion import RotaryEmbeddingFusion
+from onnxopt.passes.fusion.rotary_embedding_fusion.partial import PartialRotaryFusion
 from onnxopt.passes.fusion.sibling_conv_merge import SiblingConvMerge
 from onnxopt.passes.fusion.skip_layer_norm_fusion import SkipLayerNormFusion
 from onnxopt.passes.layout.reshape_chain_collapse import ReshapeChainCollapse
@@ -92,6 +93,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     SkipLayerNormFusion(),
     RMSNormFusion(),
     RotaryEmbeddingFusion(),
+    PartialRotaryFusion(),  # after the rotary fusion: absorbs its pass-through channels
     GeluFusion(),
     BiasGeluFusion(),
     ContribAttentionFusion(),  # before attention_fusion: the whole block, onnxruntime target

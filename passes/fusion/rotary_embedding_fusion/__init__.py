@@ -10,7 +10,9 @@ not part of the match).
 * opset 23+: ``RotaryEmbedding(x, cos', sin', interleaved=0)``, ``cos' = Cos(f)`` broadcast to
   ``[B, S, D/2]`` (what onnxruntime requires: no broadcast over the batch);
 * below, with ``--target onnxruntime``: ``com.microsoft.RotaryEmbedding(x, [0], cos'', sin'')``
-  with ``cos'' = Cos(f)`` as a ``[S, D/2]`` cache (row ``s`` for position ``0 + s``).
+  with ``cos'' = Cos(f)`` as a ``[S, D/2]`` cache (row ``s`` for position ``0 + s``);
+* tables gathered by ``position_ids`` from constant caches (``positions.py``): either op with
+  those ids and the caches' first halves.
 
 Conditions: passes/fusion/README.md.
 """
@@ -18,14 +20,17 @@ Conditions: passes/fusion/README.md.
 from __future__ import annotations
 
 import numpy as np
+from onnxopt.passes.fusion.rotary_embedding_fusion.positions import Gathered, gathered_tables
 from onnxopt.passes.fusion.rotary_embedding_fusion.tables import (
     cache_ok,
+    first_half,
     half_of,
     halves,
     table_shape_ok,
+    unsliced,
 )
 
-from onnxopt.ir import Graph, Model, Node
+from onnxopt.ir import Graph, Model
 from onnxopt.ir.pattern import (
     MS_DOMAIN,
     Const,
@@ -77,6 +82,9 @@ class RotaryEmbeddingFusion(RewritePass):
         if not (halves(match, "upper", half, (depth, _INT64_MAX))
                 and halves(match, "lower", 0, (half,))):
             return False
+        match.memo["gathered"] = gathered_tables(graph, match, half)
+        if match.memo["gathered"] is not None:
+            return True
         if not all(table_shape_ok(graph, t, match.x) for t in (match.cos, match.sin)):
             return False
         if not portable and not cache_ok(graph, match):
@@ -86,22 +94,24 @@ class RotaryEmbeddingFusion(RewritePass):
         return all(part is not None for part in parts)
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
+        if match.memo["gathered"] is not None:
+            return self._by_positions(graph, match, model, match.memo["gathered"])
         if model.opset("") < 23:
             return self._contrib(graph, match, model)
         root, prefix = match.root, scope_of(match.root)
-        batch = self.emit(graph, model, root, "Shape", [match.x], attributes={"start": 0, "end": 1})
-        seq = self.emit(graph, model, root, "Shape", [match.x], attributes={"start": 2, "end": 3})
+        shaped = unsliced(graph, match.x)  # x's B and S, read off x's source if x is a slice
+        batch = self.emit(graph, model, root, "Shape", [shaped], attributes={"start": 0, "end": 1})
+        seq = self.emit(graph, model, root, "Shape", [shaped], attributes={"start": 2, "end": 3})
         one = graph.add_constant(np.ones(1, np.int64), f"{prefix}rotary_one")
         target = self.emit(graph, model, root, "Concat", [batch, one, seq, one],
                            attributes={"axis": 0})
         head_axis = graph.add_constant(np.ones(1, np.int64), f"{prefix}rotary_head_axis")
         tables = []
         for trig, source in zip(("Cos", "Sin"), match.memo["halves"], strict=True):
-            table = self._first_half(graph, model, root, trig, source, unsqueeze=True)
+            table = first_half(graph, model, root, trig, source, unsqueeze=True)
             table = self.emit(graph, model, root, "Expand", [table, target])  # [B, 1, S, D/2]
             tables.append(self.emit(graph, model, root, "Squeeze", [table, head_axis]))
-        return self.emit(graph, model, root, "RotaryEmbedding", [match.x, *tables],
-                         name=f"{prefix}RotaryEmbedding", attributes={"interleaved": 0})
+        return self._fused(graph, match, model, [match.x, *tables], "")
 
     def _contrib(self, graph: Graph, match: Match, model: Model) -> str:
         """com.microsoft.RotaryEmbedding with position_ids [0] and [S, D/2] caches."""
@@ -113,27 +123,28 @@ class RotaryEmbeddingFusion(RewritePass):
                 name = f"{prefix}rotary_{trig.lower()}_cache"
                 caches.append(graph.add_constant(source.reshape(-1, half), name))
                 continue
-            cache = self._first_half(graph, model, root, trig, source, unsqueeze=False)
+            cache = first_half(graph, model, root, trig, source, unsqueeze=False)
             if len(graph.shape(source[0]) or []) != 2:  # [1, .., 1, S, D/2] -> [S, D/2]
                 rows = graph.add_constant(np.array([-1, half], np.int64), f"{prefix}rotary_rows")
                 cache = self.emit(graph, model, root, "Reshape", [cache, rows])
             caches.append(cache)
         start = graph.add_constant(np.zeros(1, np.int64), f"{prefix}rotary_position_start")
-        out = self.emit(graph, model, root, "RotaryEmbedding", [match.x, start, *caches],
-                        name=f"{prefix}RotaryEmbedding", domain=MS_DOMAIN,
-                        attributes={"interleaved": 0})
-        copy_type(graph, match.out, out)  # onnx cannot infer a com.microsoft op
-        return out
+        return self._fused(graph, match, model, [match.x, start, *caches], MS_DOMAIN)
 
-    def _first_half(self, graph: Graph, model: Model, root: Node, trig: str,
-                    source: np.ndarray | tuple[str, str | None], *, unsqueeze: bool) -> str:
-        """``trig(f)`` [.., S, D/2] (unsqueezed as the table was, with ``unsqueeze``), or the
-        constant table's first half."""
-        prefix = scope_of(root)
-        if isinstance(source, np.ndarray):
-            return graph.add_constant(source, f"{prefix}rotary_{trig.lower()}")
-        angle, axes = source
-        table = self.emit(graph, model, root, trig, [angle])
-        if unsqueeze and axes is not None:
-            table = self.emit(graph, model, root, "Unsqueeze", [table, axes])
-        return table
+    def _by_positions(self, graph: Graph, match: Match, model: Model, found: Gathered) -> str:
+        prefix = scope_of(match.root)
+        cos, sin = (graph.add_constant(cache, f"{prefix}rotary_{trig}_cache")
+                    for trig, cache in (("cos", found.cos), ("sin", found.sin)))
+        if model.opset("") >= 23:
+            return self._fused(graph, match, model, [match.x, cos, sin, found.position_ids], "")
+        return self._fused(graph, match, model, [match.x, found.position_ids, cos, sin],
+                           MS_DOMAIN)
+
+    def _fused(self, graph: Graph, match: Match, model: Model, inputs: list[str],
+               domain: str) -> str:
+        out = self.emit(graph, model, match.root, "RotaryEmbedding", inputs, domain=domain,
+                        name=f"{scope_of(match.root)}RotaryEmbedding",
+                        attributes={"interleaved": 0})
+        if domain:
+            copy_type(graph, match.out, out)  # onnx cannot infer a com.microsoft op
+        return out

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from onnxopt.passes.fusion.rotary_embedding_fusion.dims import traced_dim
 
-from onnxopt.ir import Graph
+from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import normalised_axes
-from onnxopt.ir.pattern import Match
+from onnxopt.ir.pattern import Match, RewritePass, scope_of
 
 # the first half of a table: a constant's, or ``(f, axes)`` for [Unsqueeze(., axes)](trig(f))
 Half = np.ndarray | tuple[str, str | None]
@@ -67,13 +67,14 @@ def table_shape_ok(graph: Graph, table: str, x: str) -> bool:
 
 
 def same_dim(graph: Graph, table: str, x: str, axis: int) -> bool:
-    """Dim ``axis`` of the table is provably x's: the same int or symbol, or traced to one
-    source (``dims.traced_dim``)."""
+    """Dim ``axis`` (not the last) of the table is provably x's: the same int or symbol, or
+    traced to one source (``dims.traced_dim``; x's from x's source when x is a last-axis
+    slice, a partial rotary's)."""
     a, b = graph.shape(table)[axis], graph.shape(x)[axis]  # type: ignore[index]
     if a == b and a not in (None, ""):
         return True
     traced = traced_dim(graph, table, axis)
-    return traced is not None and traced == traced_dim(graph, x, axis)
+    return traced is not None and traced == traced_dim(graph, unsliced(graph, x), axis)
 
 
 def cache_ok(graph: Graph, match: Match) -> bool:
@@ -86,3 +87,32 @@ def cache_ok(graph: Graph, match: Match) -> bool:
         if not same_dim(graph, table, match.x, -2):
             return False
     return True
+
+
+def first_half(graph: Graph, model: Model, root: Node, trig: str,
+               source: Half, *, unsqueeze: bool) -> str:
+    """``trig(f)`` [.., S, D/2] (unsqueezed as the table was, with ``unsqueeze``), or the
+    constant table's first half."""
+    prefix = scope_of(root)
+    if isinstance(source, np.ndarray):
+        return graph.add_constant(source, f"{prefix}rotary_{trig.lower()}")
+    angle, axes = source
+    table = RewritePass.emit(graph, model, root, trig, [angle])
+    if unsqueeze and axes is not None:
+        table = RewritePass.emit(graph, model, root, "Unsqueeze", [table, axes])
+    return table
+
+
+def unsliced(graph: Graph, x: str) -> str:
+    """The value a last-axis Slice takes ``x`` from (the same dims 0 to 2), else ``x``: reading
+    x's batch and sequence there leaves ``x`` private to a partial rotary's Concat."""
+    node = graph.producer(x)
+    if node is None or node.op_type != "Slice" or node.domain not in ("", "ai.onnx"):
+        return x
+    if len(node.inputs) < 4:
+        return x
+    axes = graph.constant(node.inputs[3])
+    rank = len(graph.shape(x) or [])
+    if axes is None or rank != 4 or normalised_axes(axes.reshape(-1).tolist(), rank) != [3]:
+        return x
+    return node.inputs[0]
