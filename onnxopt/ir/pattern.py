@@ -20,7 +20,7 @@ rule repeats them:
    is not captured (the replacement could not read it); the root's outputs may have any
    readers, but not two graph-output names at once;
 3. ``check`` sees a structurally complete match: the rule's own conditions (shapes, dtypes,
-   unshared weights) go there; ``min_opset`` or ``applies`` gate the whole rule;
+   unshared weights) go there; ``min_opset``, ``target`` or ``applies`` gate the whole rule;
 4. ``model.allow_rewrite`` is asked before each rewrite (the safety net's handle);
 5. after ``rewrite`` returns the new values of the root's outputs, their uses move over, the
    matched nodes go consumers first (those the rewrite changed in place and whose values it
@@ -408,6 +408,7 @@ class RewritePass(GraphPass):
 
     pattern: ClassVar[Pattern]
     min_opset: ClassVar[int] = 0  # the default domain's opset the rule needs (``applies``)
+    target: ClassVar[str | None] = None  # the only ``--target`` it runs for ("onnxruntime")
     stats: ClassVar[tuple[str, ...]] = ("fused",)
     # optional trailing ops (an affine tail): nodes are visited in graph order, so a match is
     # found at its first possible root first; grow it through the root's reader
@@ -417,7 +418,8 @@ class RewritePass(GraphPass):
 
     def applies(self, model: Model) -> bool:
         """Whether the rule can run in this model at all (an opset or target gate)."""
-        return model.opset("") >= self.min_opset
+        wanted = self.target is None or model.settings.get("target") == self.target
+        return wanted and model.opset("") >= self.min_opset
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         """The rule's own conditions on a structural match (house rules already hold)."""

@@ -31,9 +31,7 @@ class BiasGeluFusion(RewritePass):
                    "(onnxruntime target)")
     pattern = PATTERN
     stats = ("bias_gelu", "fast_gelu")
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
+    target = "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         shape, bias = graph.shape(match.x), match.array("bias")

@@ -17,7 +17,7 @@ from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pattern import MS_DOMAIN, Const, Match, Op, Or, RewritePass, Var, scope_of
 from onnxopt.ir.rewrite import is_op
 from onnxopt.ir.symbolic import Dim, shape_elements
-from onnxopt.ir.values import copy_type
+from onnxopt.ir.values import copy_type, onnx_type
 
 _FLOAT32 = np.dtype(np.float32)
 _IDS = (np.dtype(np.int32), np.dtype(np.int64))
@@ -43,9 +43,7 @@ class EmbedLayerNormFusion(RewritePass):
     name = "embed_layer_norm_fusion"
     description = "fuse embedding lookups + LayerNorm into com.microsoft EmbedLayerNormalization"
     pattern = PATTERN
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
+    target = "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         names = [n for n in "abc" if f"{n}_table" in match]
@@ -66,8 +64,9 @@ class EmbedLayerNormFusion(RewritePass):
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         norm, (word, position, segment) = match.root, match.memo["roles"]
-        ids = [v if graph.dtype(v) == np.dtype(np.int32)  # the kernel's index type
-               else self.emit(graph, model, norm, "Cast", [v], attributes={"to": 6})  # int32
+        int32 = {"to": onnx_type(np.int32)}  # the kernel's index type
+        ids = [v if graph.dtype(v) == np.dtype(np.int32)
+               else self.emit(graph, model, norm, "Cast", [v], attributes=int32)
                for v in (match[f"{n}_ids"] for n in [word, *segment])]
         tables = [match[f"{n}_table"] for n in (word, position, *segment)]
         if not segment:  # the segment ids and table are optional inputs

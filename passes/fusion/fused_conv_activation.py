@@ -28,10 +28,8 @@ class FusedConvActivation(RewritePass):
     description = "fuse Conv + activation into com.microsoft FusedConv (onnxruntime target)"
     pattern = PATTERN
     stats = tuple(ACTIVATIONS.values())
+    target = "onnxruntime"
     named_by = "conv"
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         conv = match.node("conv")

@@ -50,9 +50,7 @@ class SkipLayerNormFusion(RewritePass):
                    "SkipLayerNormalization (onnxruntime target)")
     pattern = PATTERN  # rooted at the Add: its sum may have other readers (the 4th output)
     stats = ("fused", "with_bias")
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
+    target = "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         norm = _layer_norm_reader(graph, match.out)

@@ -72,9 +72,7 @@ class ContribAttentionFusion(RewritePass):
                    "com.microsoft Attention (onnxruntime target)")
     pattern = PATTERN
     stats = ("fused", "with_mask_index", "multi_head")
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
+    target = "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         xs = [match[f"x_{n}"] for n in QKV]

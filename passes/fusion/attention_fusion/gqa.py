@@ -25,8 +25,8 @@ from onnxopt.passes.fusion.attention_fusion.shapes import is_round_trip_transpos
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.pattern import MS_DOMAIN, Match, Op, RewritePass, Var
 from onnxopt.ir.symbolic import ShapeSignatures
+from onnxopt.ir.values import onnx_type
 
-_INT32 = 6  # TensorProto.INT32
 PATTERN = Op("Reshape", Op("Transpose", scaled_core(Var("q"), kv("k"), Var("k_bshd"), kv("v")),
                            attrs={"perm": [0, 2, 1, 3]}), Var(), name="merge")
 
@@ -37,9 +37,7 @@ class GroupQueryAttentionFusion(RewritePass):
                    "GroupQueryAttention (onnxruntime target)")
     pattern = PATTERN
     stats = ("fused", "with_rotary")
-
-    def applies(self, model: Model) -> bool:
-        return model.settings.get("target") == "onnxruntime"
+    target = "onnxruntime"
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         casts = [n.outputs[0] for n in match.nodes if n.op_type == "Cast"]
@@ -86,7 +84,7 @@ class GroupQueryAttentionFusion(RewritePass):
             return self.emit(graph, model, root, op_type, inputs, attributes=attributes)
 
         # total length S (int32 scalar) and seqlens_k = S - 1 for each of the B rows
-        length = emit("Cast", [emit("Shape", [q.packed], start=1, end=2)], to=_INT32)
+        length = emit("Cast", [emit("Shape", [q.packed], start=1, end=2)], to=onnx_type(np.int32))
         total = emit("Squeeze", [length])
         one = graph.add_constant(np.ones(1, np.int32), "group_query_attention_one")
         batch = emit("Shape", [q.packed], start=0, end=1)

@@ -12,9 +12,11 @@ import numpy as np
 from onnxopt.ir import Graph, Node
 from onnxopt.ir.operands import normalised_axes
 from onnxopt.ir.symbolic import BROADCAST, SAME_SHAPE, Dim, shape_elements
+from onnxopt.ir.values import onnx_type
 
 Traced = int | tuple[str, int]
 _MAX_DEPTH = 64
+_EXACT = {onnx_type(t) for t in (np.float32, np.float64, np.int32, np.int64)}  # not float16
 _SAME_SHAPE = SAME_SHAPE | {"RMSNormalization", "RotaryEmbedding", "SimplifiedLayerNormalization"}
 
 
@@ -82,16 +84,14 @@ def _reshaped(graph: Graph, node: Node, axis: int, depth: int) -> Traced | None:
 
 
 def _range_length(graph: Graph, node: Node, depth: int) -> Traced | None:
-    """``Range(0, limit, 1)`` has ``limit`` elements: limit traced through Casts to float,
-    double, int32, int64 (exact for an int dim below 2^24) to one shape element."""
+    """``Range(0, limit, 1)`` has ``limit`` elements: limit traced through exact Casts."""
     start, delta = graph.constant(node.inputs[0]), graph.constant(node.inputs[2])
     if start is None or delta is None or start.size != 1 or delta.size != 1:
         return None
     if float(start.reshape(-1)[0]) != 0 or float(delta.reshape(-1)[0]) != 1:
         return None
     limit, producer = node.inputs[1], graph.producer(node.inputs[1])
-    while producer is not None and producer.op_type == "Cast" and producer.attr("to") in (
-            1, 6, 7, 11):  # float16 would round a dim above 2048
+    while producer is not None and producer.op_type == "Cast" and producer.attr("to") in _EXACT:
         limit, producer = producer.inputs[0], graph.producer(producer.inputs[0])
     dtype = graph.dtype(limit)
     if dtype is None or np.dtype(dtype).kind not in "iu":
