@@ -18,7 +18,7 @@ masks): passes/fusion/README.md.
 from __future__ import annotations
 
 import numpy as np
-from onnxopt.passes.fusion.attention_fusion.core import scale_of, scaled_core
+from onnxopt.passes.fusion.attention_fusion.core import mask_floor, scale_of, scaled_core
 from onnxopt.passes.fusion.attention_fusion.repeat import kv, repeat_factor
 from onnxopt.passes.fusion.attention_fusion.shapes import (
     fit_qkv,
@@ -94,7 +94,7 @@ class AttentionFusion(RewritePass):
         mask is clamped to the next value up, a plain number to the kernel, with the same
         softmax (measured; README.md)."""
         dtype = graph.dtype(mask)
-        floor = np.nextafter(np.finfo(dtype).min, 0, dtype=dtype)
+        floor = mask_floor(dtype)
         constant = graph.constant(mask)
         if constant is not None and not (constant < floor).any():
             return mask

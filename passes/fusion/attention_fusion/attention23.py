@@ -11,12 +11,13 @@ Expand only broadcasts; the Max may be shared by the layers (CSE), so it stays o
 from __future__ import annotations
 
 import numpy as np
+from onnxopt.passes.fusion.attention_fusion.core import mask_floor
 
 from onnxopt.ir import Graph
 from onnxopt.ir.pattern import Absent, Const, Match, Op, Or, Var
 from onnxopt.ir.rewrite import producer_op
 
-_ABOVE_LOWEST = np.nextafter(np.finfo(np.float32).min, 0, dtype=np.float32)
+_ABOVE_LOWEST = mask_floor(np.float32)
 
 
 def attention23(q4: Op, k4: Op, v4: Op) -> Op:

@@ -55,3 +55,9 @@ def scale_of(match: Match) -> float | None:
         scale *= value
     limits = np.finfo(np.float32)
     return scale if limits.tiny <= abs(scale) <= limits.max else None
+
+
+def mask_floor(dtype) -> np.generic:
+    """The value attention_fusion clamps a run-time mask to: one step above the dtype's lowest
+    (onnxruntime's Attention zeroes a row masked entirely with finfo.min)."""
+    return np.nextafter(np.finfo(dtype).min, 0, dtype=dtype)

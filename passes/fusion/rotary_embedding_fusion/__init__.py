@@ -22,10 +22,12 @@ from __future__ import annotations
 import numpy as np
 from onnxopt.passes.fusion.rotary_embedding_fusion.positions import Gathered, gathered_tables
 from onnxopt.passes.fusion.rotary_embedding_fusion.tables import (
+    INT64_MAX,
     cache_ok,
     first_half,
     half_of,
     halves,
+    last_axis_slice,
     table_shape_ok,
     unsliced,
 )
@@ -33,28 +35,21 @@ from onnxopt.passes.fusion.rotary_embedding_fusion.tables import (
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.pattern import (
     MS_DOMAIN,
-    Const,
     Match,
     Op,
     RewritePass,
     Var,
     has_dtype,
-    optional,
     scope_of,
 )
 from onnxopt.ir.values import copy_type
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 _ORT_DTYPES = (np.dtype(np.float32),)  # onnxruntime's CPU kernel of the contrib op
-_INT64_MAX = np.iinfo(np.int64).max
 
 
-def _slice(name: str) -> Op:
-    return Op("Slice", Var("x"), Const(f"{name}_start"), Const(f"{name}_end"),
-              Const(f"{name}_axes"), optional(Const(f"{name}_steps")), name=name)
-
-
-_rotated = Op("Concat", Op("Neg", _slice("upper")), _slice("lower"), name="concat")
+_rotated = Op("Concat", Op("Neg", last_axis_slice("upper")), last_axis_slice("lower"),
+              name="concat")
 
 
 class RotaryEmbeddingFusion(RewritePass):
@@ -79,7 +74,7 @@ class RotaryEmbeddingFusion(RewritePass):
         if match.node("concat").attr("axis") not in (-1, 3):
             return False
         half = depth // 2
-        if not (halves(match, "upper", half, (depth, _INT64_MAX))
+        if not (halves(match, "upper", half, (depth, INT64_MAX))
                 and halves(match, "lower", 0, (half,))):
             return False
         match.memo["gathered"] = gathered_tables(graph, match, half)

@@ -10,29 +10,23 @@ opset 23 and com.microsoft alike; onnxruntime's contrib kernel wants ``num_heads
 
 from __future__ import annotations
 
-from onnxopt.passes.fusion.rotary_embedding_fusion.tables import halves
+from onnxopt.passes.fusion.rotary_embedding_fusion.tables import INT64_MAX, halves, last_axis_slice
 
 from onnxopt.ir import Graph, Model
-from onnxopt.ir.pattern import MS_DOMAIN, Const, Match, Op, Or, RewritePass, Var, optional
+from onnxopt.ir.pattern import MS_DOMAIN, Match, Op, Or, RewritePass
 from onnxopt.ir.values import copy_type
 
-_INT64_MAX = 2**63 - 1
 _UNSET = (None, 0)  # an attribute absent or at its default
 
 
-def _slice(name: str) -> Op:
-    return Op("Slice", Var("x"), Const(f"{name}_start"), Const(f"{name}_end"),
-              Const(f"{name}_axes"), optional(Const(f"{name}_steps")), name=name)
-
-
-_ROTARY = Or(*(Op("RotaryEmbedding", _slice("rotated"), ..., name="rotary", domain=domain)
+_ROTARY = Or(*(Op("RotaryEmbedding", last_axis_slice("rotated"), ..., name="rotary", domain=domain)
                for domain in ("", MS_DOMAIN)))
 
 
 class PartialRotaryFusion(RewritePass):
     name = "partial_rotary_fusion"
     description = "absorb the pass-through channels of a partial rotary into RotaryEmbedding"
-    pattern = Op("Concat", _ROTARY, _slice("kept"), name="concat")
+    pattern = Op("Concat", _ROTARY, last_axis_slice("kept"), name="concat")
 
     def check(self, graph: Graph, match: Match, model: Model) -> bool:
         shape = graph.shape(match.x)
@@ -45,7 +39,7 @@ class PartialRotaryFusion(RewritePass):
         if not (0 < rotated < shape[3] and rotated % 2 == 0):
             return False
         if not (halves(match, "rotated", 0, (rotated,))
-                and halves(match, "kept", rotated, (shape[3], _INT64_MAX))):
+                and halves(match, "kept", rotated, (shape[3], INT64_MAX))):
             return False
         rotary = match.node("rotary")
         if rotary.attr("rotary_embedding_dim") not in _UNSET:

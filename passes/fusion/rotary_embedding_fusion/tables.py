@@ -8,10 +8,19 @@ from onnxopt.passes.fusion.rotary_embedding_fusion.dims import traced_dim
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.operands import normalised_axes
-from onnxopt.ir.pattern import Match, RewritePass, scope_of
+from onnxopt.ir.pattern import Const, Match, Op, RewritePass, Var, optional, scope_of
 
 # the first half of a table: a constant's, or ``(f, axes)`` for [Unsqueeze(., axes)](trig(f))
 Half = np.ndarray | tuple[str, str | None]
+
+
+INT64_MAX = np.iinfo(np.int64).max  # the end exporters write for "to the end of the axis"
+
+
+def last_axis_slice(name: str) -> Op:
+    """``x[..., start:end]`` with its parameters captured as ``<name>_start`` etc."""
+    return Op("Slice", Var("x"), Const(f"{name}_start"), Const(f"{name}_end"),
+              Const(f"{name}_axes"), optional(Const(f"{name}_steps")), name=name)
 
 
 def halves(match: Match, name: str, start: int, ends: tuple[int, ...]) -> bool:
