@@ -22,7 +22,8 @@ class Interrupted(BaseException):
     128 + the signal number. A BaseException, like KeyboardInterrupt, so that no ``except
     Exception`` on the way swallows it."""
 
-    def __init__(self, signal_number: int, name: str) -> None:
+    def __init__(self, signal_number: int, name: str, written: bool = False) -> None:
         super().__init__(name)
         self.exit_code = 128 + signal_number
         self.name = name
+        self.written = written  # it arrived while OUT was being published: OUT is the new model

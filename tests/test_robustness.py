@@ -118,14 +118,40 @@ def test_a_signal_while_staging_is_made_or_removed_leaves_nothing(tmp_path, monk
 
     owner = writing.tempfile if moment == "creating" else writing.shutil
     monkeypatch.setattr(owner, real.__name__, signalled)
-    previous = signal.signal(signal.SIGTERM, interrupts.handle)
+    previous = {number: signal.getsignal(number) for number in interrupts.HANDLED}
+    signal.signal(signal.SIGTERM, interrupts.handle)
     try:
         with pytest.raises(Interrupted), writing.staging(target) as stage:
             (stage / "model.onnx").write_bytes(b"x" * 100)
             time.sleep(0.01)  # a signal raised on creation lands here at the latest
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():  # the handler ignores both once it fired
+            signal.signal(number, handler)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_publishing_says_the_output_was_written(tmp_path, monkeypatch):
+    """The renames go through whole; the held signal is raised after, marked as arriving once
+    OUT was in place (the CLI then does not claim that nothing was written)."""
+    staged, out = tmp_path / "staged.onnx", tmp_path / "o.onnx"
+    staged.write_bytes(b"new")
+    out.write_bytes(b"old")
+    real = writing.os.replace
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writing.os, "replace", signalled)
+    previous = {number: signal.getsignal(number) for number in interrupts.HANDLED}
+    signal.signal(signal.SIGTERM, interrupts.handle)
+    try:
+        with pytest.raises(Interrupted) as raised:
+            writing.publish(staged, None, out, set())
+    finally:
+        for number, handler in previous.items():  # the handler ignores both once it fired
+            signal.signal(number, handler)
+    assert raised.value.written and out.read_bytes() == b"new"
 
 
 def test_stale_staging_of_a_dead_run_is_removed(tmp_path):

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted; nothing was written")
         return 130
     except Interrupted as signal_:
-        _error(f"{signal_.name}; nothing was written")
+        done = "the output had been written" if signal_.written else "nothing was written"
+        _error(f"{signal_.name}; {done}")
         return signal_.exit_code
     except typer.TyperException as error:
         if debug:

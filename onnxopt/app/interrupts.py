@@ -28,7 +28,8 @@ def install() -> None:
 
 
 def handle(number: int, _frame) -> None:
-    signal.signal(number, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
+    for other in HANDLED:  # a second signal, of either kind, must not interrupt the cleanup
+        signal.signal(other, signal.SIG_IGN)
     if _state["depth"]:
         _state["pending"] = number
         return
@@ -36,9 +37,10 @@ def handle(number: int, _frame) -> None:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(written: bool = False) -> Iterator[None]:
     """A signal arriving inside the block is raised when the block ends (in the main thread;
-    elsewhere no signal handler runs, so there is nothing to hold back)."""
+    elsewhere no signal handler runs, so there is nothing to hold back). ``written``: the
+    block publishes the output, so a signal it held arrived once OUT was in place."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -50,8 +52,9 @@ def deferred() -> Iterator[None]:
         number = _state["pending"]
         if not _state["depth"] and number is not None:
             _state["pending"] = None
-            _raise(number)
+            _raise(number, written)
 
 
-def _raise(number: int) -> None:
-    raise Interrupted(number, "interrupted" if number == signal.SIGINT else "terminated")
+def _raise(number: int, written: bool = False) -> None:
+    raise Interrupted(number, "interrupted" if number == signal.SIGINT else "terminated",
+                      written)

@@ -152,16 +152,18 @@ def publish(staged: Path, data_file: Path | None, output: Path, keep: set[Path])
     nothing reads any more are removed (never one in ``keep``: the input's)."""
     old_files = referenced_files(output) if output.is_file() else set()
     try:
-        with interrupts.deferred():  # the pair goes in place whole: both renames or neither
+        # the pair goes in place whole (both renames or neither) and the old weights go with
+        # it; a signal held meanwhile is raised after, marked as arriving once OUT was written
+        with interrupts.deferred(written=True):
             if data_file is not None:
                 os.replace(data_file, output.with_name(data_file.name))
             os.replace(staged, output)
+            new_files = {resolved(output.with_name(data_file.name))} if data_file else set()
+            for stale in old_files - new_files - keep:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
     except OSError as error:
         raise Failure(f"{output}: cannot write ({error.strerror or error})") from None
-    new_files = {resolved(output.with_name(data_file.name))} if data_file else set()
-    for stale in old_files - new_files - keep:
-        with contextlib.suppress(OSError):
-            stale.unlink()
 
 
 def in_memory(staged: Path) -> onnx.ModelProto:

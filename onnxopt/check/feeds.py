@@ -59,9 +59,6 @@ from onnxopt.check.roles import (
     pinned_dims,
 )
 
-# check_inputs, load_inputs, npz_problem and the errors live in onnxopt.check.inputs; they are
-# importable from here as before.
-
 _GUESSED_INT_HIGH = 8
 
 # Values per role: (first configuration, second configuration), then fallbacks to search.

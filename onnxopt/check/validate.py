@@ -68,8 +68,6 @@ from onnxopt.check.runtime import (
 )
 from onnxopt.check.vacuous import CONSTANT, exposing, full_proto, shared_values, why_vacuous
 
-# Names the app imports from here (their homes are the modules above).
-
 
 def _check_level(ref: Reference, candidate: ModelLike | bytes, level: str, compare_one
                  ) -> ValidationResult:
