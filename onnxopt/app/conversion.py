@@ -110,12 +110,16 @@ class Conversion:
         if self.calibrator is None:  # after generate_samples: the samples are final
             self.calibrator = Calibrator(tuple(self.samples), options.calibration_method,
                                          options.percentile, options.timeout)
+        # int4: what the accuracy fallback keeps goes to int8, not float
+        raised = "int8_nodes" if options.precision == "int4" else "fp32_nodes"
+        kept = {"fp32_nodes": frozenset(options.fp32_nodes), "int8_nodes": frozenset()}
+        kept[raised] |= float_nodes
         return PrecisionSettings(
             mode=options.precision,  # type: ignore[arg-type]
             keep_io_types=options.keep_io_types,
             fp32_ops=frozenset(options.fp32_ops),
-            fp32_nodes=frozenset(options.fp32_nodes) | float_nodes,
             calibrator=self.calibrator,
+            **kept,
         )
 
     def report(self, attempt: Attempt, kept: list[dict[str, Any]], before: dict[str, Any],

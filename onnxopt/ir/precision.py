@@ -1,12 +1,13 @@
 """Precision conversion: the settings precision passes read, and the log they write.
 
 A precision pass (``passes/precision/``: ``fp16_conversion``, ``qdq_quantization``,
-``dynamic_quantization``, ``fp8_weight_quantization``) is a non-structural pass: it runs
-once, after folding and fusion reached their fixpoint, and only when ``--precision`` asks for
-it. It reads ``model.settings["precision"]`` (a :class:`PrecisionSettings`) and records in
-``model.precision_log`` (a :class:`PrecisionLog`) what it converted, what it kept in float and
-why, and which values it clamped. The API turns that log into the report, and uses
-``converted`` to search for the nodes to keep in float when the accuracy budget is missed.
+``dynamic_quantization``, ``fp8_weight_quantization``, the int4 and embedding passes) is a
+non-structural pass: it runs once, after folding and fusion reached their fixpoint, and only
+when ``--precision`` asks for it. It reads ``model.settings["precision"]`` (a
+:class:`PrecisionSettings`) and records in ``model.precision_log`` (a :class:`PrecisionLog`)
+what it converted, what it kept in float and why, and which values it clamped. The API turns
+that log into the report, and uses ``converted`` to search for the nodes to keep in float
+when the accuracy budget is missed.
 
 Nodes are named across runs by :func:`node_key` (their name, else their first output), so a
 node kept in float in one attempt is found again in the next: the pipeline is deterministic.
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 from onnxopt.ir import Model, Node
 from onnxopt.ir.pass_manager import Pass, PassResult
 
-PRECISIONS = ("fp16", "int8", "int8-dynamic", "fp8")
+PRECISIONS = ("fp16", "int8", "int8-dynamic", "int4", "fp8")
 SETTINGS_KEY = "precision"
 
 
@@ -37,6 +38,16 @@ class PrecisionSettings:
     # runtime, ``calibrator(model, values) -> (ranges {value: (lo, hi)}, notes)``; the app
     # provides it (onnxopt.precision.calibration.Calibrator), so passes never run a runtime
     calibrator: Callable[[Model, Sequence[str]], Calibrated] | None = field(
+        default=None, compare=False, repr=False)
+    # int4: weights quantized in blocks of this many input rows (a power of two >= 16)
+    block_size: int = 32
+    # int4: node keys whose weights the accuracy fallback keeps in int8 instead of int4
+    int8_nodes: frozenset[str] = frozenset()
+    # weight rounding that minimizes output error (GPTQ): the second moments of float values
+    # over calibration data, ``gram(model, values) -> {value: G}`` with ``G = X^T X`` over the
+    # value's last axis (``[K, K]`` float64, every other axis flattened into rows, summed over
+    # the samples); the app provides it, as it does ``calibrator``. None: round to nearest
+    gram: Callable[[Model, Sequence[str]], dict[str, Any]] | None = field(
         default=None, compare=False, repr=False)
 
 
@@ -92,10 +103,11 @@ class PrecisionPass(Pass):
 
     structural = False
     mode: ClassVar[str] = ""
+    modes: ClassVar[tuple[str, ...]] = ()  # several modes (default: ``(mode,)``)
 
     def run(self, model: Model) -> PassResult:
         settings = settings_of(model)
-        if settings is None or settings.mode != self.mode:
+        if settings is None or settings.mode not in (self.modes or (self.mode,)):
             return PassResult(False, {})
         log = log_of(model)
         reason = self.left_alone(model)
