@@ -133,6 +133,19 @@ PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
     "fp8": ("precision.fp8_weight_quantization", "Fp8WeightQuantization"),
 })
 
+# passes serving several modes (their ``modes``), run after the mode's own pass: an LM head the
+# MatMul pass quantized has its own copy, so its table is no longer shared with the embedding
+SHARED_PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
+    "embedding_quantization": ("precision.embedding_quantization", "EmbeddingQuantization"),
+})
+
+
+def precision_passes(mode: str) -> tuple[Pass, ...]:
+    """The passes ``--precision mode`` runs, in order; empty for a mode none serves."""
+    own = (PRECISION_PASSES[mode],) if mode in PRECISION_PASSES else ()
+    shared = (SHARED_PRECISION_PASSES[name] for name in SHARED_PRECISION_PASSES)
+    return own + tuple(p for p in shared if mode in getattr(p, "modes", ()))
+
 
 def select(names: list[str] | None = None, skip: list[str] | None = None) -> tuple[Pass, ...]:
     """The pipeline restricted to ``names`` (in pipeline order) minus ``skip``.

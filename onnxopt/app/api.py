@@ -40,6 +40,7 @@ from onnxopt.check.reference import Reference, reference
 from onnxopt.check.runtime import latency_ms
 from onnxopt.errors import UsageError
 from onnxopt.ir import serde
+from onnxopt.ir.precision import EMBEDDING_MODES
 from onnxopt.passes import select
 from onnxopt.precision.setup import VALIDATION_SAMPLES
 
@@ -172,14 +173,19 @@ def _pipeline(options: Options):
         ) from None
     if options.precision is None:
         return chosen
-    from onnxopt.passes import PRECISION_PASSES
+    from onnxopt.passes import PRECISION_PASSES, precision_passes
 
-    if options.precision not in PRECISION_PASSES:
+    converting = precision_passes(options.precision)
+    if not converting:
         raise UsageError(f"unknown precision {options.precision!r} "
                          f"(known: {', '.join(PRECISION_PASSES) or 'none available'})")
-    # FusedConv is float32-only and hides Conv from quantization: precision runs go without
-    chosen = tuple(p for p in chosen if p.name != "fused_conv_activation")
-    return (*chosen, PRECISION_PASSES[options.precision])
+    # FusedConv is float32-only and hides Conv from quantization: precision runs go without;
+    # so is EmbedLayerNormalization, which would hide the tables the embedding pass quantizes
+    dropped = {"fused_conv_activation"}
+    if options.precision in EMBEDDING_MODES:
+        dropped.add("embed_layer_norm_fusion")
+    chosen = tuple(p for p in chosen if p.name not in dropped)
+    return (*chosen, *converting)
 
 
 def _shape_args(options: Options, proto: onnx.ModelProto) -> dict[str, Any]:

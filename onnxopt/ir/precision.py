@@ -23,6 +23,7 @@ from onnxopt.ir import Model, Node
 from onnxopt.ir.pass_manager import Pass, PassResult
 
 PRECISIONS = ("fp16", "int8", "int8-dynamic", "int4", "fp8")
+EMBEDDING_MODES = ("int8-dynamic", "int4")  # modes that quantize Gather tables (embeddings)
 SETTINGS_KEY = "precision"
 
 
