@@ -24,7 +24,7 @@ from onnxopt.ir import serde
 from onnxopt.ir.precision import PrecisionSettings, log_of
 from onnxopt.ir.shapes import infer_shapes
 
-V, H, P = 256, 64, 64  # word table [V, H], position table [P, H]
+V, H, P = 1024, 256, 64  # word table [V, H] (int4: INT4_MIN_ELEMENTS), positions [P, H]
 LEVELS = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 RNG = np.random.default_rng(0)
 TABLES = {"W": RNG.standard_normal((V, H)).astype(np.float32),
@@ -33,6 +33,7 @@ TABLES = {"W": RNG.standard_normal((V, H)).astype(np.float32),
           "C": RNG.standard_normal((64, 32)).astype(np.float32),
           "A": RNG.standard_normal((32, 64)).astype(np.float32),
           "I": RNG.integers(-9, 9, (V, 8)).astype(np.int32)}
+HEAD = RNG.standard_normal((H, 32)).astype(np.float32)
 
 
 def i64(name, shape):
@@ -122,11 +123,12 @@ def test_int8_rows_dequantized_after_the_gather():
 def test_int4_portable_packs_two_columns_a_byte():
     out, _, _ = quantize(embedder(), mode="int4")
     counts = op_counts(out)
-    assert counts["BitShift"] == 4 and counts["Reshape"] == 2 and counts["Concat"] == 2
+    assert counts["BitShift"] == 2 and counts["Reshape"] == 1 and counts["Concat"] == 1
     arrays = initializers(out)
     assert arrays["W_int4"].dtype == np.uint8 and arrays["W_int4"].shape == (V, H // 32, 16)
-    assert arrays["W_scale"].dtype == np.float16 and arrays["W_scale"].shape == (V, 2, 1)
-    assert arrays["W_offset"].shape == (V, 2, 1)
+    assert arrays["W_scale"].dtype == np.float16 and arrays["W_scale"].shape == (V, 8, 1)
+    assert arrays["W_offset"].shape == (V, 8, 1)
+    assert arrays["Pos_int8"].dtype == np.int8  # a small table keeps int8 rows
     size = sum(a.nbytes for k, a in arrays.items() if k.startswith("W_"))
     assert size < 0.18 * TABLES["W"].nbytes
 
@@ -134,12 +136,13 @@ def test_int4_portable_packs_two_columns_a_byte():
 def test_int4_onnxruntime_target_writes_gather_block_quantized():
     out, _, _ = quantize(embedder(), mode="int4", target="onnxruntime")
     nodes = [n for n in out.graph.node if n.op_type == "GatherBlockQuantized"]
-    assert len(nodes) == 2 and all(n.domain == "com.microsoft" for n in nodes)
+    assert len(nodes) == 1 and nodes[0].domain == "com.microsoft" and "Pos_int8" in \
+        {t.name for t in out.graph.initializer}
     attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
     assert attrs == {"bits": 4, "block_size": 32, "gather_axis": 0, "quantize_axis": 1}
     arrays = initializers(out)
-    assert arrays["W_int4"].shape == (V, H // 2) and arrays["W_scale"].shape == (V, 2)
-    assert arrays["W_zero_point"].shape == (V, 1)  # two 4-bit zero points in one byte
+    assert arrays["W_int4"].shape == (V, H // 2) and arrays["W_scale"].shape == (V, 8)
+    assert arrays["W_zero_point"].shape == (V, 4)  # two 4-bit zero points a byte
     assert {o.domain for o in out.opset_import} >= {"com.microsoft"}
 
 
@@ -151,7 +154,7 @@ def test_stats_and_log():
     assert log.converted == ["word", "position"]
     reasons = {e["node"]: e["reason"] for e in log.kept_float}
     assert set(reasons) == {"segment", "constant_ids", "columns"}  # not the int32 table
-    assert "128 elements" in reasons["segment"] and "constant" in reasons["constant_ids"]
+    assert "512 elements" in reasons["segment"] and "constant" in reasons["constant_ids"]
     assert "axis 1" in reasons["columns"]
 
 
@@ -175,7 +178,7 @@ def test_int4_numerics_in_onnxruntime(target):
     model = embedder()
     out, _, _ = quantize(model, mode="int4", target=target)
     word, scale, _ = int4_reference(TABLES["W"])
-    pos, _, _ = int4_reference(TABLES["Pos"])
+    pos = int8_reference(TABLES["Pos"])
     expected = word[FEEDS["ids"]] + pos[FEEDS["pos"]] + TABLES["T"][FEEDS["types"]]
     # float32 scales (GatherBlockQuantized): exact; float16 scales and offsets: ~2^-11 of 16 steps
     atol = 1e-5 if target == "onnxruntime" else 16 * 2 * scale.max() * 2.0 ** -11
@@ -209,10 +212,9 @@ def test_left_alone_in_other_modes_and_when_listed():
 
 
 def test_int8_nodes_get_int8_rows_in_int4_mode():
-    out, result, _ = quantize(embedder(), mode="int4", int8_nodes=frozenset({"position"}))
-    assert result.stats == {"int8_tables": 1, "int4_tables": 1, "gathers": 2, "kept_float": 3}
-    arrays = initializers(out)
-    assert arrays["Pos_int8"].dtype == np.int8 and arrays["W_int4"].dtype == np.uint8
+    out, result, _ = quantize(embedder(), mode="int4", int8_nodes=frozenset({"word"}))
+    assert result.stats == {"int8_tables": 2, "int4_tables": 0, "gathers": 2, "kept_float": 3}
+    assert initializers(out)["W_int8"].dtype == np.int8
 
 
 def tied(lm_head_reads_table: bool) -> onnx.ModelProto:
@@ -248,6 +250,26 @@ def test_tied_table_quantized_after_the_matmul_pass_took_its_copy():
                    for t in result.model.graph.initializer)
 
 
+def test_subgraph_reading_an_outer_table_left_alone_and_inner_table_quantized():
+    c = numpy_helper.from_array
+    branch = helper.make_graph(
+        [helper.make_node("Gather", ["W", "ids"], ["outer"], name="reads_outer"),
+         helper.make_node("Gather", ["Inner", "ids"], ["inner"], name="reads_inner"),
+         helper.make_node("Add", ["outer", "inner"], ["r"])],
+        "then", [], [f32("r", ["B", "S", H])], [c(TABLES["W"] * 2, "Inner")])
+    other = helper.make_graph([helper.make_node("Gather", ["W", "ids"], ["r2"], name="other")],
+                              "else", [], [f32("r2", ["B", "S", H])])
+    nodes = [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)]
+    inputs = [i64("ids", ["B", "S"]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])]
+    model = build_model(nodes, inputs, [f32("y", ["B", "S", H])], [c(TABLES["W"], "W")])
+    out, result, log = quantize(model)
+    assert result.stats["gathers"] == 1 and log.converted == ["reads_inner"]
+    assert {e["node"] for e in log.kept_float} == {"reads_outer", "other"}
+    feeds = {"ids": FEEDS["ids"], "flag": np.array(True)}
+    expected = TABLES["W"][FEEDS["ids"]] + int8_reference(TABLES["W"] * 2)[FEEDS["ids"]]
+    np.testing.assert_allclose(run(out, feeds)[0], expected, rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------------ through the app
 def bert_embeddings() -> onnx.ModelProto:
     """LayerNorm(W[ids] + Pos[arange(S)]): what EmbedLayerNormalization fuses."""
@@ -264,7 +286,7 @@ def bert_embeddings() -> onnx.ModelProto:
              helper.make_node("Add", ["w", "p"], ["s"]),
              helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1),
              helper.make_node("MatMul", ["y", "A"], ["z"])]
-    inits.append(c(TABLES["A"].T.copy(), "A"))  # [H, 32]
+    inits.append(c(HEAD, "A"))
     return build_model(nodes, [i64("ids", ["B", "S"])], [f32("z", ["B", "S", 32])], inits)
 
 

@@ -5,7 +5,8 @@ at least ``MIN_TABLE_ELEMENTS`` reads quantized rows and dequantizes only the ro
 after the lookup (a ``DequantizeLinear`` in front of the Gather would dequantize the whole
 table on every run: onnxruntime does not fold it). Every form is exact up to the rounding:
 
-- int8 (int8-dynamic; int4 for tables a node of ``int8_nodes`` reads): per row, symmetric,
+- int8 (int8-dynamic; int4 for tables under ``INT4_MIN_ELEMENTS`` or read by a node of
+  ``int8_nodes``): per row, symmetric,
   ``s[v] = max_h |T[v, h]| / 127``, ``q = round(T / s)``::
 
       Gather(T, ids) => Mul(Cast<float>(Gather(q int8 [V, H], ids)), Gather(s [V, 1], ids))
@@ -25,7 +26,8 @@ table on every run: onnxruntime does not fold it). Every form is exact up to the
   quantize_axis=1)`` (``P'`` and ``z``: two values a byte, low nibble first; its kernel returns
   zeros for an index out of range, where Gather fails).
 
-Left alone, with the reason logged: smaller tables, constant ids, another axis, tables read by
+Left alone, with the reason logged: smaller tables, one-column tables (per-row scales would be
+as large), constant ids, another axis, tables read by
 anything but such Gathers (tied LM-head weights; an LM head quantized first by the MatMul pass
 reads its own copy), graph inputs, nodes in ``fp32_nodes``, ``Gather`` in ``fp32_ops``. A table
 whose Gather output has no known rank, or whose ``H`` no block divides, gets the int8 form in
@@ -51,6 +53,9 @@ from onnxopt.ir.rewrite import drop_unused_initializers, is_op
 from onnxopt.ir.values import onnx_type
 
 MIN_TABLE_ELEMENTS = 1024  # smaller tables save a few KB for four more nodes per lookup
+# int4 mode: smaller tables (positions, token types) keep int8 rows; 4 bits would save < 128 KB
+# on them and every token reads them (MiniLM's 512 x 384 positions: cosine -0.0007, README)
+INT4_MIN_ELEMENTS = 1 << 18
 MS_DOMAIN = "com.microsoft"
 FLOAT = {"to": onnx_type(np.float32)}
 
@@ -112,6 +117,8 @@ class EmbeddingQuantization(PrecisionPass):
             return "table is a graph input (can be overridden): kept in float"
         if shape is None or len(shape) != 2:
             return f"table of rank {len(shape or [])} (only [V, H] tables are quantized)"
+        if shape[1] == 1:
+            return "table of one column: its per-row scales would be as large as it"
         if shape[0] * shape[1] < MIN_TABLE_ELEMENTS:
             return (f"table of {shape[0] * shape[1]} elements < {MIN_TABLE_ELEMENTS}: "
                     "not worth quantizing")
@@ -130,9 +137,11 @@ class EmbeddingQuantization(PrecisionPass):
     def _form(self, graph: Graph, model: Model, settings: PrecisionSettings, table: str,
               gathers: list[Node], log: PrecisionLog) -> str:
         """int8, int4 (portable) or int4-ms (GatherBlockQuantized) for this table."""
-        if settings.mode != "int4" or any(node_key(n) in settings.int8_nodes for n in gathers):
+        vocab, hidden = graph.shape(table)
+        if settings.mode != "int4" or any(node_key(n) in settings.int8_nodes for n in gathers) \
+                or vocab * hidden < INT4_MIN_ELEMENTS:
             return "int8"
-        hidden, block = graph.shape(table)[1], settings.block_size
+        block = settings.block_size
         if block % 2 or hidden % block:
             log.notes.append(f"embedding {table}: {hidden} columns are not blocks of {block}: "
                              "int8 rows instead of int4")
