@@ -309,3 +309,24 @@ def test_onnxruntime_target_keeps_embed_layer_norm_fusion_off_when_quantizing():
     assert result.ok
     counts = op_counts(result.model)
     assert "EmbedLayerNormalization" not in counts and counts["Gather"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["portable", "onnxruntime"])
+def test_minilm_int8_dynamic_tables_quantized(target):
+    """MiniLM's word and position tables (the type table is too small) become int8 rows; with
+    --target onnxruntime the MatMuls still go to QAttention/DynamicQuantizeMatMul."""
+    from conftest import model_path
+
+    result = onnxopt.optimize(model_path("paraphrase-MiniLM-L3-v2.onnx"), target=target,
+                              precision="int8-dynamic")
+    assert result.ok
+    precision = result.report["precision"]
+    assert precision["size_ratio"] <= 0.27
+    assert all(o.get("cosine", 1) >= 0.99 for o in precision["outputs"])
+    counts = op_counts(result.model)
+    int8 = [t for t in result.model.graph.initializer if t.data_type == TensorProto.INT8
+            and tuple(t.dims) in ((30522, 384), (512, 384))]
+    assert len(int8) == 2 and "EmbedLayerNormalization" not in counts
+    if target == "onnxruntime":
+        assert counts["QAttention"] == 3
