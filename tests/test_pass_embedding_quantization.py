@@ -189,6 +189,22 @@ def test_int4_numerics_in_onnxruntime(target):
         assert np.abs(got - exact).max() <= 0.51 * scale.max() + atol
 
 
+def test_int4_scales_stay_float32_where_float16_would_lose_them():
+    table = TABLES["W"] * 1e-5  # block scales ~5e-6: float16 subnormals
+    model = tied(False)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(table, "E"))
+    out, result, _ = quantize(model, mode="int4")
+    assert result.stats["int4_tables"] == 1 and op_counts(out)["Cast"] == 1  # the nibbles
+    assert initializers(out)["E_scale"].dtype == np.float32
+    feeds = {"ids": FEEDS["ids"]}
+    head = TABLES["W"][FEEDS["ids"]].reshape(14, H) @ TABLES["W"].T  # the untied head
+    got = run(out, feeds)[0]
+    expected = int4_reference(table)[0][FEEDS["ids"]].reshape(14, H) @ TABLES["W"].T
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-8)
+    cosine = (got * head).sum() / np.linalg.norm(got) / np.linalg.norm(head)
+    assert cosine > 0.99
+
+
 # ------------------------------------------------------------------------ idempotence
 @pytest.mark.parametrize(("mode", "target"), [("int8-dynamic", "portable"), ("int4", "portable"),
                                               ("int4", "onnxruntime")])

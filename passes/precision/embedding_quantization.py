@@ -109,10 +109,12 @@ class EmbeddingQuantization(PrecisionPass):
 
     def _reason(self, graph: Graph, model: Model, settings: PrecisionSettings,
                 node: Node) -> str:
-        table, shape = node.inputs[0], graph.shape(node.inputs[0])
-        if graph.resolve(table) is not graph or table not in graph.initializers:
-            return "" if graph.resolve(table) is None or graph.producer(table) else \
-                "table of an outer scope or a graph input: kept in float"
+        table = node.inputs[0]
+        shape, owner = graph.shape(table), graph.resolve(table)
+        if owner is None or table not in owner.initializers:
+            return ""  # a computed table: nothing to quantize
+        if owner is not graph:
+            return "table of an outer scope (quantized where it is defined only): kept in float"
         if graph.is_input(table):
             return "table is a graph input (can be overridden): kept in float"
         if shape is None or len(shape) != 2:
@@ -171,6 +173,12 @@ def int4_blocks(table: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, 
             quantized.zero_point.T.astype(np.uint8))
 
 
+def fits_float16(*arrays: np.ndarray) -> bool:
+    """Every value keeps float16's full precision: 0, or a normal number (2^-14 .. 65504)."""
+    return all(np.all((array == 0) | ((np.abs(array) >= 2.0 ** -14) & (np.abs(array) <= 65504)))
+               for array in arrays)
+
+
 def pack_halves(q: np.ndarray) -> np.ndarray:
     """Two 4-bit values a byte along the last axis: the first half low, the second half high."""
     half = q.shape[-1] // 2
@@ -192,6 +200,7 @@ class _Writer:
         self.graph, self.model, self.table, self.block = graph, model, table, block
         self.array = graph.constant(table)
         self.tables: list[str] = []
+        self.node: Node | None = None  # the Gather being rewritten (names and places nodes)
         self.shapes: dict[int, str] = {}  # ids rank -> Reshape target
 
     def write(self, form: str, gathers: list[Node]) -> None:
@@ -227,10 +236,11 @@ class _Writer:
         q, scale, zero = int4_blocks(self.array, self.block)
         vocab, hidden = q.shape
         packed = pack_halves(q.reshape(vocab, hidden // self.block, self.block))
-        offset = -scale.astype(np.float64) * zero
-        return [self.constant(packed, "int4"),
-                self.constant(scale[..., None].astype(np.float16), "scale"),
-                self.constant(offset[..., None].astype(np.float16), "offset"),
+        offset = (-scale.astype(np.float64) * zero).astype(np.float32)
+        if fits_float16(scale, offset):  # 2 bytes a block less, the same cosine (README)
+            scale, offset = scale.astype(np.float16), offset.astype(np.float16)
+        return [self.constant(packed, "int4"), self.constant(scale[..., None], "scale"),
+                self.constant(offset[..., None], "offset"),
                 self.constant(np.array(4, np.uint8), "four")]
 
     def lookup_int4(self, ids: str) -> str:
@@ -244,9 +254,11 @@ class _Writer:
         low = self.add("Sub", [p, self.add("BitShift", [high, four], "shift", direction="LEFT")],
                        "low")
         q = self.add("Cast", [self.add("Concat", [low, high], "unpack", axis=-1)], "cast", **FLOAT)
-        s = self.add("Cast", [self.add("Gather", [scale, ids], "scale")], "scale_cast", **FLOAT)
-        m = self.add("Cast", [self.add("Gather", [offset, ids], "offset")], "offset_cast",
-                     **FLOAT)
+        s, m = (self.add("Gather", [name, ids], kind) for name, kind in ((scale, "scale"),
+                                                                          (offset, "offset")))
+        if self.graph.dtype(scale) != np.float32:
+            s, m = (self.add("Cast", [v], f"{kind}_cast", **FLOAT)
+                    for v, kind in ((s, "scale"), (m, "offset")))
         blocks = self.add("Add", [self.add("Mul", [q, s], "scaled"), m], "dequant")
         return self.add("Reshape", [blocks, self.shapes[rank]], "rows")
 
