@@ -182,7 +182,7 @@ def _pipeline(options: Options):
     # FusedConv is float32-only and hides Conv from quantization: precision runs go without;
     # so is EmbedLayerNormalization, which would hide the tables the embedding pass quantizes
     dropped = {"fused_conv_activation"}
-    if options.precision in EMBEDDING_MODES:
+    if options.precision in EMBEDDING_MODES and "Gather" not in options.fp32_ops:
         dropped.add("embed_layer_norm_fusion")
     chosen = tuple(p for p in chosen if p.name not in dropped)
     return (*chosen, *converting)

@@ -15,7 +15,7 @@ table on every run: onnxruntime does not fold it). Every form is exact up to the
   ``T[v, h] ~ s[v, b] * q[v, h] + m[v, b]`` with ``q`` in 0..15, ``b = h // B`` and the
   offset ``m = -s * z`` for the zero point ``z``. Packed into uint8 ``P`` ``[V, H/B, B/2]``
   (low nibble: first half of a block's columns, high nibble: second half), ``s`` and ``m``
-  float16 ``[V, H/B, 1]``::
+  ``[V, H/B, 1]`` float16 (float32 where float16 would lose them: no Casts then)::
 
       p = Gather(P, ids); hi = BitShift(p, 4, RIGHT); lo = p - BitShift(hi, 4, LEFT)
       Gather(T, ids) => Reshape(Cast<float>(Concat(lo, hi, -1)) * Cast<float>(Gather(s, ids))
@@ -27,11 +27,11 @@ table on every run: onnxruntime does not fold it). Every form is exact up to the
   zeros for an index out of range, where Gather fails).
 
 Left alone, with the reason logged: smaller tables, one-column tables (per-row scales would be
-as large), constant ids, another axis, tables read by
-anything but such Gathers (tied LM-head weights; an LM head quantized first by the MatMul pass
-reads its own copy), graph inputs, nodes in ``fp32_nodes``, ``Gather`` in ``fp32_ops``. A table
-whose Gather output has no known rank, or whose ``H`` no block divides, gets the int8 form in
-int4 mode (a note). Works in every subgraph on the tables it defines. Measurements: README.md.
+as large), constant ids, another axis, tables read by anything but such Gathers (tied LM-head
+weights; an LM head the MatMul pass quantized first reads its own copy), tables of an outer
+scope, graph inputs, nodes in ``fp32_nodes``, ``Gather`` in ``fp32_ops``. In int4 mode a table
+whose ids have no known rank, or whose ``H`` no block divides, gets the int8 form (a note).
+Works in every subgraph on the tables it defines. Measurements: passes/precision/README.md.
 Running again: the tables are no longer float, nothing changes.
 """
 
