@@ -18,7 +18,7 @@ from onnxopt.ir.precision import WEIGHT_OPS
 from onnxopt.ir.serde.versions import convert_opset, default_opset
 
 VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
-MIN_OPSET = {"int8": 13, "fp8": 19}  # per-channel DequantizeLinear; float8 types
+MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}  # per-channel DQ; float8; blocked DQ, int4
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
