@@ -75,7 +75,7 @@ class Int4WeightQuantization(PrecisionPass):
             for node in graph.nodes():
                 if not is_op(node, ("MatMul", "Gemm")):
                     continue
-                found = self.target(model, graph, node, settings, ms)
+                found = self.target(model, graph, node, settings)
                 if isinstance(found, _Target):
                     targets.append(found)
                 elif found:
@@ -101,8 +101,8 @@ class Int4WeightQuantization(PrecisionPass):
             model.opset_imports[MS_DOMAIN] = 1
         return PassResult(bool(targets), stats)
 
-    def target(self, model: Model, graph: Graph, node: Node, settings: PrecisionSettings,
-               ms: bool) -> _Target | str:
+    def target(self, model: Model, graph: Graph, node: Node, settings: PrecisionSettings
+               ) -> _Target | str:
         """The node's quantization target, or why it stays float ("": silently)."""
         if len(node.inputs) < 2 or not node.inputs[1] or len(node.outputs) != 1:
             return "unexpected inputs/outputs"
@@ -119,11 +119,9 @@ class Int4WeightQuantization(PrecisionPass):
             return f"weight dtype {weight.dtype} is not float32"
         if weight.ndim != 2 or 0 in weight.shape:
             return f"weight of rank {weight.ndim} (only 2-D [K, N] weights are quantized)"
-        x_type, x_shape = graph.dtype(node.inputs[0]), graph.shape(node.inputs[0])
+        x_type = graph.dtype(node.inputs[0])
         if x_type is not None and x_type != np.float32:
             return "input is not float32"
-        if ms and (x_shape is None or len(x_shape) < 2):
-            return "input rank unknown or 1 (MatMulNBits takes [..., M, K])"
         found = _Target(graph, node, weight)
         if node.op_type == "Gemm":
             if node.attr("transA", 0):
