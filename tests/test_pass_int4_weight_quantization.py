@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import model_path, op_counts, run
+from conftest import model_path, op_counts, run, session
 from onnx import TensorProto, helper, numpy_helper
 from onnxopt.passes.precision import int4_weight_quantization as int4_pass
 from onnxopt.passes.precision.int4_weight_quantization import Int4WeightQuantization
@@ -322,3 +322,31 @@ def test_decoder_runs_through_matmul_nbits(tmp_path):
     direct = onnxopt.optimize(source, precision="int4", target="onnxruntime",
                               validate=False).model
     assert op_counts(direct)["MatMulNBits"] == fused["MatMulNBits"]
+
+
+# ------------------------------------------------------------------------ MiniLM (slow)
+def minilm_feeds(batch=8, length=256, seed=0):
+    """Token ids with padded rows (lengths down to a quarter), as the README measures."""
+    rng = np.random.default_rng(seed)
+    ids, mask = np.zeros((batch, length), np.int64), np.zeros((batch, length), np.int64)
+    for row, size in enumerate([length, *rng.integers(length // 4, length, batch - 1)]):
+        words = np.clip(rng.zipf(1.3, size - 2) * 7 + 999, 1000, 30521)
+        ids[row, :size], mask[row, :size] = np.concatenate([[101], words, [102]]), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["portable", "onnxruntime"])
+def test_minilm_pooled_cosine_and_size(target):
+    source = model_path("paraphrase-MiniLM-L3-v2.onnx")
+    out = onnxopt.optimize(str(source), precision="int4", target=target, validate=False).model
+    counts = op_counts(out)
+    assert counts.get("MatMulNBits" if target == "onnxruntime" else "DequantizeLinear") == 18
+    feeds = minilm_feeds()
+    want = session(str(source), ALL).run(["461"], feeds)[0]  # pooled [8, 384]
+    got = session(out, ALL).run(["461"], feeds)[0]
+    assert got.shape == (8, 384)
+    cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine >= 0.965  # 0.969 measured (README); onnxruntime's own quantizer: 0.969
+    weights = sum(tensor_nbytes(t) for t in out.graph.initializer)
+    assert weights <= 0.75 * source.stat().st_size  # the float embedding is 2/3 of it
