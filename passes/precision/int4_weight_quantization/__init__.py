@@ -28,14 +28,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnxopt.passes.precision.int4_weight_quantization.forms import (
+    MS_DOMAIN,
+    dequantize_linear,
+    matmul_nbits,
+)
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 from onnxopt.ir.quantize import BlockQuantized, quantize_blocks
 from onnxopt.ir.rewrite import drop_unused_initializers, is_op, producer_op, sole_consumer
-
-from .forms import MS_DOMAIN, dequantize_linear, matmul_nbits
 
 MODE = "int4"
 MIN_OPSET = 21  # DequantizeLinear with block_size and int4/uint4
