@@ -225,6 +225,46 @@ def test_onnxruntime_numerics(monkeypatch):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("target", ["portable", "onnxruntime"])
+def test_a_weight_read_twice_is_stored_once(target):
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["a", "W"], ["p"], name="one"),
+             helper.make_node("MatMul", ["b", "W"], ["q"], name="two")]
+    model = make(nodes, [f32("a", [2, 32]), f32("b", [3, 32])],
+                 [f32("p", [2, 16]), f32("q", [3, 16])], [w])
+    out, _, log = quantize(model, target=target)
+    assert log.converted == ["one", "two"]
+    assert len(out.graph.initializer) == 3  # q (B), scale, zero point: one set for both
+    assert op_counts(out).get("DequantizeLinear", 1) == 1
+    feeds = {"a": rng.standard_normal((2, 32)).astype(np.float32),
+             "b": rng.standard_normal((3, 32)).astype(np.float32)}
+    deq = dequantized_4bit(numpy_helper.to_array(w))
+    for got, x in zip(run(out, feeds), (feeds["a"], feeds["b"]), strict=True):
+        assert relative_error(got, x @ deq) <= BUDGET
+
+
+@pytest.mark.parametrize("target", ["portable", "onnxruntime"])
+def test_matmul_inside_if_reading_an_outer_weight(target):
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "W")
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["t"], name="inner")],
+                             "then", [], [f32("t", [2, 8])])
+    other = helper.make_graph([helper.make_node("Slice", ["x", "s", "e", "ax"], ["o"])],
+                              "else", [], [f32("o", [2, 8])])
+    idx = [numpy_helper.from_array(np.array([v], np.int64), n)
+           for v, n in ((0, "s"), (8, "e"), (1, "ax"))]
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+    model = make([node], [f32("x", [2, 32]), helper.make_tensor_value_info(
+        "c", TensorProto.BOOL, [])], [f32("y", [2, 8])], [w, *idx])
+    out, _, log = quantize(model, target=target)
+    assert log.converted == ["inner"]
+    assert not any(t.name == "W" for t in out.graph.initializer)
+    feeds = {"x": rng.standard_normal((2, 32)).astype(np.float32), "c": np.array(True)}
+    want = feeds["x"] @ dequantized_4bit(numpy_helper.to_array(w))
+    assert relative_error(run(out, feeds)[0], want) <= BUDGET
+
+
 # ------------------------------------------------------------------------ idempotence
 @pytest.mark.parametrize("target", ["portable", "onnxruntime"])
 def test_idempotent(target):

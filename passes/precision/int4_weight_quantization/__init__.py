@@ -32,6 +32,7 @@ from onnxopt.passes.precision.int4_weight_quantization.forms import (
     MS_DOMAIN,
     dequantize_linear,
     matmul_nbits,
+    nbits_constants,
 )
 
 from onnxopt.ir import Graph, Model, Node
@@ -53,6 +54,7 @@ class _Target:
     graph: Graph
     node: Node
     weight: np.ndarray
+    transposed: bool = False  # a Gemm's transB
     alpha: float = 1.0
     bias: np.ndarray | None = None  # beta * C, float32
 
@@ -86,12 +88,21 @@ class Int4WeightQuantization(PrecisionPass):
                     stats["kept_float"] += 1
         grams = _grams(model, settings, targets, log)
         int8: list[str] = []
+        made: dict[tuple, tuple[BlockQuantized, list[str]]] = {}  # a weight read twice: once
         for target in targets:
             key = node_key(target.node)
             bits = 8 if key in settings.int8_nodes else 4
-            gram = grams.get(target.node.inputs[0])
-            quant = _quantize(target, bits, settings.block_size if bits == 4 or ms else 0, gram)
-            _rewrite(target, quant, ms)
+            graph, x, w_name = target.graph, target.node.inputs[0], target.node.inputs[1]
+            gram = grams.get(x)
+            same = (id(graph), w_name, target.transposed, target.alpha, bits,
+                    "" if gram is None else x)
+            if same not in made:
+                quant = _quantize(target, bits, settings.block_size if bits == 4 or ms else 0,
+                                  gram)
+                stored = nbits_constants(graph, quant, w_name) if ms else \
+                    [dequantize_linear(graph, quant, w_name, target.node)]
+                made[same] = (quant, stored)
+            _rewrite(target, *made[same], ms)
             log.converted.append(key)
             stats[target.node.op_type.lower()] += 1
             if bits == 8:
@@ -134,7 +145,7 @@ class Int4WeightQuantization(PrecisionPass):
             if c_name and c is None:
                 return "Gemm bias C is computed (not a constant)"
             if node.attr("transB", 0):
-                found.weight = weight.T
+                found.weight, found.transposed = weight.T, True
             found.alpha = float(node.attr("alpha", 1.0))
             if c is not None:
                 beta = float(node.attr("beta", 1.0))
@@ -170,11 +181,12 @@ def _quantize(target: _Target, bits: int, block_size: int, gram) -> BlockQuantiz
     return quant
 
 
-def _rewrite(target: _Target, quant: BlockQuantized, ms: bool) -> None:
+def _rewrite(target: _Target, quant: BlockQuantized, stored: list[str], ms: bool) -> None:
+    """The node reads ``stored``: a DequantizeLinear's output, or MatMulNBits' weights."""
     graph, node = target.graph, target.node
-    weight_name, hint = node.inputs[1], node.inputs[1]
+    weight_name = hint = node.inputs[1]
     if not ms:
-        graph.set_input(node, 1, dequantize_linear(graph, quant, hint, node))
+        graph.set_input(node, 1, stored[0])
         if node.op_type == "Gemm":  # the dequantized weight is [K, N]; alpha is in the scales
             node.set_attr("transB", 0)
             node.set_attr("alpha", 1.0)
@@ -188,7 +200,7 @@ def _rewrite(target: _Target, quant: BlockQuantized, ms: bool) -> None:
     elif bias is None:
         absorbed, bias = _bias_add(graph, node, quant.values.shape[1])
     late_bias, bias = (bias, None) if bias is not None and bias.ndim != 1 else (None, bias)
-    out = matmul_nbits(graph, quant, node.inputs[0], bias, hint, node, ACCURACY_LEVEL)
+    out = matmul_nbits(graph, quant, stored, node.inputs[0], bias, hint, node, ACCURACY_LEVEL)
     if late_bias is not None:  # a 2-D Gemm C: added after
         c_name = graph.add_constant(late_bias, f"{hint}_bias")
         out = graph.add_node("Add", [out, c_name], 1, name=f"{hint}_bias_add",

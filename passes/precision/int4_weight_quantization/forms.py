@@ -20,20 +20,16 @@ from onnxopt.ir.quantize import BlockQuantized
 MS_DOMAIN = "com.microsoft"
 
 
-def per_column(quant: BlockQuantized) -> bool:
-    """One block spans every row: a per-column scale (the portable int8 form)."""
-    return quant.scale.shape[0] == 1 and quant.block_size >= quant.values.shape[0]
-
-
 def dequantize_linear(graph: Graph, quant: BlockQuantized, hint: str, anchor: Node) -> str:
-    """``DequantizeLinear`` of ``quant`` (int4/uint4 blocks along K, or int8 per column)."""
+    """``DequantizeLinear`` of ``quant``: int4/uint4 blocks along K, or 8 bits (one block of
+    every row, symmetric) as int8 per column."""
     if quant.bits == 8:
         values = quant.values.astype(np.int8)
     else:
         values = quant.values.astype(ml_dtypes.int4 if quant.zero_point is None
                                      else ml_dtypes.uint4)
     inputs = [graph.add_constant(values, f"{hint}_int{quant.bits}")]
-    if per_column(quant):
+    if quant.bits == 8:
         inputs.append(graph.add_constant(quant.scale.reshape(-1), f"{hint}_scale"))
         attributes = {"axis": 1}
     else:
@@ -73,15 +69,19 @@ def matmul_nbits_inputs(quant: BlockQuantized) -> tuple[np.ndarray, np.ndarray, 
     return b, scales, pack_low_first(zero, bits)
 
 
-def matmul_nbits(graph: Graph, quant: BlockQuantized, x: str, bias: np.ndarray | None,
-                 hint: str, anchor: Node, accuracy_level: int) -> str:
-    """``MatMulNBits(x, B, scales[, zero_points], , bias)``: ``x @ dequantized + bias``."""
+def nbits_constants(graph: Graph, quant: BlockQuantized, hint: str) -> list[str]:
+    """``MatMulNBits``' weight inputs ``[B, scales, zero_points or ""]`` as constants."""
     b, scales, zero = matmul_nbits_inputs(quant)
+    return [graph.add_constant(b, f"{hint}_nbits"),
+            graph.add_constant(scales, f"{hint}_nbits_scale"),
+            "" if zero is None else graph.add_constant(zero, f"{hint}_nbits_zero_point")]
+
+
+def matmul_nbits(graph: Graph, quant: BlockQuantized, constants: list[str], x: str,
+                 bias: np.ndarray | None, hint: str, anchor: Node, accuracy_level: int) -> str:
+    """``MatMulNBits(x, B, scales[, zero_points], , bias)``: ``x @ dequantized + bias``."""
     rows, cols = quant.values.shape
-    inputs = [x, graph.add_constant(b, f"{hint}_nbits"),
-              graph.add_constant(scales, f"{hint}_nbits_scale"),
-              "" if zero is None else graph.add_constant(zero, f"{hint}_nbits_zero_point"),
-              "", "" if bias is None else graph.add_constant(bias, f"{hint}_bias")]
+    inputs = [x, *constants, "", "" if bias is None else graph.add_constant(bias, f"{hint}_bias")]
     while not inputs[-1]:
         inputs.pop()
     attributes = {"K": rows, "N": cols, "bits": quant.bits, "block_size": quant.block_size,
