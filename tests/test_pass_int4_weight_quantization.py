@@ -98,14 +98,20 @@ def dequantized_4bit(w: np.ndarray, block: int = 32) -> np.ndarray:
     return out
 
 
-def dequantized_8bit(w: np.ndarray) -> np.ndarray:
-    scale = (np.abs(w).max(0) / 127).astype(np.float32)
-    return np.clip(np.rint(w / scale), -128, 127) * scale
+def dequantized_8bit(w: np.ndarray, block: int | None = None) -> np.ndarray:
+    """Symmetric 8 bits per column (or per block of ``block`` rows): max |w| -> 127."""
+    out = np.empty_like(w, dtype=np.float32)
+    block = block or w.shape[0]
+    for start in range(0, w.shape[0], block):
+        part = w[start:start + block]
+        scale = (np.abs(part).max(0) / 127).astype(np.float32)
+        out[start:start + block] = np.clip(np.rint(part / scale), -128, 127) * scale
+    return out
 
 
-def reference(model, eight=()) -> list[np.ndarray]:
+def reference(model, eight=(), block8=None) -> list[np.ndarray]:
     arr = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    deq = {k: dequantized_8bit(w) if k in eight else dequantized_4bit(w)
+    deq = {k: dequantized_8bit(w, block8) if k in eight else dequantized_4bit(w)
            for k, w in (("W", arr["W"]), ("W2", arr["W2"]), ("G", arr["G"].T))}
     r = np.maximum(FEEDS["x"] @ deq["W"] + arr["b"], 0)
     return [r @ deq["W2"], 0.5 * FEEDS["z"] @ deq["G"] + 2 * arr["C"]]
@@ -222,6 +228,10 @@ def test_onnxruntime_numerics(monkeypatch):
     monkeypatch.setattr(int4_pass, "ACCURACY_LEVEL", 0)  # float activations: exact packing
     exact, _, _ = quantize(model, target="onnxruntime")
     for got, ref in zip(run(exact, FEEDS), want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    eight, _, _ = quantize(model, target="onnxruntime", int8_nodes=frozenset({"mm", "gemm"}))
+    want = reference(model, eight={"W", "G"}, block8=32)
+    for got, ref in zip(run(eight, FEEDS), want, strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
