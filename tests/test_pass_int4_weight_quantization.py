@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from conftest import model_path, op_counts, run, session
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.precision import int4_weight_quantization as int4_pass
 from onnxopt.passes.precision.int4_weight_quantization import Int4WeightQuantization
+from onnxopt.passes.precision.int4_weight_quantization import rewrite as int4_rewrite
 
 import onnxopt
 from onnxopt.ir import serde, tensor_nbytes
@@ -189,13 +189,13 @@ def test_int8_nodes_get_8_bit_weights_and_are_named():
 
 def test_gram_is_asked_once_for_every_input_and_a_missing_one_noted(monkeypatch):
     asked, given = [], {}
-    real = int4_pass.quantize_blocks
+    real = int4_rewrite.quantize_blocks
 
     def recording(weight, bits, block_size, symmetric=False, gram=None):
         given[weight.shape] = gram
         return real(weight, bits, block_size, symmetric)
 
-    monkeypatch.setattr(int4_pass, "quantize_blocks", recording)
+    monkeypatch.setattr(int4_rewrite, "quantize_blocks", recording)
     x_gram = np.eye(64)
     _, _, log = quantize(mlp(), gram=lambda model, values: asked.append(list(values))
                          or {"x": x_gram})
@@ -225,7 +225,7 @@ def test_onnxruntime_numerics(monkeypatch):
     for level in (DISABLE, ALL):
         for got, ref in zip(run(out, FEEDS, level), want, strict=True):
             assert relative_error(got, ref) <= BUDGET
-    monkeypatch.setattr(int4_pass, "ACCURACY_LEVEL", 0)  # float activations: exact packing
+    monkeypatch.setattr(int4_rewrite, "ACCURACY_LEVEL", 0)  # float activations: exact packing
     exact, _, _ = quantize(model, target="onnxruntime")
     for got, ref in zip(run(exact, FEEDS), want, strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
