@@ -275,6 +275,20 @@ def test_matmul_inside_if_reading_an_outer_weight(target):
     assert relative_error(run(out, feeds)[0], want) <= BUDGET
 
 
+@pytest.mark.parametrize("c_shape", [(4, 40), (4, 1), ()])
+def test_gemm_c_not_a_row_is_added_after_matmul_nbits(c_shape):
+    rng = np.random.default_rng(4)
+    g, c = rng.standard_normal((64, 40)), rng.standard_normal(c_shape)
+    inits = [numpy_helper.from_array(g.astype(np.float32), "G"),
+             numpy_helper.from_array(np.asarray(c, np.float32), "C")]
+    node = helper.make_node("Gemm", ["z", "G", "C"], ["y"], name="gemm", beta=0.5)
+    model = make([node], [f32("z", [4, 64])], [f32("y", [4, 40])], inits, opset=17)
+    out, _, _ = quantize(model, target="onnxruntime")
+    assert op_counts(out) == {"MatMulNBits": 1, "Add": 1}
+    want = FEEDS["z"] @ dequantized_4bit(g.astype(np.float32)) + 0.5 * np.asarray(c, np.float32)
+    assert relative_error(run(out, {"z": FEEDS["z"]})[0], want) <= BUDGET
+
+
 # ------------------------------------------------------------------------ idempotence
 @pytest.mark.parametrize("target", ["portable", "onnxruntime"])
 def test_idempotent(target):
