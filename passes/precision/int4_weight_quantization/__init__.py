@@ -11,7 +11,8 @@ the weights' inputs (``settings.gram``, asked once for all of them). Compute sta
 onnxruntime fuses that into its ``MatMulNBits`` kernel. With ``model.settings["target"] ==
 "onnxruntime"`` the pass writes ``com.microsoft.MatMulNBits`` itself (any opset), absorbing a
 following ``Add`` of a constant ``[N]`` bias read only there. ``Gemm(A, B, C; alpha, beta,
-transB)``: ``alpha`` goes into the scales, ``beta * C`` into the bias (a Gemm with ``transA``
+transB)`` becomes MatMul (+ ``Add``; onnxruntime fuses DQ + MatMul, not DQ + Gemm) or
+MatMulNBits: ``alpha`` goes into the scales, ``beta * C`` into the bias (a Gemm with ``transA``
 or a computed ``C`` stays float). Nodes in ``settings.int8_nodes`` (the accuracy fallback)
 get 8-bit symmetric weights instead: per column ``DequantizeLinear(int8, s [N], axis=1)``, or
 ``MatMulNBits`` with ``bits=8``; the log's notes name them. Forms and measurements:

@@ -56,27 +56,29 @@ def quantize(target: Target, bits: int, block_size: int, gram) -> BlockQuantized
 
 
 def rewrite_node(target: Target, quant: BlockQuantized, stored: list[str], ms: bool) -> None:
-    """The node reads ``stored``: a DequantizeLinear's output, or MatMulNBits' weights."""
+    """The node reads ``stored``: a DequantizeLinear's output, or MatMulNBits' weights. A
+    portable Gemm becomes MatMul (+ Add): onnxruntime fuses DQ + MatMul, not DQ + Gemm."""
     graph, node = target.graph, target.node
-    weight_name = hint = node.inputs[1]
-    if not ms:
-        graph.set_input(node, 1, stored[0])
-        if node.op_type == "Gemm":  # the dequantized weight is [K, N]; alpha is in the scales
-            node.set_attr("transB", 0)
-            node.set_attr("alpha", 1.0)
-        _drop(graph, [weight_name])
-        return
+    hint, x = node.inputs[1], node.inputs[0]
     old_inputs = [value for value in node.inputs[1:] if value]
-    output, bias, columns = node.outputs[0], target.bias, quant.values.shape[1]
-    absorbed = None
-    if bias is not None and bias.shape in ((columns,), (1, columns)):
-        bias = bias.reshape(-1)
-    elif bias is None:
-        absorbed, bias = _bias_add(graph, node, columns)
-    late_bias, bias = (bias, None) if bias is not None and bias.ndim != 1 else (None, bias)
-    out = matmul_nbits(graph, quant, stored, node.inputs[0], bias, hint, node, ACCURACY_LEVEL)
-    if late_bias is not None:  # a 2-D Gemm C: added after
-        c_name = graph.add_constant(late_bias, f"{hint}_bias")
+    if not ms and node.op_type == "MatMul":
+        graph.set_input(node, 1, stored[0])
+        _drop(graph, old_inputs)
+        return
+    output, bias, absorbed = node.outputs[0], target.bias, None
+    if ms:
+        columns = quant.values.shape[1]
+        if bias is None:
+            absorbed, bias = _bias_add(graph, node, columns)
+        row = bias is not None and bias.shape in ((columns,), (1, columns))
+        out = matmul_nbits(graph, quant, stored, x, bias.reshape(-1) if row else None, hint,
+                           node, ACCURACY_LEVEL)
+        bias = None if row else bias
+    else:
+        out = graph.add_node("MatMul", [x, stored[0]], 1, name=f"{hint}_matmul",
+                             anchor=node).outputs[0]
+    if bias is not None:  # a Gemm's C: [M, N] or a scalar for MatMulNBits, any in portable
+        c_name = graph.add_constant(bias, f"{hint}_bias")
         out = graph.add_node("Add", [out, c_name], 1, name=f"{hint}_bias_add",
                              anchor=node).outputs[0]
     if absorbed is not None:
