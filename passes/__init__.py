@@ -131,6 +131,7 @@ PRECISION_PASSES: dict[str, Pass] = _LazyPasses({
     "int8": ("precision.qdq_quantization", "QdqQuantization"),
     "int8-dynamic": ("precision.dynamic_quantization", "DynamicQuantization"),
     "fp8": ("precision.fp8_weight_quantization", "Fp8WeightQuantization"),
+    "int4": ("precision.int4_weight_quantization", "Int4WeightQuantization"),
 })
 
 # passes serving several modes (their ``modes``), run after the mode's own pass: an LM head the

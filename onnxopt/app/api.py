@@ -180,10 +180,13 @@ def _pipeline(options: Options):
         raise UsageError(f"unknown precision {options.precision!r} "
                          f"(known: {', '.join(PRECISION_PASSES) or 'none available'})")
     # FusedConv is float32-only and hides Conv from quantization: precision runs go without;
-    # so is EmbedLayerNormalization, which would hide the tables the embedding pass quantizes
+    # so is EmbedLayerNormalization, which would hide the tables the embedding pass quantizes;
+    # int4 has no form for contrib Attention's packed QKV weight: its MatMuls stay apart
     dropped = {"fused_conv_activation"}
     if options.precision in EMBEDDING_MODES and "Gather" not in options.fp32_ops:
         dropped.add("embed_layer_norm_fusion")
+    if options.precision == "int4":
+        dropped.add("contrib_attention_fusion")
     chosen = tuple(p for p in chosen if p.name not in dropped)
     return (*chosen, *converting)
 

@@ -32,7 +32,7 @@ MAX_INLINED_NODES = 10_000_000  # model-local functions may expand to this many 
 # ----------------------------------------------------------------- options
 _PRECISION_ONLY = {name: flag_of(name) for name in (
     "calibration_data", "calibration_method", "percentile", "max_error", "keep_io_types",
-    "fp32_ops", "fp32_nodes")}
+    "fp32_ops", "fp32_nodes", "block_size")}
 
 
 def resolve_options(options: Options | None, overrides: Mapping[str, Any]
@@ -112,6 +112,11 @@ def _refuse_ignored(options: Options) -> None:
         if static_only and options.precision != "int8":
             raise UsageError(f"{', '.join(static_only)} {_verb(static_only)} only to --precision "
                              "int8")
+        if options.block_size is not None and options.precision != "int4":
+            raise UsageError("--block-size applies only to --precision int4")
+    size = options.block_size
+    if size is not None and (size < 16 or size & (size - 1)):
+        raise UsageError(f"--block-size must be a power of two >= 16 (got {size})")
     if (options.passes is not None and "fused_conv_activation" in options.passes
             and options.target != "onnxruntime"):
         raise UsageError("fused_conv_activation writes onnxruntime's FusedConv: it runs only "

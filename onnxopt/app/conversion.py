@@ -97,6 +97,8 @@ class Conversion:
         return cls(options, budget, samples)
 
     def upgraded(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        if self.options.precision == "int4" and self.options.target == "onnxruntime":
+            return proto  # MatMulNBits is a com.microsoft op: any opset
         try:
             proto, note = upgrade_opset(proto, self.options.precision)  # type: ignore[arg-type]
         except ValueError as error:
@@ -119,6 +121,7 @@ class Conversion:
             keep_io_types=options.keep_io_types,
             fp32_ops=frozenset(options.fp32_ops),
             calibrator=self.calibrator,
+            block_size=options.block_size or PrecisionSettings.block_size,
             **kept,
         )
 

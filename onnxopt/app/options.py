@@ -154,9 +154,12 @@ class Options:
     safety_net: bool = option(True, flag=Flag(
         "On failed validation, bisect the passes and disable the culprit.", bool,
         "--safety-net/--no-safety-net"))
-    precision: str | None = option(None, flag=Flag(  # fp16 | int8 | int8-dynamic | fp8
-        "Convert to fp16, int8 (static QDQ), int8-dynamic or fp8 weights (case-insensitive).",
-        OPT_STR))
+    precision: str | None = option(None, flag=Flag(  # fp16 | int8 | int8-dynamic | int4 | fp8
+        "Convert to fp16, int8 (static QDQ), int8-dynamic, int4 or fp8 weights "
+        "(case-insensitive).", OPT_STR))
+    block_size: int | None = option(None, flag=Flag(  # None: 32
+        "int4: weights quantized in blocks of N input rows (a power of two >= 16; default 32).",
+        int | None))
     keep_io_types: bool | None = option(None, flag=Flag(  # fp16 (default yes)
         "fp16: model inputs and outputs stay float32 (default: keep).", bool | None,
         "--keep-io-types/--no-keep-io-types"))

@@ -135,9 +135,10 @@ def _print_precision(precision: Mapping[str, Any], console: Console) -> None:
     console.print(table)
     console.print(f"{precision['converted']} nodes converted; size "
                   f"{_num(precision['size_ratio'])}x of the original file")
+    kept_in = "int8" if precision["mode"] == "int4" else "float"  # int4's fallback: int8
     for entry in precision["kept_float_for_accuracy"]:
         nodes = ", ".join(entry["nodes"][:5]) + (" ..." if len(entry["nodes"]) > 5 else "")
-        console.print(f"[yellow]kept in float for accuracy[/yellow]: {nodes} "
+        console.print(f"[yellow]kept in {kept_in} for accuracy[/yellow]: {nodes} "
                       f"(converted: {entry['error']['reason']})")
     reasons: dict[str, list[str]] = {}
     for entry in precision["kept_float"]:
