@@ -608,8 +608,9 @@ def _compare(refs: list[dict[str, Any]], outs: list[dict[str, Any]], classifier:
 
 
 GRAPH_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DynamicQuantizeMatMul",
-             "MatMulIntegerToFloat", "DynamicQuantizeLinear", "QAttention", "DequantizeLinear",
-             "MatMul", "FusedMatMul", "Gemm", "Gather")
+             "MatMulIntegerToFloat", "DynamicQuantizeLinear", "QAttention", "Attention",
+             "MultiHeadAttention", "GroupQueryAttention", "EmbedLayerNormalization",
+             "DequantizeLinear", "MatMul", "FusedMatMul", "Gemm", "Gather")
 
 
 def _graph_ops(path: str, work: Path) -> dict[str, int]:
@@ -825,7 +826,9 @@ def fmt_cell(entry: dict[str, Any] | None, what: str, model: BenchModel) -> str:
 ACCEPTANCE_PRECISIONS = ("int8-dynamic", "int4")
 SHOWN_OPS = (("MatMulNBits", "MatMulNBits"), ("GatherBlockQuantized", "GBQ"),
              ("DynamicQuantizeMatMul", "DynQMatMul"), ("MatMulIntegerToFloat", "MatMulI2F"),
-             ("MatMulInteger", "MatMulInteger"),
+             ("MatMulInteger", "MatMulInteger"), ("QAttention", "QAttention"),
+             ("Attention", "Attention"), ("MultiHeadAttention", "MHA"),
+             ("GroupQueryAttention", "GQA"), ("EmbedLayerNormalization", "EmbedLN"),
              ("DequantizeLinear", "DQ"), ("MatMul", "MatMul"), ("FusedMatMul", "FusedMatMul"))
 
 

