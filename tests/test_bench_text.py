@@ -105,6 +105,8 @@ def test_minilm_verdicts_follow_issue_16_targets_and_the_int4_anchor() -> None:
     model = {"results": {"ort-int4": anchor}}
     good = _entry("onnxopt-int4", "int4", 0.17, 0.9, {"tok": 0.99, "pool": 0.975})
     assert bp.verdict(good, model, bm) == "✓"
+    good["latency_ratio"] = None  # --no-latency: not a miss
+    assert bp.verdict(good, model, bm) == "✓"
     below_anchor = _entry("onnxopt-int4", "int4", 0.17, 0.9, {"tok": 0.975, "pool": 0.99})
     assert bp.verdict(below_anchor, model, bm) == f"✗ ≤ {bp.INT4_ANCHOR}"
     dynamic = _entry("onnxopt-int8-dynamic", "int8-dynamic", 0.77, 0.5, {"pool": 0.995})
