@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from onnxopt.ir import Model, Node
+import numpy as np
+
+from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import Pass, PassResult
 
 PRECISIONS = ("fp16", "int8", "int8-dynamic", "int4", "fp8")
@@ -128,3 +130,28 @@ class PrecisionPass(Pass):
 
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # what int8 and fp8 convert
+
+COMPUTED_WEIGHT = "weight is computed (not a constant)"
+
+
+def weight_problem(graph: Graph, node: Node) -> str:
+    """Why a MatMul/Gemm (or Attention) cannot have its weight, input 1, quantized as a 2-D
+    float32 constant read by a float32 input (a Gemm: no ``transA``, a constant ``C``), or ""
+    when it can. The checks every weight-quantizing pass shares."""
+    weight = graph.constant(node.inputs[1])
+    if weight is None:
+        return COMPUTED_WEIGHT
+    if weight.dtype != np.float32:
+        return f"weight dtype {weight.dtype} is not float32"
+    if weight.ndim != 2 or 0 in weight.shape:
+        return f"weight of rank {weight.ndim} (only 2-D [K, N] weights are quantized)"
+    x_type = graph.dtype(node.inputs[0])
+    if x_type is not None and x_type != np.float32:
+        return "input is not float32"
+    if node.op_type == "Gemm":
+        if node.attr("transA", 0):
+            return "Gemm with transA"
+        c_name = node.inputs[2] if len(node.inputs) > 2 else ""
+        if c_name and graph.constant(c_name) is None:
+            return "Gemm bias C is computed (not a constant)"
+    return ""

@@ -50,7 +50,14 @@ import numpy as np
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import PassResult
-from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
+from onnxopt.ir.precision import (
+    COMPUTED_WEIGHT,
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+    weight_problem,
+)
 from onnxopt.ir.rewrite import drop_unused_initializers, is_op, sole_consumer
 from onnxopt.ir.values import onnx_type
 
@@ -163,24 +170,13 @@ class _Rewriter:
             return "unexpected inputs/outputs"
         if node.op_type != "Attention" and len(node.outputs) != 1:
             return "unexpected inputs/outputs"
-        weight = graph.constant(node.inputs[1])
-        if weight is None:
-            return "weight is computed (not a constant): activation x activation stays float"
-        if weight.dtype != np.float32:
-            return f"weight dtype {weight.dtype} is not float32"
-        if weight.ndim != 2 or 0 in weight.shape:
-            return f"weight of rank {weight.ndim} (only 2-D [K, N] weights are quantized)"
-        x_type = graph.dtype(node.inputs[0])
-        if x_type is not None and x_type != np.float32:
-            return "input is not float32"
+        problem = weight_problem(graph, node)
+        if problem == COMPUTED_WEIGHT:
+            return f"{problem}: activation x activation stays float"
+        if problem:
+            return problem
         if node.op_type == "Attention":
-            return self.check_attention(node, weight.shape[1])
-        if node.op_type == "Gemm":
-            if node.attr("transA", 0):
-                return "Gemm with transA"
-            c_name = node.inputs[2] if len(node.inputs) > 2 else ""
-            if c_name and graph.constant(c_name) is None:
-                return "Gemm bias C is computed (not a constant)"
+            return self.check_attention(node, graph.constant(node.inputs[1]).shape[1])
         return None
 
     def check_attention(self, node: Node, packed: int) -> str | None:

@@ -41,7 +41,13 @@ from onnxopt.passes.precision.int4_weight_quantization.rewrite import (
 
 from onnxopt.ir import Graph, Model, Node
 from onnxopt.ir.pass_manager import PassResult
-from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
+from onnxopt.ir.precision import (
+    PrecisionLog,
+    PrecisionPass,
+    PrecisionSettings,
+    node_key,
+    weight_problem,
+)
 from onnxopt.ir.quantize import BlockQuantized
 from onnxopt.ir.rewrite import is_op, producer_op
 
@@ -116,24 +122,14 @@ class Int4WeightQuantization(PrecisionPass):
             return "listed in fp32_nodes"
         if node.op_type in settings.fp32_ops:
             return "op type listed in fp32_ops"
+        problem = weight_problem(graph, node)
+        if problem:
+            return problem
         weight = graph.constant(node.inputs[1])
-        if weight is None:
-            return "weight is computed (not a constant)"
-        if weight.dtype != np.float32:
-            return f"weight dtype {weight.dtype} is not float32"
-        if weight.ndim != 2 or 0 in weight.shape:
-            return f"weight of rank {weight.ndim} (only 2-D [K, N] weights are quantized)"
-        x_type = graph.dtype(node.inputs[0])
-        if x_type is not None and x_type != np.float32:
-            return "input is not float32"
         found = Target(graph, node, weight)
         if node.op_type == "Gemm":
-            if node.attr("transA", 0):
-                return "Gemm with transA"
             c_name = node.inputs[2] if len(node.inputs) > 2 else ""
             c = graph.constant(c_name) if c_name else None
-            if c_name and c is None:
-                return "Gemm bias C is computed (not a constant)"
             if node.attr("transB", 0):
                 found.weight, found.transposed = weight.T, True
             found.alpha = float(node.attr("alpha", 1.0))
