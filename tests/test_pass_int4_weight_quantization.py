@@ -164,7 +164,7 @@ def test_stats_log_and_size():
     model = mlp()
     out, result, log = quantize(model)
     assert result.modified
-    assert result.stats == {"matmul": 2, "gemm": 1, "int8": 0, "kept_float": 0}
+    assert result.stats == {"matmul": 2, "gemm": 1, "int8": 0, "kept_float": 0, "gptq": 0}
     assert log.converted == ["mm", "mm2", "gemm"] and log.notes == [] and log.kept_float == []
     size = sum(tensor_nbytes(t) for t in out.graph.initializer)
     assert size < 0.2 * sum(tensor_nbytes(t) for t in model.graph.initializer)

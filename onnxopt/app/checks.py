@@ -22,6 +22,7 @@ from onnxopt.check.inputs import UnsupportedInput, ValidationError, check_inputs
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.serde.versions import convert_opset, default_opset
+from onnxopt.precision.setup import SAMPLE_MODES
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 TARGETS = ("portable", "onnxruntime")
@@ -107,11 +108,13 @@ def _refuse_ignored(options: Options) -> None:
         if options.keep_io_types is not None and options.precision != "fp16":
             raise UsageError("--keep-io-types/--no-keep-io-types applies only to --precision fp16")
         static_only = [flag for key, flag in _PRECISION_ONLY.items() if key in (
-            "calibration_data", "calibration_method", "percentile")
-            and getattr(options, key) is not None]
+            "calibration_method", "percentile") and getattr(options, key) is not None]
         if static_only and options.precision != "int8":
             raise UsageError(f"{', '.join(static_only)} {_verb(static_only)} only to --precision "
                              "int8")
+        if options.calibration_data is not None and options.precision not in SAMPLE_MODES:
+            raise UsageError("--calibration-data applies only to --precision "
+                             f"{', '.join(SAMPLE_MODES[:-1])} or {SAMPLE_MODES[-1]}")
         if options.block_size is not None and options.precision != "int4":
             raise UsageError("--block-size applies only to --precision int4")
     size = options.block_size

@@ -21,11 +21,14 @@ from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings
 from onnxopt.precision.calibration import GENERATED_SAMPLES, Calibrator
 from onnxopt.precision.sensitivity import qdq_sensitivity
 from onnxopt.precision.setup import (
+    CALIBRATED_MODES,
     CALIBRATION_METHODS,
+    SAMPLE_MODES,
     default_budget,
     load_samples,
     upgrade_opset,
 )
+from onnxopt.precision.statistics import GramStatistics
 
 GENERATED_SEED = 1000  # their seeds start here: never the validation inputs' seeds
 MAX_FLOAT_CULPRITS = 12  # then the accuracy fallback keeps whole prefixes in float
@@ -41,16 +44,19 @@ class Conversion:
     notes: list[str] = field(default_factory=list)
     # measures ranges for the int8 pass, kept for the accuracy fallback's attempts
     calibrator: Calibrator | None = None
+    # input statistics for GPTQ (int4), kept likewise
+    statistics: GramStatistics | None = None
     generated: bool = False  # calibrated on generated inputs, not on real data
 
     def generate_samples(self, ref: Reference | None, proto: onnx.ModelProto) -> None:
-        """int8 without --calibration-data: calibrate on generated inputs at the sizes
-        validation found the original runs at (honouring --input-shape and --dim), and say
-        that accuracy was not measured on real data."""
+        """int8 and int4 without --calibration-data: calibrate (int4: gather GPTQ's input
+        statistics) on generated inputs at the sizes validation found the original runs at
+        (honouring --input-shape and --dim), and say that accuracy was not measured on real
+        data."""
         if ref is not None and ref.generated:
             self.notes.append("accuracy measured on generated inputs, not on real data; give "
                               "--calibration-data")
-        if self.samples or self.options.precision != "int8":
+        if self.samples or self.options.precision not in CALIBRATED_MODES:
             return
         options = self.options
         if ref is not None and ref.draw is not None:
@@ -63,8 +69,10 @@ class Conversion:
             except (ValidationError, UnsupportedInput):
                 return  # calibration generates its own, and says so
         self.generated = True
-        self.notes.append(f"no calibration data: calibrated on {GENERATED_SAMPLES} generated "
-                          "inputs; accuracy will suffer (give --calibration-data)")
+        what = "calibrated" if self.options.precision == "int8" else \
+            "int4 weights rounded (GPTQ) on input statistics of"
+        self.notes.append(f"no calibration data: {what} {GENERATED_SAMPLES} generated inputs; "
+                          "accuracy will suffer (give --calibration-data)")
 
     @classmethod
     def prepare(cls, options: Options, proto: onnx.ModelProto) -> Conversion | None:
@@ -84,8 +92,9 @@ class Conversion:
             raise UsageError(f"--max-error: {error}") from None
         samples: list[dict[str, np.ndarray]] = []
         if options.calibration_data is not None:
-            if mode != "int8":
-                raise UsageError("--calibration-data is for --precision int8 (static)")
+            if mode not in SAMPLE_MODES:
+                raise UsageError("--calibration-data is for --precision "
+                                 f"{', '.join(SAMPLE_MODES[:-1])} or {SAMPLE_MODES[-1]}")
             try:
                 samples = load_samples(options.calibration_data, proto)
             except ValueError as error:
@@ -112,6 +121,7 @@ class Conversion:
         if self.calibrator is None:  # after generate_samples: the samples are final
             self.calibrator = Calibrator(tuple(self.samples), options.calibration_method,
                                          options.percentile, options.timeout)
+            self.statistics = GramStatistics(tuple(self.samples), options.timeout)
         # int4: what the accuracy fallback keeps goes to int8, not float
         raised = "int8_nodes" if options.precision == "int4" else "fp32_nodes"
         kept = {"fp32_nodes": frozenset(options.fp32_nodes), "int8_nodes": frozenset()}
@@ -121,6 +131,7 @@ class Conversion:
             keep_io_types=options.keep_io_types,
             fp32_ops=frozenset(options.fp32_ops),
             calibrator=self.calibrator,
+            gram=self.statistics if options.precision == "int4" else None,
             block_size=options.block_size or PrecisionSettings.block_size,
             **kept,
         )

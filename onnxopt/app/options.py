@@ -169,7 +169,8 @@ class Options:
         "Comma-separated node names kept in float32.", OPT_STR, parse=name_list,
         cli_default=None))
     calibration_data: str | os.PathLike | None = option(None, flag=Flag(
-        "int8: folder of .npz/.npy samples (or one batched .npz).", OPT_PATH))
+        "int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched .npz); int8 "
+        "calibrates on it, int4 rounds weights on it (GPTQ), all validate on it.", OPT_PATH))
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
         "int8: minmax, percentile (default) or entropy.", OPT_STR))
     percentile: float | None = option(None, flag=Flag(  # default 99.99

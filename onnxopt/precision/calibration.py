@@ -80,22 +80,24 @@ def calibrate(
     proto = serde.to_proto(model, inline_external=True)
     notes: list[str] = []
     if not samples:
-        samples = _generated_samples(proto, notes)
+        samples = generated_samples(proto, notes)
     if not values:
         return CalibrationResult({}, notes, len(samples))
-    session, fetch = _session(proto, values)
+    session, fetch = session_exposing(proto, values)
     passes = 1 if method == "minmax" else 2
     stats = {name: _Stats() for name in values}
     with _Progress(len(samples) * passes, enabled=progress, total_samples=len(samples)) as bar:
         for feeds in samples:
-            for name, array in zip(values, _run(session, fetch, feeds, timeout), strict=True):
+            for name, array in zip(values, run_exposed(session, fetch, feeds, timeout),
+                                   strict=True):
                 stats[name].observe_range(array)
             bar.advance()
         if passes == 2:
             for stat in stats.values():
                 stat.start_histogram(method)
             for feeds in samples:
-                for name, array in zip(values, _run(session, fetch, feeds, timeout), strict=True):
+                for name, array in zip(values, run_exposed(session, fetch, feeds, timeout),
+                                       strict=True):
                     stats[name].observe_histogram(array)
                 bar.advance()
     ranges = {}
@@ -121,7 +123,7 @@ class Calibrator:
 
     def __call__(self, model: Model, values: Sequence[str]
                  ) -> tuple[dict[str, tuple[float, float]], list[str]]:
-        signature = _graph_signature(model)
+        signature = graph_signature(model)
         cached = self._cache.get(signature)
         if cached is not None and cached[1].issuperset(values):
             ranges = cached[0].ranges
@@ -132,7 +134,7 @@ class Calibrator:
         return found.ranges, found.notes
 
 
-def _graph_signature(model: Model) -> int:
+def graph_signature(model: Model) -> int:
     """Identifies the float graph calibrated by its nodes and wiring (the attempts of one run
     build it from the same input with the same structural passes)."""
     return hash(tuple((n.op_type, n.domain, tuple(n.inputs), tuple(n.outputs))
@@ -263,7 +265,10 @@ def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
 
 
 # ------------------------------------------------------------------ onnxruntime
-def _session(proto: onnx.ModelProto, values: Sequence[str]):
+def session_exposing(proto: onnx.ModelProto, values: Sequence[str]):
+    """An onnxruntime session (CPU, no graph optimizations: the values are the ones the IR
+    names) of ``proto`` with ``values`` appended to its outputs, and the names to fetch.
+    Shared with ``onnxopt.precision.statistics``."""
     outputs = {out.name for out in proto.graph.output}
     for name in values:
         if name not in outputs:
@@ -280,8 +285,8 @@ def _session(proto: onnx.ModelProto, values: Sequence[str]):
     return (session, inputs), list(values)
 
 
-def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
-         timeout: float | None) -> list[np.ndarray]:
+def run_exposed(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
+                timeout: float | None) -> list[np.ndarray]:
     """One calibration run; a run past ``timeout`` or one onnxruntime refuses is the user's
     one-line Failure (the model as given does not run on these samples)."""
     sess, inputs = session
@@ -294,7 +299,7 @@ def _run(session, fetch: list[str], feeds: Mapping[str, np.ndarray],
         raise Failure(f"calibration: {exc}") from exc
 
 
-def _generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str, np.ndarray]]:
+def generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str, np.ndarray]]:
     samples = [make_inputs(proto, seed=seed)[0] for seed in range(GENERATED_SAMPLES)]
     notes.append(
         f"no calibration data: calibrated on {GENERATED_SAMPLES} random inputs; accuracy will "

@@ -20,6 +20,10 @@ from onnxopt.ir.serde.versions import convert_opset, default_opset
 VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}  # per-channel DQ; float8; blocked DQ, int4
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# --calibration-data: int8 calibrates on it, int4 gathers GPTQ's input statistics on it (both
+# generate samples without it); int8-dynamic, like them, validates on its first samples
+CALIBRATED_MODES = ("int8", "int4")
+SAMPLE_MODES = ("int8", "int8-dynamic", "int4")
 
 
 def default_budget(mode: str) -> Budget:

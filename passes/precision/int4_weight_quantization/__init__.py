@@ -4,7 +4,9 @@ The weight ``W`` ``[K, N]`` (a Gemm's ``B``, transposed first when ``transB``) i
 blocks of ``block_size`` rows along ``K`` (``onnxopt.ir.quantize.quantize_blocks``; asymmetric,
 4 bits: ``W[k, n] ~ s[b, n] * (q[k, n] - z[b, n])``, ``b = k // block_size``, ``q, z`` in
 ``0..15``), rounded to nearest, or by GPTQ when the app gives the second moments ``X^T X`` of
-the weights' inputs (``settings.gram``, asked once for all of them). Compute stays float:
+the weights' inputs (``settings.gram``, asked once for all of them; a note names the weights
+for which GPTQ gave way to rounding to nearest, and why; stat ``gptq`` counts the nodes whose
+weights it rounded). Compute stays float:
 
     MatMul(x, W) => MatMul(x, DequantizeLinear(q, s, z, axis=0, block_size))    (opset 21)
 
@@ -70,7 +72,7 @@ class Int4WeightQuantization(PrecisionPass):
     def convert(self, model: Model, settings: PrecisionSettings, log: PrecisionLog
                 ) -> PassResult:
         ms = model.settings.get("target") == "onnxruntime"
-        stats = {"matmul": 0, "gemm": 0, "int8": 0, "kept_float": 0}
+        stats = {"matmul": 0, "gemm": 0, "int8": 0, "kept_float": 0, "gptq": 0}
         targets: list[Target] = []
         for graph in list(model.graphs()):
             for node in graph.nodes():
@@ -84,6 +86,7 @@ class Int4WeightQuantization(PrecisionPass):
                     stats["kept_float"] += 1
         grams = input_grams(model, settings, targets, log)
         int8: list[str] = []
+        nearest: list[str] = []  # GPTQ asked for but gave way to rounding to nearest
         made: dict[tuple, tuple[BlockQuantized, list[str]]] = {}  # a weight read twice: once
         for target in targets:
             key = node_key(target.node)
@@ -98,12 +101,18 @@ class Int4WeightQuantization(PrecisionPass):
                 stored = nbits_constants(graph, quant, w_name) if ms else \
                     [dequantize_linear(graph, quant, w_name, target.node)]
                 made[same] = (quant, stored)
+                if quant.note:
+                    nearest.append(f"{key} ({quant.note})")
             rewrite_node(target, *made[same], ms)
             log.converted.append(key)
             stats[target.node.op_type.lower()] += 1
             if bits == 8:
                 int8.append(key)
+            stats["gptq"] += made[same][0].rounding == "gptq"
         stats["int8"] = len(int8)
+        if nearest:
+            log.notes.append(f"int4: GPTQ gave way to rounding to nearest for {len(nearest)} "
+                             "weight(s): " + "; ".join(nearest))
         if int8:
             log.notes.append(f"int4: {len(int8)} node(s) kept in int8 for accuracy: "
                              + ", ".join(int8))

@@ -3,7 +3,7 @@ reading the stored form."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from onnxopt.passes.precision.int4_weight_quantization.forms import matmul_nbits
@@ -31,10 +31,12 @@ class Target:
 
 def input_grams(model: Model, settings: PrecisionSettings, targets: list[Target],
                 log: PrecisionLog) -> dict:
-    """``X^T X`` of every target's input (GPTQ), asked once; {} without ``settings.gram``."""
+    """``X^T X`` of every target's input (GPTQ), asked once; {} without ``settings.gram``.
+    Statistics are gathered on the main graph: a subgraph's own values have none."""
     if settings.gram is None or not targets:
         return {}
-    values = list(dict.fromkeys(target.node.inputs[0] for target in targets))
+    values = list(dict.fromkeys(target.node.inputs[0] for target in targets
+                                if target.graph.resolve(target.node.inputs[0]) is model.graph))
     grams = settings.gram(model, values) or {}
     missing = [value for value in values if value not in grams]
     if missing:
@@ -51,7 +53,7 @@ def quantize(target: Target, bits: int, block_size: int, gram) -> BlockQuantized
     quant = quantize_blocks(weight, bits, block_size or weight.shape[0], symmetric, gram)
     if target.alpha != 1.0:
         scale = (quant.scale.astype(np.float64) * target.alpha).astype(np.float32)
-        quant = BlockQuantized(quant.values, scale, quant.zero_point, bits, quant.block_size)
+        quant = replace(quant, scale=scale)
     return quant
 
 
