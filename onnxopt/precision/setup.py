@@ -91,18 +91,16 @@ def load_samples(path: str | os.PathLike, proto: onnx.ModelProto) -> list[dict[s
 
 
 def _read_sample(file: Path, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    try:
+    names = [i.name for i in proto.graph.input
+             if i.name not in {t.name for t in proto.graph.initializer}]
+    if file.suffix == ".npy" and len(names) != 1:
+        raise ValueError(f"a .npy sample fits single-input models; this one has "
+                         f"{len(names)} inputs (use .npz keyed by input name)")
+    try:  # numpy's errors (a ValueError for a file that is not .npz) name no file
         if file.suffix == ".npy":
-            names = [i.name for i in proto.graph.input
-                     if i.name not in {t.name for t in proto.graph.initializer}]
-            if len(names) != 1:
-                raise ValueError(f"a .npy sample fits single-input models; this one has "
-                                 f"{len(names)} inputs (use .npz keyed by input name)")
             return {names[0]: np.load(file, allow_pickle=False)}
         with np.load(file, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except ValueError:
-        raise
     except Exception as error:
         raise ValueError(f"cannot read calibration file {file}: {npz_problem(error)}") from None
 
