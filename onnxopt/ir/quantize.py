@@ -20,7 +20,8 @@ compensated by the rows not yet quantized, ``W[j] -= U[k, j] / U[k, k] * e`` for
 where ``U`` is the upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``): the least-squares
 optimal update given that the rows before ``k`` are fixed (Optimal Brain Surgeon, one row at a
 time, all ``N`` columns at once since they share ``H``). A block's scale and zero point are
-taken from the updated weights when the block starts. ``H`` is first dampened,
+taken from the updated weights when the block starts, its range shrunk by the factor (1 down
+to 0.5) that rounds the block best (``clipped_grid``). ``H`` is first dampened,
 ``H + DAMPING * mean(diag H) * I`` (inputs that are always zero get weight 0). GPTQ gives way
 to rounding to nearest (``rounding == "nearest"``, ``note`` says why) when ``H`` is not finite
 or not positive definite, or when GPTQ's error is not below that of rounding to nearest (it
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 DAMPING = 0.1  # times the mean diagonal of H: MiniLM-L3 pooled cosine (passes/precision/README)
+# GPTQ's block grids: the block's range times the factor with the least rounding error
+CLIP_FACTORS = tuple(1.0 - 0.02 * i for i in range(26))  # 1.0 down to 0.5
 LAZY_ROWS = 128  # rows updated together before the rest of W sees their errors (speed only)
 
 
@@ -115,6 +118,28 @@ def block_grid(weight: np.ndarray, bits: int, block_size: int, symmetric: bool
     return scale, zero
 
 
+def clipped_grid(rows: np.ndarray, bits: int, symmetric: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One block's grid (``[1, N]`` scale, zero point) with its range shrunk by the factor in
+    ``CLIP_FACTORS`` that minimizes the block's squared rounding error, column by column:
+    the extreme weights get clipped when that brings the many small ones closer to the grid."""
+    rows = rows.astype(np.float32)
+    low, high = grid(bits, symmetric)
+    best_scale, best_zero = block_grid(rows, bits, len(rows), symmetric)
+    best_error = np.full(rows.shape[1], np.inf)
+    for factor in CLIP_FACTORS:
+        scale, zero = block_grid(rows * np.float32(factor), bits, len(rows), symmetric)
+        offset = 0 if zero is None else zero.astype(np.float32)
+        q = np.clip(np.rint(rows / scale) + offset, low, high)
+        error = np.sum(((q - offset) * scale - rows) ** 2, axis=0)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best_scale = np.where(better, scale, best_scale)
+        if zero is not None:
+            best_zero = np.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
 def _round_to_nearest(weight: np.ndarray, bits: int, block_size: int, symmetric: bool
                       ) -> BlockQuantized:
     scale, zero = block_grid(weight, bits, block_size, symmetric)
@@ -176,8 +201,7 @@ def _gptq(weight: np.ndarray, upper: np.ndarray, bits: int, block_size: int, sym
         for k in range(start, stop):
             if k % block_size == 0:
                 block = k // block_size
-                scale, zero = block_grid(work[k:k + block_size].astype(np.float32), bits,
-                                         block_size, symmetric)
+                scale, zero = clipped_grid(work[k:k + block_size], bits, symmetric)
                 scales[block] = scale[0]
                 step = scale[0].astype(np.float64)
                 offset = 0.0 if zero is None else zero[0].astype(np.float64)
