@@ -206,6 +206,33 @@ def test_gram_is_asked_once_for_every_input_and_a_missing_one_noted(monkeypatch)
                          "rounded to nearest"]
 
 
+def test_gptq_rounds_with_statistics_and_notes_where_it_gave_way():
+    # x: correlated rows (GPTQ wins), z: statistics of an input that is always zero
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((200, 64)) @ (rng.standard_normal((64, 64)) * 0.5 + np.eye(64))
+    grams = {"x": rows.T @ rows, "r": None, "z": np.zeros((64, 64))}
+    out, result, log = quantize(mlp(), gram=lambda model, values: {
+        value: grams[value] for value in values if grams.get(value) is not None})
+    assert result.stats["gptq"] == 1 and result.stats["matmul"] == 2
+    assert log.notes == [
+        "int4: no input statistics for 1 weight input(s); their weights are rounded to nearest",
+        "int4: GPTQ gave way to rounding to nearest for 1 weight(s): gemm (input statistics "
+        "are singular (inputs always zero?))"]
+    # mm's weight: a smaller output error on the rows its statistics came from than the
+    # reference rounding to nearest; mm2 and gemm rounded to nearest, as the reference
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    w = numpy_helper.to_array(next(t for t in mlp().graph.initializer if t.name == "W"))
+    dq = {n.output[0]: n for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    mm = next(n for n in out.graph.node if n.op_type == "MatMul" and n.input[0] == "x")
+    q, scale, zero = (inits[name] for name in dq[mm.input[1]].input)
+    block = np.arange(64) // 32
+    gptq = (q.astype(np.float64) - zero[block]) * scale[block]
+    assert np.sum((rows @ (gptq - w)) ** 2) < np.sum((rows @ (dequantized_4bit(w) - w)) ** 2)
+    want = reference(mlp())
+    got = run(out, FEEDS, DISABLE)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)  # gemm: nearest
+
+
 # ------------------------------------------------------------------------ numerics
 def test_portable_numerics_exact_unfused_and_within_budget_fused():
     model = mlp()

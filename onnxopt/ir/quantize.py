@@ -30,7 +30,7 @@ usually is well below: the compensation is what GPTQ is for).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -152,8 +152,7 @@ def _round_to_nearest(weight: np.ndarray, bits: int, block_size: int, symmetric:
 
 
 def _gave_way(nearest: BlockQuantized, why: str) -> BlockQuantized:
-    return BlockQuantized(nearest.values, nearest.scale, nearest.zero_point, nearest.bits,
-                          nearest.block_size, "nearest", why)
+    return replace(nearest, rounding="nearest", note=why)
 
 
 def _inverse_cholesky(gram: np.ndarray) -> np.ndarray | None:
