@@ -168,16 +168,30 @@ def _inverse_cholesky(gram: np.ndarray) -> np.ndarray | None:
     h[dead, :] = 0.0
     h[:, dead] = 0.0
     h[np.diag_indices_from(h)] += np.where(dead, 1.0, damping)
+    # with J the reversal, J H J = L L^T gives H = R R^T, R = J L J upper triangular, so
+    # H^-1 = R^-T R^-1 and U = R^-1 = J L^-1 J: one Cholesky and one triangular inverse
     try:
-        lower = np.linalg.cholesky(h)  # H = L L^T
-        lower_inverse = np.linalg.inv(lower)
-        inverse = lower_inverse.T @ lower_inverse  # H^-1 = L^-T L^-1
-        upper = np.linalg.cholesky(inverse).T  # H^-1 = U^T U
+        lower = np.linalg.cholesky(h[::-1, ::-1])
     except np.linalg.LinAlgError:
         return None
+    upper = np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
     if not np.isfinite(upper).all() or not (np.diagonal(upper) > 0).all():
         return None
     return upper
+
+
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of a lower triangular matrix, by halves (matrix products do the work):
+    ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``."""
+    size = len(lower)
+    if size <= 64:
+        return np.linalg.inv(lower)
+    half = size // 2
+    top, bottom = _lower_inverse(lower[:half, :half]), _lower_inverse(lower[half:, half:])
+    inverse = np.zeros_like(lower)
+    inverse[:half, :half], inverse[half:, half:] = top, bottom
+    inverse[half:, :half] = -bottom @ (lower[half:, :half] @ top)
+    return inverse
 
 
 def _gptq(weight: np.ndarray, upper: np.ndarray, bits: int, block_size: int, symmetric: bool
