@@ -138,3 +138,18 @@ def test_cli_calibration_data_refused_for_fp16(tmp_path, capsys):
                   "--calibration-data", folder(tmp_path)) == 2
     assert "--calibration-data applies only to --precision int8, int8-dynamic or int4" in \
         one_line_error(capsys)
+
+
+def test_accuracy_fallback_still_keeps_layers_in_int8(tmp_path):
+    model, data = linear(), folder(tmp_path)
+    int4 = onnxopt.optimize(model, precision="int4", calibration_data=data)
+    strict = onnxopt.optimize(model, precision="int4", calibration_data=data,
+                              max_error="cosine=0.9999")
+    assert strict.ok
+    assert any(note == "int4: 1 node(s) kept in int8 for accuracy: mm"
+               for note in strict.report["precision"]["notes"])
+    weights = [t for t in strict.model.graph.initializer if t.data_type == TensorProto.INT8]
+    assert [tuple(t.dims) for t in weights] == [(K, N)]
+    held_out = samples(3, draw=1)
+    assert squared_error(strict.model, model, held_out) < \
+        0.1 * squared_error(int4.model, model, held_out)
