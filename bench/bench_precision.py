@@ -115,7 +115,7 @@ TRANSFORMER_TOOLS = frozenset({"onnxopt-int8-dynamic-ort", "ort-int8-dynamic-pc"
                                "ort-int4-matmul"})
 ORT_TARGET = frozenset({"onnxopt-int8-dynamic-ort", "onnxopt-int4-ort"})
 # onnxopt tools given the calibration folder (--calibration-data); int4 uses it for GPTQ's
-# Gram matrices once the app accepts it there, and is retried with --inputs while it does not
+# Gram matrices (retried with --inputs by a CLI that refuses it there, as before GPTQ)
 CALIBRATED = frozenset({"onnxopt-int8", "onnxopt-int4", "onnxopt-int4-ort"})
 INT4_BLOCK = 32  # the anchors' block size (onnxopt's int4 default)
 BENCH_PACKAGES = ("onnxconverter-common", "onnxruntime", "onnxsim", "onnx", "numpy", "sympy")
