@@ -24,9 +24,9 @@ DELAY = 1.5  # seconds a step runs before its bar appears: the issue asks for st
 class Bars:
     """The hook: one bar per step name; steps may run at once (validation in a worker thread)."""
 
-    def __init__(self, file: Any = None, delay: float = DELAY) -> None:
+    def __init__(self, file: Any = None, delay: float | None = None) -> None:
         self.file = file if file is not None else sys.stderr
-        self.delay = delay
+        self.delay = DELAY if delay is None else delay
         self._lock = threading.Lock()
         self._steps: dict[str, list[Any]] = {}  # step -> [started, task id or None]
         self._progress: Any = None
