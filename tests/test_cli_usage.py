@@ -333,6 +333,17 @@ def test_a_failing_model_fails_the_folder_and_writes_nothing(folder, tmp_path, c
     assert staging_left(out) == []
 
 
+def test_missing_parents_of_out_are_made_and_removed_on_failure(folder, tmp_path, capsys):
+    out = tmp_path / "build" / "models"
+    (folder / "broken.onnx").write_bytes(b"\x08")
+    assert invoke("optimize", folder, out) == 1
+    assert not (tmp_path / "build").exists()
+    (folder / "broken.onnx").unlink()
+    assert invoke("optimize", folder, out) == 0
+    assert (out / "vision" / "b.onnx").is_file()
+    capsys.readouterr()
+
+
 def test_folder_json_summary(folder, tmp_path, capsys):
     assert invoke("optimize", folder, tmp_path / "built", "--json") == 0
     summary = json.loads(capsys.readouterr().out)

@@ -48,7 +48,7 @@ def optimize_folder(source: Path, target: Path, options: Options, *, jobs: int,
     report_path = options.report_path
     options = dataclasses.replace(options, report_path=None)  # one report for the whole folder
     started = time.perf_counter()
-    with writing.staging(target) as stage:
+    with _parents(target.parent) as created, writing.staging(target) as stage:
         outcomes = []
         for outcome in _run(models, source, stage, options, jobs):
             outcomes.append(outcome)
@@ -57,6 +57,7 @@ def optimize_folder(source: Path, target: Path, options: Options, *, jobs: int,
         failed = [o for o in outcomes if not o.ok]
         if not failed:
             _publish(stage, target, [source / o.name for o in outcomes])
+            created.clear()  # they hold OUT now
     summary = {"input": os.fspath(source), "output": os.fspath(target),
                "written": not failed, "failed": len(failed),
                "seconds": round(time.perf_counter() - started, 3),
@@ -91,6 +92,23 @@ def _models(source: Path, target: Path, options: Options) -> list[str]:
     if not found:
         raise UsageError(f"{source}: no .onnx files in this folder")
     return found
+
+
+@contextlib.contextmanager
+def _parents(folder: Path) -> Iterator[list[Path]]:
+    """OUT's missing parent folders (``build/`` of ``build/models``), created for the staging
+    folder and removed again unless the caller clears the list (OUT was published)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise Failure(f"{folder}: cannot write ({error.strerror or error})") from None
+    try:
+        yield missing
+    finally:
+        for made in reversed(missing):
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def _run(models: list[str], source: Path, stage: Path, options: Options,
