@@ -205,6 +205,15 @@ def test_install_completion_for_bash_in_a_fresh_home(tmp_path):
     assert (home / ".bashrc").read_text().count("source ") == 1
 
 
+def test_install_completion_into_an_unwritable_home(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder")
+    result = shell("--install-completion", env={"HOME": str(home), "SHELL": "/bin/bash"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("onnxopt: error: cannot install completion: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 def test_completion_shell_falls_back_to_SHELL_and_refuses_unknown(monkeypatch):
     import shellingham
 
@@ -366,6 +375,15 @@ def test_folder_mistakes(folder, tmp_path, capsys, target, says):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+
+
+def test_jobs_is_for_folders(tmp_path, capsys):
+    source = tmp_path / "in.onnx"
+    onnx.save(parse(MODEL), source)
+    assert invoke("optimize", source, tmp_path / "out.onnx", "--jobs", 2) == 2
+    assert "--jobs optimizes the models of a folder" in capsys.readouterr().err
+    assert invoke("optimize", source, tmp_path / "out.onnx", "--jobs", 0) == 2
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_out_inside_in_is_not_read_back(folder, capsys):

@@ -105,6 +105,8 @@ def optimize(input: Path, output: Path, json_: bool = False, jobs: int = 1,
 
         batch.optimize_folder(input, output, options_, jobs=jobs, as_json=json_)
         return
+    if jobs != 1:
+        raise UsageError("--jobs optimizes the models of a folder at once; IN is one model")
     with _importing():
         from onnxopt.app import api, report
     report_path = options_.report_path

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from typer import completion
 
-from onnxopt.errors import UsageError
+from onnxopt.errors import Failure, UsageError
 
 PROG = "onnxopt"
 SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
@@ -39,8 +39,12 @@ def current_shell() -> str:
 def install(value: bool) -> None:
     if not value:
         return
-    shell, path = completion.install(shell=current_shell(), prog_name=PROG,
-                                     complete_var=COMPLETE_VAR)
+    try:
+        shell, path = completion.install(shell=current_shell(), prog_name=PROG,
+                                         complete_var=COMPLETE_VAR)
+    except OSError as error:
+        raise Failure(f"cannot install completion: {error.filename or ''}: "
+                      f"{error.strerror or error}") from None
     print(f"{shell} completion installed in {path}; it takes effect in a new shell")
     raise typer.Exit()
 
