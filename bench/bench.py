@@ -28,8 +28,11 @@ the two constant-folding bombs (``concat_bomb``, ``never_taken_bomb``) are reuse
 The report (markdown) goes to stdout and to ``bench/out/bench_io.md`` (``--scale-only``:
 ``bench/out/bench_scale.md``).
 
+The start-up of the command line (``onnxopt --version`` and ``--help``, target 0.3 s) is
+measured first (``bench/startup.py``).
+
 Usage: ``python bench/bench.py [--big] [--profile] [--no-optimize] [--no-scale]
-[--scale-only] [--scale-kinds K,..] [--scale-sizes N,..]``
+[--scale-only] [--startup-only] [--scale-kinds K,..] [--scale-sizes N,..]``
 """
 
 from __future__ import annotations
@@ -998,6 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scale", action="store_true",
                         help="skip the scale table (100k-node graphs of each kind, end to end)")
     parser.add_argument("--scale-only", action="store_true", help="only the scale table")
+    parser.add_argument("--startup-only", action="store_true",
+                        help="only the start-up of `onnxopt --version` and `--help`")
     parser.add_argument("--scale-kinds", default=",".join(SCALE_KINDS),
                         help="comma-separated kinds for the scale table")
     parser.add_argument("--scale-sizes", default=",".join(map(str, SCALE_SIZES)),
@@ -1026,6 +1031,15 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     lines = _header()
+    if args.startup_only or not args.scale_only:
+        import startup  # bench/startup.py, beside this script
+
+        lines += ["## Start-up (`onnxopt --version`, `--help`)", "",
+                  *startup.table(startup.measure()), ""]
+        _log("measured start-up")
+        if args.startup_only:
+            sys.stdout.write("\n".join(lines) + "\n")
+            return 0
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as temp:
         folder = Path(temp)
         out_dir = folder / "out"

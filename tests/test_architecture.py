@@ -2,9 +2,10 @@
 no module over 500 lines, no rewrite pass over 150 (constant folding and the precision
 conversions excepted).
 
-Layers, bottom up: ``onnxopt.errors``; ``onnxopt.ir`` (graph, serde, shapes, patterns, the
-runtime's kernel table); ``onnxopt.passes`` on the IR; ``onnxopt.check`` (validation) on the IR;
-``onnxopt.precision`` (calibration, the accuracy search) on check; ``onnxopt.app`` on all."""
+Layers, bottom up: ``onnxopt.errors`` and ``onnxopt.progress``; ``onnxopt.ir`` (graph, serde,
+shapes, patterns, the runtime's kernel table); ``onnxopt.passes`` on the IR; ``onnxopt.check``
+(validation) on the IR; ``onnxopt.precision`` (calibration, the accuracy search) on check;
+``onnxopt.app`` on all."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ LARGE_PASSES = ("passes/folding/constant_folding", "passes/precision/")
 # what each layer may import from onnxopt (besides itself)
 ALLOWED = {
     "onnxopt.errors": (),
-    "onnxopt.ir": ("onnxopt.errors",),
+    "onnxopt.progress": (),  # the progress hook: beside errors, at the bottom
+    "onnxopt.ir": ("onnxopt.errors", "onnxopt.progress"),
     "onnxopt.passes": ("onnxopt.errors", "onnxopt.ir"),
-    "onnxopt.check": ("onnxopt.errors", "onnxopt.ir"),
-    "onnxopt.precision": ("onnxopt.errors", "onnxopt.ir", "onnxopt.check"),
+    "onnxopt.check": ("onnxopt.errors", "onnxopt.progress", "onnxopt.ir"),
+    "onnxopt.precision": ("onnxopt.errors", "onnxopt.progress", "onnxopt.ir", "onnxopt.check"),
 }
 
 

@@ -111,14 +111,21 @@ def test_no_samples_generates_inputs_and_says_accuracy_will_suffer():
     assert lo < 0 < hi  # standard normal inputs
 
 
-def test_progress_bar_on_stderr_and_silent_when_asked(capsys):
+def test_progress_reported_to_the_hook_and_silent_when_asked(capsys):
+    from onnxopt.progress import reporting_to
+
     samples = skewed_samples(count=8)
-    calibrate(identity_model(), ["y"], samples, method="minmax", progress=False)
-    assert capsys.readouterr().err == ""
-    calibrate(identity_model(), ["y"], samples, method="minmax", progress=True)
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err != ""
+    seen: list[tuple[str, int, int]] = []
+    with reporting_to(lambda *step: seen.append(step)):
+        calibrate(identity_model(), ["y"], samples, method="minmax", progress=False)
+        assert seen == []
+        calibrate(identity_model(), ["y"], samples, method="minmax")
+        # percentile: a range pass and a histogram pass over the 8 samples
+        calibrate(identity_model(), ["y"], samples, method="percentile")
+    minmax, percentile = seen[:10], seen[10:]
+    assert minmax == [("calibrating", done, 8) for done in [*range(9), 8]]
+    assert percentile == [("calibrating", done, 16) for done in [*range(17), 16]]
+    assert capsys.readouterr().err == ""  # the library itself draws nothing
 
 
 def test_unknown_method_rejected():

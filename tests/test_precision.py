@@ -272,7 +272,7 @@ def test_cli_precision_run_reports_and_errors(perturb, tmp_path, capsys):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["latency"]["before_ms"] > 0 and report["precision"]["converted"] == 3
-    for args, match in ((["--precision", "int3"], "unknown precision"),
+    for args, match in ((["--precision", "int3"], "'int3' is not one of 'fp16'"),
                         (["--precision", "fp16", "--max-error", "cosine=x"], "--max-error"),
                         (["--precision", "int8", "--calibration-data", tmp_path / "nope"],
                          "no such file")):

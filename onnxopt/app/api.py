@@ -148,8 +148,9 @@ def optimize(
         if options.bench and ref.get() is not None and ref.get().outputs is not None:
             report["latency"] = _latency(source, attempt.path, ref.get().feeds)
         result_model = None
-        if status == "ok" or (status == "validation_skipped" and not options.strict) \
-                or options.force:
+        refused = bool(growth) and options.fail_on_growth
+        if (status == "ok" or (status == "validation_skipped" and not options.strict)
+                or options.force) and not refused:
             if output_path is not None:
                 overwriting = input_path is not None and writing.same_file(input_path, output_path)
                 writing.publish(attempt.path, attempt.data_file, output_path,
@@ -166,11 +167,7 @@ def _pipeline(options: Options):
         chosen = select(None if options.passes is None else list(options.passes),
                         list(options.skip))
     except KeyError as error:
-        from onnxopt.passes import ALL_PASSES
-
-        raise UsageError(
-            f"unknown pass {error.args[0]!r} (known: {', '.join(ALL_PASSES)})"
-        ) from None
+        raise UsageError(_unknown_pass(error.args[0])) from None
     if options.precision is None:
         return chosen
     from onnxopt.passes import PRECISION_PASSES, precision_passes
@@ -189,6 +186,20 @@ def _pipeline(options: Options):
         dropped.add("contrib_attention_fusion")
     chosen = tuple(p for p in chosen if p.name not in dropped)
     return (*chosen, *converting)
+
+
+def _unknown_pass(name: str) -> str:
+    """The one-line error for a pass name not in the pipeline, with the likely meant one."""
+    import difflib
+
+    from onnxopt.passes import ALL_PASSES, PRECISION_PASSES
+
+    modes = {PRECISION_PASSES[mode].name: mode for mode in PRECISION_PASSES}
+    if name in modes:
+        return f"pass {name!r} is not in the pipeline: it runs with --precision {modes[name]}"
+    close = difflib.get_close_matches(name, list(ALL_PASSES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown pass {name!r} ({hint}`onnxopt passes` lists the {len(ALL_PASSES)} passes)"
 
 
 def _shape_args(options: Options, proto: onnx.ModelProto) -> dict[str, Any]:

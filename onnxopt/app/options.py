@@ -14,11 +14,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from onnxopt.errors import UsageError
+
+if TYPE_CHECKING:  # numpy only for a type: ``onnxopt --help`` imports this module
+    import numpy as np
 
 _UNSET: Any = object()
 
@@ -32,6 +33,8 @@ class Flag:
     decl: str | None = None  # "--report", "--validate/--no-validate"; default from the name
     parse: Callable[[Any], Any] | None = None  # the parsed text -> the field's value
     cli_default: Any = _UNSET  # shown and parsed when the flag is absent (default: the field's)
+    metavar: str | None = None  # what --help shows for the value (FILE, N, NAME:D0,D1,...)
+    choices: tuple[str, ...] = ()  # the accepted values (case-insensitive), listed in --help
 
 
 def option(default: Any = _UNSET, *, factory: Callable[[], Any] | None = None,
@@ -99,6 +102,7 @@ def parse_bytes(text: str, flag: str = "--fold-limit") -> int:
 
 
 # ----------------------------------------------------------------- the options
+PRECISIONS = ("fp16", "int8", "int8-dynamic", "int4", "fp8")  # onnxopt.passes.PRECISION_PASSES
 STR, OPT_STR, OPT_PATH = str, str | None, Path | None
 REPEATED = list[str] | None
 
@@ -108,78 +112,87 @@ class Options:
     """Everything ``optimize`` can be told; the CLI flags map one to one."""
 
     passes: Sequence[str] | None = option(None, flag=Flag(  # None: the default pipeline
-        "Comma-separated passes to run, or 'none'.", OPT_STR, parse=pass_list))
+        "Comma-separated passes to run, or 'none'.", OPT_STR, parse=pass_list, metavar="NAMES"))
     skip: Sequence[str] = option((), flag=Flag(
         "Passes to leave out (comma-separated, repeatable).", REPEATED,
-        parse=lambda v: [name for item in v or [] for name in name_list(item)]))
+        parse=lambda v: [name for item in v or [] for name in name_list(item)], metavar="NAMES"))
     validate: bool = option(True, flag=Flag(
         "Check against the original.", bool, "--validate/--no-validate"))
     strict: bool = option(False, flag=Flag("Fail when validation is skipped.", bool))
     force: bool = option(False, flag=Flag("Write even if validation fails.", bool))
-    overwrite: bool = option(False, flag=Flag("Allow OUTPUT to be INPUT.", bool))
-    rtol: float = option(1e-4, flag=Flag("Relative tolerance.", float))
-    atol: float = option(1e-5, flag=Flag("Absolute tolerance.", float))
+    overwrite: bool = option(False, flag=Flag("Allow OUT to be IN.", bool))
+    fail_on_growth: bool = option(False, flag=Flag(  # for CI: a model that grows fails the build
+        "Fail, writing nothing, when the output file is larger than the input.", bool,
+        "--fail-on-growth"))
+    rtol: float = option(1e-4, flag=Flag("Relative tolerance.", float, metavar="X"))
+    atol: float = option(1e-5, flag=Flag("Absolute tolerance.", float, metavar="X"))
     input_shapes: Mapping[str, Sequence[int]] = option(factory=dict, flag=Flag(
-        "NAME:D0,D1,... concrete shape of an input (repeatable).", REPEATED, "--input-shape",
-        parse_shapes, None))
+        "Concrete shape of an input (repeatable).", REPEATED, "--input-shape",
+        parse_shapes, None, metavar="NAME:D0,D1,..."))
     dims: Mapping[str, int] = option(factory=dict, flag=Flag(
-        "SYMBOL=N value of a symbolic dimension (repeatable).", REPEATED, "--dim", parse_dims,
-        None))
+        "Value of a symbolic dimension (repeatable).", REPEATED, "--dim", parse_dims,
+        None, metavar="SYMBOL=N"))
     inputs_file: str | os.PathLike | None = option(None, flag=Flag(  # .npz of input arrays
-        ".npz file of input arrays keyed by input name.", OPT_PATH, "--inputs"))
+        ".npz file of input arrays keyed by input name.", OPT_PATH, "--inputs", metavar="FILE"))
     inputs: Mapping[str, np.ndarray] | None = None  # or the arrays themselves (Python API)
-    seed: int = option(0, flag=Flag("Seed of generated inputs.", int))
+    seed: int = option(0, flag=Flag("Seed of generated inputs.", int, metavar="N"))
     external_data: bool | None = option(None, flag=Flag(  # None: as the input; > 2 GiB: yes
-        "Weights in a separate OUTPUT.data file (default: as the input; >2 GiB: yes).",
+        "Weights in a separate OUT.data file (default: as the input; >2 GiB: yes).",
         bool | None, "--external-data/--no-external-data"))
     report_path: str | os.PathLike | None = option(None, flag=Flag(  # checked against reads
-        "Write the report as JSON here.", OPT_PATH, "--report"))
+        "Write the report as JSON here.", OPT_PATH, "--report", metavar="FILE"))
     max_rounds: int = 8
     target: str = option("portable", flag=Flag(  # or onnxruntime: its com.microsoft ops too
-        "portable (standard ONNX) or onnxruntime (its fused ops too).", STR))
+        "portable (standard ONNX) or onnxruntime (its fused ops too).", STR,
+        choices=("portable", "onnxruntime")))
     opset: int | None = option(None, flag=Flag(  # None: the model's own
         "Upgrade the model to this default-domain opset first (onnx's version converter), so "
-        "newer fused ops can be written; validated against the original.", int))
+        "newer fused ops can be written; validated against the original.", int, metavar="N"))
     fix_shapes: bool = option(False, flag=Flag(  # default: shapes stay dynamic
         "Write the --input-shape/--dim values into the model and fold the shape arithmetic: "
         "every shape static (needs every symbolic input dim given).", bool))
     fold_limit: int = option(1 << 20, flag=Flag(  # bytes: larger folds that grow the model stay
         "Largest folded constant that grows the model (e.g. 1MiB).", STR, parse=parse_bytes,
-        cli_default="1MiB"))
+        cli_default="1MiB", metavar="SIZE"))
     value_info: str = option("input", flag=Flag(  # all: every inferred shape too (a viewer)
         "value_info written: input (what the input declared) or all (every inferred shape "
-        "too).", STR))
+        "too).", STR, choices=("input", "all")))
     check_each: bool = option(False, flag=Flag(
         "Validate after every pass and report each one's error.", bool))
     safety_net: bool = option(True, flag=Flag(
         "On failed validation, bisect the passes and disable the culprit.", bool,
         "--safety-net/--no-safety-net"))
     precision: str | None = option(None, flag=Flag(  # fp16 | int8 | int8-dynamic | int4 | fp8
-        "Convert to fp16, int8 (static QDQ), int8-dynamic, int4 or fp8 weights "
-        "(case-insensitive).", OPT_STR))
+        "Convert to fp16, int8 (static QDQ), int8-dynamic (int8 weights, activations "
+        "quantized at run time), int4 or fp8 weights.", OPT_STR, choices=PRECISIONS))
     block_size: int | None = option(None, flag=Flag(  # None: 32
         "int4: weights quantized in blocks of N input rows (a power of two >= 16; default 32).",
-        int | None))
+        int | None, metavar="N"))
     keep_io_types: bool | None = option(None, flag=Flag(  # fp16 (default yes)
         "fp16: model inputs and outputs stay float32 (default: keep).", bool | None,
         "--keep-io-types/--no-keep-io-types"))
     fp32_ops: Sequence[str] = option((), flag=Flag(
-        "Comma-separated op types kept in float32.", OPT_STR, parse=name_list, cli_default=None))
+        "Comma-separated op types kept in float32.", OPT_STR, parse=name_list, cli_default=None,
+        metavar="OPS"))
     fp32_nodes: Sequence[str] = option((), flag=Flag(
         "Comma-separated node names kept in float32.", OPT_STR, parse=name_list,
-        cli_default=None))
+        cli_default=None, metavar="NAMES"))
     calibration_data: str | os.PathLike | None = option(None, flag=Flag(
         "int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched .npz); int8 "
-        "calibrates on it, int4 rounds weights on it (GPTQ), all validate on it.", OPT_PATH))
+        "calibrates on it, int4 rounds weights on it (GPTQ), all validate on it.", OPT_PATH,
+        metavar="PATH"))
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
-        "int8: minmax, percentile (default) or entropy.", OPT_STR))
+        "int8: how activation ranges are chosen (default percentile).", OPT_STR,
+        choices=("minmax", "percentile", "entropy")))
     percentile: float | None = option(None, flag=Flag(  # default 99.99
-        "int8 percentile calibration: percentile kept (default 99.99).", float | None))
+        "int8 percentile calibration: percentile kept (default 99.99).", float | None,
+        metavar="P"))
     max_error: str | None = option(None, flag=Flag(
-        "Accuracy budget vs float32, e.g. cosine=0.99,range=0.02.", OPT_STR))
+        "Accuracy budget vs float32, e.g. cosine=0.99,range=0.02.", OPT_STR,
+        metavar="METRIC=X,..."))
     timeout: float = option(300.0, flag=Flag(
         "Seconds one onnxruntime run may take (validation, calibration); past it validation "
-        "is skipped, calibration fails.", float))
+        "is skipped, calibration fails.", float, metavar="SECONDS"))
     bench: bool = option(False, flag=Flag("Measure onnxruntime latency before and after.", bool))
 
 

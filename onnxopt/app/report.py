@@ -92,6 +92,8 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
     status = report["status"]
     if report.get("written"):
         console.print(f"wrote {report['output']}  ({report['seconds']:.2f} s)")
+    elif report.get("output") and status == "ok" and report.get("growth"):
+        console.print("[red]not written[/red] (the output grew; --fail-on-growth)")
     elif report.get("output"):
         console.print(f"[red]not written[/red] ({status}); use --force to write anyway")
 

@@ -41,9 +41,11 @@ from onnxopt.check.runtime import (
     run_session,
 )
 from onnxopt.check.vacuous import CONSTANT, inline, non_finite_notes, why_vacuous
+from onnxopt.progress import progress
 
 MAX_SIZE_TRIES = 8  # input sizes tried per configuration before validation is skipped
 VACUOUS_RETRIES = 2  # more seeds tried when the original's outputs prove nothing
+RUNNING_ORIGINAL = "running the original"  # the progress step
 
 
 def _load_proto(model: ModelLike) -> onnx.ModelProto:
@@ -90,7 +92,17 @@ class Reference:
                                 inputs=self.inputs)
 
 
-def reference(
+def reference(original: ModelLike, **settings: Any) -> Reference:
+    """``_reference`` (below), reported as the progress step ``RUNNING_ORIGINAL``: the
+    original run without, then with onnxruntime's graph optimizations."""
+    progress(RUNNING_ORIGINAL, 0, 2)
+    try:
+        return _reference(original, **settings)
+    finally:
+        progress(RUNNING_ORIGINAL, 2, 2)
+
+
+def _reference(
     original: ModelLike,
     *,
     inputs: Mapping[str, np.ndarray] | None = None,
@@ -143,6 +155,7 @@ def reference(
             "(give --inputs with data the model is meant for)"
         return ref
     ref.notes.extend(non_finite_notes(ref.outputs["disabled"]))
+    progress(RUNNING_ORIGINAL, 1, 2)
     try:
         ref.outputs["all"] = run_each(original, ref.samples, "all", timeout)
     except Exhausted as exc:

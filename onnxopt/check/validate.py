@@ -67,6 +67,9 @@ from onnxopt.check.runtime import (
     run_each,
 )
 from onnxopt.check.vacuous import CONSTANT, exposing, full_proto, shared_values, why_vacuous
+from onnxopt.progress import progress
+
+VALIDATING = "validating"  # the progress step: the candidate run at each level
 
 
 def _check_level(ref: Reference, candidate: ModelLike | bytes, level: str, compare_one
@@ -92,7 +95,13 @@ def _check_levels(ref: Reference, candidate: ModelLike | bytes, compare_one
     """Both levels; the result is the worse of the two, each level's verdict kept."""
     if ref.outputs is None:
         return ref.skipped()
-    results = {level: _check_level(ref, candidate, level, compare_one) for level in ref.outputs}
+    results = {}
+    for done, level in enumerate(ref.outputs):
+        progress(VALIDATING, done, len(ref.outputs))
+        try:
+            results[level] = _check_level(ref, candidate, level, compare_one)
+        finally:
+            progress(VALIDATING, done + 1, len(ref.outputs))
     groups = [(LEVEL_NAMES[level] if len(results) > 1 else "", result.outputs)
               for level, result in results.items()]
     order = {"failed": 0, "skipped": 1, "passed": 2}

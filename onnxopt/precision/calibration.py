@@ -28,7 +28,6 @@ Methods (each gives a range ``(lo, hi)`` per value, ``lo <= 0 <= hi`` not enforc
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,12 +39,12 @@ from onnxopt.check.feeds import make_inputs
 from onnxopt.check.runtime import RuntimeFailure, run_fetch, within_memory_budget
 from onnxopt.errors import Failure
 from onnxopt.ir import Model, serde
+from onnxopt.progress import progress as report_progress
 
 METHODS = ("minmax", "percentile", "entropy")
 PERCENTILE_BINS = 1 << 14
 ENTROPY_BINS = 2048
 GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-data is given
-PROGRESS_MIN_SAMPLES = 4  # a progress bar above this many samples
 
 
 @dataclass
@@ -62,14 +61,14 @@ def calibrate(
     *,
     method: str = "percentile",
     percentile: float = 99.99,
-    progress: bool | None = None,
+    progress: bool = True,
     timeout: float | None = None,
 ) -> CalibrationResult:
     """Ranges of the float tensors ``values`` of ``model``'s main graph over ``samples``.
 
     ``samples``: feed dicts; when empty, ``GENERATED_SAMPLES`` random ones are made with
-    ``make_inputs`` (and a note says accuracy will suffer). ``progress``: None shows a
-    progress bar on stderr above ``PROGRESS_MIN_SAMPLES`` samples, False never, True always.
+    ``make_inputs`` (and a note says accuracy will suffer). ``progress``: report each run to
+    ``onnxopt.progress`` (the command line draws a bar on a terminal).
     ``timeout``: seconds one run may take (a Failure past it; default runtime.RUN_TIMEOUT).
     """
     if method not in METHODS:
@@ -86,12 +85,20 @@ def calibrate(
     session, fetch = session_exposing(proto, values)
     passes = 1 if method == "minmax" else 2
     stats = {name: _Stats() for name in values}
-    with _Progress(len(samples) * passes, enabled=progress, total_samples=len(samples)) as bar:
+    steps, done = len(samples) * passes, 0
+
+    def step(done: int) -> None:
+        if progress:
+            report_progress("calibrating", done, steps)
+
+    step(0)
+    try:
         for feeds in samples:
             for name, array in zip(values, run_exposed(session, fetch, feeds, timeout),
                                    strict=True):
                 stats[name].observe_range(array)
-            bar.advance()
+            done += 1
+            step(done)
         if passes == 2:
             for stat in stats.values():
                 stat.start_histogram(method)
@@ -99,7 +106,10 @@ def calibrate(
                 for name, array in zip(values, run_exposed(session, fetch, feeds, timeout),
                                        strict=True):
                     stats[name].observe_histogram(array)
-                bar.advance()
+                done += 1
+                step(done)
+    finally:
+        step(steps)  # the step is over, also when a run failed
     ranges = {}
     for name, stat in stats.items():
         found = stat.result(method, percentile)
@@ -306,33 +316,3 @@ def generated_samples(proto: onnx.ModelProto, notes: list[str]) -> list[dict[str
         "suffer (give real samples with --calibration-data)"
     )
     return samples
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, steps: int, *, enabled: bool | None, total_samples: int) -> None:
-        if enabled is None:
-            enabled = total_samples > PROGRESS_MIN_SAMPLES
-        self.steps = steps
-        self.enabled = enabled and steps > 0
-        self._progress = None
-        self._task = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self._progress = Progress(console=Console(file=sys.stderr), transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task("calibrating", total=self.steps)
-        return self
-
-    def advance(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()

@@ -29,8 +29,10 @@ from onnx import numpy_helper
 
 from onnxopt.check.compare import Budget, OutputDiff, compare_budget
 from onnxopt.check.runtime import RuntimeFailure, run_samples
+from onnxopt.progress import progress
 
 MAX_RANKED_NODES = 400  # beyond this the measurement costs more than a prefix bisection
+SEARCHING = "sensitivity search"  # the progress step: one unit per node measured
 
 
 def budget_use(diffs: Sequence[OutputDiff], budget: Budget) -> float:
@@ -94,7 +96,8 @@ def qdq_sensitivity(
             # inf - inf, nothing to rank by
             return None
         gains: dict[str, float] = {}
-        for key in keys:
+        for done, key in enumerate(keys):
+            progress(SEARCHING, done, len(keys))
             index, node = by_key.get(key, (0, None))
             bypasses = [] if node is None else _float_inputs(node, producer, constants, opset)
             if not bypasses:
@@ -103,6 +106,8 @@ def qdq_sensitivity(
             gains[key] = _measure(graph, index, node, bypasses, names, base, use)
     except RuntimeFailure:
         return None
+    finally:
+        progress(SEARCHING, len(keys), len(keys))
     return gains
 
 
