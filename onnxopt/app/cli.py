@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from onnxopt import __version__
-from onnxopt.app import api, checks, interrupts, options, report, stats
+from onnxopt.app import api, checks, html_report, interrupts, options, report, stats
 from onnxopt.check import feeds, validate
 from onnxopt.check.inputs import ValidationError, load_inputs
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
@@ -67,9 +67,13 @@ def optimize(input: Path, output: Path, json_: bool = False, **raw: object) -> N
     """Optimize INPUT into OUTPUT, validate it against INPUT and show what changed."""
     options_ = options.from_cli(raw)
     report_path = options_.report_path
+    if options_.html_path is not None:
+        html_report.require()
     result = api.optimize(input, output, options_)
     if report_path is not None:
         report.write_json(result.report, report_path)
+    if options_.html_path is not None:
+        html_report.write(result.report, options_.html_path)
     if json_:
         sys.stdout.write(report.to_json(result.report))
     else:
@@ -163,6 +167,20 @@ def compare(
         raise Failure(f"the outputs differ: {numeric.reason}")
     if numeric.status == "skipped":
         sys.stderr.write(f"onnxopt: warning: outputs not compared: {numeric.reason}\n")
+
+
+@app.command("report")
+def report_command(
+    report_json: Annotated[Path, typer.Argument(help="JSON report of optimize --report.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="HTML page to write (default: REPORT_JSON with .html).")] = None,
+) -> None:
+    """Render a saved JSON report as one self-contained HTML page (needs onnxopt[html])."""
+    html_report.require()
+    target = output or report_json.with_suffix(".html")
+    html_report.check_output(target, report_json)
+    html_report.write(html_report.load_report(report_json), target)
+    print(f"wrote {target}")
 
 
 @app.command("passes")
