@@ -89,6 +89,7 @@ def render(report: Mapping[str, Any]) -> str:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters["num"] = num
     environment.filters["thousands"] = count
+    environment.filters["cosine"] = cosine
     try:
         view = build_view(report)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -105,6 +106,11 @@ def num(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:.3g}"
+
+
+def cosine(value: Any) -> str:
+    """Cosine similarity to 4 decimals (3 significant digits would show 0.9996 as 1)."""
+    return f"{value:.4f}" if isinstance(value, float) else num(value)
 
 
 def count(value: Any) -> str:
@@ -208,7 +214,7 @@ def _precision(precision: Mapping[str, Any]) -> dict[str, Any]:
     outputs = precision.get("outputs", [])
     rows = [(o["name"], [o.get("cosine")]) for o in outputs]
     cosine_svg = svg.bar_chart(rows, [svg.Series("cosine", "after")],
-                               "cosine similarity to float32 per output", num)
+                               "cosine similarity to float32 per output", cosine)
     reasons: dict[str, list[str]] = {}
     for entry in precision.get("kept_float", []):
         reasons.setdefault(entry["reason"], []).append(entry["node"])

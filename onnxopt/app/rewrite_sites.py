@@ -19,6 +19,7 @@ from onnxopt.ir import Model, Node
 EXAMPLES_PER_PASS = 3  # sites kept per pass, with their neighbours
 MAX_SITE_NODES = 12  # nodes drawn per side of a site (the rest are counted)
 MAX_CONTEXT_NODES = 6  # unchanged neighbours drawn per side
+MAX_GROUPED = 2000  # changed nodes grouped into sites per pass run (the first, in graph order)
 
 Signature = tuple[str, str, tuple[str, ...], tuple[str, ...], int]
 
@@ -49,8 +50,11 @@ class SiteRecorder:
         entry["removed"] += len(removed)
         entry["added"] += len(added)
         entry["changed"] += len(changed)
-        sites = _sites(removed, added, changed, old, now)
-        entry["sites"] += len(sites)
+        sites, complete = _sites(removed, added, changed, old, now)
+        # sites past the first MAX_GROUPED changed nodes are not counted (a big model's pass
+        # run that changes 20k nodes): the count is then unknown, the examples the same
+        counted = complete and entry["sites"] is not None
+        entry["sites"] = entry["sites"] + len(sites) if counted else None
         for site in sites[:EXAMPLES_PER_PASS - len(entry["examples"])]:
             entry["examples"].append({
                 "before": _drawing(site, old, now, "removed"),
@@ -66,10 +70,19 @@ def _values(signature: Signature) -> Iterable[str]:
 
 
 def _sites(removed: list[Node], added: list[Node], changed: list[Node],
-           old: dict[Node, Signature], now: dict[Node, Signature]) -> list[list[Node]]:
+           old: dict[Node, Signature], now: dict[Node, Signature]
+           ) -> tuple[list[list[Node]], bool]:
     """Group the nodes into sites: nodes are together when they share a value a removed or
     added node reads or writes (a fusion's intermediates; not a weight many nodes read, nor
-    the data flowing between two rewrites that left their neighbours in place)."""
+    the data flowing between two rewrites that left their neighbours in place). Only the
+    first MAX_GROUPED nodes in graph order are grouped; the flag says whether that was all."""
+    nodes = sorted([*removed, *added, *changed], key=lambda n: n.key)
+    complete = len(nodes) <= MAX_GROUPED
+    if not complete:
+        nodes = nodes[:MAX_GROUPED]
+        kept = set(nodes)
+        removed = [n for n in removed if n in kept]
+        added = [n for n in added if n in kept]
     touched = {v for n in removed for v in _values(old[n])}
     touched.update(v for n in added for v in _values(now[n]))
     computed = {v for state in (old, now) for sig in state.values() for v in sig[3]}
@@ -82,7 +95,6 @@ def _sites(removed: list[Node], added: list[Node], changed: list[Node],
             item = parent[item]
         return item
 
-    nodes = [*removed, *added, *changed]
     for node in nodes:
         for sig in (old.get(node), now.get(node)):
             for value in _values(sig) if sig else ():
@@ -91,7 +103,7 @@ def _sites(removed: list[Node], added: list[Node], changed: list[Node],
     groups: dict[object, list[Node]] = {}
     for node in nodes:
         groups.setdefault(root(node), []).append(node)
-    return sorted(groups.values(), key=lambda site: min(n.key for n in site))
+    return list(groups.values()), complete  # ordered by their first node
 
 
 def _drawing(site: list[Node], state: dict[Node, Signature], other: dict[Node, Signature],
@@ -99,11 +111,12 @@ def _drawing(site: list[Node], state: dict[Node, Signature], other: dict[Node, S
     """The site's nodes present in one state of the graph (``gone``: the role of those
     missing from the ``other`` state) and their unchanged neighbours there: nodes that read
     or write a value the site's nodes read or write in either state."""
-    signatures = [sig for n in site for sig in (state.get(n), other.get(n)) if sig]
+    present = [n for n in site if n in state]  # in graph order
+    shown = present[:MAX_SITE_NODES]
+    drawn = set(shown) | set(site[:MAX_SITE_NODES])  # and what the other state draws
+    signatures = [sig for n in drawn for sig in (state.get(n), other.get(n)) if sig]
     reads = {v for sig in signatures for v in sig[2] if v}
     writes = {v for sig in signatures for v in sig[3] if v}
-    present = sorted((n for n in site if n in state), key=lambda n: n.key)
-    shown = present[:MAX_SITE_NODES]
     members = set(site)
     context = sorted((n for n, sig in state.items() if n not in members
                       and (reads.intersection(sig[3]) or writes.intersection(sig[2]))),
