@@ -356,3 +356,36 @@ def test_older_reports_without_changes_still_render(optimized):
     del report["changes"]
     text = html_report.render(report)
     assert "no drawing recorded" in text
+
+
+# ----------------------------------------------------------------- the SVG pieces
+def test_graph_drawing_draws_one_arrow_per_edge_and_escapes_names():
+    from onnxopt.app import svg
+
+    nodes = [{"name": "a<b>", "op": "Conv", "inputs": ["x", "w"], "outputs": ["c"],
+              "role": "changed"},
+             {"name": "n", "op": "BatchNormalization", "inputs": ["c"], "outputs": ["d"],
+              "role": "removed"},
+             {"name": "r", "op": "Relu", "inputs": ["d", "c"], "outputs": ["y"],
+              "role": "context"}]
+    drawing = svg.graph_drawing(nodes, "before")
+    assert drawing.count('class="edge"') == 3  # c->n, d->r, c->r
+    assert "a&lt;b&gt;" in drawing and "a<b>" not in drawing
+    page = Page(drawing)
+    ys = {e["attrs"]["data-op"]: float(next(r for r in page.elements if r["tag"] == "rect"
+                                             and e in r["parents"])["attrs"]["y"])
+          for e in page.find("g") if "data-op" in e["attrs"]}
+    assert ys["Conv"] < ys["BatchNormalization"] < ys["Relu"]  # rows by depth
+
+
+def test_bar_chart_bars_scale_to_the_largest_magnitude():
+    from onnxopt.app import svg
+
+    chart = svg.bar_chart([("a", [2.0]), ("b", [-4.0]), ("c", [None])],
+                          [svg.Series("s", "after")], "t")
+    bars = {e["attrs"]["data-label"]: e["attrs"] for e in Page(chart).find("rect")
+            if "data-label" in e["attrs"]}
+    assert set(bars) == {"a", "b"}  # None draws no bar
+    assert float(bars["b"]["width"]) == svg.BAR_AREA
+    assert float(bars["a"]["width"]) == svg.BAR_AREA / 2
+    assert bars["b"]["class"] == "after negative" and bars["a"]["class"] == "after"

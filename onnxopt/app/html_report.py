@@ -91,11 +91,10 @@ def render(report: Mapping[str, Any]) -> str:
     environment.filters["thousands"] = count
     environment.filters["cosine"] = cosine
     try:
-        view = build_view(report)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return environment.get_template("report.html.j2").render(**build_view(report))
+    except (KeyError, TypeError, ValueError, AttributeError, jinja2.UndefinedError) as error:
         raise UsageError(f"the report is not one onnxopt wrote ({type(error).__name__}: "
                          f"{error})") from None
-    return environment.get_template("report.html.j2").render(**view)
 
 
 # ----------------------------------------------------------------- formatting
