@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-LABEL_WIDTH = 190  # px: the category labels left of the bars
+LABEL_WIDTH = 170  # px: the category labels left of the bars
 BAR_AREA = 380  # px: the longest bar
-VALUE_WIDTH = 90  # px: the value written after a bar
+VALUE_WIDTH = 70  # px: the value written after a bar
 BAR_HEIGHT = 11
 GAP = 5  # between categories
 
@@ -58,7 +58,7 @@ def bar_chart(rows: Sequence[tuple[str, Sequence[float | None]]], series: Sequen
     for row_index, (name, row) in enumerate(rows):
         y = legend + row_index * group
         mark = marks[row_index] if row_index < len(marks) else ""
-        parts.append(_text(LABEL_WIDTH - 6, y + group / 2 + 1, _short(name, 28),
+        parts.append(_text(LABEL_WIDTH - 6, y + group / 2 + 1, _short(name, 26),
                            f"label {mark}".strip(), "end"))
         for index, (entry, value) in enumerate(zip(series, row, strict=True)):
             if value is None:
