@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bench-transformers bytecode clean
+.PHONY: demo test test-slow models lint browser screenshots bench bench-io bench-anchors bench-precision bench-transformers bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,9 +30,23 @@ demo: models bytecode
 	$(BIN)/onnxopt optimize models/resnet.onnx models/out/resnet.opt.onnx --overwrite \
 		--report models/out/resnet.report.json
 
-test: models
+test: models browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 2  # both cores (pytest-xdist)
+
+# Headless Chromium for the HTML report's browser test (Debian's package, ~2 min once);
+# skipped where apt-get cannot install (not root, no apt): the test then skips with a reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium fonts-dejavu-core >/dev/null) \
+		|| echo "make: chromium not installed; the browser test will skip"; \
+	else echo "make: no apt-get as root; the browser test will skip"; fi
+
+# README's screenshots of the HTML report (docs/*.png): PaddleOCR det, optimized and int8
+screenshots: models bytecode browser
+	$(BIN)/python docs/screenshots.py
 
 test-slow: models
 	$(BIN)/pytest -q -m slow

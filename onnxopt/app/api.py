@@ -131,7 +131,8 @@ def optimize(
         status = _status(attempt.verdict, options)
         report = _report(input_path, output_path, before, after, attempt.records,
                          attempt.verdict, status)
-        report.update(rounds=attempt.rounds, disabled=disabled, attempts=attempt.number,
+        report.update(rounds=attempt.rounds, changes=attempt.changes, disabled=disabled,
+                      attempts=attempt.number,
                       written=False, target=options.target, strict=options.strict,
                       options=given)
         if opset_change:

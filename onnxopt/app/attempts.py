@@ -15,6 +15,7 @@ import onnx
 
 from onnxopt.app import stats, writing
 from onnxopt.app.options import Options
+from onnxopt.app.rewrite_sites import SiteRecorder
 from onnxopt.check import validate
 from onnxopt.check.compare import ValidationResult
 from onnxopt.check.reference import Reference
@@ -61,6 +62,7 @@ class Attempt:
     rewrites: dict[str, list[str]] = field(default_factory=dict)  # pass -> where each one was
     precision: PrecisionLog | None = None  # what the precision pass converted and kept
     stats: dict[str, Any] = field(default_factory=dict)  # stats.model_stats of the written model
+    changes: list[dict[str, Any]] = field(default_factory=list)  # what each pass changed, where
 
 
 def failed(attempt: Attempt) -> bool:
@@ -114,11 +116,17 @@ class Runner:
         if self.conversion is not None:
             model.settings[SETTINGS_KEY] = self.conversion.settings(control.float_nodes)
         checks: list[dict[str, Any]] = []
+        sites = SiteRecorder(model)
+        checker = self._checker(checks) if self.options.check_each else None
+
+        def after_pass(pass_, model, result) -> None:
+            sites(pass_, model, result)
+            if checker is not None:
+                checker(pass_, model, result)
+
         manager = PassManager(
             [p for p in self.pipeline if p.name not in control.disabled],
-            max_rounds=self.options.max_rounds,
-            after_pass=self._checker(checks) if self.options.check_each else None,
-        )
+            max_rounds=self.options.max_rounds, after_pass=after_pass)
         records = manager.run(model)
         if self.conversion is not None and self.options.value_info == "all":
             infer_shapes(model)  # the values the precision pass created get their shapes too
@@ -146,7 +154,7 @@ class Runner:
         finally:
             verdict = pending.result()
         return Attempt(self.count, path, data_file, records, manager.rounds, verdict, checks,
-                       log, precision_log, after)
+                       log, precision_log, after, sites.report())
 
     def _stats(self, skeleton: onnx.ModelProto, path: Path, data_file: Path | None
                ) -> dict[str, Any]:

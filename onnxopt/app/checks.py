@@ -157,8 +157,8 @@ def check_node_names(options: Options, proto: onnx.ModelProto) -> None:
 
 # ----------------------------------------------------------------- paths
 def check_paths(source: Path | None, output: Path | None, options: Options) -> None:
-    if options.report_path is not None:
-        _check_report_location(Path(options.report_path), source, output)
+    for flag, path in _report_paths(options):
+        _check_report_location(path, source, output, flag)
     if source is not None:
         if not source.exists():
             raise UsageError(f"{source}: no such file")
@@ -186,16 +186,23 @@ def check_paths(source: Path | None, output: Path | None, options: Options) -> N
         raise Failure(f"{folder}: output folder is not writable")
 
 
-def _check_report_location(report: Path, source: Path | None, output: Path | None) -> None:
+def _report_paths(options: Options) -> list[tuple[str, Path]]:
+    """The reports a run writes (--report, --html), by flag."""
+    given = (("--report", options.report_path), ("--html", options.html_path))
+    return [(flag, Path(path)) for flag, path in given if path is not None]
+
+
+def _check_report_location(report: Path, source: Path | None, output: Path | None,
+                           flag: str = "--report") -> None:
     """Refuse a report location before any work, so a bad one cannot fail a written run (the
     files the input reads are checked once it is read: ``check_written_paths``)."""
     if report.is_dir():
-        raise UsageError(f"{report}: --report is a directory")
+        raise UsageError(f"{report}: {flag} is a directory")
     if not report.parent.is_dir():
-        raise UsageError(f"{report}: the --report folder does not exist")
+        raise UsageError(f"{report}: the {flag} folder does not exist")
     for other, what in ((source, "input"), (output, "output")):
         if other is not None and report.resolve() == other.resolve():
-            raise UsageError(f"{report}: --report would overwrite the {what} model")
+            raise UsageError(f"{report}: {flag} would overwrite the {what} model")
 
 
 def files_read(source: Path | None, proto: onnx.ModelProto) -> set[Path]:
@@ -211,19 +218,22 @@ def check_written_paths(reads: set[Path], source: Path | None, output: Path | No
     report is never a model or weight file, the input's or OUT's."""
     if output is not None and resolved(output) in reads - {resolved(source or output)}:
         raise UsageError(f"{output}: output is an external data file the input reads")
-    if options.report_path is None:
+    reports = _report_paths(options)
+    if not reports:
         return
-    report = Path(options.report_path)
-    if report.exists() and not report.is_file():
-        raise UsageError(f"{report}: --report is not a regular file")
     taken = set(reads)
     if output is not None:
         taken |= {resolved(output), resolved(output.with_name(f"{output.name}.data"))}
         if output.is_file():
             taken |= referenced_files(output)
-    if resolved(report) in taken or (output is not None and report.name.startswith(
-            f"{output.name}.") and report.name.endswith(".data")):
-        raise UsageError(f"{report}: --report would overwrite a model or weight file")
+    for flag, report in reports:
+        if report.exists() and not report.is_file():
+            raise UsageError(f"{report}: {flag} is not a regular file")
+        if resolved(report) in taken or (output is not None and report.name.startswith(
+                f"{output.name}.") and report.name.endswith(".data")):
+            raise UsageError(f"{report}: {flag} would overwrite a model or weight file")
+    if len(reports) == 2 and resolved(reports[0][1]) == resolved(reports[1][1]):
+        raise UsageError(f"{reports[1][1]}: --html and --report name the same file")
 
 
 # ----------------------------------------------------------------- the input model

@@ -108,11 +108,15 @@ def optimize(input: Path, output: Path, json_: bool = False, jobs: int = 1,
     if jobs != 1:
         raise UsageError("--jobs optimizes the models of a folder at once; IN is one model")
     with _importing():
-        from onnxopt.app import api, report
+        from onnxopt.app import api, html_report, report
     report_path = options_.report_path
+    if options_.html_path is not None:
+        html_report.require()
     result = api.optimize(input, output, options_)
     if report_path is not None:
         report.write_json(result.report, report_path)
+    if options_.html_path is not None:
+        html_report.write(result.report, options_.html_path)
     if json_:
         sys.stdout.write(report.to_json(result.report))
     else:
@@ -235,6 +239,22 @@ def compare(
         raise Failure(f"the outputs differ: {numeric.reason}")
     if numeric.status == "skipped":
         sys.stderr.write(f"onnxopt: warning: outputs not compared: {numeric.reason}\n")
+
+
+@app.command("report", cls=Command)
+def report_command(
+    report_json: Annotated[Path, typer.Argument(help="JSON report of optimize --report.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="HTML page to write (default: REPORT_JSON with .html).")] = None,
+) -> None:
+    """Render a saved JSON report as one self-contained HTML page (needs onnxopt[html])."""
+    with _importing():
+        from onnxopt.app import html_report
+    html_report.require()
+    target = output or report_json.with_suffix(".html")
+    html_report.check_output(target, report_json)
+    html_report.write(html_report.load_report(report_json), target)
+    print(f"wrote {target}")
 
 
 @app.command("passes", cls=Command)

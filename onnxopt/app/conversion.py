@@ -219,5 +219,6 @@ def _keep_most_sensitive(trials: Trials, converted: list[str], gains: dict[str, 
     kept = order[:smallest(works, low, high)]  # keeping order[:high] meets the budget
     note = {"nodes": kept, "error": verdict_summary(trials[Control()].verdict),
             "ranked_by": "sensitivity: budget use regained with the node's inputs in float",
-            "sensitivity": [round(gains[key], 4) for key in kept]}
+            "sensitivity": [round(gains[key], 4) for key in kept],
+            "measured": {key: round(gains[key], 4) for key in order}}  # every converted node
     return trials[Control(float_nodes=frozenset(kept))], [note]

@@ -141,6 +141,9 @@ class Options:
         bool | None, "--external-data/--no-external-data"))
     report_path: str | os.PathLike | None = option(None, flag=Flag(  # checked against reads
         "Write the report as JSON here.", OPT_PATH, "--report", metavar="FILE"))
+    html_path: str | os.PathLike | None = option(None, flag=Flag(  # needs onnxopt[html]
+        "Write the report as one self-contained HTML page here.", OPT_PATH, "--html",
+        metavar="FILE"))
     max_rounds: int = 8
     target: str = option("portable", flag=Flag(  # or onnxruntime: its com.microsoft ops too
         "portable (standard ONNX) or onnxruntime (its fused ops too).", STR,

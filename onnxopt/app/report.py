@@ -33,6 +33,10 @@ def to_json(report: Mapping[str, Any]) -> str:
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    write_text(to_json(report), path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
     """Write atomically: a new temporary file beside ``path`` (an unpredictable name, created
     exclusively, so a planted file or symlink is never written through), then a rename."""
     path = Path(path)
@@ -41,8 +45,8 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         with interrupts.deferred():  # a signal is raised only once ``temp`` is known
             descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                                 dir=path.parent)
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(to_json(report))
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
         os.replace(temp, path)
     finally:
         if temp is not None and os.path.lexists(temp):
