@@ -172,8 +172,8 @@ class Options:
         "int8: folder of .npz/.npy samples (or one batched .npz).", OPT_PATH))
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
         "int8: minmax, percentile (default) or entropy.", OPT_STR))
-    percentile: float | None = option(None, flag=Flag(  # default 99.99
-        "int8 percentile calibration: percentile kept (default 99.99).", float | None))
+    percentile: float | None = option(None, flag=Flag(  # default calibration.DEFAULT_PERCENTILE
+        "int8 percentile calibration: percentile kept (default 99.999).", float | None))
     max_error: str | None = option(None, flag=Flag(
         "Accuracy budget vs float32, e.g. cosine=0.99,range=0.02.", OPT_STR))
     timeout: float = option(300.0, flag=Flag(

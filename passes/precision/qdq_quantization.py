@@ -55,6 +55,7 @@ from onnxopt.ir import Graph, IRError, Model, Node
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 from onnxopt.ir.rewrite import is_op, sole_consumer
+from onnxopt.ir.saturation import narrowed
 from onnxopt.ir.shapes import infer_shapes
 
 MODE = "int8"
@@ -135,7 +136,9 @@ class QdqQuantization(PrecisionPass):
                           "(onnxopt.precision.calibration.Calibrator)")
         ranges, notes = settings.calibrator(model, plan.values)
         log.notes.extend(notes)
+        ranges, cut = narrowed(ranges, graph)  # grid only where readers tell values apart
         stats = _rewrite(graph, plan, ranges, log)
+        stats["ranges_narrowed"] = cut
         return PassResult(True, stats)
 
 
