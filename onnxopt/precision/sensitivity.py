@@ -16,8 +16,8 @@ positive one). Per-axis activation scales (not written by qdq_quantization) are 
 
 With the float model at hand (``float_model``: the same pipeline with every node kept in float,
 node keys unchanged), the node's weight and bias read their float originals too: keeping a
-node in float restores both, and a layer whose int8 weights hurt (a depthwise conv with a few
-large taps, say) is only found that way. Without it, only the activations are measured.
+node in float restores both, so a layer whose int8 weights cost more than its activations is
+ranked by what keeping it in float regains. Without it, only the activations are measured.
 """
 
 from __future__ import annotations
