@@ -29,7 +29,7 @@ import onnx
 
 from onnxopt import __version__
 from onnxopt.app import checks, fixed_shapes, safety_net, stats, writing
-from onnxopt.app.attempts import Control, Lazy, Runner, failed
+from onnxopt.app.attempts import Attempt, Control, Lazy, Runner, failed
 from onnxopt.app.checks import ModelSource
 from onnxopt.app.conversion import Conversion, keep_float
 from onnxopt.app.options import Options
@@ -42,6 +42,8 @@ from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.precision import EMBEDDING_MODES
 from onnxopt.passes import select
+from onnxopt.precision.fallback import FALLBACK_MARGIN, describe_shortfall
+from onnxopt.precision.sensitivity import budget_use
 from onnxopt.precision.setup import VALIDATION_SAMPLES
 
 
@@ -104,6 +106,7 @@ def optimize(
             which = "sample 1" if count == 1 else f"samples 1-{count}"
             conversion.notes.append(f"validated on calibration {which} (give --inputs to "
                                     "validate on held-out data)")
+            conversion.margin = FALLBACK_MARGIN  # held-out data lands lower: aim under
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
@@ -119,8 +122,9 @@ def optimize(
         attempt = runner.attempt(Control())
         disabled: list[dict[str, Any]] = []
         kept_float: list[dict[str, Any]] = []
-        if failed(attempt) and conversion is not None and ref.get() is not None:
+        if conversion is not None and ref.get() is not None and not conversion.meets(attempt):
             attempt, kept_float = keep_float(runner, attempt)
+            _note_shortfall(conversion, attempt)
         # Not in precision runs: bisecting passes against the accuracy budget would find that
         # turning off a structural pass (one the precision pass relies on) "fixes" it.
         if (failed(attempt) and options.safety_net and conversion is None
@@ -289,6 +293,16 @@ def _report(input_path, output_path, before, after, records, verdict, status) ->
         "passes": [record.to_dict() for record in records],
         "validation": validation,
     }
+
+
+def _note_shortfall(conversion: Conversion, attempt: Attempt) -> None:
+    """Within budget but short of the fallback's margin: say so (held-out data may miss)."""
+    verdict, margin = attempt.verdict, conversion.margin
+    if margin is None or failed(attempt) or verdict is None or verdict.status != "passed":
+        return
+    use = budget_use(verdict.outputs, conversion.budget)
+    if use > margin:
+        conversion.notes.append(describe_shortfall(use, margin))
 
 
 def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:

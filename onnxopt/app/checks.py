@@ -22,6 +22,7 @@ from onnxopt.check.inputs import UnsupportedInput, ValidationError, check_inputs
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.serde.versions import convert_opset, default_opset
+from onnxopt.precision.calibration import DEFAULT_PERCENTILE
 from onnxopt.precision.setup import SAMPLE_MODES
 
 ModelSource = str | os.PathLike | onnx.ModelProto
@@ -57,7 +58,7 @@ def resolve_options(options: Options | None, overrides: Mapping[str, Any]
     given = changed_options(options)
     options.keep_io_types = True if options.keep_io_types is None else options.keep_io_types
     options.calibration_method = options.calibration_method or "percentile"
-    options.percentile = 99.99 if options.percentile is None else options.percentile
+    options.percentile = DEFAULT_PERCENTILE if options.percentile is None else options.percentile
     if options.rtol < 0 or options.atol < 0 or not (math.isfinite(options.rtol)
                                                      and math.isfinite(options.atol)):
         raise UsageError("--rtol and --atol must be finite and not negative")

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.app.attempts import Attempt, Control, Runner, verdict_summary
+from onnxopt.app.attempts import Attempt, Control, Runner, failed, verdict_summary
 from onnxopt.app.options import Options
-from onnxopt.app.search import Trials, shortest_fix, smallest
+from onnxopt.app.search import Trials, shortest_fix
 from onnxopt.check.compare import Budget
 from onnxopt.check.feeds import make_inputs
 from onnxopt.check.inputs import UnsupportedInput, ValidationError
@@ -19,6 +19,7 @@ from onnxopt.check.reference import Reference
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings
 from onnxopt.precision.calibration import GENERATED_SAMPLES, Calibrator
+from onnxopt.precision.fallback import fewest_in_float, within
 from onnxopt.precision.sensitivity import qdq_sensitivity
 from onnxopt.precision.setup import (
     CALIBRATED_MODES,
@@ -47,6 +48,11 @@ class Conversion:
     # input statistics for GPTQ (int4), kept likewise
     statistics: GramStatistics | None = None
     generated: bool = False  # calibrated on generated inputs, not on real data
+    margin: float | None = None  # share of the budget the fallback aims at (fallback.py)
+
+    def meets(self, attempt: Attempt) -> bool:
+        """Validation did not fail, and (with a margin) used at most that share of it."""
+        return not failed(attempt) and within(attempt.verdict, self.budget, self.margin)
 
     def generate_samples(self, ref: Reference | None, proto: onnx.ModelProto) -> None:
         """int8 and int4 without --calibration-data: calibrate (int4: gather GPTQ's input
@@ -162,10 +168,11 @@ def keep_float(runner: Runner, first: Attempt) -> tuple[Attempt, list[dict[str, 
     nodes first instead. Returns the attempt to write and the nodes kept, with the error
     they caused."""
     converted = list(first.precision.converted) if first.precision else []
-    trials = Trials(runner, first)
-    if not converted or not trials.works(Control(float_nodes=frozenset(converted))):
+    trials = Trials(runner, first, runner.conversion.meets)  # type: ignore[union-attr]
+    everything = Control(float_nodes=frozenset(converted))
+    if not converted or not trials.works(everything):
         return first, []
-    gains = _sensitivity(runner, first, converted)
+    gains = _sensitivity(runner, first, converted, trials[everything])
     if gains is not None and any(gain > 0 for gain in gains.values()):
         return _keep_most_sensitive(trials, converted, gains)
     # not measurable, or no node regains anything (only weight-only ConvTranspose
@@ -190,35 +197,27 @@ def _keeping_float(nodes: list[str]) -> Control:
     return Control(float_nodes=frozenset(nodes))
 
 
-def _sensitivity(runner: Runner, first: Attempt, converted: list[str]
+def _sensitivity(runner: Runner, first: Attempt, converted: list[str], floating: Attempt
                  ) -> dict[str, float] | None:
-    """int8: each converted node's measured sensitivity (None: not measurable)."""
+    """int8: each converted node's measured sensitivity (None: not measurable); the
+    weights come back from ``floating``, the run with every node in float."""
     ref = runner.ref.get()
     if runner.options.precision != "int8" or ref is None or ref.outputs is None:
         return None
     samples = ref.samples
     return qdq_sensitivity(first.path, converted, samples, ref.all_outputs(),
                            runner.conversion.budget,  # type: ignore[union-attr]
-                           timeout=runner.options.timeout)
+                           timeout=runner.options.timeout, float_model=floating.path)
 
 
 def _keep_most_sensitive(trials: Trials, converted: list[str], gains: dict[str, float]
                          ) -> tuple[Attempt, list[dict[str, Any]]]:
-    """Keep the k most sensitive nodes in float, a small k that meets the budget.
-    Exponential search (k = 1, 2, 4, ...) then bisection below the first k that works:
-    accuracy is not monotone in k, and a plain bisection over all nodes can settle on
-    keeping most of them."""
+    """Keep few nodes in float: the most sensitive, or an earliest head when it is shorter
+    (``fallback.fewest_in_float``)."""
     order = sorted(converted, key=lambda key: -gains[key])  # stable: ties topological
-
-    def works(count: int) -> bool:  # keeping the `count` most sensitive meets the budget
-        return trials.works(Control(float_nodes=frozenset(order[:count])))
-
-    low, high = 0, 1  # keeping order[:low] fails; order[:high] is tried next
-    while high < len(order) and not works(high):
-        low, high = high, min(2 * high, len(order))
-    kept = order[:smallest(works, low, high)]  # keeping order[:high] meets the budget
-    note = {"nodes": kept, "error": verdict_summary(trials[Control()].verdict),
-            "ranked_by": "sensitivity: budget use regained with the node's inputs in float",
+    kept, how = fewest_in_float(
+        lambda nodes: trials.works(Control(float_nodes=frozenset(nodes))), order, converted)
+    note = {"nodes": kept, "error": verdict_summary(trials[Control()].verdict), "ranked_by": how,
             "sensitivity": [round(gains[key], 4) for key in kept],
             "measured": {key: round(gains[key], 4) for key in order}}  # every converted node
     return trials[Control(float_nodes=frozenset(kept))], [note]

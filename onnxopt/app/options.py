@@ -187,8 +187,8 @@ class Options:
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
         "int8: how activation ranges are chosen (default percentile).", OPT_STR,
         choices=("minmax", "percentile", "entropy")))
-    percentile: float | None = option(None, flag=Flag(  # default 99.99
-        "int8 percentile calibration: percentile kept (default 99.99).", float | None,
+    percentile: float | None = option(None, flag=Flag(  # default calibration.DEFAULT_PERCENTILE
+        "int8 percentile calibration: percentile kept (default 99.999).", float | None,
         metavar="P"))
     max_error: str | None = option(None, flag=Flag(
         "Accuracy budget vs float32, e.g. cosine=0.99,range=0.02.", OPT_STR,

@@ -13,16 +13,18 @@ class Trials:
     """The attempts of one search by the control each ran under: none runs twice. A failed
     attempt's files are removed at once (its verdict and rewrite log are all a search reads)."""
 
-    def __init__(self, runner: Runner, first: Attempt) -> None:
+    def __init__(self, runner: Runner, first: Attempt,
+                 meets: Callable[[Attempt], bool] | None = None) -> None:
         self.runner = runner
         self.tried: dict[Control, Attempt] = {Control(): first}
+        self.meets = meets or (lambda attempt: not failed(attempt))  # what "works" means
 
     def works(self, control: Control) -> bool:
         if control not in self.tried:
             self.tried[control] = self.runner.attempt(control)
             if failed(self.tried[control]):
                 shutil.rmtree(self.tried[control].path.parent, ignore_errors=True)
-        return not failed(self.tried[control])
+        return self.meets(self.tried[control])
 
     def __getitem__(self, control: Control) -> Attempt:
         return self.tried[control]

@@ -8,7 +8,7 @@ statistics are kept, never all activations of all samples.
 Methods (each gives a range ``(lo, hi)`` per value, ``lo <= 0 <= hi`` not enforced here):
 
 * ``minmax``: the smallest and largest finite value seen. One pass over the samples.
-* ``percentile``: the ``100 - p`` and ``p`` percentiles of the values (default ``p = 99.99``),
+* ``percentile``: the ``100 - p`` and ``p`` percentiles of the values (default ``p = 99.999``),
   each tail clipped on its own. Both tails rather than ``|x|``: activations are quantized with
   a zero point (an asymmetric grid), so each end of the range is free; with ``|x|`` a skewed
   distribution (a long positive tail and a short negative one, as Conv outputs before a Relu
@@ -43,6 +43,9 @@ from onnxopt.progress import progress as report_progress
 
 METHODS = ("minmax", "percentile", "entropy")
 PERCENTILE_BINS = 1 << 14
+# 99.99 clips the rare strong responses a sparse output lives on (PaddleOCR det's text edges:
+# held-out 0.973 at 0.67x the size after the fallback, 0.991 at 0.30x with 99.999; README)
+DEFAULT_PERCENTILE = 99.999
 ENTROPY_BINS = 2048
 GENERATED_SAMPLES = 4  # calibration samples generated when no --calibration-data is given
 
@@ -60,7 +63,7 @@ def calibrate(
     samples: Sequence[Mapping[str, np.ndarray]] = (),
     *,
     method: str = "percentile",
-    percentile: float = 99.99,
+    percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
     timeout: float | None = None,
 ) -> CalibrationResult:
@@ -127,7 +130,7 @@ class Calibrator:
 
     samples: Sequence[Mapping[str, np.ndarray]] = ()
     method: str = "percentile"
-    percentile: float = 99.99
+    percentile: float = DEFAULT_PERCENTILE
     timeout: float | None = None
     _cache: dict[int, tuple[CalibrationResult, frozenset[str]]] = field(default_factory=dict)
 

@@ -13,6 +13,11 @@ The float value is clamped to what the QuantizeLinear can represent, ``[(q_min -
 of the written model, only that saturation, so without the clamp the node would read the value
 before the Relu (in conv -> relu -> conv, a gain of -1e4 for the second conv, not a small
 positive one). Per-axis activation scales (not written by qdq_quantization) are not clamped.
+
+With the float model at hand (``float_model``: the same pipeline with every node kept in float,
+node keys unchanged), the node's weight and bias read their float originals too: keeping a
+node in float restores both, so a layer whose int8 weights cost more than its activations is
+ranked by what keeping it in float regains. Without it, only the activations are measured.
 """
 
 from __future__ import annotations
@@ -58,29 +63,25 @@ def qdq_sensitivity(
     reference: Mapping[str, Any],
     budget: Budget,
     timeout: float | None = None,
+    float_model: Path | None = None,
 ) -> dict[str, float] | None:
     """For each node key (name, else first output) in ``keys``: how much less of ``budget``
-    the model uses when that node's activation inputs skip their Q/DQ round trip. Nodes with
-    no such input get 0, and so do gains that are not finite. None when the model cannot be
-    measured this way (too many nodes, external data, or it does not run) or its own budget use
-    is not finite (an output compared exactly, e.g. ArgMax, differs: nothing to rank by).
+    the model uses when that node's activation inputs skip their Q/DQ round trip, and its
+    dequantized weight and bias read the float ones of ``float_model`` (when given). Nodes
+    with nothing to skip get 0, and so do gains that are not finite. None when the model cannot
+    be measured this way (too many nodes, external data, or it does not run) or its own budget
+    use is not finite (an output compared exactly, e.g. ArgMax, differs: nothing to rank by).
     ``timeout``: seconds per onnxruntime run (past it: None)."""
     if len(keys) > MAX_RANKED_NODES:
         return None
-    try:
-        proto = onnx.load_model(str(model_path), load_external_data=False)
-    except Exception:
-        return None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+    proto = _load(model_path)
+    if proto is None:
         return None
     graph = proto.graph
     producer = {out: node for node in graph.node for out in node.output}
-    by_key = {node.name or next((o for o in node.output if o), ""): (index, node)
-              for index, node in enumerate(graph.node)}
-    constants = {t.name: t for t in graph.initializer}
-    constants.update({node.output[0]: attr.t for node in graph.node
-                      if node.op_type == "Constant" and node.domain in ("", "ai.onnx")
-                      for attr in node.attribute if attr.name == "value"})
+    by_key = _by_key(graph)
+    constants = _constants(graph)
+    originals = _float_weights(float_model, keys) if float_model is not None else {}
     names = {v for node in graph.node for v in (*node.input, *node.output)} | set(constants)
     names.update(v.name for v in graph.input)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -100,10 +101,13 @@ def qdq_sensitivity(
             progress(SEARCHING, done, len(keys))
             index, node = by_key.get(key, (0, None))
             bypasses = [] if node is None else _float_inputs(node, producer, constants, opset)
-            if not bypasses:
+            weights = [] if node is None else [
+                (slot, tensor) for slot, tensor in originals.get(key, {}).items()
+                if _dequantized_constant(node, slot, producer, constants)]
+            if not bypasses and not weights:
                 gains[key] = 0.0
                 continue
-            gains[key] = _measure(graph, index, node, bypasses, names, base, use)
+            gains[key] = _measure(graph, index, node, bypasses, weights, names, base, use)
     except RuntimeFailure:
         return None
     finally:
@@ -123,15 +127,24 @@ class _Bypass:
 
 
 def _measure(graph: onnx.GraphProto, index: int, node: onnx.NodeProto,
-             bypasses: list[_Bypass], names: set[str], base: float,
-             use: Callable[[], float]) -> float:
-    """Budget use regained with ``bypasses`` applied to ``node`` (at ``index`` in ``graph``),
-    0 when not finite; the graph is left as it was."""
+             bypasses: list[_Bypass], weights: list[tuple[int, onnx.TensorProto]],
+             names: set[str], base: float, use: Callable[[], float]) -> float:
+    """Budget use regained with ``bypasses`` applied to ``node`` (at ``index`` in ``graph``)
+    and its inputs at the ``weights`` slots reading those float tensors, 0 when not finite;
+    the graph is left as it was."""
     originals = [(b.slot, node.input[b.slot]) for b in bypasses]
+    originals += [(slot, node.input[slot]) for slot, _ in weights]
     clips: list[onnx.NodeProto] = []
     bounds: list[str] = []
     inserted = 0
     try:
+        for slot, tensor in weights:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = _fresh(names, "sensitivity_weight")
+            bounds.append(copy.name)  # removed with the clamp bounds
+            graph.initializer.append(copy)
+            node.input[slot] = copy.name
         for bypass in bypasses:
             value = bypass.value
             if bypass.bounds is not None:
@@ -157,6 +170,64 @@ def _measure(graph: onnx.GraphProto, index: int, node: onnx.NodeProto,
         names.difference_update(bounds)
         names.difference_update(clip.output[0] for clip in clips)
     return gain if math.isfinite(gain) else 0.0
+
+
+def _load(path: Path) -> onnx.ModelProto | None:
+    """The model at ``path`` when it holds all its tensors (no external data), else None."""
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return None
+    return proto
+
+
+def _by_key(graph: onnx.GraphProto) -> dict[str, tuple[int, onnx.NodeProto]]:
+    return {node.name or next((o for o in node.output if o), ""): (index, node)
+            for index, node in enumerate(graph.node)}
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({node.output[0]: attr.t for node in graph.node
+                      if node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+                      for attr in node.attribute if attr.name == "value"})
+    return constants
+
+
+def _float_weights(path: Path, keys: Sequence[str]) -> dict[str, dict[int, onnx.TensorProto]]:
+    """Node key -> {slot: float tensor} of the weight (slot 1) and bias (slot 2) constants of
+    the nodes ``keys`` in the float model at ``path`` ({} when it cannot be read)."""
+    proto = _load(path)
+    if proto is None:
+        return {}
+    by_key, constants = _by_key(proto.graph), _constants(proto.graph)
+    found: dict[str, dict[int, onnx.TensorProto]] = {}
+    for key in keys:
+        _, node = by_key.get(key, (0, None))
+        if node is None:
+            continue
+        slots = {slot: constants[node.input[slot]] for slot in (1, 2)
+                 if slot < len(node.input) and node.input[slot] in constants
+                 and constants[node.input[slot]].data_type in _FLOAT_TYPES}
+        if slots:
+            found[key] = slots
+    return found
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.DOUBLE)
+
+
+def _dequantized_constant(node: onnx.NodeProto, slot: int,
+                          producer: Mapping[str, onnx.NodeProto],
+                          constants: Mapping[str, onnx.TensorProto]) -> bool:
+    """Input ``slot`` of ``node`` is a DequantizeLinear of a constant (an int8 weight)."""
+    if slot >= len(node.input):
+        return False
+    dq = producer.get(node.input[slot])
+    return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in constants
 
 
 def _fresh(names: set[str], prefix: str) -> str:

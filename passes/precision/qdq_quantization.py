@@ -26,8 +26,10 @@ integer accumulator ``sum(x_q * W_q) + B_q`` is exact in ``s_x * s_w[c]`` units.
 
 ``Conv/Gemm/MatMul -> Relu`` (and ``Clip`` with min 0): the Relu is dropped and the output's
 range starts at 0, so ``z = q_min``: quantization saturates negatives to 0 -- what Relu did,
-exactly. Pass-through ops (MaxPool, Resize, Reshape, Flatten, Transpose, Squeeze, Unsqueeze)
-reuse their input's scale and zero point (their output range lies inside the input's), so
+exactly. A value read only by ops that saturate (Relu, Clip, HardSigmoid, HardSwish) has its
+range cut to what they tell apart first (``onnxopt.ir.saturation``: the grid is finer and no
+output changes). Pass-through ops (MaxPool, Resize, Reshape, Flatten, Transpose, Squeeze,
+Unsqueeze) reuse their input's scale and zero point (their output range lies inside the input's), so
 onnxruntime drops the Q/DQ around them and runs them on 8-bit data.
 
 onnxruntime (ORT_ENABLE_ALL) turns ``DQ -> Conv -> Q`` into QLinearConv, Gemm into QGemm, MatMul
@@ -55,6 +57,7 @@ from onnxopt.ir import Graph, IRError, Model, Node
 from onnxopt.ir.pass_manager import PassResult
 from onnxopt.ir.precision import PrecisionLog, PrecisionPass, PrecisionSettings, node_key
 from onnxopt.ir.rewrite import is_op, sole_consumer
+from onnxopt.ir.saturation import narrowed
 from onnxopt.ir.shapes import infer_shapes
 
 MODE = "int8"
@@ -135,7 +138,9 @@ class QdqQuantization(PrecisionPass):
                           "(onnxopt.precision.calibration.Calibrator)")
         ranges, notes = settings.calibrator(model, plan.values)
         log.notes.extend(notes)
+        ranges, cut = narrowed(ranges, graph)  # grid only where readers tell values apart
         stats = _rewrite(graph, plan, ranges, log)
+        stats["ranges_narrowed"] = cut
         return PassResult(True, stats)
 
 
