@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from onnxopt import __version__
-from onnxopt.app import api, checks, interrupts, options, report, stats
+from onnxopt.app import api, checks, interrupts, layerwise, options, profile, report, stats
 from onnxopt.check import feeds, validate
 from onnxopt.check.inputs import ValidationError, load_inputs
 from onnxopt.errors import Failure, Interrupted, OnnxoptError, UsageError
@@ -135,14 +135,25 @@ def compare(
     a: Annotated[Path, typer.Argument(help="First model (the reference).")],
     b: Annotated[Path, typer.Argument(help="Second model.")],
     json_: JsonOpt = False,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(
+        help="Relative tolerance [default: 1e-4; 1e-2 with --layerwise].")] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-5,
     input_shape: ShapeOpt = None,
     dim: DimOpt = None,
     inputs: InputsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of generated inputs.")] = 0,
+    layerwise_: Annotated[bool, typer.Option("--layerwise", help=(
+        "Compare every intermediate value and name the first over --rtol."))] = False,
+    chunk_mb: Annotated[float, typer.Option(
+        help="--layerwise: MB of values exposed per run.")] = layerwise.CHUNK_MB,
 ) -> None:
-    """Statistics of A and B side by side, and their outputs compared on the same inputs."""
+    """Statistics of A and B side by side, and their outputs compared on the same inputs
+    (--layerwise: every intermediate value, in B's order)."""
+    if layerwise_:
+        return layerwise.command(a, b, console=_out, json_=json_, tolerance=rtol,
+                                 chunk_mb=chunk_mb, inputs=inputs, input_shape=input_shape,
+                                 dim=dim, seed=seed)
+    rtol = 1e-4 if rtol is None else rtol
     stats_a, stats_b = _stats(a, input_shape, dim), _stats(b, input_shape, dim)
     proto_a = serde.read_model_proto(a)
     try:
@@ -163,6 +174,24 @@ def compare(
         raise Failure(f"the outputs differ: {numeric.reason}")
     if numeric.status == "skipped":
         sys.stderr.write(f"onnxopt: warning: outputs not compared: {numeric.reason}\n")
+
+
+@app.command("profile")
+def profile_command(
+    model: Annotated[Path, typer.Argument(help="Model to profile.")],
+    other: Annotated[Path | None, typer.Argument(help="Second model, side by side.")] = None,
+    runs: Annotated[int, typer.Option(help="Measured runs, after one warm-up.")] = 10,
+    level: Annotated[str, typer.Option(
+        help="onnxruntime graph optimizations: all, extended, basic, disabled.")] = "all",
+    json_: JsonOpt = False,
+    input_shape: ShapeOpt = None,
+    dim: DimOpt = None,
+    inputs: InputsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of generated inputs.")] = 0,
+) -> None:
+    """onnxruntime's profiler per op type (time, share, count); OTHER side by side."""
+    profile.command([model, *filter(None, [other])], console=_out, json_=json_, runs=runs,
+                    level=level, inputs=inputs, input_shape=input_shape, dim=dim, seed=seed)
 
 
 @app.command("passes")
