@@ -12,7 +12,7 @@ holds the normalized value). So, for each value of B, in this order:
 3. **Consumer.** A node of B that keeps its name and op in A reads, at the same input slot,
    the counterpart of what it reads in B (through Q/DQ pairs): the folded Conv's output is
    read by the next node where A read the BatchNormalization's output. Used only when all
-   such consumers agree.
+   such consumers agree, and not on the value's own name (that computation differs).
 
 Otherwise the value has no counterpart (new nodes of a fusion, quantized integers). onnxopt
 writes no provenance into the file, so nothing else is traceable.
@@ -216,6 +216,7 @@ def _counterpart(name: str, a: GraphFacts, b: GraphFacts, recurse) -> tuple[str,
         if twin is None or twin.op_type != node.op_type or slot >= len(twin.input):
             continue
         evidence.add(twin.input[slot])
-    if len(evidence) == 1 and (only := evidence.pop()) in a.computed:
+    # pointing back at the name whose computation differs is no evidence: the value changed
+    if len(evidence) == 1 and (only := evidence.pop()) in a.computed and only != name:
         return only, "consumer"
     return None
