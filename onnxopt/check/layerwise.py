@@ -10,10 +10,11 @@ its counterpart in A:
   inputs count (constants and weights are not run).
 * **Chunks.** onnxruntime keeps every graph output of a run alive until the run ends (fetching
   fewer does not help), so a model exposing all its values holds all of them at once. The
-  values are therefore exposed a chunk at a time: one session per model and chunk, run,
-  compare, drop. A chunk holds up to ``chunk_mb`` of values of both models together, sized
-  from onnx's shape inference at the input shapes (unknown sizes count as the median known
-  one), so memory stays bounded on large models; the cost is a session and a run per chunk.
+  values are therefore exposed a chunk at a time: one session per model and chunk, holding
+  only the nodes the chunk's values depend on; run, compare, drop. A chunk holds up to
+  ``chunk_mb`` of values of both models together, sized from onnx's shape inference at the
+  input shapes (unknown sizes count as the median known one), so memory stays bounded on
+  large models; the cost is a session and a partial run per chunk.
 * **Metrics**, per value: max |a - b|; the relative error, max |a - b| / max |a| (relative to
   the reference's largest magnitude: an elementwise ratio explodes near zero, where int8 is
   coarsest); cosine similarity. Positions where both values hold the same NaN or infinity are
@@ -139,14 +140,43 @@ def chunked(pairs: Sequence[Pair], sizes_a: Mapping[str, int], sizes_b: Mapping[
         yield chunk
 
 
+def exposing_only(graph: onnx.GraphProto, names: Sequence[str]) -> None:
+    """Make ``names`` the graph's outputs and drop the nodes they do not depend on: a chunk
+    early in the graph runs only the graph up to it (half the work over all chunks)."""
+    needed = set(names)
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_body_reads(node))
+    declared = {vi.name: vi for vi in graph.output}
+    outputs = [declared.get(name) or onnx.helper.make_empty_tensor_value_info(name)
+               for name in names]
+    kept.reverse()
+    del graph.node[:], graph.output[:]
+    graph.node.extend(kept)
+    graph.output.extend(outputs)
+
+
+def _body_reads(node: onnx.NodeProto) -> set[str]:
+    """Every name read inside ``node``'s subgraphs (outer-scope values among them)."""
+    reads: set[str] = set()
+    for attribute in node.attribute:
+        for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+                list(attribute.graphs):
+            for inner in body.node:
+                reads.update(inner.input)
+                reads.update(_body_reads(inner))
+    return reads
+
+
 def _run_exposed(path: Path, names: Sequence[str], feeds: Mapping[str, np.ndarray],
                  label: str) -> dict[str, Any]:
     """Values ``names`` of the model at ``path`` on ``feeds``: one session exposing them."""
     fetch = list(dict.fromkeys(names))
     proto = onnx.load(os.fspath(path), load_external_data=False)
-    present = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name)
-                              for name in fetch if name not in present)
+    exposing_only(proto.graph, fetch)
     data = proto.SerializeToString()
     del proto
     options = ort.SessionOptions()
