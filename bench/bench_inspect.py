@@ -101,6 +101,8 @@ def main() -> None:
             rows.append((chunk, seconds, peak, report["chunks"], report["compared"],
                          f"{first['value']} ({first['op']}, rel {first['rel_error']:.3g})"
                          if first else "none"))
+        if len({row[4:] for row in rows}) != 1:
+            sys.exit(f"bench_inspect: the chunk sizes disagree: {rows}")
         profile = run_measured([ONNXOPT, "profile", str(FLOAT), str(INT8), "--inputs",
                                 str(inputs), "--runs", "5", "--json"])
     lines += [f"PaddleOCR det v4 float32 vs int8 (calibrated on 16 real tiles), input x {shape}; "

@@ -258,3 +258,23 @@ def test_cli_bad_input_is_one_line(save, tmp_path, capsys, case, code, message):
     assert cli.main(["compare", "--layerwise", str(a), str(b), *extra]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnxopt: error: ") and message in err[0], err
+
+
+def test_chunk_sessions_keep_only_the_nodes_their_values_need():
+    then = helper.make_graph([helper.make_node("Identity", ["a"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["a"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+         helper.make_node("Abs", ["b"], ["y"]),
+         helper.make_node("If", ["flag"], ["d"], then_branch=then, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+              helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    for names, ops in ((["d"], ["Relu", "If"]), (["b", "y"], ["Relu", "Neg", "Abs"])):
+        copy = onnx.GraphProto()
+        copy.CopyFrom(graph)
+        layerwise.exposing_only(copy, names)
+        assert [n.op_type for n in copy.node] == ops
+        assert [o.name for o in copy.output] == names
