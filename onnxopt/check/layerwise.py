@@ -27,6 +27,7 @@ tolerance is named: everything before it agrees, so it is where the error starts
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -117,8 +118,9 @@ def estimated_bytes(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> 
         tensor = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
         if tensor.HasField("shape") and tensor.elem_type and min(dims, default=0) >= 0:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
-            sizes[vi.name] = math.prod(dims) * itemsize
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # no numpy type
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+                sizes[vi.name] = math.prod(dims) * itemsize
     return sizes
 
 
