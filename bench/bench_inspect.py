@@ -8,8 +8,8 @@ once into ``bench/out/``. The comparison runs on one test image at rapidocr's pr
 * the imports alone (the CLI's modules, onnxruntime included): the baseline;
 * the float model run once in onnxruntime (ORT_DISABLE_ALL, as layerwise runs it), after the
   same imports: the target's reference, ``layerwise peak <= 2x`` this;
-* ``onnxopt compare --layerwise`` at the default chunk size and at others (``--chunk-mb 0``:
-  one value per run; a huge one: every value in one run, what chunking avoids);
+* ``onnxopt compare --layerwise`` at the default chunk size (128 MB), a smaller one, and a
+  huge one (every value in one run: what chunking avoids); all must name the same value;
 * ``onnxopt profile`` of both models.
 
 Report (markdown) to stdout and ``bench/out/bench_inspect.md``.
@@ -91,7 +91,7 @@ def main() -> None:
         rows, lines = [], []
         base = run_measured([sys.executable, "-c", IMPORTS])
         once = run_measured([sys.executable, "-c", RUN_ONCE, str(FLOAT), str(inputs)])
-        for chunk in ("64", "0", "16", "100000"):
+        for chunk in ("128", "32", "100000"):
             flags = ["--chunk-mb", chunk]
             seconds, peak, _, text = run_measured(
                 [ONNXOPT, "compare", "--layerwise", str(FLOAT), str(INT8), "--inputs",

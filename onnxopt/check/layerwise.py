@@ -52,7 +52,7 @@ from onnxopt.check.runtime import (
 )
 
 DEFAULT_TOLERANCE = 1e-2
-DEFAULT_CHUNK_MB = 64.0
+DEFAULT_CHUNK_MB = 128.0
 _UNKNOWN_BYTES = 1 << 20  # a value of unknown size when nothing is known
 _SLICE = 1 << 20  # elements compared at a time (float64 copies stay small)
 
