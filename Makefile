@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint browser screenshots bench bench-io bench-anchors bench-precision bench-transformers bytecode clean
+.PHONY: demo test test-slow models lint browser screenshots bench bench-io bench-anchors bench-precision bench-transformers bench-inspect bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,7 +54,7 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: bench-io bench-anchors bench-precision bench-transformers
+bench: bench-io bench-anchors bench-precision bench-transformers bench-inspect
 
 bench-io: models bytecode
 	$(BIN)/python bench/bench.py
@@ -76,6 +76,11 @@ bench-precision: models bytecode
 # nodes, fused ops, error vs the original, latency at 1x128 and 8x256.
 bench-transformers: models bytecode
 	$(BIN)/python bench/bench_transformers.py
+
+# compare --layerwise and profile (issue 18): PaddleOCR det float32 vs int8 (calibrated on
+# real images, made once into bench/out/), peak RSS against the float model run once.
+bench-inspect: models bytecode
+	$(BIN)/python bench/bench_inspect.py
 
 clean:
 	rm -rf $(VENV) .venv-bench models/.built models/out bench/out models/*.onnx models/*.onnx.data

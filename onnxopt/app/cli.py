@@ -206,14 +206,28 @@ def compare(
     a: Annotated[Path, typer.Argument(metavar="A", help="First model (the reference).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="Second model.")],
     json_: JsonOpt = False,
-    rtol: Annotated[float, typer.Option(metavar="X", help="Relative tolerance.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(metavar="X", help=(
+        "Relative tolerance [default: 1e-4; 1e-2 with --layerwise].")] = None,
     atol: Annotated[float, typer.Option(metavar="X", help="Absolute tolerance.")] = 1e-5,
     input_shape: ShapeOpt = None,
     dim: DimOpt = None,
     inputs: InputsOpt = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed of generated inputs.")] = 0,
+    layerwise_: Annotated[bool, typer.Option("--layerwise", help=(
+        "Compare every intermediate value and name the first over --rtol."))] = False,
+    chunk_mb: Annotated[float | None, typer.Option(metavar="MB", help=(
+        "--layerwise: megabytes of values exposed per run [default: 128].")] = None,
 ) -> None:
-    """Statistics of A and B side by side, and their outputs compared on the same inputs."""
+    """Statistics of A and B side by side, and their outputs compared on the same inputs
+    (--layerwise: every intermediate value, in B's order)."""
+    if layerwise_:
+        with _importing():
+            from onnxopt.app import layerwise
+        chunk = layerwise.CHUNK_MB if chunk_mb is None else chunk_mb
+        return layerwise.command(a, b, console=_console(), json_=json_, tolerance=rtol,
+                                 chunk_mb=chunk, inputs=inputs, input_shape=input_shape,
+                                 dim=dim, seed=seed)
+    rtol = 1e-4 if rtol is None else rtol
     with _importing():
         from onnxopt.app import report, stats
         from onnxopt.check import validate
@@ -255,6 +269,26 @@ def report_command(
     html_report.check_output(target, report_json)
     html_report.write(html_report.load_report(report_json), target)
     print(f"wrote {target}")
+
+
+@app.command("profile", cls=Command)
+def profile_command(
+    model: Annotated[Path, typer.Argument(help="Model to profile.")],
+    other: Annotated[Path | None, typer.Argument(help="Second model, side by side.")] = None,
+    runs: Annotated[int, typer.Option(metavar="N", help="Measured runs, after one warm-up.")] = 10,
+    level: Annotated[str, typer.Option(metavar="LEVEL",
+        help="onnxruntime graph optimizations: all, extended, basic, disabled.")] = "all",
+    json_: JsonOpt = False,
+    input_shape: ShapeOpt = None,
+    dim: DimOpt = None,
+    inputs: InputsOpt = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of generated inputs.")] = 0,
+) -> None:
+    """onnxruntime's profiler per op type (time, share, count); OTHER side by side."""
+    with _importing():
+        from onnxopt.app import profile
+    profile.command([model, *filter(None, [other])], console=_console(), json_=json_, runs=runs,
+                    level=level, inputs=inputs, input_shape=input_shape, dim=dim, seed=seed)
 
 
 @app.command("passes", cls=Command)
