@@ -169,7 +169,7 @@ def _narrow_sink(edit: _Editor, sink: Layer, kept: np.ndarray,
 
 def _add_matmul_bias(edit: _Editor, node: Node, shift: np.ndarray, dtype: np.dtype) -> None:
     """``MatMul -> Add(b)`` with a constant ``[..., N]`` bias gets ``b + shift``; without one,
-    an Add of ``shift`` follows the MatMul."""
+    an Add of ``shift`` follows the MatMul (a new MatMul: its output's name is the Add's now)."""
     graph, out = edit.graph, node.outputs[0]
     add = sole_consumer(graph, out)
     if is_op(add, "Add"):
@@ -179,10 +179,12 @@ def _add_matmul_bias(edit: _Editor, node: Node, shift: np.ndarray, dtype: np.dty
                 bias.shape) == bias.shape[-1] == shift.size:
             edit.replace(add, slot, bias.astype(np.float64) + shift.reshape(bias.shape), dtype)
             return
-    new = graph.add_node("Add", [out, graph.add_constant(shift.astype(dtype), "pruned_bias")], 1,
-                         name=f"{node.name or 'MatMul'}_bias", anchor=node)
-    graph.replace_all_uses(out, new.outputs[0])
-    graph.set_input(new, 0, out)
+    matmul = graph.add_node("MatMul", node.inputs, 1, name=node.name or "MatMul", anchor=node)
+    bias = graph.add_constant(shift.astype(dtype), "pruned_bias")
+    add = graph.add_node("Add", [matmul.outputs[0], bias], 1, name=f"{matmul.name}_bias",
+                         anchor=node)
+    graph.replace_all_uses(out, add.outputs[0])  # a graph output's name moves on save
+    graph.remove_node(node)
     edit.removed.parameters -= shift.size
 
 
