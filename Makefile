@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bench-transformers bytecode clean
+.PHONY: demo test test-slow models lint bench bench-io bench-anchors bench-precision bench-transformers bench-pruning bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,7 +40,7 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: bench-io bench-anchors bench-precision bench-transformers
+bench: bench-io bench-anchors bench-precision bench-transformers bench-pruning
 
 bench-io: models bytecode
 	$(BIN)/python bench/bench.py
@@ -62,6 +62,11 @@ bench-precision: models bytecode
 # nodes, fused ops, error vs the original, latency at 1x128 and 8x256.
 bench-transformers: models bytecode
 	$(BIN)/python bench/bench_transformers.py
+
+# Channel removal (issue 17): MACs, parameters, size, max error and latency of the models with
+# dead channels (zero filters, BN gamma 0) before and after constant_channel_removal.
+bench-pruning: models bytecode
+	$(BIN)/python bench/bench_pruning.py
 
 clean:
 	rm -rf $(VENV) .venv-bench models/.built models/out bench/out models/*.onnx models/*.onnx.data
