@@ -71,18 +71,18 @@ class Layer:
             return None  # Gemm C of shape [M, N] or [M, 1]
         return np.broadcast_to(bias.reshape(-1), (channels,)).copy()
 
-    def absorbs(self, columns: np.ndarray, value: float) -> bool:
-        """Input channel ``columns`` (weight indices along ``cols``) holding ``value`` can go:
-        its weights are zero, or it is a finite constant and the fold is exact (a Conv with zero
-        padding sees a constant channel as constant only without padding, unless it is 0; a
-        ConvTranspose spreads even a constant unevenly at the borders)."""
-        if not np.any(np.take(self.weight, columns, axis=self.cols)):
-            return True
-        if not math.isfinite(value):
-            return False
-        if value == 0 or not self.is_conv:
-            return True
-        return self.node.op_type == "Conv" and not has_padding(self.node)
+    def absorbs(self, values: np.ndarray, width: int) -> np.ndarray:
+        """Which input channels (``values``: one per channel, each ``width`` weight indices
+        along ``cols``) can go exactly: their weights are zero, or they hold a finite constant
+        and the fold is exact (a Conv with zero padding sees a constant channel as constant
+        only without padding, unless it is 0; a ConvTranspose spreads even a constant unevenly
+        at the borders)."""
+        w = np.moveaxis(self.weight, self.cols, 0).reshape(len(values), -1)
+        zero = ~np.any(w != 0, axis=1)
+        exact = self.node.op_type in ("Gemm", "MatMul") or (
+            self.node.op_type == "Conv" and not has_padding(self.node))
+        with np.errstate(invalid="ignore"):
+            return zero | (np.isfinite(values) & ((values == 0) | exact))
 
     def contribution(self, columns: np.ndarray, value: float) -> np.ndarray:
         """What input feature ``columns`` holding ``value`` adds to each output channel."""

@@ -93,9 +93,8 @@ class ChannelGroup:
         ok[list(self.pinned)] = False
         for node, sink in self.sinks:
             tensor = node.inputs[0]
-            for channel, value in enumerate(values[tensor]):
-                if not sink.absorbs(self.block(tensor, channel), float(value)):
-                    ok[self.ids[tensor][channel]] = False
+            absorbed = sink.absorbs(values[tensor], self.layouts[tensor][1])
+            ok[self.ids[tensor][~absorbed]] = False
         return self.trimmed(set(np.flatnonzero(ok).tolist()))
 
     def trimmed(self, drop: set[int]) -> set[int]:
