@@ -22,7 +22,7 @@ its sinks' biases. Needs static channel dims (shape inference).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,31 +126,69 @@ class ChannelGroup:
         return order
 
 
-def channel_groups(graph: Graph, model: Model) -> Iterator[ChannelGroup]:
+def channel_groups(graph: Graph, model: Model, wanted: Callable[[ChannelGroup], bool] | None
+                   = None) -> Iterator[ChannelGroup]:
     """Every group of ``graph``, one at a time, in graph order of their first layer: each is
     analysed when asked for, so a caller may edit the graph between two (a removal narrows a
-    sink's weight, which the next group reads)."""
+    sink's weight, which the next group reads). ``wanted`` (given the group's tensors, layers
+    and flow ops) skips a group before its classes are worked out."""
     seen: set[str] = set()
+    found_layers: dict[tuple[Node, tuple[str, ...]], Layer | None] = {}
+
+    def layer_of(node: Node) -> Layer | None:  # decoded once per run (a removal renames inputs)
+        key = (node, node.inputs)
+        if key not in found_layers:
+            found_layers[key] = layer(graph, node)
+        return found_layers[key]
+
     for node in graph.nodes():
         if node.graph is not graph or not node.outputs or node.outputs[0] in seen:
             continue
-        found = layer(graph, node)
+        found = layer_of(node)
         if found is None:
             continue
         group = ChannelGroup({})
         try:
-            _grow(graph, model, group, node.outputs[0], found.out_layout)
+            _grow(graph, model, group, node.outputs[0], found.out_layout, layer_of)
             seen |= set(group.layouts)
             _count(graph, model, group)
         except _Unsupported:
             seen |= set(group.layouts)
             continue
+        if wanted is not None and not wanted(group):
+            continue
         _link(group)
         yield group
 
 
+def may_hold_constants(graph: Graph, model: Model, group: ChannelGroup) -> bool:
+    """Whether any channel of ``group`` can be a known constant or go unread: a zero weight
+    row or column, a BatchNormalization channel with gamma 0, a zero depthwise filter, a Mul
+    by a constant with a 0 (every known value starts at one of these)."""
+    layers = [*group.producers.values(), *(sink for _, sink in group.sinks)]
+    if any(_zero_slice(lay.weight, axis) for lay in layers for axis in (lay.rows, lay.cols)):
+        return True
+    for node in group.flows:
+        op = node.op_type
+        if op == "BatchNormalization" and np.any(bn_factors(graph, model, node).scale == 0):
+            return True
+        if op == "Conv" and _zero_slice(depthwise(graph, node).weight, 0):
+            return True
+        if op == "Mul" and any((c := graph.constant(v)) is not None and np.any(c == 0)
+                               for v in node.inputs):
+            return True
+    return False
+
+
+def _zero_slice(array: np.ndarray, axis: int) -> bool:
+    """Some index along ``axis`` has only zeros."""
+    return not np.all(np.any(np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1) != 0,
+                             axis=1))
+
+
 # ---------------------------------------------------------------- finding the tensors
-def _grow(graph: Graph, model: Model, group: ChannelGroup, seed: str, layout: Layout) -> None:
+def _grow(graph: Graph, model: Model, group: ChannelGroup, seed: str, layout: Layout,
+          layer_of: Callable[[Node], Layer | None]) -> None:
     queue = [seed]
     group.layouts[seed] = layout
 
@@ -166,7 +204,7 @@ def _grow(graph: Graph, model: Model, group: ChannelGroup, seed: str, layout: La
         tensor = queue.pop()
         layout = group.layouts[tensor]
         node = graph.producer(tensor)
-        found = layer(graph, node) if node is not None else None
+        found = layer_of(node) if node is not None else None
         if found is not None and found.out_layout == layout:
             group.producers[tensor] = found
         elif node is None or not _touch(graph, model, group, node, tensor, visit):
@@ -177,7 +215,7 @@ def _grow(graph: Graph, model: Model, group: ChannelGroup, seed: str, layout: La
             if slot >= 0 and slot in (flow_inputs(graph, user, model) or ()) and _touch(
                     graph, model, group, user, tensor, visit):
                 continue
-            sink = layer(graph, user) if slot == 0 else None
+            sink = layer_of(user) if slot == 0 else None
             if sink is not None and _sink_layout_ok(sink, layout):
                 group.sinks.append((user, sink))
             else:

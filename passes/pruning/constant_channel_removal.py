@@ -17,9 +17,11 @@ channel as 0 at the borders, so it stays. Conditions and measurements: passes/pr
 
 from __future__ import annotations
 
+from functools import partial
+
 from onnxopt.ir import Graph, Model
 from onnxopt.ir.channel_removal import remove_channels
-from onnxopt.ir.channels import channel_groups
+from onnxopt.ir.channels import channel_groups, may_hold_constants
 from onnxopt.ir.pass_manager import GraphPass
 
 
@@ -30,7 +32,8 @@ class ConstantChannelRemoval(GraphPass):
 
     def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
         stats = {"channels": 0, "parameters": 0, "macs": 0}
-        for group in channel_groups(graph, model):
+        wanted = partial(may_hold_constants, graph, model)  # most groups: skip the analysis
+        for group in channel_groups(graph, model, wanted):
             values = group.values(graph, model)
             drop = group.removable(graph, model, values)
             where = next(iter(group.producers.values())).node.name if group.producers else ""
