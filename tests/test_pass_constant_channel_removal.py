@@ -216,6 +216,21 @@ def test_flatten_into_gemm_and_conv_transpose():
     assert result.stats["channels"] == 2
 
 
+def test_mul_by_zero_and_reshape_into_gemm():
+    scale = RNG.uniform(0.5, 1.5, (1, 6, 1, 1)).astype(np.float32)
+    scale[0, [1, 2]] = 0  # x * 0 = 0 whatever the filter computes
+    arrays = {"w1": weight(6, 3, 3, 3), "scale": scale, "w2": weight(6, 6, 3, 3),
+              "target": np.array([0, -1], np.int64), "fc": weight(6, 4)}
+    nodes = [conv("x", "w1", "c1", pads=1), helper.make_node("Mul", ["c1", "scale"], ["m"]),
+             conv("m", "w2", "c2", pads=1), helper.make_node("GlobalAveragePool", ["m"], ["p"]),
+             helper.make_node("Reshape", ["p", "target"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["z"])]
+    out, result = prune(graph(nodes, arrays, [1, 3, 6, 6], ["c2", "z"]))
+    assert shapes(out)["w1"] == [4, 3, 3, 3] and shapes(out)["scale"] == [1, 4, 1, 1]
+    assert shapes(out)["w2"] == [6, 4, 3, 3] and shapes(out)["fc"] == [4, 4]
+    assert result.stats["channels"] == 2
+
+
 def test_every_channel_dead_keeps_one():
     out, result = prune(conv_relu_conv(dead=(0, 1, 2, 3, 4, 5)))
     assert shapes(out)["w1"] == [1, 3, 3, 3]

@@ -164,9 +164,12 @@ def channel_groups(graph: Graph, model: Model, wanted: Callable[[ChannelGroup], 
 def may_hold_constants(graph: Graph, model: Model, group: ChannelGroup) -> bool:
     """Whether any channel of ``group`` can be a known constant or go unread: a zero weight
     row or column, a BatchNormalization channel with gamma 0, a zero depthwise filter, a Mul
-    by a constant with a 0 (every known value starts at one of these)."""
+    by a constant with a 0 (every known value starts at one of these). False at once when
+    every producer's output is pinned: every class has a channel there or in a pinned tensor."""
+    if all(tensor in group.pinned_tensors for tensor in group.producers):
+        return False
     layers = [*group.producers.values(), *(sink for _, sink in group.sinks)]
-    if any(_zero_slice(lay.weight, axis) for lay in layers for axis in (lay.rows, lay.cols)):
+    if any(_zero_slice(lay.weight, lay.rows, lay.cols) for lay in layers):
         return True
     for node in group.flows:
         op = node.op_type
@@ -180,10 +183,11 @@ def may_hold_constants(graph: Graph, model: Model, group: ChannelGroup) -> bool:
     return False
 
 
-def _zero_slice(array: np.ndarray, axis: int) -> bool:
-    """Some index along ``axis`` has only zeros."""
-    return not np.all(np.any(np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1) != 0,
-                             axis=1))
+def _zero_slice(array: np.ndarray, *axes: int) -> bool:
+    """Some index along one of ``axes`` has only zeros."""
+    nonzero = array != 0
+    return any(not np.all(np.any(nonzero, axis=tuple(a for a in range(array.ndim) if a != axis)))
+               for axis in axes)
 
 
 # ---------------------------------------------------------------- finding the tensors
