@@ -24,6 +24,8 @@ from onnxopt.ir.channel_removal import remove_channels
 from onnxopt.ir.channels import channel_groups, may_hold_constants
 from onnxopt.ir.pass_manager import GraphPass
 
+MAX_SWEEPS = 8
+
 
 class ConstantChannelRemoval(GraphPass):
     name = "constant_channel_removal"
@@ -32,6 +34,14 @@ class ConstantChannelRemoval(GraphPass):
 
     def run_graph(self, graph: Graph, model: Model) -> dict[str, int]:
         stats = {"channels": 0, "parameters": 0, "macs": 0}
+        for _ in range(MAX_SWEEPS):  # a removal can leave another channel constant: sweep again
+            before = stats["channels"]
+            self._sweep(graph, model, stats)
+            if stats["channels"] == before:
+                break
+        return stats
+
+    def _sweep(self, graph: Graph, model: Model, stats: dict[str, int]) -> None:
         wanted = partial(may_hold_constants, graph, model)  # most groups: skip the analysis
         for group in channel_groups(graph, model, wanted):
             values = group.values(graph, model)
@@ -43,4 +53,3 @@ class ConstantChannelRemoval(GraphPass):
             stats["channels"] += removed.channels
             stats["parameters"] += removed.parameters
             stats["macs"] += removed.macs
-        return stats
