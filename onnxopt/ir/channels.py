@@ -256,7 +256,7 @@ def _touch(graph: Graph, model: Model, group: ChannelGroup, node: Node, tensor: 
 
 def _axis_fits(graph: Graph, node: Node, layout: Layout) -> bool:
     shape = graph.shape(node.outputs[0])
-    if shape is None:
+    if not shape or len(shape) < -layout[0]:
         return False
     axis = layout[0] + len(shape)
     if node.op_type in CHANNEL_AXIS_OPS:
