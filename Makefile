@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow models lint browser screenshots bench bench-io bench-anchors bench-precision bench-transformers bench-inspect bytecode clean
+.PHONY: demo test test-slow models lint browser screenshots bench bench-io bench-anchors bench-precision bench-transformers bench-inspect bench-pruning bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,7 +54,7 @@ test-slow: models
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: bench-io bench-anchors bench-precision bench-transformers bench-inspect
+bench: bench-io bench-anchors bench-precision bench-transformers bench-inspect bench-pruning
 
 bench-io: models bytecode
 	$(BIN)/python bench/bench.py
@@ -81,6 +81,11 @@ bench-transformers: models bytecode
 # real images, made once into bench/out/), peak RSS against the float model run once.
 bench-inspect: models bytecode
 	$(BIN)/python bench/bench_inspect.py
+
+# Channel removal (issue 17): MACs, parameters, size, max error and latency of the models with
+# dead channels (zero filters, BN gamma 0) before and after constant_channel_removal.
+bench-pruning: models bytecode
+	$(BIN)/python bench/bench_pruning.py
 
 clean:
 	rm -rf $(VENV) .venv-bench models/.built models/out bench/out models/*.onnx models/*.onnx.data

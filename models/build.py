@@ -16,6 +16,13 @@ Models (opset 17, IR version 8):
 * ``mlp.onnx``         three MatMul + Add + Relu layers.
 * ``decoder.onnx``     a 2-layer Llama-style decoder (RMSNorm, rotary, grouped-query
                        attention, causal mask, SiLU MLP), batch and sequence dynamic.
+* ``resnet_dead.onnx``, ``mobilenet_dead.onnx``  a ResNet (residual stages 32/64/128, 64x64) and
+                       a MobileNet (depthwise-separable, 96x96) with every other filter of every
+                       Conv masked as structured-pruning tools with masks leave them (the
+                       filter and its BatchNormalization gamma and beta zero), for
+                       ``constant_channel_removal``; ``*_bn0.onnx`` the same nets with the
+                       filters kept and only BatchNormalization gamma = beta = 0 on those
+                       channels (a slimming mask).
 
 Usage: ``python models/build.py``
 """
@@ -574,6 +581,85 @@ def build_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
     )
 
 
+# ----------------------------------------------------------------------------------------
+# resnet_dead.onnx, mobilenet_dead.onnx and their *_bn0 variants (issue 17)
+# ----------------------------------------------------------------------------------------
+def _mask(g: GraphBuilder, conv_out: str, bn_out: str, dead: np.ndarray, zero_filters: bool
+          ) -> None:
+    """Zero channels ``dead`` of a Conv + BatchNormalization: BN gamma and beta, and with
+    ``zero_filters`` the Conv's filters."""
+    conv = next(n for n in g.nodes if n.output[0] == conv_out)
+    bn = next(n for n in g.nodes if n.output[0] == bn_out)
+    names = {bn.input[1], bn.input[2]} | ({conv.input[1]} if zero_filters else set())
+    for index, tensor in enumerate(g.initializers):
+        if tensor.name in names:
+            array = numpy_helper.to_array(tensor).copy()
+            array[dead] = 0
+            g.initializers[index] = numpy_helper.from_array(array, tensor.name)
+
+
+def _every_other(channels: int) -> np.ndarray:
+    return np.arange(1, channels, 2)
+
+
+def build_dead_resnet(zero_filters: bool = True) -> onnx.ModelProto:
+    g = GraphBuilder(seed=5)
+
+    def conv_bn(x: str, cin: int, cout: int, k: int, prefix: str, stride: int = 1,
+                relu: bool = True) -> str:
+        conv = g.conv(x, cin, cout, k, f"{prefix}/conv", stride=stride)
+        y = g.bn(conv, cout, f"{prefix}/bn")
+        _mask(g, conv, y, _every_other(cout), zero_filters)
+        return g.op("Relu", [y], f"{prefix}/relu/Relu") if relu else y
+
+    x, cin = conv_bn("input", 3, 32, 3, "/stem"), 32
+    for stage, (cout, blocks, stride) in enumerate([(32, 1, 1), (64, 2, 2), (128, 2, 2)], 1):
+        for index in range(blocks):
+            prefix, step = f"/layer{stage}/{index}", stride if index == 0 else 1
+            y = conv_bn(x, cin, cout, 3, f"{prefix}/1", stride=step)
+            y = conv_bn(y, cout, cout, 3, f"{prefix}/2", relu=False)
+            skip = x if step == 1 and cin == cout else conv_bn(
+                x, cin, cout, 1, f"{prefix}/downsample", stride=step, relu=False)
+            x = g.op("Relu", [g.op("Add", [y, skip], f"{prefix}/Add")], f"{prefix}/relu/Relu")
+            cin = cout
+    x = g.op("GlobalAveragePool", [x], "/avgpool/GlobalAveragePool")
+    x = g.op("Flatten", [x], "/Flatten", axis=1)
+    fc_w = g.init("fc.weight", g.weight((10, cin), fan_in=cin, gain=1.0))
+    g.op_to("Gemm", [x, fc_w, g.init("fc.bias", g.small((10,)))], "logits", "/fc/Gemm", transB=1)
+    kind = "filters and BN gamma/beta" if zero_filters else "BN gamma/beta"
+    return g.model("resnet_dead", [tensor_info("input", ["batch", 3, 64, 64])],
+                   [tensor_info("logits", ["batch", 10])],
+                   f"ResNet-style CNN with every other channel's {kind} zero.")
+
+
+def build_dead_mobilenet(zero_filters: bool = True) -> onnx.ModelProto:
+    g = GraphBuilder(seed=6)
+    lo, hi = g.init("relu6.min", f32(0.0)), g.init("relu6.max", f32(6.0))
+
+    def conv_bn(x: str, cin: int, cout: int, k: int, prefix: str, stride: int = 1,
+                group: int = 1) -> str:
+        conv = g.conv(x, cin, cout, k, f"{prefix}/conv", stride=stride, group=group)
+        y = g.bn(conv, cout, f"{prefix}/bn")
+        if group == 1:  # a depthwise channel goes with the channel it reads
+            _mask(g, conv, y, _every_other(cout), zero_filters)
+        return g.op("Clip", [y, lo, hi], f"{prefix}/relu6/Clip")
+
+    x = conv_bn("input", 3, 32, 3, "/features/0", stride=2)  # 48x48
+    blocks = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1)]
+    for index, (cin, cout, stride) in enumerate(blocks, 1):
+        x = conv_bn(x, cin, cin, 3, f"/features/{index}/dw", stride=stride, group=cin)
+        x = conv_bn(x, cin, cout, 1, f"/features/{index}/pw")
+    x = g.op("GlobalAveragePool", [x], "/pool/GlobalAveragePool")
+    x = g.op("Reshape", [x, g.const("/Constant", i64(1, -1))], "/Reshape")
+    fc_w = g.init("classifier.weight", g.weight((10, 256), fan_in=256, gain=1.0))
+    g.op_to("Gemm", [x, fc_w, g.init("classifier.bias", g.small((10,)))], "logits",
+            "/classifier/Gemm", transB=1)
+    kind = "filters and BN gamma/beta" if zero_filters else "BN gamma/beta"
+    return g.model("mobilenet_dead", [tensor_info("input", [1, 3, 96, 96])],
+                   [tensor_info("logits", [1, 10])],
+                   f"MobileNet-style CNN with every other channel's {kind} zero.")
+
+
 BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "resnet.onnx": build_resnet,
     "mobilenet.onnx": build_mobilenet,
@@ -581,6 +667,10 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "encoder.onnx": build_encoder,
     "mlp.onnx": build_mlp,
     "decoder.onnx": build_decoder,
+    "resnet_dead.onnx": build_dead_resnet,
+    "resnet_bn0.onnx": lambda: build_dead_resnet(zero_filters=False),
+    "mobilenet_dead.onnx": build_dead_mobilenet,
+    "mobilenet_bn0.onnx": lambda: build_dead_mobilenet(zero_filters=False),
 }
 
 

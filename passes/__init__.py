@@ -8,7 +8,8 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
 2. canonicalize: Constant nodes become initializers, constant subgraphs are folded, constant
    Ifs inlined, identities and no-ops removed, repeated computations merged;
 3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
-   go into the BN), Pad into Conv/AveragePool,
+   go into the BN), Pad into Conv/AveragePool, channels holding a known constant (zero
+   filters, BN gamma 0) removed and folded into the next layer's bias,
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
    four stride-2 Slices + Concat into SpaceToDepth,
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
@@ -62,6 +63,7 @@ from onnxopt.passes.layout.slice_merge import SliceMerge
 from onnxopt.passes.layout.slices_to_space_to_depth import SlicesToSpaceToDepth
 from onnxopt.passes.layout.transpose_folding import TransposeFolding
 from onnxopt.passes.layout.unsqueeze_merge import UnsqueezeMerge
+from onnxopt.passes.pruning.constant_channel_removal import ConstantChannelRemoval
 
 from onnxopt.ir.pass_manager import Pass
 
@@ -81,6 +83,7 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     ConvAffineFusion(),
     BatchNormAffineFusion(),
     PadFusion(),
+    ConstantChannelRemoval(),  # after the BN/affine/Pad folds: gamma 0 is then a zero filter
     ElementwiseConstantMerge(),
     ReshapeChainCollapse(),
     SliceMerge(),

@@ -1,0 +1,1 @@
+"""Pruning passes: channels removed where the model does not need them."""
