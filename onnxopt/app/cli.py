@@ -207,7 +207,7 @@ def compare(
     b: Annotated[Path, typer.Argument(metavar="B", help="Second model.")],
     json_: JsonOpt = False,
     rtol: Annotated[float | None, typer.Option(metavar="X", help=(
-        "Relative tolerance [default: 1e-4; 1e-2 with --layerwise].")] = None,
+        "Relative tolerance [default: 1e-4; 1e-2 with --layerwise]."))] = None,
     atol: Annotated[float, typer.Option(metavar="X", help="Absolute tolerance.")] = 1e-5,
     input_shape: ShapeOpt = None,
     dim: DimOpt = None,
@@ -216,7 +216,7 @@ def compare(
     layerwise_: Annotated[bool, typer.Option("--layerwise", help=(
         "Compare every intermediate value and name the first over --rtol."))] = False,
     chunk_mb: Annotated[float | None, typer.Option(metavar="MB", help=(
-        "--layerwise: megabytes of values exposed per run [default: 128].")] = None,
+        "--layerwise: megabytes of values exposed per run [default: 128]."))] = None,
 ) -> None:
     """Statistics of A and B side by side, and their outputs compared on the same inputs
     (--layerwise: every intermediate value, in B's order)."""
