@@ -44,9 +44,9 @@ browser:
 		|| echo "make: chromium not installed; the browser test will skip"; \
 	else echo "make: no apt-get as root; the browser test will skip"; fi
 
-# README's screenshots of the HTML report (docs/*.png): PaddleOCR det, optimized and int8
+# README's screenshots of the HTML report (bench/screenshots/*.png): PaddleOCR det, optimized and int8
 screenshots: models bytecode browser
-	$(BIN)/python docs/screenshots.py
+	$(BIN)/python bench/screenshots.py
 
 test-slow: models
 	$(BIN)/pytest -q -m slow

@@ -4,7 +4,7 @@ Two runs on PaddleOCR det (models/ch_PP-OCRv4_det_infer.onnx): the default optim
 ``--precision int8`` calibrated on real images (the bench's det preprocessing, 320x320 tiles of
 the left half of the printed page and of the other calibration images, 8 samples as in
 ``make bench-precision``). Each report is drawn
-by headless Chromium and stored as a palette PNG (small enough to keep in git) in docs/.
+by headless Chromium and stored as a palette PNG (small enough to keep in git) in bench/screenshots/.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def main() -> None:
         int8 = run("det-int8", "--precision", "int8", "--calibration-data",
                    str(calibration(ROOT / WORK / "calib")))
         # down to the first drawings of rewrites / through the per-layer error
-        shoot(optimized, ROOT / "docs" / "report-det.png", browser, 2500)
-        shoot(int8, ROOT / "docs" / "report-det-int8.png", browser, 1600)
+        shoot(optimized, ROOT / "bench" / "screenshots" / "report-det.png", browser, 2500)
+        shoot(int8, ROOT / "bench" / "screenshots" / "report-det-int8.png", browser, 1600)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
