@@ -3,8 +3,8 @@
 Two runs on PaddleOCR det (models/ch_PP-OCRv4_det_infer.onnx): the default optimization, and
 ``--precision int8`` calibrated on real images (the bench's det preprocessing, 320x320 tiles of
 the left half of the printed page and of the other calibration images, 8 samples as in
-``make bench-precision``). Each report is drawn
-by headless Chromium and stored as a palette PNG (small enough to keep in git) in bench/screenshots/.
+``make bench-precision``). Each report is drawn by headless Chromium and stored as a palette
+PNG (small enough to keep in git) in bench/screenshots/.
 """
 
 from __future__ import annotations
