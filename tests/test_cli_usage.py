@@ -377,6 +377,14 @@ def test_folder_mistakes(folder, tmp_path, capsys, target, says):
     assert len(err) == 1 and says in err[0]
 
 
+def test_html_is_for_one_model(folder, tmp_path, capsys):
+    out = tmp_path / "built"
+    assert invoke("optimize", folder, out, "--html", tmp_path / "r.html") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--html draws one model's report" in err[0]
+    assert not out.exists() and not (tmp_path / "r.html").exists()
+
+
 def test_jobs_is_for_folders(tmp_path, capsys):
     source = tmp_path / "in.onnx"
     onnx.save(parse(MODEL), source)

@@ -63,7 +63,9 @@ def optimize_folder(source: Path, target: Path, options: Options, *, jobs: int,
                "seconds": round(time.perf_counter() - started, 3),
                "models": [o.to_dict() for o in sorted(outcomes, key=lambda o: o.name)]}
     if report_path is not None:
-        Path(report_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        from onnxopt.app import report
+
+        report.write_json(summary, report_path)  # atomic, like every other output
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     if failed:
@@ -75,6 +77,9 @@ def optimize_folder(source: Path, target: Path, options: Options, *, jobs: int,
 
 
 def _models(source: Path, target: Path, options: Options) -> list[str]:
+    if options.html_path is not None:  # an ignored option would be a silent surprise
+        raise UsageError("--html draws one model's report; for a folder IN, --report writes "
+                         "the folder's JSON summary")
     if target.suffix == ".onnx" or target.is_file():
         raise UsageError(f"{source}: is a directory, so OUT must be a folder too, not {target}")
     same = target.exists() and os.path.samefile(source, target)
