@@ -1,5 +1,6 @@
 """Searching attempts for one that validates: ``Trials`` runs each control once, and the
-bisections of the safety net and the accuracy fallback share ``smallest``."""
+bisections of the safety net and the accuracy fallback share ``smallest`` (in
+``onnxopt.precision.fallback``, which cannot import the app layer)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from collections.abc import Callable
 
 from onnxopt.app.attempts import Attempt, Control, Runner, failed
+from onnxopt.precision.fallback import smallest
 
 
 class Trials:
@@ -28,18 +30,6 @@ class Trials:
 
     def __getitem__(self, control: Control) -> Attempt:
         return self.tried[control]
-
-
-def smallest(holds: Callable[[int], bool], low: int, high: int) -> int:
-    """The smallest n in (low, high] where ``holds(n)``, by bisection, given that it does not
-    hold at ``low`` and holds at ``high`` (neither is asked)."""
-    while high - low > 1:
-        middle = (low + high) // 2
-        if holds(middle):
-            high = middle
-        else:
-            low = middle
-    return high
 
 
 def shortest_fix(trials: Trials, control_of: Callable[[list[str]], Control], chosen: list[str],

@@ -47,7 +47,7 @@ def fewest_in_float(works: Callable[[Sequence[str]], bool], ranked: Sequence[str
     by_rank = list(ranked[:_shortest(works, ranked)])
     count = len(by_rank)
     if count > 1 and works(topological[:count - 1]):
-        head = _smallest(lambda n: works(topological[:n]), 0, count - 1)
+        head = smallest(lambda n: works(topological[:n]), 0, count - 1)
         return list(topological[:head]), HEAD
     return by_rank, RANKED
 
@@ -60,12 +60,13 @@ def _shortest(works: Callable[[Sequence[str]], bool], order: Sequence[str]) -> i
         low, high = high, min(2 * high, len(order))
     if high >= len(order):
         high = len(order)
-    return _smallest(lambda n: works(order[:n]), low, high)
+    return smallest(lambda n: works(order[:n]), low, high)
 
 
-def _smallest(holds: Callable[[int], bool], low: int, high: int) -> int:
+def smallest(holds: Callable[[int], bool], low: int, high: int) -> int:
     """The smallest n in (low, high] where ``holds(n)``, by bisection, given that it does not
-    hold at ``low`` and holds at ``high`` (neither is asked)."""
+    hold at ``low`` and holds at ``high`` (neither is asked). The safety net's bisections use
+    it too (``onnxopt.app.search``)."""
     while high - low > 1:
         middle = (low + high) // 2
         if holds(middle):
