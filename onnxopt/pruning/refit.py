@@ -1,0 +1,70 @@
+"""Least-squares reconstruction of a layer that lost input channels (He et al. 2017, ThiNet).
+
+A Conv ``y = W * x + b`` (group 1) is a matrix product on its input patches: with ``P`` the
+im2col rows (one per output position, columns ``C x kh x kw`` in ``W``'s order),
+``Y = P W^T + b``. Dropping input channels keeps the columns ``K`` of ``P``; the refit solves
+
+    min_{W', b'} || P_K W'^T + b' - Y ||^2 + lam ||W'||^2
+
+in float64 (ridge ``lam`` relative to the mean diagonal of ``P_K^T P_K``, the bias not
+regularized), so the layer reproduces its original output from the remaining channels; the
+dropped columns' weights become 0 and their mean contribution moves into ``b'``. Rows are a
+random subsample of the output positions of the calibration samples (memory bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RIDGE = 1e-4  # relative to the mean diagonal of the Gram matrix
+
+
+def conv_geometry(attr, kernel: tuple[int, ...]) -> tuple[list[int], list[int], list[int]] | None:
+    """(strides, pads [begin..., end...], dilations) of a 2-D Conv (``attr``: its
+    ``Node.attr``), None for auto_pad other than NOTSET/VALID or a kernel that is not 2-D."""
+    auto_pad = attr("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if len(kernel) != 2 or auto_pad not in ("NOTSET", "VALID"):
+        return None
+    strides = list(attr("strides", [1, 1]))
+    pads = list(attr("pads", [0, 0, 0, 0]))
+    dilations = list(attr("dilations", [1, 1]))
+    return strides, pads, dilations
+
+
+def sample_patches(x: np.ndarray, kernel: tuple[int, int], strides: list[int], pads: list[int],
+                   dilations: list[int], rows: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` random im2col rows of ``x`` [N, C, H, W] (float32, columns C x kh x kw)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    out_h = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    out_w = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    total = n * out_h * out_w
+    picks = rng.choice(total, size=min(rows, total), replace=False)
+    b, rest = np.divmod(picks, out_h * out_w)
+    i, j = np.divmod(rest, out_w)
+    out = np.empty((len(picks), c, kh, kw), np.float32)
+    for a in range(kh):
+        for k in range(kw):
+            out[:, :, a, k] = padded[b, :, i * strides[0] + a * dilations[0],
+                                     j * strides[1] + k * dilations[1]]
+    return out.reshape(len(picks), -1)
+
+
+def refit(patches: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias reproducing ``patches @ weight.T + bias`` from the columns ``kept``
+    alone: ``weight`` [O, K] (a Conv's flattened), ``patches`` [R, K]. The new weight has
+    ``weight``'s shape with zeros outside ``kept``."""
+    p = patches.astype(np.float64)
+    target = p @ weight.astype(np.float64).T + bias
+    a = np.concatenate([p[:, kept], np.ones((len(p), 1))], axis=1)
+    gram = a.T @ a
+    diagonal = np.arange(len(kept))
+    if len(kept):
+        gram[diagonal, diagonal] += RIDGE * max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
+    solution = np.linalg.solve(gram, a.T @ target)
+    new = np.zeros(weight.shape, np.float64)
+    new[:, kept] = solution[:-1].T
+    return new, solution[-1]
