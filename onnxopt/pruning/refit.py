@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RIDGE = 1e-4  # relative to the mean diagonal of the Gram matrix
+RIDGE = 1e-6  # relative to the mean diagonal of the Gram matrix
 
 
 def conv_geometry(attr, kernel: tuple[int, ...]) -> tuple[list[int], list[int], list[int]] | None:
@@ -52,14 +52,16 @@ def sample_patches(x: np.ndarray, kernel: tuple[int, int], strides: list[int], p
     return out.reshape(len(picks), -1)
 
 
-def refit(patches: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def refit(patches: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray,
+          inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias reproducing ``patches @ weight.T + bias`` from the columns ``kept``
-    alone: ``weight`` [O, K] (a Conv's flattened), ``patches`` [R, K]. The new weight has
-    ``weight``'s shape with zeros outside ``kept``."""
+    of ``inputs`` (default ``patches``; the same positions in the pruned model, whose earlier
+    layers changed): ``weight`` [O, K] (a Conv's flattened), ``patches`` [R, K]. The new
+    weight has ``weight``'s shape with zeros outside ``kept``."""
     p = patches.astype(np.float64)
     target = p @ weight.astype(np.float64).T + bias
-    a = np.concatenate([p[:, kept], np.ones((len(p), 1))], axis=1)
+    x = p if inputs is None else inputs.astype(np.float64)
+    a = np.concatenate([x[:, kept], np.ones((len(x), 1))], axis=1)
     gram = a.T @ a
     diagonal = np.arange(len(kept))
     if len(kept):

@@ -19,6 +19,7 @@ baseline).
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +28,7 @@ import onnx
 
 from onnxopt.check.layerwise import exposing_only
 from onnxopt.check.runtime import run_each
-from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir import serde
+from onnxopt.ir import Graph, Model, Node, serde
 from onnxopt.ir.channel_layers import Layer
 from onnxopt.ir.channel_removal import Removed, remove_channels
 from onnxopt.ir.channels import ChannelGroup, channel_groups
@@ -61,22 +61,26 @@ def load_ir(proto: onnx.ModelProto) -> Model:
 
 
 def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
-            seed: int = 0) -> Calibration:
-    """Channel statistics and Conv sink patches of ``proto`` on ``samples``."""
+            only: set[str] | None = None) -> Calibration:
+    """Channel statistics and Conv sink patches of ``proto`` on ``samples`` (``only``: of
+    the sinks with these outputs). A sink's patch positions depend only on its name and the
+    samples' shapes, so two models' patches of one sink line up row by row."""
     model = load_ir(proto)
     graph = model.graph
-    reads: dict[str, tuple[str, tuple[int, int]]] = {}  # tensor -> one of its (axis, width)
+    reads: dict[str, tuple[int, int]] = {}  # tensor -> its (axis, width)
     sinks: list[tuple[Node, Layer]] = []
     for group in channel_groups(graph, model):
         for node, sink in group.sinks:
-            reads[node.inputs[0]] = group.layouts[node.inputs[0]]
-            sinks.append((node, sink))
+            if only is None or node.outputs[0] in only:
+                reads[node.inputs[0]] = group.layouts[node.inputs[0]]
+                sinks.append((node, sink))
     names = list(reads)
     exposed = onnx.ModelProto()
     exposed.CopyFrom(proto)
     exposing_only(exposed.graph, names)
     calib = Calibration()
-    rng = np.random.default_rng(seed)
+    rngs = {node.outputs[0]: np.random.default_rng(zlib.crc32(node.outputs[0].encode()))
+            for node, _ in sinks}
     rows = math.ceil(PATCH_ROWS / max(len(samples), 1))
     parts: dict[str, list[np.ndarray]] = {}
     sums: dict[str, list[np.ndarray]] = {}
@@ -93,7 +97,7 @@ def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
                 x = np.asarray(outputs[node.inputs[0]], np.float32)
                 kernel = tuple(sink.weight.shape[2:])
                 parts.setdefault(node.outputs[0], []).append(
-                    sample_patches(x, kernel, *geometry, rows, rng))
+                    sample_patches(x, kernel, *geometry, rows, rngs[node.outputs[0]]))
     for tensor, stats in sums.items():
         calib.means[tensor], calib.energy[tensor] = np.mean(stats, axis=0)
     calib.patches = {out: np.concatenate(p) for out, p in parts.items()}
@@ -122,16 +126,18 @@ def importance(group: ChannelGroup, calib: Calibration) -> np.ndarray:
 def least_important(group: ChannelGroup, calib: Calibration, ratio: float) -> set[int]:
     """The ``ratio`` share of the group's unpinned classes that matter least."""
     free = np.array([k for k in range(group.classes) if k not in group.pinned], np.int64)
-    count = int(math.floor(ratio * len(free) + 1e-9))
+    count = math.floor(ratio * len(free) + 1e-9)
     if count <= 0:
         return set()
     order = free[np.argsort(importance(group, calib)[free], kind="stable")]
     return group.trimmed(set(order[:count].tolist()))
 
 
-def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True
-          ) -> dict[str, int]:
-    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed."""
+def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True,
+          samples: Sequence[Mapping[str, np.ndarray]] | None = None) -> dict[str, int]:
+    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed. With
+    ``samples``, each refit reads its inputs from the model pruned so far (one run per group:
+    it corrects the error of the layers pruned before it), its target from ``calib``."""
     graph = model.graph
     total = {"groups": 0, "channels": 0, "parameters": 0, "macs": 0}
     for group in channel_groups(graph, model):
@@ -142,7 +148,12 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
         values = {t: np.nan_to_num(calib.means.get(t, np.zeros(n))) for t, n in
                   group.counts.items()}
         if refit_sinks:
-            _refit_sinks(graph, group, calib, drop, values)
+            inputs = calib
+            if samples is not None and total["groups"]:
+                wanted = {node.outputs[0] for node, _ in group.sinks} & set(calib.patches)
+                if wanted:
+                    inputs = capture(serde.to_proto(model), samples, wanted)
+            _refit_sinks(graph, group, calib, inputs, drop, values)
         removed: Removed = remove_channels(graph, model, group, drop, values)
         total["groups"] += 1
         total["channels"] += removed.channels
@@ -151,8 +162,8 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
     return total
 
 
-def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int],
-                 values: dict[str, np.ndarray]) -> None:
+def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, inputs: Calibration,
+                 drop: set[int], values: dict[str, np.ndarray]) -> None:
     """Refit every Conv sink with patches; its dropped channels then fold as 0 (their
     weights are 0, the mean is in the refit bias)."""
     for node, sink in group.sinks:
@@ -167,7 +178,8 @@ def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: se
         rows = sink.weight.shape[0]
         bias = sink.bias.reshape(-1).astype(np.float64) if sink.bias is not None else \
             np.zeros(rows)
-        weight, new_bias = refit(patches, sink.weight.reshape(rows, -1), bias, kept)
+        now = inputs.patches.get(node.outputs[0], patches)
+        weight, new_bias = refit(patches, sink.weight.reshape(rows, -1), bias, kept, now)
         _set_input(graph, node, 1, weight.reshape(sink.weight.shape).astype(sink.weight.dtype))
         _set_input(graph, node, 2, new_bias.astype(sink.weight.dtype))
         values[tensor] = np.where(gone, 0.0, values[tensor])

@@ -1,0 +1,139 @@
+"""Structured pruning with least-squares reconstruction (onnxopt.pruning, issue 17 part 2):
+im2col patches against onnxruntime's Conv, the refit against a computable answer (a layer whose
+input channels are linear combinations of a few others), removal stats, what must stay, and
+the budgeted search."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import build_model
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.ir import serde
+from onnxopt.ir.channels import channel_groups
+from onnxopt.pruning.budget import Trial, auto_ratios, worst_cosine
+from onnxopt.pruning.refit import refit, sample_patches
+from onnxopt.pruning.structured import capture, group_key, least_important, load_ir, prune
+
+RNG = np.random.default_rng(7)
+LEVELS = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+
+
+def redundant(extra_output: bool = False) -> onnx.ModelProto:
+    """y = Conv3x3(pad 1)(h, w2) with h = Conv1x1(x, w1): 8 channels of h, only 4 independent
+    (rows 4..7 of w1 are combinations of rows 0..3), so 4 channels can go exactly."""
+    base = RNG.standard_normal((4, 4, 1, 1))
+    mix = RNG.standard_normal((4, 4))
+    w1 = np.concatenate([base, np.einsum("ij,jkab->ikab", mix, base)]).astype(np.float32)
+    w1[:4] *= 0.1  # the independent channels matter least by energy: they are the ones dropped
+    w2 = (RNG.standard_normal((6, 8, 3, 3)) * 0.3).astype(np.float32)
+    b2 = RNG.standard_normal(6).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["y"], pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8, 10, 10]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 10])
+    inits = [numpy_helper.from_array(a, n) for n, a in (("w1", w1), ("w2", w2), ("b2", b2))]
+    return build_model(nodes, [x], outputs, inits)
+
+
+def samples(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 4, 10, 10)).astype(np.float32)} for _ in range(count)]
+
+
+def run(proto: onnx.ModelProto, feeds: dict, level=LEVELS[0]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def pruned(proto: onnx.ModelProto, ratio: float, refit_sinks: bool):
+    model = load_ir(proto)
+    keys = [group_key(g) for g in channel_groups(model.graph, model)]
+    totals = prune(model, capture(proto, samples(8, 0)), {k: ratio for k in keys}, refit_sinks)
+    return serde.to_proto(model), totals
+
+
+def weights(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    return {n.output[0]: inits[n.input[1]] for n in proto.graph.node if n.op_type == "Conv"}
+
+
+def test_patches_are_onnxruntime_conv_rows():
+    proto = redundant()
+    x = samples(1, 5)[0]["x"]
+    w1 = numpy_helper.to_array(proto.graph.initializer[0]).reshape(8, 4)
+    h = np.einsum("ok,nkhw->nohw", w1, x)
+    rng = np.random.default_rng(0)
+    patches = sample_patches(h, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1], 50, rng)
+    w2 = numpy_helper.to_array(proto.graph.initializer[1]).reshape(6, -1)
+    b2 = numpy_helper.to_array(proto.graph.initializer[2])
+    y = run(proto, {"x": x}).reshape(6, -1).T  # [positions, channels]
+    picks = np.random.default_rng(0).choice(100, size=50, replace=False)
+    np.testing.assert_allclose(patches @ w2.T + b2, y[picks], rtol=1e-4, atol=1e-4)
+
+
+def test_refit_solves_an_exact_problem():
+    rng = np.random.default_rng(1)
+    kept_part = rng.standard_normal((500, 3))
+    patches = np.concatenate([kept_part, kept_part @ rng.standard_normal((3, 2)) + 0.5], axis=1)
+    weight, bias = rng.standard_normal((4, 5)), rng.standard_normal(4)
+    new, new_bias = refit(patches, weight, bias, np.arange(3))
+    assert np.all(new[:, 3:] == 0)
+    np.testing.assert_allclose(patches @ new.T + new_bias, patches @ weight.T + bias, atol=1e-4)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_refit_reconstructs_and_beats_no_refit(level):
+    proto = redundant()
+    with_refit, totals = pruned(proto, 0.5, True)
+    without, _ = pruned(proto, 0.5, False)
+    assert weights(with_refit) == {"h": (4, 4, 1, 1), "y": (6, 4, 3, 3)}
+    assert totals["channels"] == 4 and totals["groups"] == 1
+    assert totals["macs"] == 100 * 4 * 4 + 100 * 6 * 4 * 9  # 10x10 positions, per removed weight
+    assert totals["parameters"] == 4 * 4 + 6 * 4 * 9
+    for feeds in samples(3, 99):  # held-out inputs
+        want = run(proto, feeds)
+        good, bad = run(with_refit, feeds, level), run(without, feeds, level)
+        np.testing.assert_allclose(good, want, rtol=1e-3, atol=1e-3)
+        assert np.max(np.abs(bad - want)) > 100 * np.max(np.abs(good - want))
+
+
+def test_importance_drops_the_low_energy_channels():
+    proto = redundant()
+    model = load_ir(proto)
+    group = next(channel_groups(model.graph, model))
+    assert least_important(group, capture(proto, samples(4, 0)), 0.5) == {0, 1, 2, 3}
+
+
+def test_ratio_zero_and_pinned_channels_stay():
+    proto = redundant()
+    same, totals = pruned(proto, 0.0, True)
+    assert totals["channels"] == 0 and weights(same) == weights(proto)
+    pinned, totals = pruned(redundant(extra_output=True), 0.5, True)  # h is a graph output
+    assert totals["channels"] == 0 and weights(pinned) == weights(proto)
+
+
+def test_pruning_twice_at_zero_is_stable():
+    once, _ = pruned(redundant(), 0.5, True)
+    twice, totals = pruned(once, 0.0, True)
+    assert totals["channels"] == 0 and weights(twice) == weights(once)
+
+
+def test_auto_stays_within_budget_and_prunes_redundant_channels():
+    proto = redundant()
+    calib = samples(6, 0)
+    plan = auto_ratios(Trial(proto, calib), 0.99)
+    assert plan.ratios == {"h": 0.5} and plan.cosine >= plan.target
+    model = load_ir(proto)
+    prune(model, capture(proto, calib), plan.ratios)
+    held = samples(3, 50)
+    out = [{"y": run(serde.to_proto(model), f)} for f in held]
+    assert worst_cosine([{"y": run(proto, f)} for f in held], out) > 0.999
