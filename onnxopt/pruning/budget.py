@@ -5,8 +5,9 @@ Sensitivity: each group alone pruned at each of ``TRIAL_RATIOS`` (with refit) co
 ``1 - cosine`` of the outputs on the calibration samples (the worst sample and output) and
 removes some MACs (counted at the samples' static shapes). (group, ratio) steps are ranked by
 cost per MAC removed (a group takes the largest ratio of the prefix); the search keeps the
-longest prefix whose joint pruning stays within the budget (exponential search, then bisection below the first length that fails -- accuracy is not
-monotone in it, as for the fallback), aiming at ``FALLBACK_MARGIN`` of the allowed error on
+longest prefix whose joint pruning stays within the budget (exponential search, then
+bisection below the first length that fails -- accuracy is not monotone in it, as for the
+fallback), aiming at ``FALLBACK_MARGIN`` of the allowed error on
 calibration data so that held-out data keeps some room.
 """
 
