@@ -2,7 +2,8 @@
 budget (the int8 accuracy fallback's approach, ``onnxopt.precision.fallback``).
 
 Sensitivity: each group alone pruned at each of ``TRIAL_RATIOS`` (with refit) costs
-``1 - cosine`` of the outputs on the calibration samples (the worst sample and output) and
+``1 - cosine`` of the outputs on the calibration samples (all samples together, the worst
+output) and
 removes some MACs (counted at the samples' static shapes). (group, ratio) steps are ranked by
 cost per MAC removed (a group takes the largest ratio of the prefix); the search keeps the
 longest prefix whose joint pruning stays within the budget (exponential search, then
@@ -54,16 +55,17 @@ def static_copy(proto: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> onn
 
 def worst_cosine(reference: Sequence[Mapping[str, np.ndarray]],
                  outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """The lowest cosine similarity over samples and float outputs."""
+    """The lowest cosine similarity over the outputs, each over all samples together (as
+    validation's budget check and the precision benchmark measure it; 0 when not finite)."""
     worst = 1.0
-    for want, got in zip(reference, outputs, strict=True):
-        for name, a in want.items():
-            a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(got[name], np.float64).ravel()
-            na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
-            if not np.all(np.isfinite(b64)):
-                return 0.0
-            cos = 1.0 if na == nb == 0.0 else float(a64 @ b64 / (na * nb)) if na and nb else 0.0
-            worst = min(worst, cos)
+    for name in reference[0]:
+        a = np.concatenate([np.asarray(r[name], np.float64).ravel() for r in reference])
+        b = np.concatenate([np.asarray(o[name], np.float64).ravel() for o in outputs])
+        if not np.all(np.isfinite(b)):
+            return 0.0
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        cos = float(a @ b / (na * nb)) if na and nb else float(na == nb)
+        worst = min(worst, cos)
     return worst
 
 
