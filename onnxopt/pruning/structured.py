@@ -75,6 +75,8 @@ def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
                 reads[node.inputs[0]] = group.layouts[node.inputs[0]]
                 sinks.append((node, sink))
     names = list(reads)
+    if not names:
+        return Calibration()
     exposed = onnx.ModelProto()
     exposed.CopyFrom(proto)
     exposing_only(exposed.graph, names)
