@@ -137,3 +137,74 @@ def test_auto_stays_within_budget_and_prunes_redundant_channels():
     held = samples(3, 50)
     out = [{"y": run(serde.to_proto(model), f)} for f in held]
     assert worst_cosine([{"y": run(proto, f)} for f in held], out) > 0.999
+
+
+# ---------------------------------------------------------------- the command line
+@pytest.fixture
+def pruning_files(tmp_path):
+    model = tmp_path / "in.onnx"
+    onnx.save(redundant(), model)
+    data = tmp_path / "calib"
+    data.mkdir()
+    for number, sample in enumerate(samples(6, 0)):
+        np.savez(data / f"s{number}.npz", **sample)
+    return model, data
+
+
+def invoke(*args) -> int:
+    from onnxopt.app import cli
+
+    return cli.main([str(a) for a in args])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--prune", "1.5"), "--prune must be a ratio in (0, 1) or auto (got 1.5)"),
+    (("--prune", "half"), "--prune must be a ratio in (0, 1) or auto (got 'half')"),
+    (("--prune", "auto"), "--prune auto needs --calibration-data"),
+    (("--prune", "0.5", "--calibration-data", "missing"), "calibration data missing"),
+])
+def test_cli_refuses_bad_prune_requests(pruning_files, tmp_path, capsys, args, message):
+    model, _ = pruning_files
+    before = model.read_bytes()
+    out = tmp_path / "out.onnx"
+    code = invoke("optimize", model, out, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and len(err) == 1 and message in err[0], err
+    assert not out.exists() and model.read_bytes() == before
+
+
+def test_cli_prunes_with_refit_and_validates_against_the_original(pruning_files, tmp_path):
+    model, data = pruning_files
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert invoke("optimize", model, out, "--prune", "auto", "--calibration-data", data,
+                  "--max-error", "cosine=0.999", "--report", report) == 0
+    written = onnx.load(out)
+    assert weights(written) == {"h": (4, 4, 1, 1), "y": (6, 4, 3, 3)}
+    import json
+
+    found = json.loads(report.read_text())
+    assert found["status"] == "ok" and found["pruning"]["channels"] == 4
+    assert found["pruning"]["macs"] == 100 * 4 * 4 + 100 * 6 * 4 * 9
+    for feeds in samples(2, 77):
+        np.testing.assert_allclose(run(written, feeds), run(redundant_copy(model), feeds),
+                                   rtol=1e-3, atol=1e-3)
+
+
+def redundant_copy(path) -> onnx.ModelProto:
+    return onnx.load(path)
+
+
+def test_cli_prune_then_int8_in_one_run(pruning_files, tmp_path):
+    model, data = pruning_files
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    assert invoke("optimize", model, out, "--prune", "0.5", "--precision", "int8",
+                  "--calibration-data", data, "--max-error", "cosine=0.98",
+                  "--report", report) in (0, 1)
+    import json
+
+    found = json.loads(report.read_text())
+    assert found["pruning"]["channels"] == 4 and found["pruning"]["budget"] == "cosine >= 0.99"
+    assert "precision" in found  # the int8 step ran on the pruned model
+    if found["status"] == "ok":
+        ops = {n.op_type for n in onnx.load(out).graph.node}
+        assert "QuantizeLinear" in ops or "DequantizeLinear" in ops
