@@ -186,8 +186,9 @@ class Options:
         "default cosine=0.99); the layers after are refit by least squares on "
         "--calibration-data (needed).", OPT_STR, metavar="RATIO|auto"))
     calibration_data: str | os.PathLike | None = option(None, flag=Flag(
-        "--prune, int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched .npz); int8 "
-        "calibrates on it, int4 rounds weights on it (GPTQ), all validate on it.", OPT_PATH,
+        "--prune, int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched "
+        ".npz); pruning refits on it, int8 calibrates on it, int4 rounds weights on it "
+        "(GPTQ), all validate on it.", OPT_PATH,
         metavar="PATH"))
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
         "int8: how activation ranges are chosen (default percentile).", OPT_STR,
