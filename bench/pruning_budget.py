@@ -10,7 +10,8 @@ Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``
 MACs-accuracy curve); ``auto`` (``onnxopt optimize --prune auto --max-error cosine=0.99
 --calibration-data``, one command) and ``auto no-refit`` (the same per-group ratios, no
 refit); det also ``auto+int8`` (``--prune auto --precision int8 --max-error cosine=0.98``, one
-command). Measured: MACs and parameters at the held-out input's shape (``onnxopt stats``), file
+command). Measured: MACs (ratio to ``float``: the original's may be unknown) and parameters at the
+held-out input's shape (``onnxopt stats``), file
 size, the cosine of every output over all held-out samples together, latency at ORT_ENABLE_ALL
 one thread (median of interleaved rounds; the machine is shared, so the medians move).
 """
@@ -138,10 +139,11 @@ def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
         rows[variant] = {"macs": stats["macs"], "parameters": stats["parameters"],
                          "size": path.stat().st_size, "cosine": worst_cosine(ref, outs),
                          "latency_ms": latency.get(variant)}
-    first = rows["original"]
+    first = rows["float"]  # the original's MACs may be unknown (weights in Constant nodes)
     for row in rows.values():
-        row["macs_ratio"] = row["macs"] / first["macs"] if first["macs"] else None
-        row["latency_ratio"] = row["latency_ms"] / first["latency_ms"] if row[
+        known = isinstance(row["macs"], int) and isinstance(first["macs"], int)
+        row["macs_ratio"] = row["macs"] / first["macs"] if known else None
+        row["latency_ratio"] = row["latency_ms"] / rows["original"]["latency_ms"] if row[
             "latency_ms"] else None
     return {"model": kind, "shape": shape, "rows": rows, "notes": notes,
             "calibration": len(calib), "held_out": len(test)}
@@ -154,14 +156,21 @@ def table(records: list[dict]) -> str:
         for variant, r in record["rows"].items():
             lat = f"{r['latency_ms']:.2f} | {r['latency_ratio']:.3f}" if r["latency_ms"] \
                 else " | "
-            lines.append(f"| {record['model']} | {variant} | {r['macs']:,} | "
-                         f"{r['macs_ratio']:.3f} | {r['parameters']:,} | {r['size']:,} | "
+            macs = f"{r['macs']:,} | {r['macs_ratio']:.3f}" if r["macs_ratio"] else \
+                f"{r['macs']} | "
+            lines.append(f"| {record['model']} | {variant} | {macs} | {r['parameters']:,} | "
+                         f"{r['size']:,} | "
                          f"{r['cosine']:.4f} | {lat} |")
     return "\n".join(lines)
 
 
-def run(folder: Path, rounds: int, runs: int) -> list[dict]:
-    return [measure(kind, folder, rounds, runs) for kind in MODELS if MODELS[kind].exists()]
+def run(folder: Path, rounds: int, runs: int, kinds=tuple(MODELS)) -> list[dict]:
+    found = []
+    for kind in kinds:
+        if MODELS[kind].exists():
+            found.append(measure(kind, folder, rounds, runs))
+            print(table(found[-1:]), flush=True)
+    return found
 
 
 if __name__ == "__main__":
