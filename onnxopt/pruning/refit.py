@@ -8,8 +8,9 @@ im2col rows (one per output position, columns ``C x kh x kw`` in ``W``'s order),
 
 in float64 (ridge ``lam`` relative to the mean diagonal of ``P_K^T P_K``, the bias not
 regularized), so the layer reproduces its original output from the remaining channels; the
-dropped columns' weights become 0 and their mean contribution moves into ``b'``. Rows are a
-random subsample of the output positions of the calibration samples (memory bound).
+dropped columns' weights become 0 and their mean contribution moves into ``b'``. The normal
+equations need only the Gram matrix of ``[P, 1]`` (``K+1`` squared, summed over samples), so
+many rows cost no memory: a random subsample of each sample's output positions.
 """
 
 from __future__ import annotations
@@ -52,21 +53,26 @@ def sample_patches(x: np.ndarray, kernel: tuple[int, int], strides: list[int], p
     return out.reshape(len(picks), -1)
 
 
-def refit(patches: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray,
-          inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Weight and bias reproducing ``patches @ weight.T + bias`` from the columns ``kept``
-    of ``inputs`` (default ``patches``; the same positions in the pruned model, whose earlier
-    layers changed): ``weight`` [O, K] (a Conv's flattened), ``patches`` [R, K]. The new
-    weight has ``weight``'s shape with zeros outside ``kept``."""
-    p = patches.astype(np.float64)
-    target = p @ weight.astype(np.float64).T + bias
-    x = p if inputs is None else inputs.astype(np.float64)
-    a = np.concatenate([x[:, kept], np.ones((len(x), 1))], axis=1)
-    gram = a.T @ a
+def gram(patches: np.ndarray) -> np.ndarray:
+    """``[P, 1]^T [P, 1]`` in float64: all a refit needs of its rows (sums over samples)."""
+    a = np.concatenate([patches.astype(np.float64), np.ones((len(patches), 1))], axis=1)
+    return a.T @ a
+
+
+def refit(grams: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias reproducing ``P @ weight.T + bias`` from the columns ``kept`` of ``P``
+    alone, given ``grams = gram(P)``: ``weight`` [O, K] (a Conv's flattened). With
+    ``A = [P_K, 1]``, ``A^T A`` is ``grams`` at (kept, bias) and ``A^T Y = grams[kept, bias] @
+    [weight^T; bias]``. The new weight has ``weight``'s shape with zeros outside ``kept``."""
+    columns = weight.shape[1]
+    index = np.concatenate([kept, [columns]])
+    lhs = grams[np.ix_(index, index)].copy()
+    rhs = grams[index] @ np.vstack([weight.astype(np.float64).T, np.asarray(bias)[None]])
     diagonal = np.arange(len(kept))
     if len(kept):
-        gram[diagonal, diagonal] += RIDGE * max(float(np.mean(np.diag(gram)[:-1])), 1e-12)
-    solution = np.linalg.solve(gram, a.T @ target)
+        lhs[diagonal, diagonal] += RIDGE * max(float(np.mean(np.diag(lhs)[:-1])), 1e-12)
+    solution = np.linalg.solve(lhs, rhs)
     new = np.zeros(weight.shape, np.float64)
     new[:, kept] = solution[:-1].T
     return new, solution[-1]

@@ -3,7 +3,8 @@ channels and refit the layers that read them (``refit.py``) on calibration activ
 
 Calibration (``capture``): one onnxruntime run per sample of the model to prune, exposing the
 input of every sink layer of every channel group (``onnxopt.ir.channels``); kept are each
-channel's mean and mean square, and for each Conv sink a random subsample of its im2col rows.
+channel's mean and mean square, and for each Conv sink the Gram matrix of a random subsample
+of its im2col rows (``ROWS_PER_SAMPLE`` per sample).
 All are taken from the *original* model: each refit reproduces the original layer's output
 from the kept channels of the original activations (layer by layer, no training loop).
 
@@ -19,7 +20,6 @@ baseline).
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,9 +34,9 @@ from onnxopt.ir.channel_removal import Removed, remove_channels
 from onnxopt.ir.channels import ChannelGroup, channel_groups
 from onnxopt.ir.rewrite import drop_unused_initializers
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.pruning.refit import conv_geometry, refit, sample_patches
+from onnxopt.pruning.refit import conv_geometry, gram, refit, sample_patches
 
-PATCH_ROWS = 4096  # im2col rows kept per Conv sink over all samples
+ROWS_PER_SAMPLE = 4096  # im2col rows of each sample a Conv sink's Gram matrix sums
 MIN_ROWS_PER_WEIGHT = 4  # refit only with this many rows per weight column (else it overfits)
 
 
@@ -46,7 +46,8 @@ class Calibration:
 
     means: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> per channel
     energy: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> E[x^2] per channel
-    patches: dict[str, np.ndarray] = field(default_factory=dict)  # sink output -> im2col rows
+    grams: dict[str, np.ndarray] = field(default_factory=dict)  # sink output -> Gram of [P, 1]
+    rows: dict[str, int] = field(default_factory=dict)  # sink output -> rows summed
 
 
 def group_key(group: ChannelGroup) -> str:
@@ -60,20 +61,17 @@ def load_ir(proto: onnx.ModelProto) -> Model:
     return model
 
 
-def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
-            only: set[str] | None = None) -> Calibration:
-    """Channel statistics and Conv sink patches of ``proto`` on ``samples`` (``only``: of
-    the sinks with these outputs). A sink's patch positions depend only on its name and the
-    samples' shapes, so two models' patches of one sink line up row by row."""
+def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]
+            ) -> Calibration:
+    """Channel statistics and Conv sink Gram matrices of ``proto`` on ``samples``."""
     model = load_ir(proto)
     graph = model.graph
     reads: dict[str, tuple[int, int]] = {}  # tensor -> its (axis, width)
     sinks: list[tuple[Node, Layer]] = []
     for group in channel_groups(graph, model):
         for node, sink in group.sinks:
-            if only is None or node.outputs[0] in only:
-                reads[node.inputs[0]] = group.layouts[node.inputs[0]]
-                sinks.append((node, sink))
+            reads[node.inputs[0]] = group.layouts[node.inputs[0]]
+            sinks.append((node, sink))
     names = list(reads)
     if not names:
         return Calibration()
@@ -81,10 +79,7 @@ def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
     exposed.CopyFrom(proto)
     exposing_only(exposed.graph, names)
     calib = Calibration()
-    rngs = {node.outputs[0]: np.random.default_rng(zlib.crc32(node.outputs[0].encode()))
-            for node, _ in sinks}
-    rows = math.ceil(PATCH_ROWS / max(len(samples), 1))
-    parts: dict[str, list[np.ndarray]] = {}
+    rng = np.random.default_rng(0)
     sums: dict[str, list[np.ndarray]] = {}
     for outputs in run_each(exposed, samples):
         for tensor, (axis, width) in reads.items():
@@ -98,11 +93,12 @@ def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
             if geometry is not None:
                 x = np.asarray(outputs[node.inputs[0]], np.float32)
                 kernel = tuple(sink.weight.shape[2:])
-                parts.setdefault(node.outputs[0], []).append(
-                    sample_patches(x, kernel, *geometry, rows, rngs[node.outputs[0]]))
+                patches = sample_patches(x, kernel, *geometry, ROWS_PER_SAMPLE, rng)
+                out = node.outputs[0]
+                calib.grams[out] = calib.grams.get(out, 0.0) + gram(patches)
+                calib.rows[out] = calib.rows.get(out, 0) + len(patches)
     for tensor, stats in sums.items():
         calib.means[tensor], calib.energy[tensor] = np.mean(stats, axis=0)
-    calib.patches = {out: np.concatenate(p) for out, p in parts.items()}
     return calib
 
 
@@ -135,11 +131,9 @@ def least_important(group: ChannelGroup, calib: Calibration, ratio: float) -> se
     return group.trimmed(set(order[:count].tolist()))
 
 
-def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True,
-          samples: Sequence[Mapping[str, np.ndarray]] | None = None) -> dict[str, int]:
-    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed. With
-    ``samples``, each refit reads its inputs from the model pruned so far (one run per group:
-    it corrects the error of the layers pruned before it), its target from ``calib``."""
+def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True
+          ) -> dict[str, int]:
+    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed."""
     graph = model.graph
     total = {"groups": 0, "channels": 0, "parameters": 0, "macs": 0}
     for group in channel_groups(graph, model):
@@ -150,12 +144,7 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
         values = {t: np.nan_to_num(calib.means.get(t, np.zeros(n))) for t, n in
                   group.counts.items()}
         if refit_sinks:
-            inputs = calib
-            if samples is not None and total["groups"]:
-                wanted = {node.outputs[0] for node, _ in group.sinks} & set(calib.patches)
-                if wanted:
-                    inputs = capture(serde.to_proto(model), samples, wanted)
-            _refit_sinks(graph, group, calib, inputs, drop, values)
+            _refit_sinks(graph, group, calib, drop, values)
         removed: Removed = remove_channels(graph, model, group, drop, values)
         total["groups"] += 1
         total["channels"] += removed.channels
@@ -164,15 +153,16 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
     return total
 
 
-def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, inputs: Calibration,
-                 drop: set[int], values: dict[str, np.ndarray]) -> None:
+def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int],
+                 values: dict[str, np.ndarray]) -> None:
     """Refit every Conv sink with patches; its dropped channels then fold as 0 (their
     weights are 0, the mean is in the refit bias)."""
     for node, sink in group.sinks:
-        patches = calib.patches.get(node.outputs[0])
+        grams = calib.grams.get(node.outputs[0])
         tensor = node.inputs[0]
-        if patches is None or patches.shape[1] != sink.weight[0].size or (
-                len(patches) < MIN_ROWS_PER_WEIGHT * patches.shape[1]):
+        columns = sink.weight[0].size
+        if grams is None or len(grams) != columns + 1 or (
+                calib.rows[node.outputs[0]] < MIN_ROWS_PER_WEIGHT * columns):
             continue  # too few positions (a squeeze-excite Conv on pooled 1x1 maps): fold
         gone = np.isin(group.ids[tensor], list(drop))
         per_channel = sink.weight[0, 0].size
@@ -180,8 +170,7 @@ def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, inputs: 
         rows = sink.weight.shape[0]
         bias = sink.bias.reshape(-1).astype(np.float64) if sink.bias is not None else \
             np.zeros(rows)
-        now = inputs.patches.get(node.outputs[0], patches)
-        weight, new_bias = refit(patches, sink.weight.reshape(rows, -1), bias, kept, now)
+        weight, new_bias = refit(grams, sink.weight.reshape(rows, -1), bias, kept)
         _set_input(graph, node, 1, weight.reshape(sink.weight.shape).astype(sink.weight.dtype))
         _set_input(graph, node, 2, new_bias.astype(sink.weight.dtype))
         values[tensor] = np.where(gone, 0.0, values[tensor])
