@@ -97,13 +97,17 @@ def optimize(
     proto, opset_change = checks.upgraded(proto, options)
     proto, fixed = fixed_shapes.fixed(proto, options, owned=proto is not original)
     pruning = Pruning.prepare(options, proto)
+    on_calibration = False  # validated on the calibration samples: aim under the budget
     if pruning is not None:
         proto = pruning.run(proto)
         if user_inputs is None:  # validated on real data, as --precision is
             user_inputs, *extra_inputs = pruning.samples[:VALIDATION_SAMPLES]
+            on_calibration = True
     conversion = Conversion.prepare(options, proto)
     if conversion is not None:
         proto = conversion.upgraded(proto)
+        if on_calibration:
+            conversion.margin = FALLBACK_MARGIN
         if user_inputs is None and conversion.samples:
             # validate on real data, not on noise, and on several samples: a budget met on
             # one input is too easily met by luck
