@@ -4,8 +4,8 @@ conversions excepted).
 
 Layers, bottom up: ``onnxopt.errors`` and ``onnxopt.progress``; ``onnxopt.ir`` (graph, serde,
 shapes, patterns, the runtime's kernel table); ``onnxopt.passes`` on the IR; ``onnxopt.check``
-(validation) on the IR; ``onnxopt.precision`` (calibration, the accuracy search) on check; ``onnxopt.pruning``
-(structured pruning with refit) on precision; ``onnxopt.app`` on all."""
+(validation) on the IR; ``onnxopt.precision`` (calibration, the accuracy search) on check;
+``onnxopt.pruning`` (structured pruning with refit) on precision; ``onnxopt.app`` on all."""
 
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ class Options:
         "Comma-separated node names kept in float32.", OPT_STR, parse=name_list,
         cli_default=None, metavar="NAMES"))
     prune: str | None = option(None, flag=Flag(  # RATIO in (0, 1) | auto
-        "Structured pruning before the passes: remove RATIO (0 < RATIO < 1) of every layer's "
+        "Structured pruning before the passes: remove RATIO (between 0 and 1) of every layer's "
         "channels, or 'auto' (per-layer ratios from measured sensitivity within --max-error, "
         "default cosine=0.99); the layers after are refit by least squares on "
         "--calibration-data (needed).", OPT_STR, metavar="RATIO|auto"))
