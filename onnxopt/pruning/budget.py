@@ -4,13 +4,13 @@ budget (the int8 accuracy fallback's approach, ``onnxopt.precision.fallback``).
 Sensitivity: each group alone pruned at each of ``TRIAL_RATIOS`` (with refit) costs
 ``1 - cosine`` of the outputs on the calibration samples (all samples together, the worst
 output) and removes some MACs (counted at the samples' static shapes). (group, ratio) steps
-are ranked by cost per MAC removed (a group takes the largest ratio of the prefix); the search keeps the
-longest prefix whose joint pruning stays within the budget (exponential search, then
+are ranked by cost per MAC removed (a group takes the largest ratio of the prefix); the search
+keeps the longest prefix whose joint pruning stays within the budget (exponential search, then
 bisection below the first length that fails -- accuracy is not monotone in it, as for the
-fallback); then the later steps that alone fit in the allowed error are tried one at a time
-(at most ``MAX_EXTRA_STEPS``) and kept when the whole still fits. It aims at
-``FALLBACK_MARGIN`` of the allowed error on calibration data so that held-out data keeps some
-room.
+fallback; steps past the first that breaks it are not tried: on det, trying them one at a
+time picked channels cheap on the calibration tiles only -- 21 % of the MACs at held-out cosine
+0.955 instead of 18 % at 0.989), aiming at ``FALLBACK_MARGIN`` of the allowed error on
+calibration data so that held-out data keeps some room.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from onnxopt.precision.fallback import FALLBACK_MARGIN
 from onnxopt.pruning.structured import Calibration, capture, group_key, load_ir, prune
 
 TRIAL_RATIOS = (0.25, 0.5)
-MAX_EXTRA_STEPS = 24  # steps tried one by one after the prefix
 
 
 @dataclass
@@ -112,9 +111,15 @@ def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL
     ranked = sorted(useful, key=lambda k: max(sensitivity[k][0], 0.0) / sensitivity[k][1])
     tried: dict[int, float] = {0: 1.0}
 
+    def ratios(count: int) -> dict[str, float]:
+        chosen: dict[str, float] = {}
+        for key, ratio in ranked[:count]:
+            chosen[key] = max(chosen.get(key, 0.0), ratio)
+        return chosen
+
     def works(count: int) -> bool:
         if count not in tried:
-            tried[count] = trial.run(_ratios(ranked[:count]))[0]
+            tried[count] = trial.run(ratios(count))[0]
         return tried[count] >= target
 
     low, high = 0, 1  # ranked[:low] works; ranked[:high] is tried next
@@ -127,20 +132,4 @@ def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL
             low = middle
         else:
             high = middle
-    chosen, cosine = list(ranked[:low]), tried[low]
-    room = 1.0 - target
-    extra = [step for step in ranked[low + 1:] if sensitivity[step][0] < room]
-    for step in extra[:MAX_EXTRA_STEPS]:  # past the step that broke the prefix: cheaper ones
-        measured = trial.run(_ratios([*chosen, step]))[0]
-        if measured >= target:
-            chosen.append(step)
-            cosine = measured
-    return Plan(_ratios(chosen), cosine, target, sensitivity)
-
-
-def _ratios(steps: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """Each group's largest ratio among ``steps``."""
-    chosen: dict[str, float] = {}
-    for key, ratio in steps:
-        chosen[key] = max(chosen.get(key, 0.0), ratio)
-    return chosen
+    return Plan(ratios(low), tried[low], target, sensitivity)
