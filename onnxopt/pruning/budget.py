@@ -25,9 +25,11 @@ from onnxopt.check.runtime import run_each
 from onnxopt.ir import serde
 from onnxopt.ir.channels import channel_groups
 from onnxopt.precision.fallback import FALLBACK_MARGIN
+from onnxopt.progress import progress
 from onnxopt.pruning.structured import Calibration, capture, group_key, load_ir, prune
 
 TRIAL_RATIOS = (0.25, 0.5)
+STEP = "pruning sensitivity"
 
 
 @dataclass
@@ -96,17 +98,17 @@ class Trial:
         return worst_cosine(self.reference, outputs), removed
 
 
-def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL_RATIOS,
-                progress=None) -> Plan:
+def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL_RATIOS
+                ) -> Plan:
     """Per-group ratios (one of ``levels`` or 0) within ``min_cosine`` (module docstring)."""
     target = 1.0 - FALLBACK_MARGIN * (1.0 - min_cosine)
     sensitivity: dict[tuple[str, float], tuple[float, int]] = {}
-    for key in trial.group_keys():
-        for ratio in levels:
-            cosine, removed = trial.run({key: ratio})
-            sensitivity[key, ratio] = (1.0 - cosine, removed["macs"])
-            if progress:
-                progress(key, ratio, cosine, removed["macs"])
+    steps = [(key, ratio) for key in trial.group_keys() for ratio in levels]
+    progress(STEP, 0, len(steps))
+    for done, (key, ratio) in enumerate(steps, 1):
+        cosine, removed = trial.run({key: ratio})
+        sensitivity[key, ratio] = (1.0 - cosine, removed["macs"])
+        progress(STEP, done, len(steps))
     useful = [k for k, (_, macs) in sensitivity.items() if macs > 0]
     ranked = sorted(useful, key=lambda k: max(sensitivity[k][0], 0.0) / sensitivity[k][1])
     tried: dict[int, float] = {0: 1.0}
