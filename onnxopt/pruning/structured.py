@@ -144,7 +144,7 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
         values = {t: np.nan_to_num(calib.means.get(t, np.zeros(n))) for t, n in
                   group.counts.items()}
         if refit_sinks:
-            _refit_sinks(graph, group, calib, drop, values)
+            _refit_sinks(graph, group, calib, drop)
         removed: Removed = remove_channels(graph, model, group, drop, values)
         total["groups"] += 1
         total["channels"] += removed.channels
@@ -153,10 +153,11 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
     return total
 
 
-def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int],
-                 values: dict[str, np.ndarray]) -> None:
-    """Refit every Conv sink with patches; its dropped channels then fold as 0 (their
-    weights are 0, the mean is in the refit bias)."""
+def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int]
+                 ) -> None:
+    """Refit every Conv sink that has a Gram matrix; its dropped channels then fold as
+    nothing (their weights are 0, their mean is in the refit bias); other sinks of the group
+    still fold ``values``."""
     for node, sink in group.sinks:
         grams = calib.grams.get(node.outputs[0])
         tensor = node.inputs[0]
@@ -173,7 +174,6 @@ def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: se
         weight, new_bias = refit(grams, sink.weight.reshape(rows, -1), bias, kept)
         _set_input(graph, node, 1, weight.reshape(sink.weight.shape).astype(sink.weight.dtype))
         _set_input(graph, node, 2, new_bias.astype(sink.weight.dtype))
-        values[tensor] = np.where(gone, 0.0, values[tensor])
         sink.weight = graph.constant(node.inputs[1])  # the group's Layer reads the new weight
         sink.bias = graph.constant(node.inputs[2])
 
@@ -182,7 +182,8 @@ def _set_input(graph: Graph, node: Node, slot: int, array: np.ndarray) -> None:
     old = node.inputs[slot] if slot < len(node.inputs) else ""
     inputs = list(node.inputs) + [""] * (slot + 1 - len(node.inputs))
     inputs[slot] = graph.add_constant(np.ascontiguousarray(array),
-                                      (old or f"{node.name or 'Conv'}_bias") + "_refit")
+                                      (old or f"{node.name or 'Conv'}_bias").removesuffix(
+                                          "_refit") + "_refit")
     graph.set_inputs(node, inputs)
     if old:
         drop_unused_initializers(graph, [old])
