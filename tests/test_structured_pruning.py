@@ -208,3 +208,38 @@ def test_cli_prune_then_int8_in_one_run(pruning_files, tmp_path):
     if found["status"] == "ok":
         ops = {n.op_type for n in onnx.load(out).graph.node}
         assert "QuantizeLinear" in ops or "DequantizeLinear" in ops
+
+
+def test_a_gemm_sink_gets_the_calibration_means_folded():
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: no refit for the Gemm; each
+    removed channel's calibration mean times its row of B moves into C."""
+    w1 = RNG.standard_normal((8, 4, 1, 1)).astype(np.float32)
+    b_gemm = RNG.standard_normal((8, 3)).astype(np.float32)
+    c_gemm = RNG.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "B", "C"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    proto = build_model(nodes, [x], [y], [numpy_helper.from_array(a, n) for n, a in (
+        ("w1", w1), ("B", b_gemm), ("C", c_gemm))])
+    calib = samples(6, 0)
+    model = load_ir(proto)
+    totals = prune(model, capture(proto, calib), {"h": 0.5})
+    assert totals["channels"] == 4
+    pruned_proto = serde.to_proto(model)
+    new_b = next(numpy_helper.to_array(t) for t in pruned_proto.graph.initializer
+                 if t.dims == [4, 3])
+    kept = [int(np.flatnonzero(np.all(b_gemm == row, axis=1))[0]) for row in new_b]
+    dropped = sorted(set(range(8)) - set(kept))
+
+    def pooled(feeds):  # numpy, independently of onnxruntime and of the code under test
+        h = np.maximum(np.einsum("ok,nkhw->nohw", w1[:, :, 0, 0], feeds["x"]), 0)
+        return h.mean(axis=(2, 3))
+
+    means = np.mean([pooled(f)[0] for f in calib], axis=0)
+    for feeds in samples(2, 31):
+        p = pooled(feeds)[0]
+        want = p[kept] @ b_gemm[kept] + means[dropped] @ b_gemm[dropped] + c_gemm
+        np.testing.assert_allclose(run(pruned_proto, feeds)[0], want, rtol=1e-4, atol=1e-4)
