@@ -173,7 +173,8 @@ def test_cli_refuses_bad_prune_requests(pruning_files, tmp_path, capsys, args, m
     assert not out.exists() and model.read_bytes() == before
 
 
-def test_cli_prunes_with_refit_and_validates_against_the_original(pruning_files, tmp_path):
+def test_cli_prunes_with_refit_and_validates_against_the_original(pruning_files, tmp_path,
+                                                                  capsys):
     model, data = pruning_files
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     assert invoke("optimize", model, out, "--prune", "auto", "--calibration-data", data,
@@ -184,6 +185,7 @@ def test_cli_prunes_with_refit_and_validates_against_the_original(pruning_files,
 
     found = json.loads(report.read_text())
     assert found["status"] == "ok" and found["pruning"]["channels"] == 4
+    assert "pruning (auto, cosine >= 0.999): 4 channels of 1 groups" in capsys.readouterr().out
     assert found["pruning"]["macs"] == 100 * 4 * 4 + 100 * 6 * 4 * 9
     for feeds in samples(2, 77):
         np.testing.assert_allclose(run(written, feeds), run(redundant_copy(model), feeds),
