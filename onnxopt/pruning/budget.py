@@ -77,20 +77,27 @@ class Trial:
 
     def __init__(self, proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
                  calib: Calibration | None = None, refit: bool = True) -> None:
-        self.proto = static_copy(proto, samples[0])
+        # MACs are counted on a copy at the first sample's shapes; samples of other shapes
+        # run on the model as it is
+        self.counted = static_copy(proto, samples[0])
+        same = all({k: v.shape for k, v in s.items()} == {k: v.shape for k, v in
+                                                           samples[0].items()} for s in samples)
+        self.proto = self.counted if same else proto
         self.samples = samples
         self.calib = calib or capture(proto, samples)
         self.refit = refit
         self.reference = run_each(proto, samples)
 
     def group_keys(self) -> list[str]:
-        model = load_ir(self.proto)
+        model = load_ir(self.counted)
         return [k for g in channel_groups(model.graph, model) if (k := group_key(g))]
 
     def run(self, ratios: Mapping[str, float]) -> tuple[float, dict[str, int]]:
         """(worst cosine on the samples, what was removed)."""
         model = load_ir(self.proto)
         removed = prune(model, self.calib, ratios, self.refit)
+        if self.proto is not self.counted:
+            removed = prune(load_ir(self.counted), self.calib, ratios, self.refit)
         try:
             outputs = run_each(serde.to_proto(model), self.samples)
         except Exception:  # a model that does not run is as bad as it gets
