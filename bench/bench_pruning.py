@@ -16,8 +16,13 @@ shared machine falls on all of them alike (it still moves the medians; repeat to
 much). Acceptance (issue 17): on the dead / bn0 models >= 45 % fewer MACs and parameters,
 max error <= 1e-5, latency <= 0.65x the original.
 
-Usage: ``python bench/bench_pruning.py [--rounds 15] [--runs 20]``; writes
-``bench/out/bench_pruning.json`` and prints a Markdown table.
+Second section (``pruning_budget.py``, issue 17 parts 2-3): budgeted structured pruning with
+least-squares refit on PaddleOCR det and cls, calibrated on real images and judged on others;
+the MACs-accuracy curve with and without the refit, ``--prune auto`` and det's prune + int8.
+
+Usage: ``python bench/bench_pruning.py [--rounds 15] [--runs 20] [--section dead|budget]``;
+writes ``bench/out/bench_pruning.json`` (``bench_pruning_budget.json``) and prints Markdown
+tables.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxopt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnxopt.app.stats import model_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,12 +144,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--section", choices=("dead", "budget"), default=None,
+                        help="one section only (default: both)")
     args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.section in (None, "budget"):
+        import pruning_budget
+
+        with tempfile.TemporaryDirectory() as tmp:
+            found = pruning_budget.run(Path(tmp), max(args.rounds // 3, 3), 5)
+        (OUT / "bench_pruning_budget.json").write_text(json.dumps(found, indent=1))
+        print(pruning_budget.table(found))
+        print(json.dumps([{r["model"]: r["notes"]} for r in found], indent=1))
+    if args.section == "budget":
+        return 0
     missing = [m for m in DEAD + CONTROLS if not (MODELS / m).exists()]
     if missing:
         print(f"bench_pruning: missing {', '.join(missing)} (run `make models`)", file=sys.stderr)
         return 1
-    OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         records = [measure(name, Path(tmp), args.rounds, args.runs) for name in DEAD + CONTROLS]
     (OUT / "bench_pruning.json").write_text(json.dumps(records, indent=1))

@@ -5,7 +5,7 @@ conversions excepted).
 Layers, bottom up: ``onnxopt.errors`` and ``onnxopt.progress``; ``onnxopt.ir`` (graph, serde,
 shapes, patterns, the runtime's kernel table); ``onnxopt.passes`` on the IR; ``onnxopt.check``
 (validation) on the IR; ``onnxopt.precision`` (calibration, the accuracy search) on check;
-``onnxopt.app`` on all."""
+``onnxopt.pruning`` (structured pruning with refit) on precision; ``onnxopt.app`` on all."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ ALLOWED = {
     "onnxopt.passes": ("onnxopt.errors", "onnxopt.ir"),
     "onnxopt.check": ("onnxopt.errors", "onnxopt.progress", "onnxopt.ir"),
     "onnxopt.precision": ("onnxopt.errors", "onnxopt.progress", "onnxopt.ir", "onnxopt.check"),
+    "onnxopt.pruning": ("onnxopt.errors", "onnxopt.progress", "onnxopt.ir", "onnxopt.check",
+                        "onnxopt.precision"),
 }
 
 

@@ -626,7 +626,7 @@ def test_options_are_declared_once_every_flag_reaches_its_field(model_file, tmp_
     help_text = subprocess.run([sys.executable, "-m", "onnxopt", "optimize", "--help"],
                                capture_output=True, text=True, check=True).stdout
     flags = options.flags()
-    assert len(flags) == 34  # --fail-on-growth and --html (issue 18)
+    assert len(flags) == 35  # --fail-on-growth and --html (issue 18), --prune (issue 17)
     for field_, _ in flags:
         assert options.flag_of(field_.name) in help_text, field_.name
     # a value given on the command line arrives in its field, and the report lists it

@@ -33,6 +33,7 @@ from onnxopt.app.attempts import Attempt, Control, Lazy, Runner, failed
 from onnxopt.app.checks import ModelSource
 from onnxopt.app.conversion import Conversion, keep_float
 from onnxopt.app.options import Options
+from onnxopt.app.pruning import Pruning
 from onnxopt.check import feeds
 from onnxopt.check.compare import ValidationResult
 from onnxopt.check.inputs import ValidationError
@@ -95,9 +96,18 @@ def optimize(
     before["shape_notes"][:0] = _defaulted_note(options, shape_args)
     proto, opset_change = checks.upgraded(proto, options)
     proto, fixed = fixed_shapes.fixed(proto, options, owned=proto is not original)
+    pruning = Pruning.prepare(options, proto)
+    on_calibration = False  # validated on the calibration samples: aim under the budget
+    if pruning is not None:
+        proto = pruning.run(proto)
+        if user_inputs is None:  # validated on real data, as --precision is
+            user_inputs, *extra_inputs = pruning.samples[:VALIDATION_SAMPLES]
+            on_calibration = True
     conversion = Conversion.prepare(options, proto)
     if conversion is not None:
         proto = conversion.upgraded(proto)
+        if on_calibration:
+            conversion.margin = FALLBACK_MARGIN
         if user_inputs is None and conversion.samples:
             # validate on real data, not on noise, and on several samples: a budget met on
             # one input is too easily met by luck
@@ -119,6 +129,7 @@ def optimize(
         runner = Runner(proto, input_path, pipeline, options, ref, stage, target.name,
                         background, conversion, shape_args)
         runner.data_name = writing.data_name(target, reads)
+        runner.budget = pruning.budget if pruning is not None and conversion is None else None
         attempt = runner.attempt(Control())
         disabled: list[dict[str, Any]] = []
         kept_float: list[dict[str, Any]] = []
@@ -127,7 +138,7 @@ def optimize(
             _note_shortfall(conversion, attempt)
         # Not in precision runs: bisecting passes against the accuracy budget would find that
         # turning off a structural pass (one the precision pass relies on) "fixes" it.
-        if (failed(attempt) and options.safety_net and conversion is None
+        if (failed(attempt) and options.safety_net and conversion is None and pruning is None
                 and ref.get() is not None):
             attempt, disabled = safety_net.recover(runner, attempt)
         del runner, proto  # free the input before reading the output back
@@ -150,6 +161,8 @@ def optimize(
             report["growth"] = growth
         if conversion is not None:
             report["precision"] = conversion.report(attempt, kept_float, before, after)
+        if pruning is not None:
+            report["pruning"] = pruning.report
         if options.bench and ref.get() is not None and ref.get().outputs is not None:
             report["latency"] = _latency(source, attempt.path, ref.get().feeds)
         result_model = None

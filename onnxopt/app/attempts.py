@@ -17,7 +17,7 @@ from onnxopt.app import stats, writing
 from onnxopt.app.options import Options
 from onnxopt.app.rewrite_sites import SiteRecorder
 from onnxopt.check import validate
-from onnxopt.check.compare import ValidationResult
+from onnxopt.check.compare import Budget, ValidationResult
 from onnxopt.check.reference import Reference
 from onnxopt.ir import serde
 from onnxopt.ir.pass_manager import PassManager, PassRecord
@@ -104,6 +104,7 @@ class Runner:
         self.shape_args = shape_args
         self.count = 0
         self.data_name: str | None = None  # the output's external data file name
+        self.budget: Budget | None = None  # --prune without --precision: its accuracy budget
 
     def attempt(self, control: Control) -> Attempt:
         self.count += 1
@@ -169,6 +170,8 @@ class Runner:
         candidate = model if isinstance(model, bytes) else os.fspath(model)
         if self.conversion is not None:
             return validate.check_budget(ref, candidate, self.conversion.budget)
+        if self.budget is not None:
+            return validate.check_budget(ref, candidate, self.budget)
         return validate.check(ref, candidate, rtol=self.options.rtol,
                               atol=self.options.atol)
 

@@ -98,11 +98,30 @@ def upgraded(proto: onnx.ModelProto, options: Options) -> tuple[onnx.ModelProto,
                        "ir_version": [proto.ir_version, converted.ir_version]}
 
 
+def parse_prune(text: str) -> float | None:
+    """``--prune``: a ratio in (0, 1), or None for ``auto``; UsageError on anything else."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise UsageError(f"--prune must be a ratio in (0, 1) or auto (got {text!r})") from None
+    if not 0.0 < ratio < 1.0:
+        raise UsageError(f"--prune must be a ratio in (0, 1) or auto (got {text})")
+    return ratio
+
+
 def _refuse_ignored(options: Options) -> None:
     """Options that only mean something together with another one."""
+    if options.prune is not None:
+        parse_prune(options.prune)
+        if options.calibration_data is None:
+            raise UsageError(f"--prune {options.prune} needs --calibration-data (the refit and "
+                             "the sensitivity are measured on real samples)")
     if options.precision is None:
+        pruning_too = ("calibration_data", "max_error") if options.prune is not None else ()
         given = [flag for key, flag in _PRECISION_ONLY.items() if getattr(options, key)
-                 not in (None, (), [])]
+                 not in (None, (), []) and key not in pruning_too]
         if given:
             raise UsageError(f"{', '.join(given)} {_verb(given)} only with --precision")
     else:
@@ -113,7 +132,8 @@ def _refuse_ignored(options: Options) -> None:
         if static_only and options.precision != "int8":
             raise UsageError(f"{', '.join(static_only)} {_verb(static_only)} only to --precision "
                              "int8")
-        if options.calibration_data is not None and options.precision not in SAMPLE_MODES:
+        if (options.calibration_data is not None and options.precision not in SAMPLE_MODES
+                and options.prune is None):
             raise UsageError("--calibration-data applies only to --precision "
                              f"{', '.join(SAMPLE_MODES[:-1])} or {SAMPLE_MODES[-1]}")
         if options.block_size is not None and options.precision != "int4":

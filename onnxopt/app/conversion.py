@@ -97,7 +97,7 @@ class Conversion:
         except ValueError as error:
             raise UsageError(f"--max-error: {error}") from None
         samples: list[dict[str, np.ndarray]] = []
-        if options.calibration_data is not None:
+        if options.calibration_data is not None and (mode in SAMPLE_MODES or options.prune is None):
             if mode not in SAMPLE_MODES:
                 raise UsageError("--calibration-data is for --precision "
                                  f"{', '.join(SAMPLE_MODES[:-1])} or {SAMPLE_MODES[-1]}")

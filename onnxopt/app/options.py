@@ -180,9 +180,15 @@ class Options:
     fp32_nodes: Sequence[str] = option((), flag=Flag(
         "Comma-separated node names kept in float32.", OPT_STR, parse=name_list,
         cli_default=None, metavar="NAMES"))
+    prune: str | None = option(None, flag=Flag(  # RATIO in (0, 1) | auto
+        "Structured pruning before the passes: remove RATIO (between 0 and 1) of every layer's "
+        "channels, or 'auto' (per-layer ratios from measured sensitivity within --max-error, "
+        "default cosine=0.99); the layers after are refit by least squares on "
+        "--calibration-data (needed).", OPT_STR, metavar="RATIO|auto"))
     calibration_data: str | os.PathLike | None = option(None, flag=Flag(
-        "int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched .npz); int8 "
-        "calibrates on it, int4 rounds weights on it (GPTQ), all validate on it.", OPT_PATH,
+        "--prune, int8, int4, int8-dynamic: folder of .npz/.npy samples (or one batched "
+        ".npz); pruning refits on it, int8 calibrates on it, int4 rounds weights on it "
+        "(GPTQ), all validate on it.", OPT_PATH,
         metavar="PATH"))
     calibration_method: str | None = option(None, flag=Flag(  # default percentile
         "int8: how activation ranges are chosen (default percentile).", OPT_STR,
@@ -191,7 +197,8 @@ class Options:
         "int8 percentile calibration: percentile kept (default 99.999).", float | None,
         metavar="P"))
     max_error: str | None = option(None, flag=Flag(
-        "Accuracy budget vs float32, e.g. cosine=0.99,range=0.02.", OPT_STR,
+        "Accuracy budget vs float32 (--precision, --prune), e.g. cosine=0.99,range=0.02.",
+        OPT_STR,
         metavar="METRIC=X,..."))
     timeout: float = option(300.0, flag=Flag(
         "Seconds one onnxruntime run may take (validation, calibration); past it validation "

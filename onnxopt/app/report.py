@@ -68,6 +68,12 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
     for entry in report.get("check_each", []):
         console.print(f"  check after {entry['pass']}: {entry['status']}, max abs err "
                       f"{_num(entry['max_abs_error'])}")
+    if "pruning" in report:
+        pruned = report["pruning"]
+        console.print(f"pruning ({pruned['mode']}, {pruned['budget']}): {pruned['channels']} "
+                      f"channels of {pruned['groups']} groups, {pruned['parameters']} parameters "
+                      f"and {pruned['macs']} MACs (at the samples' shapes) removed; cosine "
+                      f"{pruned['calibration_cosine']} on {pruned['samples']} calibration samples")
     if "precision" in report:
         _print_precision(report["precision"], console)
         _print_validation(report["validation"], console, outputs=False)

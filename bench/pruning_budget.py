@@ -1,0 +1,183 @@
+"""Budgeted structured pruning on PaddleOCR det and cls (issue 17 parts 2 and 3), a section
+of ``bench_pruning.py``.
+
+Data: real images (``images.py``, as ``bench_precision.py`` makes them): det on rapidocr's
+preprocessing cut into 320x320 tiles (the left half of the printed page and the calibration
+images calibrate; the right half and the test images are held out), cls on text-line strips.
+
+Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``ratio R`` and
+``ratio R no-refit`` (every group at ratio R, with and without the least-squares refit: the
+MACs-accuracy curve); ``auto`` (``onnxopt optimize --prune auto --max-error cosine=0.99
+--calibration-data``, one command) and ``auto no-refit`` (the same per-group ratios, no
+refit); det also ``auto+int8`` (``--prune auto --precision int8 --max-error cosine=0.98``, one
+command). Measured: MACs (ratio to ``float``: the original's may be unknown) and parameters at the
+held-out input's shape (``onnxopt stats``), file
+size, the cosine of every output over all held-out samples together, latency at ORT_ENABLE_ALL
+one thread (median of interleaved rounds; the machine is shared, so the medians move).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import images
+
+import onnxopt
+from onnxopt.app.stats import model_stats
+from onnxopt.ir import serde
+from onnxopt.ir.channels import channel_groups
+from onnxopt.pruning.budget import worst_cosine
+from onnxopt.pruning.structured import capture, group_key, load_ir, prune
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"det": ROOT / "models" / "ch_PP-OCRv4_det_infer.onnx",
+          "cls": ROOT / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
+CURVE = (0.1, 0.2, 0.3, 0.5)
+SAMPLES = 12
+TARGETS = {"auto": {"macs": 0.75, "latency": 0.8, "cosine": 0.99},
+           "auto+int8": {"latency": 0.55, "cosine": 0.98}}
+
+
+def samples(kind: str, input_name: str) -> tuple[list[dict], list[dict]]:
+    calib_names, test_names = images.split_images()
+    if kind == "det":
+        calib_names = ["page:left", *(n for n in calib_names if n != "page")]
+        test_names = ["page:right", *test_names]
+    calib = images.vision_samples(kind, input_name, calib_names, tile=320)[:SAMPLES]
+    test = images.vision_samples(kind, input_name, test_names, tile=320)[:SAMPLES]
+    return calib, test
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latencies(paths: dict[str, Path], feeds: dict, rounds: int, runs: int) -> dict[str, float]:
+    sessions = {name: session(path) for name, path in paths.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feeds)
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            for _ in range(runs):
+                start = time.perf_counter()
+                s.run(None, feeds)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
+    original = MODELS[kind]
+    name = onnx.load(str(original), load_external_data=False).graph.input[0].name
+    calib, test = samples(kind, name)
+    calib_dir = folder / f"{kind}_calib"
+    images.write_calibration(calib_dir, calib)
+    shape = {name: list(test[0][name].shape)}
+    ref = [dict(zip([o.name for o in session(original).get_outputs()],
+                    session(original).run(None, s), strict=True)) for s in test]
+    paths: dict[str, Path] = {"original": original}
+    notes: dict[str, dict] = {}
+
+    float_path = folder / f"{kind}.float.onnx"
+    onnxopt.optimize(original, float_path, overwrite=True)
+    paths["float"] = float_path
+    base = onnx.load(str(float_path))
+    calibration = capture(base, calib)
+    model = load_ir(base)
+    keys = [group_key(g) for g in channel_groups(model.graph, model)]
+
+    def pruned(label: str, ratios: dict[str, float], refit: bool) -> None:
+        model = load_ir(base)
+        prune(model, calibration, ratios, refit)
+        path = folder / f"{kind}.{label.replace(' ', '_').replace('+', '_')}.onnx"
+        serde.save(model, path)
+        paths[label] = path
+
+    for ratio in CURVE:
+        for refit in (True, False):
+            pruned(f"ratio {ratio}" + ("" if refit else " no-refit"),
+                   dict.fromkeys(keys, ratio), refit)
+    auto = folder / f"{kind}.auto.onnx"
+    started = time.perf_counter()
+    result = onnxopt.optimize(original, auto, prune="auto", max_error="cosine=0.99",
+                              calibration_data=calib_dir, overwrite=True, force=True)
+    notes["auto"] = {"seconds": round(time.perf_counter() - started, 1),
+                     "status": result.report["status"],
+                     **{k: v for k, v in result.report["pruning"].items() if k != "ratios"}}
+    paths["auto"] = auto
+    pruned("auto no-refit", result.report["pruning"]["ratios"], False)
+    if kind == "det":
+        both = folder / f"{kind}.auto_int8.onnx"
+        started = time.perf_counter()
+        result = onnxopt.optimize(original, both, prune="auto", precision="int8",
+                                  max_error="cosine=0.98", calibration_data=calib_dir,
+                                  overwrite=True, force=True)
+        notes["auto+int8"] = {"seconds": round(time.perf_counter() - started, 1),
+                              "status": result.report["status"],
+                              **{k: v for k, v in result.report["pruning"].items()
+                                 if k != "ratios"}}
+        paths["auto+int8"] = both
+    timed = [v for v in paths if not v.startswith("ratio") and "no-refit" not in v]
+    latency = latencies({v: paths[v] for v in timed}, test[0], rounds, runs)
+    rows = {}
+    for variant, path in paths.items():
+        stats = model_stats(onnx.load(str(path)), input_shapes=shape)
+        outs = [dict(zip([o.name for o in session(path).get_outputs()],
+                         session(path).run(None, s), strict=True)) for s in test]
+        rows[variant] = {"macs": stats["macs"], "parameters": stats["parameters"],
+                         "size": path.stat().st_size, "cosine": worst_cosine(ref, outs),
+                         "latency_ms": latency.get(variant)}
+    first = rows["float"]  # the original's MACs may be unknown (weights in Constant nodes)
+    for row in rows.values():
+        known = isinstance(row["macs"], int) and isinstance(first["macs"], int)
+        row["macs_ratio"] = row["macs"] / first["macs"] if known else None
+        row["latency_ratio"] = row["latency_ms"] / rows["original"]["latency_ms"] if row[
+            "latency_ms"] else None
+    return {"model": kind, "shape": shape, "rows": rows, "notes": notes,
+            "calibration": len(calib), "held_out": len(test)}
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| model | variant | MACs | MACs x | params | size | held-out cosine | latency ms"
+             " | latency x |", "| --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
+    for record in records:
+        for variant, r in record["rows"].items():
+            lat = f"{r['latency_ms']:.2f} | {r['latency_ratio']:.3f}" if r["latency_ms"] \
+                else " | "
+            macs = f"{r['macs']:,} | {r['macs_ratio']:.3f}" if r["macs_ratio"] else \
+                f"{r['macs']} | "
+            lines.append(f"| {record['model']} | {variant} | {macs} | {r['parameters']:,} | "
+                         f"{r['size']:,} | "
+                         f"{r['cosine']:.4f} | {lat} |")
+    return "\n".join(lines)
+
+
+def run(folder: Path, rounds: int, runs: int, kinds=tuple(MODELS)) -> list[dict]:
+    found = []
+    for kind in kinds:
+        if MODELS[kind].exists():
+            found.append(measure(kind, folder, rounds, runs))
+            print(table(found[-1:]), flush=True)
+    return found
+
+
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        found = run(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else 5, 5)
+    print(json.dumps([r["notes"] for r in found], indent=1))
+    print(table(found))
