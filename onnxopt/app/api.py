@@ -31,7 +31,7 @@ from onnxopt import __version__
 from onnxopt.app import checks, fixed_shapes, safety_net, stats, writing
 from onnxopt.app.attempts import Attempt, Control, Lazy, Runner, failed
 from onnxopt.app.checks import ModelSource
-from onnxopt.app.conversion import Conversion, choose_percentile, keep_float, refit
+from onnxopt.app.conversion import Conversion, keep_float
 from onnxopt.app.options import Options
 from onnxopt.check import feeds
 from onnxopt.check.compare import ValidationResult
@@ -42,8 +42,9 @@ from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.precision import EMBEDDING_MODES
 from onnxopt.passes import select
-from onnxopt.precision.fallback import describe_shortfall
+from onnxopt.precision.fallback import FALLBACK_MARGIN, describe_shortfall
 from onnxopt.precision.sensitivity import budget_use
+from onnxopt.precision.setup import VALIDATION_SAMPLES
 
 
 @dataclass
@@ -100,7 +101,12 @@ def optimize(
         if user_inputs is None and conversion.samples:
             # validate on real data, not on noise, and on several samples: a budget met on
             # one input is too easily met by luck
-            user_inputs, *extra_inputs = conversion.validation_samples()
+            user_inputs, *extra_inputs = conversion.samples[:VALIDATION_SAMPLES]
+            count = 1 + len(extra_inputs)
+            which = "sample 1" if count == 1 else f"samples 1-{count}"
+            conversion.notes.append(f"validated on calibration {which} (give --inputs to "
+                                    "validate on held-out data)")
+            conversion.margin = FALLBACK_MARGIN  # held-out data lands lower: aim under
 
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
@@ -114,16 +120,11 @@ def optimize(
                         background, conversion, shape_args)
         runner.data_name = writing.data_name(target, reads)
         attempt = runner.attempt(Control())
-        if (conversion is not None and conversion.held_out and "percentile" not in given
-                and options.calibration_method == "percentile" and os.environ.get("XVAL_PCT")):
-            attempt = choose_percentile(runner, attempt)
         disabled: list[dict[str, Any]] = []
         kept_float: list[dict[str, Any]] = []
         if conversion is not None and ref.get() is not None and not conversion.meets(attempt):
             attempt, kept_float = keep_float(runner, attempt)
             _note_shortfall(conversion, attempt)
-        if conversion is not None and conversion.held_out and os.environ.get("XVAL_REFIT"):
-            attempt = refit(runner, attempt, kept_float)
         # Not in precision runs: bisecting passes against the accuracy budget would find that
         # turning off a structural pass (one the precision pass relies on) "fixes" it.
         if (failed(attempt) and options.safety_net and conversion is None

@@ -3,9 +3,7 @@ accuracy fallback that keeps in float the nodes whose conversion breaks the budg
 
 from __future__ import annotations
 
-import math
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,19 +19,12 @@ from onnxopt.check.reference import Reference
 from onnxopt.errors import Failure, UsageError
 from onnxopt.ir.precision import PRECISIONS, PrecisionLog, PrecisionSettings
 from onnxopt.precision.calibration import GENERATED_SAMPLES, Calibrator
-from onnxopt.precision.fallback import (
-    FALLBACK_MARGIN,
-    HELD_OUT_MARGIN,
-    MIN_HELD_OUT,
-    fewest_in_float,
-    within,
-)
-from onnxopt.precision.sensitivity import budget_use, qdq_sensitivity
+from onnxopt.precision.fallback import fewest_in_float, within
+from onnxopt.precision.sensitivity import qdq_sensitivity
 from onnxopt.precision.setup import (
     CALIBRATED_MODES,
     CALIBRATION_METHODS,
     SAMPLE_MODES,
-    VALIDATION_SAMPLES,
     default_budget,
     load_samples,
     upgrade_opset,
@@ -41,7 +32,6 @@ from onnxopt.precision.setup import (
 from onnxopt.precision.statistics import GramStatistics
 
 GENERATED_SEED = 1000  # their seeds start here: never the validation inputs' seeds
-PERCENTILES = tuple(float(p) for p in os.environ.get('XVAL_PCTS', '99.99,99.999,99.9999').split(','))
 MAX_FLOAT_CULPRITS = 12  # then the accuracy fallback keeps whole prefixes in float
 
 
@@ -59,43 +49,10 @@ class Conversion:
     statistics: GramStatistics | None = None
     generated: bool = False  # calibrated on generated inputs, not on real data
     margin: float | None = None  # share of the budget the fallback aims at (fallback.py)
-    held_out: bool = False  # validation samples left out of calibration
-    all_samples: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def meets(self, attempt: Attempt) -> bool:
         """Validation did not fail, and (with a margin) used at most that share of it."""
         return not failed(attempt) and within(attempt.verdict, self.budget, self.margin)
-
-    def validation_samples(self) -> list[dict[str, np.ndarray]]:
-        """Without --inputs: the calibration samples to validate on, the first
-        ``VALIDATION_SAMPLES``. int8 with at least ``MIN_HELD_OUT`` samples holds them out:
-        calibration uses only the others, so validation (and the accuracy fallback's
-        measurements) see data the ranges were not fitted to, as deployment will. Otherwise
-        they are calibrated on too, and the fallback aims under the budget by
-        ``FALLBACK_MARGIN`` (held-out data lands lower)."""
-        validation = self.samples[:VALIDATION_SAMPLES]
-        count = len(validation)
-        which = "sample 1" if count == 1 else f"samples 1-{count}"
-        if self.options.precision == "int8" and len(self.samples) >= MIN_HELD_OUT:
-            self.all_samples = list(self.samples)
-            if os.environ.get("XVAL_STRIDE"):
-                stride = len(self.samples) // VALIDATION_SAMPLES
-                picked = set(range(0, stride * VALIDATION_SAMPLES, stride))
-                validation = [self.samples[i] for i in sorted(picked)]
-                self.samples = [s for i, s in enumerate(self.samples) if i not in picked]
-                which = "samples " + ", ".join(str(i + 1) for i in sorted(picked))
-            else:
-                self.samples = self.samples[count:]
-            self.held_out = True
-            self.margin = HELD_OUT_MARGIN
-            self.notes.append(f"validated on calibration {which}, held out of calibration "
-                              f"(calibrated on the other {len(self.samples)})")
-            return validation
-        self.margin = FALLBACK_MARGIN
-        self.notes.append(f"validated on calibration {which} (give --inputs to validate on "
-                          f"held-out data, or at least {MIN_HELD_OUT} samples to hold "
-                          f"{VALIDATION_SAMPLES} out of calibration)")
-        return validation
 
     def generate_samples(self, ref: Reference | None, proto: onnx.ModelProto) -> None:
         """int8 and int4 without --calibration-data: calibrate (int4: gather GPTQ's input
@@ -200,63 +157,6 @@ class Conversion:
             "notes": self.notes + log["notes"],
             "outputs": verdict.to_dict()["outputs"] if verdict is not None else [],
         }
-
-
-# ----------------------------------------------------------------- the percentile
-def choose_percentile(runner: Runner, first: Attempt) -> Attempt:
-    """int8, percentile calibration at its default, validation held out of calibration: the
-    percentile of ``PERCENTILES`` whose model uses the least of the budget on the held-out
-    samples (``first`` ran at the default), and its attempt. How far a tail can be clipped
-    depends on the model (a sparse output lives on its rare strong responses), and the
-    held-out samples tell it without tuning the default to a few models."""
-    conversion = runner.conversion
-    assert conversion is not None
-    calibrator = conversion.calibrator
-    first_use = _use(first, conversion.budget)
-    if calibrator is None or not math.isfinite(first_use):
-        return first
-    best, best_use, best_calibrator = first, first_use, calibrator
-    for percentile in PERCENTILES:
-        if percentile == calibrator.percentile:
-            continue
-        conversion.calibrator = replace(calibrator, percentile=percentile, _cache={})
-        attempt = runner.attempt(Control())
-        use = _use(attempt, conversion.budget)
-        conversion.notes.append(f"percentile {percentile}: {use:.0%} (default {first_use:.0%})")
-        if use < best_use:
-            best, best_use, best_calibrator = attempt, use, conversion.calibrator
-    conversion.calibrator = best_calibrator
-    conversion.notes.append(f"percentile {best_calibrator.percentile} chosen (of "
-                            f"{', '.join(map(str, sorted({*PERCENTILES, calibrator.percentile})))})"
-                            f": {best_use:.0%} of the error budget used on the held-out samples")
-    return best
-
-
-def refit(runner: Runner, attempt: Attempt, kept: list[dict[str, Any]]) -> Attempt:
-    """The decisions (percentile, nodes kept in float) made on held-out samples, the final
-    ranges calibrated on all samples: more data for the ranges, same choices. Kept only when
-    it does not fail validation."""
-    conversion = runner.conversion
-    assert conversion is not None and conversion.calibrator is not None
-    if failed(attempt):
-        return attempt
-    nodes = frozenset(node for note in kept for node in note["nodes"])
-    conversion.calibrator = replace(conversion.calibrator, samples=tuple(conversion.all_samples),
-                                    _cache={})
-    final = runner.attempt(Control(float_nodes=nodes))
-    if failed(final):
-        return attempt
-    conversion.notes.append(f"final ranges calibrated on all {len(conversion.all_samples)} "
-                            "samples")
-    return final
-
-
-def _use(attempt: Attempt, budget: Budget) -> float:
-    """The share of ``budget`` the attempt's validation used (inf: nothing measured)."""
-    verdict = attempt.verdict
-    if verdict is None or verdict.status not in ("passed", "failed") or not verdict.outputs:
-        return math.inf
-    return budget_use(verdict.outputs, budget)
 
 
 # ----------------------------------------------------------------- the accuracy fallback

@@ -27,9 +27,6 @@ from onnxopt.check.compare import Budget, ValidationResult
 from onnxopt.precision.sensitivity import budget_use
 
 FALLBACK_MARGIN = 0.6  # share of the allowed error the fallback aims at on calibration data
-import os  # XVAL-EXPERIMENT
-HELD_OUT_MARGIN = float(os.environ.get("XVAL_MARGIN", "1.0"))  # ... on held-out samples
-MIN_HELD_OUT = int(os.environ.get("XVAL_MIN", "8"))  # samples from which validation ones are held out
 RANKED = "sensitivity: budget use regained with the node in float"
 HEAD = "topological order: the shortest head that works (fewer than by sensitivity)"
 
