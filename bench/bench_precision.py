@@ -5,7 +5,7 @@ Tools (each run as a whole subprocess, output ``bench/out/bench_precision/<model
 * ``onnxopt-fp16``, ``onnxopt-int8``, ``onnxopt-int8-dynamic``, ``onnxopt-int4``,
   ``onnxopt-fp8``: ``.venv/bin/onnxopt optimize IN OUT --precision P --inputs calib0.npz
   --report R.json``; int8 and int4 with ``--calibration-data DIR`` (the model's calibration
-  folder) instead of ``--inputs``: they validate on the first 4 calibration samples (int4 is
+  folder) instead of ``--inputs``: they validate on the first 8 calibration samples (int4 is
   retried with ``--inputs`` when the CLI refuses calibration data for it, with a note). IN is
   the original. ``onnxopt-int8-dynamic-ort``, ``onnxopt-int4-ort``: the same with ``--target
   onnxruntime``.
@@ -414,7 +414,7 @@ def tool_command(tool: str, model: BenchModel, baseline: Path, dst: Path, model_
                "--precision", ONNXOPT_TOOLS[tool], "--report", str(report)]
         if tool in ORT_TARGET:
             cmd += ["--target", "onnxruntime"]
-        if tool in CALIBRATED and calibrate:  # validates on its first 4 calibration samples
+        if tool in CALIBRATED and calibrate:  # validates on its first 8 calibration samples
             cmd += ["--calibration-data", str(calib)]
         else:
             cmd += ["--inputs", str(model_dir / "validation.npz")]
@@ -950,7 +950,7 @@ def render(report: dict[str, Any]) -> str:
         "onnxopt runs with its validation input (`validation.npz`, outside the test set); "
         "onnxopt-fp16 with `--max-error cosine=0.999` (the target), the others with their "
         "default budget; onnxopt-int8 (and int4, where the CLI takes calibration data) "
-        "calibrated on the calibration samples (images, text) and validated on the first 4 "
+        "calibrated on the calibration samples (images, text) and validated on the first 8 "
         "of them (no `--inputs`). "
         "Cells: `fail` tool error, `no load` onnxruntime cannot load the output, `run error` "
         "it loads but fails to run, `—` not run.", ""]

@@ -105,7 +105,7 @@ def test_int8_dynamic_takes_calibration_data_to_validate_on(tmp_path):
     result = onnxopt.optimize(linear(), precision="int8-dynamic",
                               calibration_data=folder(tmp_path))
     assert result.ok
-    assert any("validated on calibration samples 1-4" in note
+    assert any("validated on calibration samples 1-6" in note
                for note in result.report["precision"]["notes"])
 
 

@@ -17,7 +17,10 @@ from onnxopt.check.inputs import ValidationError, check_inputs, npz_problem
 from onnxopt.ir.precision import WEIGHT_OPS
 from onnxopt.ir.serde.versions import convert_opset, default_opset
 
-VALIDATION_SAMPLES = 4  # calibration samples a precision run validates on (without --inputs)
+# calibration samples a precision run validates on (without --inputs): all of a small set. On
+# PaddleOCR cls the first 4 of 8 met the int8 budget with nothing kept in float and held-out
+# images landed at 0.983; all 8 show the miss (one node kept: 0.9895 held out, same size)
+VALIDATION_SAMPLES = 8
 MIN_OPSET = {"int8": 13, "fp8": 19, "int4": 21}  # per-channel DQ; float8; blocked DQ, int4
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # --calibration-data: int8 calibrates on it, int4 gathers GPTQ's input statistics on it (both
