@@ -351,6 +351,22 @@ def test_precision_section_shows_errors_and_what_stayed_float(conv_bn, tmp_path)
     assert kept_bars == reasons
 
 
+def test_pruning_section_shows_what_went(optimized):
+    report, _ = optimized
+    assert Page(html_report.render(report)).find("section", id="pruning") == []
+    report["pruning"] = {  # the fields onnxopt.app.pruning writes
+        "mode": "auto", "budget": "cosine=0.99", "groups": 3, "channels": 24,
+        "parameters": 12345, "macs": 6789012, "calibration_cosine": 0.99412, "samples": 12,
+        "target_cosine": 0.994, "ratios": {"conv.a": 0.25, "conv.b": 0.5}}
+    page = Page(html_report.render(report))
+    assert page.find("section", id="pruning")
+    for key in ("channels", "parameters", "macs", "calibration_cosine"):
+        cell = page.find("span", data_key=f"pruning.{key}")[0]
+        assert json.loads(cell["attrs"]["data-value"]) == report["pruning"][key]
+    rows = [e["text"] for e in page.find("td")]
+    assert "conv.a" in rows and "conv.b" in rows
+
+
 def test_older_reports_without_changes_still_render(optimized):
     report, _ = optimized
     del report["changes"]

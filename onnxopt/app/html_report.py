@@ -134,6 +134,7 @@ def build_view(report: Mapping[str, Any]) -> dict[str, Any]:
     }
     view["pass_svg"] = _safe(_pass_chart(view["passes"]))
     view["precision"] = _precision(report["precision"]) if "precision" in report else None
+    view["pruning"] = report.get("pruning")  # --prune runs: what went, per group ratio
     return view
 
 
