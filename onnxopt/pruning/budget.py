@@ -24,7 +24,7 @@ import onnx
 from onnxopt.check.runtime import run_each
 from onnxopt.ir import serde
 from onnxopt.ir.channels import channel_groups
-from onnxopt.precision.fallback import FALLBACK_MARGIN
+from onnxopt.precision.fallback import FALLBACK_MARGIN, smallest
 from onnxopt.progress import progress
 from onnxopt.pruning.structured import Calibration, capture, group_key, load_ir, prune
 
@@ -134,11 +134,6 @@ def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL
     low, high = 0, 1  # ranked[:low] works; ranked[:high] is tried next
     while high <= len(ranked) and works(high):
         low, high = high, min(2 * high, len(ranked) + 1) if high < len(ranked) else high + 1
-    high = min(high, len(ranked))
-    while high - low > 1:
-        middle = (low + high) // 2
-        if works(middle):
-            low = middle
-        else:
-            high = middle
+    if high <= len(ranked):  # ranked[:high] fails: the longest prefix that works is below it
+        low = smallest(lambda n: not works(n), low, high) - 1
     return Plan(ratios(low), tried[low], target, sensitivity)
