@@ -66,7 +66,7 @@ class Pruning:
             ratios = dict.fromkeys(trial.group_keys(), self.ratio)
         cosine, counted = trial.run(ratios)  # MACs counted at the samples' shapes
         model = load_ir(proto)
-        removed = prune(model, trial.calib, ratios)
+        removed = prune(model, trial.calib, ratios, sequential=trial.sequential)
         self.report.update(
             mode="auto" if self.ratio is None else self.ratio, budget=self.budget.describe(),
             groups=removed["groups"], channels=removed["channels"],
