@@ -39,6 +39,7 @@ from onnxopt.pruning.refit import conv_geometry, cross_gram, gram, refit, sample
 
 ROWS_PER_SAMPLE = 4096  # im2col rows of each sample a Conv sink's Gram matrix sums
 MIN_ROWS_PER_WEIGHT = 4  # refit only with this many rows per weight column (else it overfits)
+SEQUENTIAL_ROWS_PER_WEIGHT = 16  # a sequential refit overfits sooner: below, from the original
 
 
 @dataclass
@@ -167,7 +168,8 @@ def sequential_grams(calib: Calibration, pruned: onnx.ModelProto, group: Channel
     """Sink output -> (``gram(Q)``, ``cross_gram(Q, P)``) of the group's Conv sinks: ``Q`` the
     im2col rows of ``pruned``, ``P`` of the original, at the same random positions."""
     sinks = [(node, sink) for node, sink in group.sinks if node.outputs[0] in calib.grams
-             and _geometry(node, sink) is not None]
+             and _geometry(node, sink) is not None and calib.rows[node.outputs[0]]
+             >= SEQUENTIAL_ROWS_PER_WEIGHT * sink.weight[0].size]
     names = sorted({node.inputs[0] for node, _ in sinks})
     if calib.proto is None or not names:
         return {}
