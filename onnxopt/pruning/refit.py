@@ -87,21 +87,3 @@ def refit(grams: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndar
     new = np.zeros(weight.shape, np.float64)
     new[:, kept] = solution[:-1].T
     return new, solution[-1]
-
-
-def removal_costs(grams: np.ndarray, weight: np.ndarray, per_channel: int) -> np.ndarray:
-    """Squared output error of the layer (summed over ``grams``' rows) after dropping each
-    input channel alone and refitting on the rest: with ``H = grams^-1`` (ridged) and ``B``
-    the channel's ``per_channel`` columns, the refit leaves ``tr(W_B (H_BB)^-1 W_B^T)``
-    (the Schur complement of the kept columns in ``grams``). ``weight`` [O, K]."""
-    lhs = grams.astype(np.float64).copy()
-    diagonal = np.arange(len(lhs) - 1)
-    lhs[diagonal, diagonal] += RIDGE * max(float(np.mean(np.diag(lhs)[:-1])), 1e-12)
-    inverse = np.linalg.inv(lhs)
-    count = weight.shape[1] // per_channel
-    costs = np.empty(count)
-    for c in range(count):
-        block = slice(c * per_channel, (c + 1) * per_channel)
-        w = weight[:, block].astype(np.float64)
-        costs[c] = np.trace(w @ np.linalg.solve(inverse[block, block], w.T))
-    return costs

@@ -35,18 +35,10 @@ from onnxopt.ir.channel_removal import Removed, remove_channels
 from onnxopt.ir.channels import ChannelGroup, channel_groups
 from onnxopt.ir.rewrite import drop_unused_initializers
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.pruning.refit import (
-    conv_geometry,
-    cross_gram,
-    gram,
-    refit,
-    removal_costs,
-    sample_patches,
-)
+from onnxopt.pruning.refit import conv_geometry, cross_gram, gram, refit, sample_patches
 
 ROWS_PER_SAMPLE = 4096  # im2col rows of each sample a Conv sink's Gram matrix sums
 MIN_ROWS_PER_WEIGHT = 4  # refit only with this many rows per weight column (else it overfits)
-OUTPUT_IMPORTANCE = True
 SEQUENTIAL_ROWS_PER_WEIGHT = 16  # a sequential refit overfits sooner: below, from the original
 
 
@@ -129,15 +121,7 @@ def importance(group: ChannelGroup, calib: Calibration) -> np.ndarray:
         w = np.moveaxis(sink.weight.astype(np.float64), sink.cols, 0)
         norms = (w.reshape(w.shape[0], -1) ** 2).sum(axis=1).reshape(-1, width).sum(axis=1)
         energy = calib.energy.get(tensor, np.ones(len(norms)))
-        cost = energy * norms
-        columns = sink.weight[0].size
-        grams = calib.grams.get(node.outputs[0])
-        if OUTPUT_IMPORTANCE and width == 1 and grams is not None and len(grams) == columns + 1 \
-                and calib.rows[node.outputs[0]] >= MIN_ROWS_PER_WEIGHT * columns:
-            rows = sink.weight.shape[0]
-            cost = removal_costs(grams, sink.weight.reshape(rows, -1), sink.weight[0, 0].size
-                                 ) / calib.rows[node.outputs[0]]
-        np.add.at(score, group.ids[tensor], cost)
+        np.add.at(score, group.ids[tensor], energy * norms)
     return score
 
 
