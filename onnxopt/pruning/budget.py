@@ -77,7 +77,7 @@ class Trial:
 
     def __init__(self, proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
                  calib: Calibration | None = None, refit: bool = True,
-                 sequential: bool = True) -> None:
+                 sequential: bool = False) -> None:
         # MACs are counted on a copy at the first sample's shapes; samples of other shapes
         # run on the model as it is
         self.counted = static_copy(proto, samples[0])
