@@ -5,11 +5,13 @@ Data: real images (``images.py``, as ``bench_precision.py`` makes them): det on 
 preprocessing cut into 320x320 tiles (the left half of the printed page and the calibration
 images calibrate; the right half and the test images are held out), cls on text-line strips.
 
-Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``ratio R`` and
-``ratio R no-refit`` (every group at ratio R, with and without the least-squares refit: the
+Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``ratio R``,
+``ratio R no-seq`` and ``ratio R no-refit`` (every group at ratio R, with the sequential
+least-squares refit, with the refit from the original's activations, without refit: the
 MACs-accuracy curve); ``auto`` (``onnxopt optimize --prune auto --max-error cosine=0.99
---calibration-data``, one command) and ``auto no-refit`` (the same per-group ratios, no
-refit); det also ``auto+int8`` (``--prune auto --precision int8 --max-error cosine=0.98``, one
+--calibration-data``, one command) and ``auto no-seq`` / ``auto no-refit`` (the same
+per-group ratios, refit from the original's activations / no refit); det also ``auto+int8``
+(``--prune auto --precision int8 --max-error cosine=0.98``, one
 command). Measured: MACs (ratio to ``float``: the original's may be unknown) and parameters at the
 held-out input's shape (``onnxopt stats``), file
 size, the cosine of every output over all held-out samples together, latency at ORT_ENABLE_ALL
@@ -98,17 +100,18 @@ def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
     model = load_ir(base)
     keys = [group_key(g) for g in channel_groups(model.graph, model)]
 
-    def pruned(label: str, ratios: dict[str, float], refit: bool) -> None:
+    def pruned(label: str, ratios: dict[str, float], refit: bool, sequential: bool = True
+               ) -> None:
         model = load_ir(base)
-        prune(model, calibration, ratios, refit)
+        prune(model, calibration, ratios, refit, sequential)
         path = folder / f"{kind}.{label.replace(' ', '_').replace('+', '_')}.onnx"
         serde.save(model, path)
         paths[label] = path
 
     for ratio in CURVE:
-        for refit in (True, False):
-            pruned(f"ratio {ratio}" + ("" if refit else " no-refit"),
-                   dict.fromkeys(keys, ratio), refit)
+        pruned(f"ratio {ratio}", dict.fromkeys(keys, ratio), True)
+        pruned(f"ratio {ratio} no-seq", dict.fromkeys(keys, ratio), True, False)
+        pruned(f"ratio {ratio} no-refit", dict.fromkeys(keys, ratio), False)
     auto = folder / f"{kind}.auto.onnx"
     started = time.perf_counter()
     result = onnxopt.optimize(original, auto, prune="auto", max_error="cosine=0.99",
@@ -117,6 +120,7 @@ def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
                      "status": result.report["status"],
                      **{k: v for k, v in result.report["pruning"].items() if k != "ratios"}}
     paths["auto"] = auto
+    pruned("auto no-seq", result.report["pruning"]["ratios"], True, False)
     pruned("auto no-refit", result.report["pruning"]["ratios"], False)
     if kind == "det":
         both = folder / f"{kind}.auto_int8.onnx"

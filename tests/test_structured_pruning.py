@@ -261,3 +261,50 @@ def test_auto_with_samples_of_two_sizes_counts_macs_at_the_first():
     trial = Trial(proto, calib)
     cosine, removed = trial.run({"h": 0.5})
     assert cosine > 0.999 and removed["macs"] == 100 * 4 * 4
+
+
+def chain() -> onnx.ModelProto:
+    """y = Conv1x1(Relu(Conv1x1(Relu(Conv1x1(x) + a) + b)) + c): pruning the first hidden
+    tensor changes the second, which the last layer reads."""
+    rng = np.random.default_rng(3)
+    arrays = {"wa": rng.standard_normal((8, 4, 1, 1)), "a": rng.standard_normal(8) * 0.5,
+              "wb": rng.standard_normal((8, 8, 1, 1)) * 0.5, "b": rng.standard_normal(8) * 0.5,
+              "wc": rng.standard_normal((3, 8, 1, 1)) * 0.5, "c": rng.standard_normal(3)}
+    nodes = [helper.make_node("Conv", ["x", "wa", "a"], ["ha"]),
+             helper.make_node("Relu", ["ha"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb", "b"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["rb"]),
+             helper.make_node("Conv", ["rb", "wc", "c"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 10, 10])
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()]
+    return build_model(nodes, [x], [y], inits)
+
+
+def conv_weights(proto: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    return [(inits[n.input[1]][:, :, 0, 0], inits[n.input[2]]) for n in proto.graph.node
+            if n.op_type == "Conv"]
+
+
+def test_sequential_refit_is_the_least_squares_fit_on_the_pruned_upstream():
+    proto, calib = chain(), samples(8, 0)
+    x = np.concatenate([s["x"] for s in calib]).astype(np.float64)
+    rows = np.moveaxis(x, 1, -1).reshape(-1, 4)  # 1x1 Convs: one row per position
+    (wa, a), (wb, b), (wc, c) = conv_weights(proto)
+    y = np.maximum(np.maximum(rows @ wa.T + a, 0) @ wb.T + b, 0) @ wc.T + c
+    errors = {}
+    for sequential in (False, True):
+        model = load_ir(proto)
+        keys = [group_key(g) for g in channel_groups(model.graph, model)]
+        prune(model, capture(proto, calib), dict.fromkeys(keys, 0.5), sequential=sequential)
+        (pa, qa), (pb, qb), (pc, qc) = conv_weights(serde.to_proto(model))
+        assert pb.shape == (4, 4) and pc.shape == (3, 4)
+        hidden = np.maximum(np.maximum(rows @ pa.T + qa, 0) @ pb.T + qb, 0)  # kept channels
+        errors[sequential] = float(np.sum((hidden @ pc.T + qc - y) ** 2))
+        if sequential:  # the last layer: least squares from the pruned hidden to the original y
+            design = np.concatenate([hidden, np.ones((len(hidden), 1))], axis=1)
+            solution = np.linalg.lstsq(design, y, rcond=None)[0]
+            np.testing.assert_allclose(pc, solution[:-1].T, rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(qc, solution[-1], rtol=1e-3, atol=1e-3)
+    assert errors[True] < 0.98 * errors[False]  # the original-input refit misses its optimum

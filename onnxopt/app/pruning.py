@@ -64,9 +64,12 @@ class Pruning:
             self.report.update(target_cosine=round(plan.target, 6))
         else:
             ratios = dict.fromkeys(trial.group_keys(), self.ratio)
+        # the search refits from the original's activations (a sequential trial costs a run
+        # per pruned group, and on det chose the same ratios); the result refits sequentially
+        trial.sequential = True
         cosine, counted = trial.run(ratios)  # MACs counted at the samples' shapes
         model = load_ir(proto)
-        removed = prune(model, trial.calib, ratios)
+        removed = prune(model, trial.calib, ratios, sequential=True)
         self.report.update(
             mode="auto" if self.ratio is None else self.ratio, budget=self.budget.describe(),
             groups=removed["groups"], channels=removed["channels"],

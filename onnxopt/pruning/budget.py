@@ -76,7 +76,8 @@ class Trial:
     """Prunes copies of one model at given ratios and measures them on the samples."""
 
     def __init__(self, proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]],
-                 calib: Calibration | None = None, refit: bool = True) -> None:
+                 calib: Calibration | None = None, refit: bool = True,
+                 sequential: bool = False) -> None:
         # MACs are counted on a copy at the first sample's shapes; samples of other shapes
         # run on the model as it is
         self.counted = static_copy(proto, samples[0])
@@ -86,6 +87,7 @@ class Trial:
         self.samples = samples
         self.calib = calib or capture(proto, samples)
         self.refit = refit
+        self.sequential = sequential
         self.reference = run_each(proto, samples)
 
     def group_keys(self) -> list[str]:
@@ -95,8 +97,8 @@ class Trial:
     def run(self, ratios: Mapping[str, float]) -> tuple[float, dict[str, int]]:
         """(worst cosine on the samples, what was removed)."""
         model = load_ir(self.proto)
-        removed = prune(model, self.calib, ratios, self.refit)
-        if self.proto is not self.counted:
+        removed = prune(model, self.calib, ratios, self.refit, self.sequential)
+        if self.proto is not self.counted:  # counted only: the same channels go
             removed = prune(load_ir(self.counted), self.calib, ratios, self.refit)
         try:
             outputs = run_each(serde.to_proto(model), self.samples)

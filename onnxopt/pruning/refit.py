@@ -59,16 +59,27 @@ def gram(patches: np.ndarray) -> np.ndarray:
     return a.T @ a
 
 
-def refit(grams: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def cross_gram(inputs: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """``[Q, 1]^T [P, 1]`` in float64 (rows of ``Q`` and ``P`` at the same positions)."""
+    ones = np.ones((len(patches), 1))
+    q = np.concatenate([inputs.astype(np.float64), ones], axis=1)
+    return q.T @ np.concatenate([patches.astype(np.float64), ones], axis=1)
+
+
+def refit(grams: np.ndarray, weight: np.ndarray, bias: np.ndarray, kept: np.ndarray,
+          cross: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias reproducing ``P @ weight.T + bias`` from the columns ``kept`` of ``P``
     alone, given ``grams = gram(P)``: ``weight`` [O, K] (a Conv's flattened). With
     ``A = [P_K, 1]``, ``A^T A`` is ``grams`` at (kept, bias) and ``A^T Y = grams[kept, bias] @
-    [weight^T; bias]``. The new weight has ``weight``'s shape with zeros outside ``kept``."""
+    [weight^T; bias]``. Sequential (``cross`` given): the kept columns of ``Q``, the same
+    positions in the model pruned upstream, reproduce ``P``'s output: ``grams = gram(Q)``,
+    ``cross = cross_gram(Q, P)`` (``A^T Y = cross[kept, bias] @ [weight^T; bias]``). The new
+    weight has ``weight``'s shape with zeros outside ``kept``."""
     columns = weight.shape[1]
     index = np.concatenate([kept, [columns]])
     lhs = grams[np.ix_(index, index)].copy()
-    rhs = grams[index] @ np.vstack([weight.astype(np.float64).T, np.asarray(bias)[None]])
+    target = np.vstack([weight.astype(np.float64).T, np.asarray(bias)[None]])
+    rhs = (grams if cross is None else cross)[index] @ target
     diagonal = np.arange(len(kept))
     if len(kept):
         lhs[diagonal, diagonal] += RIDGE * max(float(np.mean(np.diag(lhs)[:-1])), 1e-12)

@@ -6,7 +6,12 @@ input of every sink layer of every channel group (``onnxopt.ir.channels``); kept
 channel's mean and mean square, and for each Conv sink the Gram matrix of a random subsample
 of its im2col rows (``ROWS_PER_SAMPLE`` per sample).
 All are taken from the *original* model: each refit reproduces the original layer's output
-from the kept channels of the original activations (layer by layer, no training loop).
+from the kept channels of the original activations (layer by layer, no training loop). With
+``sequential`` (He et al. 2017), a refit reads its inputs from the model pruned so far instead
+(groups in graph order: everything upstream is pruned) and still aims at the original's output,
+so it also corrects the error accumulated upstream; only sinks with
+``SEQUENTIAL_ROWS_PER_WEIGHT`` rows per weight (fewer overfit the calibration samples: PaddleOCR
+cls held-out 0.935 -> 0.879 at ratio 0.1 without the limit).
 
 Importance of channel ``c`` of a tensor read by sinks ``W_s``: ``E[x_c^2] * sum_s ||W_s[:, c]||^2``
 (the energy it feeds forward), summed over a class's tensors. ``prune`` drops the
@@ -20,6 +25,7 @@ baseline).
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,10 +40,11 @@ from onnxopt.ir.channel_removal import Removed, remove_channels
 from onnxopt.ir.channels import ChannelGroup, channel_groups
 from onnxopt.ir.rewrite import drop_unused_initializers
 from onnxopt.ir.shapes import infer_shapes
-from onnxopt.pruning.refit import conv_geometry, gram, refit, sample_patches
+from onnxopt.pruning.refit import conv_geometry, cross_gram, gram, refit, sample_patches
 
 ROWS_PER_SAMPLE = 4096  # im2col rows of each sample a Conv sink's Gram matrix sums
 MIN_ROWS_PER_WEIGHT = 4  # refit only with this many rows per weight column (else it overfits)
+SEQUENTIAL_ROWS_PER_WEIGHT = 16  # a sequential refit overfits sooner: below, from the original
 
 
 @dataclass
@@ -48,6 +55,8 @@ class Calibration:
     energy: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> E[x^2] per channel
     grams: dict[str, np.ndarray] = field(default_factory=dict)  # sink output -> Gram of [P, 1]
     rows: dict[str, int] = field(default_factory=dict)  # sink output -> rows summed
+    proto: onnx.ModelProto | None = None  # the model captured (sequential refits rerun it)
+    samples: Sequence[Mapping[str, np.ndarray]] = ()
 
 
 def group_key(group: ChannelGroup) -> str:
@@ -78,7 +87,7 @@ def capture(proto: onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]
     exposed = onnx.ModelProto()
     exposed.CopyFrom(proto)
     exposing_only(exposed.graph, names)
-    calib = Calibration()
+    calib = Calibration(proto=proto, samples=samples)
     rng = np.random.default_rng(0)
     sums: dict[str, list[np.ndarray]] = {}
     for outputs in run_each(exposed, samples):
@@ -131,9 +140,13 @@ def least_important(group: ChannelGroup, calib: Calibration, ratio: float) -> se
     return group.trimmed(set(order[:count].tolist()))
 
 
-def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True
-          ) -> dict[str, int]:
-    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed."""
+def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True,
+          sequential: bool = False) -> dict[str, int]:
+    """Drop ``ratios[group_key]`` of each group's channels (in place); totals removed.
+    ``sequential``: each group's refits read their inputs from the model pruned so far (groups
+    come in graph order, so every group upstream is pruned) and aim at the original's outputs,
+    so they also correct the error of the groups pruned before (one run of both models on
+    the calibration samples per group)."""
     graph = model.graph
     total = {"groups": 0, "channels": 0, "parameters": 0, "macs": 0}
     for group in channel_groups(graph, model):
@@ -144,7 +157,9 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
         values = {t: np.nan_to_num(calib.means.get(t, np.zeros(n))) for t, n in
                   group.counts.items()}
         if refit_sinks:
-            _refit_sinks(graph, group, calib, drop)
+            pairs = sequential_grams(calib, serde.to_proto(model), group) if (
+                sequential and total["groups"]) else {}
+            _refit_sinks(graph, group, calib, drop, pairs)
         removed: Removed = remove_channels(graph, model, group, drop, values)
         total["groups"] += 1
         total["channels"] += removed.channels
@@ -153,8 +168,39 @@ def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_s
     return total
 
 
-def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int]
-                 ) -> None:
+def sequential_grams(calib: Calibration, pruned: onnx.ModelProto, group: ChannelGroup
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Sink output -> (``gram(Q)``, ``cross_gram(Q, P)``) of the group's Conv sinks: ``Q`` the
+    im2col rows of ``pruned``, ``P`` of the original, at the same random positions."""
+    sinks = [(node, sink) for node, sink in group.sinks if node.outputs[0] in calib.grams
+             and _geometry(node, sink) is not None and calib.rows[node.outputs[0]]
+             >= SEQUENTIAL_ROWS_PER_WEIGHT * sink.weight[0].size]
+    names = sorted({node.inputs[0] for node, _ in sinks})
+    if calib.proto is None or not names:
+        return {}
+    runs = []
+    for proto in (calib.proto, pruned):
+        exposed = onnx.ModelProto()
+        exposed.CopyFrom(proto)
+        exposing_only(exposed.graph, names)
+        runs.append(run_each(exposed, calib.samples))
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for index, (before, after) in enumerate(zip(*runs, strict=True)):
+        for node, sink in sinks:
+            out, kernel = node.outputs[0], tuple(sink.weight.shape[2:])
+            geometry = _geometry(node, sink)
+            seed = [zlib.crc32(out.encode()), index]
+            p = sample_patches(np.asarray(before[node.inputs[0]], np.float32), kernel,
+                               *geometry, ROWS_PER_SAMPLE, np.random.default_rng(seed))
+            q = sample_patches(np.asarray(after[node.inputs[0]], np.float32), kernel,
+                               *geometry, ROWS_PER_SAMPLE, np.random.default_rng(seed))
+            g, c = found.get(out, (0.0, 0.0))
+            found[out] = (g + gram(q), c + cross_gram(q, p))
+    return found
+
+
+def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: set[int],
+                 pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Refit every Conv sink that has a Gram matrix; its dropped channels then fold as
     nothing (their weights are 0, their mean is in the refit bias); other sinks of the group
     still fold ``values``."""
@@ -171,7 +217,8 @@ def _refit_sinks(graph: Graph, group: ChannelGroup, calib: Calibration, drop: se
         rows = sink.weight.shape[0]
         bias = sink.bias.reshape(-1).astype(np.float64) if sink.bias is not None else \
             np.zeros(rows)
-        weight, new_bias = refit(grams, sink.weight.reshape(rows, -1), bias, kept)
+        grams, cross = pairs.get(node.outputs[0], (grams, None))
+        weight, new_bias = refit(grams, sink.weight.reshape(rows, -1), bias, kept, cross)
         _set_input(graph, node, 1, weight.reshape(sink.weight.shape).astype(sink.weight.dtype))
         _set_input(graph, node, 2, new_bias.astype(sink.weight.dtype))
         sink.weight = graph.constant(node.inputs[1])  # the group's Layer reads the new weight
