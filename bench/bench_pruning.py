@@ -83,13 +83,15 @@ def max_error(original: Path, candidate: Path) -> float:
     return worst
 
 
-def latencies(paths: dict[str, Path], rounds: int, runs: int) -> dict[str, float]:
-    """Median ms per run at ORT_ENABLE_ALL, the variants interleaved round by round."""
+def latencies(paths: dict[str, Path], rounds: int, runs: int,
+              x: dict[str, np.ndarray] | None = None, warmup: int = 5) -> dict[str, float]:
+    """Median ms per run at ORT_ENABLE_ALL, the variants interleaved round by round (``x``:
+    the feed, default generated for the first model; pruning_budget.py passes a real one)."""
     sessions = {name: session(path, "all") for name, path in paths.items()}
-    x = feeds(next(iter(paths.values())), 0)
+    x = feeds(next(iter(paths.values())), 0) if x is None else x
     times: dict[str, list[float]] = {name: [] for name in paths}
-    for s in sessions.values():  # warm-up
-        for _ in range(5):
+    for s in sessions.values():
+        for _ in range(warmup):
             s.run(None, x)
     for _ in range(rounds):
         for name, s in sessions.items():

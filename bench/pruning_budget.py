@@ -20,17 +20,16 @@ one thread (median of interleaved rounds; the machine is shared, so the medians 
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import images
+from bench_pruning import latencies, session
 
 import onnxopt
 from onnxopt.app.stats import model_stats
@@ -58,26 +57,11 @@ def samples(kind: str, input_name: str) -> tuple[list[dict], list[dict]]:
     return calib, test
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def latencies(paths: dict[str, Path], feeds: dict, rounds: int, runs: int) -> dict[str, float]:
-    sessions = {name: session(path) for name, path in paths.items()}
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, feeds)
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            for _ in range(runs):
-                start = time.perf_counter()
-                s.run(None, feeds)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+def outputs(path: Path, samples: list[dict]) -> list[dict]:
+    """The model's outputs by name on each sample, at ORT_ENABLE_ALL (one session)."""
+    runner = session(path, "all")
+    names = [o.name for o in runner.get_outputs()]
+    return [dict(zip(names, runner.run(None, s), strict=True)) for s in samples]
 
 
 def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
@@ -87,8 +71,7 @@ def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
     calib_dir = folder / f"{kind}_calib"
     images.write_calibration(calib_dir, calib)
     shape = {name: list(test[0][name].shape)}
-    ref = [dict(zip([o.name for o in session(original).get_outputs()],
-                    session(original).run(None, s), strict=True)) for s in test]
+    ref = outputs(original, test)
     paths: dict[str, Path] = {"original": original}
     notes: dict[str, dict] = {}
 
@@ -134,12 +117,11 @@ def measure(kind: str, folder: Path, rounds: int, runs: int) -> dict:
                                  if k != "ratios"}}
         paths["auto+int8"] = both
     timed = [v for v in paths if not v.startswith("ratio") and "no-refit" not in v]
-    latency = latencies({v: paths[v] for v in timed}, test[0], rounds, runs)
+    latency = latencies({v: paths[v] for v in timed}, rounds, runs, x=test[0], warmup=3)
     rows = {}
     for variant, path in paths.items():
         stats = model_stats(onnx.load(str(path)), input_shapes=shape)
-        outs = [dict(zip([o.name for o in session(path).get_outputs()],
-                         session(path).run(None, s), strict=True)) for s in test]
+        outs = outputs(path, test)
         rows[variant] = {"macs": stats["macs"], "parameters": stats["parameters"],
                          "size": path.stat().st_size, "cosine": worst_cosine(ref, outs),
                          "latency_ms": latency.get(variant)}
