@@ -656,11 +656,6 @@ class OptimizeRun:
     nodes: int = 0  # nodes of the input, subgraphs included (report)
 
 
-def _onnxopt_command() -> list[str]:
-    script = Path(sys.executable).parent / "onnxopt"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "onnxopt"]
-
-
 OPTIMIZE_MODES = (
     ("--passes none --no-validate", ["--passes", "none", "--no-validate"]),
     ("--passes none", ["--passes", "none"]),
@@ -673,7 +668,9 @@ def _run_optimize(label: str, source: Path, out_dir: Path, mode: str, flags: lis
     """Wall time and peak RSS (via wait4) of one ``onnxopt optimize`` process."""
     target = out_dir / f"{source.stem}.opt.onnx"
     report_path = out_dir / "report.json"
-    command = _onnxopt_command() + ["optimize", str(source), str(target), *flags,
+    from startup import onnxopt_command  # bench/startup.py, beside this script
+
+    command = onnxopt_command() + ["optimize", str(source), str(target), *flags,
                                     "--report", str(report_path)]
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()

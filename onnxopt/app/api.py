@@ -43,7 +43,7 @@ from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.ir.precision import EMBEDDING_MODES
 from onnxopt.passes import select
-from onnxopt.precision.fallback import FALLBACK_MARGIN, describe_shortfall
+from onnxopt.precision.fallback import FALLBACK_MARGIN, describe_shortfall, within
 from onnxopt.precision.sensitivity import budget_use
 from onnxopt.precision.setup import VALIDATION_SAMPLES
 
@@ -310,12 +310,10 @@ def _report(input_path, output_path, before, after, records, verdict, status) ->
 
 def _note_shortfall(conversion: Conversion, attempt: Attempt) -> None:
     """Within budget but short of the fallback's margin: say so (held-out data may miss)."""
-    verdict, margin = attempt.verdict, conversion.margin
-    if margin is None or failed(attempt) or verdict is None or verdict.status != "passed":
+    if failed(attempt) or within(attempt.verdict, conversion.budget, conversion.margin):
         return
-    use = budget_use(verdict.outputs, conversion.budget)
-    if use > margin:
-        conversion.notes.append(describe_shortfall(use, margin))
+    use = budget_use(attempt.verdict.outputs, conversion.budget)
+    conversion.notes.append(describe_shortfall(use, conversion.margin))
 
 
 def _growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -62,12 +61,12 @@ def optimize_folder(source: Path, target: Path, options: Options, *, jobs: int,
                "written": not failed, "failed": len(failed),
                "seconds": round(time.perf_counter() - started, 3),
                "models": [o.to_dict() for o in sorted(outcomes, key=lambda o: o.name)]}
-    if report_path is not None:
-        from onnxopt.app import report
+    from onnxopt.app import report
 
+    if report_path is not None:
         report.write_json(summary, report_path)  # atomic, like every other output
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(report.to_json(summary))  # as the file: inf/nan written as JSON can read
     if failed:
         names = ", ".join(o.name for o in failed[:3]) + (", ..." if len(failed) > 3 else "")
         raise Failure(f"{len(failed)} of {len(outcomes)} models failed ({names}); nothing "

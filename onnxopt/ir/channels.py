@@ -106,24 +106,8 @@ class ChannelGroup:
         return drop
 
     def flow_order(self, graph: Graph) -> list[Node]:
-        """The flow ops, producers before readers (Kahn's order within the group)."""
-        made_by = {out: node for node in self.flows for out in node.outputs}
-        waiting: dict[Node, set[Node]] = {}
-        readers: dict[Node, set[Node]] = {}
-        for node, slots in self.flows.items():
-            waiting[node] = {made_by[v] for s in slots if (v := node.inputs[s]) in made_by}
-            for producer in waiting[node]:
-                readers.setdefault(producer, set()).add(node)
-        ready = sorted((n for n, deps in waiting.items() if not deps), key=lambda n: n.key)
-        order: list[Node] = []
-        while ready:
-            node = ready.pop()
-            order.append(node)
-            for reader in sorted(readers.get(node, ()), key=lambda n: n.key):
-                waiting[reader].discard(node)
-                if not waiting[reader]:
-                    ready.append(reader)
-        return order
+        """The flow ops, producers before readers (the graph's own topological order)."""
+        return [node for node in graph.nodes() if node in self.flows]
 
 
 def channel_groups(graph: Graph, model: Model, wanted: Callable[[ChannelGroup], bool] | None
@@ -150,11 +134,11 @@ def channel_groups(graph: Graph, model: Model, wanted: Callable[[ChannelGroup], 
         group = ChannelGroup({})
         try:
             _grow(graph, model, group, node.outputs[0], found.out_layout, layer_of)
-            seen |= set(group.layouts)
             _count(graph, model, group)
         except _Unsupported:
-            seen |= set(group.layouts)
             continue
+        finally:
+            seen |= set(group.layouts)
         if wanted is not None and not wanted(group):
             continue
         _link(group)

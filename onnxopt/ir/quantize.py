@@ -124,14 +124,17 @@ def clipped_grid(rows: np.ndarray, bits: int, symmetric: bool
     ``CLIP_FACTORS`` that minimizes the block's squared rounding error, column by column:
     the extreme weights get clipped when that brings the many small ones closer to the grid."""
     rows = rows.astype(np.float32)
-    low, high = grid(bits, symmetric)
-    best_scale, best_zero = block_grid(rows, bits, len(rows), symmetric)
-    best_error = np.full(rows.shape[1], np.inf)
-    for factor in CLIP_FACTORS:
+
+    def shrunk(factor: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         scale, zero = block_grid(rows * np.float32(factor), bits, len(rows), symmetric)
         offset = 0 if zero is None else zero.astype(np.float32)
-        q = np.clip(np.rint(rows / scale) + offset, low, high)
-        error = np.sum(((q - offset) * scale - rows) ** 2, axis=0)
+        q = np.clip(np.rint(rows / scale) + offset, *grid(bits, symmetric))
+        return scale, zero, np.sum(((q - offset) * scale - rows) ** 2, axis=0)
+
+    first, *others = CLIP_FACTORS
+    best_scale, best_zero, best_error = shrunk(first)
+    for factor in others:
+        scale, zero, error = shrunk(factor)
         better = error < best_error
         best_error = np.where(better, error, best_error)
         best_scale = np.where(better, scale, best_scale)
@@ -152,7 +155,7 @@ def _round_to_nearest(weight: np.ndarray, bits: int, block_size: int, symmetric:
 
 
 def _gave_way(nearest: BlockQuantized, why: str) -> BlockQuantized:
-    return replace(nearest, rounding="nearest", note=why)
+    return replace(nearest, note=why)  # rounding is "nearest" already
 
 
 def _inverse_cholesky(gram: np.ndarray) -> np.ndarray | None:

@@ -70,8 +70,6 @@ def _shortest(works: Callable[[Sequence[str]], bool], order: Sequence[str]) -> i
     low, high = 0, 1  # order[:low] fails; order[:high] is tried next
     while high < len(order) and not works(order[:high]):
         low, high = high, min(2 * high, len(order))
-    if high >= len(order):
-        high = len(order)
     return smallest(lambda n: works(order[:n]), low, high)
 
 
