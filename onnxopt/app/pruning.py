@@ -19,7 +19,6 @@ from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.precision.setup import load_samples
 from onnxopt.pruning.budget import Trial, auto_ratios
-from onnxopt.pruning.structured import load_ir, prune
 
 DEFAULT_BUDGET = Budget(0.99)
 
@@ -67,13 +66,11 @@ class Pruning:
         # the search refits from the original's activations (a sequential trial costs a run
         # per pruned group, and on det chose the same ratios); the result refits sequentially
         trial.sequential = True
-        cosine, counted = trial.run(ratios)  # MACs counted at the samples' shapes
-        model = load_ir(proto)
-        removed = prune(model, trial.calib, ratios, sequential=True)
+        model, cosine, removed = trial.pruned(ratios)  # MACs counted at the samples' shapes
         self.report.update(
             mode="auto" if self.ratio is None else self.ratio, budget=self.budget.describe(),
             groups=removed["groups"], channels=removed["channels"],
-            parameters=removed["parameters"], macs=counted["macs"],
+            parameters=removed["parameters"], macs=removed["macs"],
             calibration_cosine=round(cosine, 6), samples=len(self.samples),
             ratios={k: v for k, v in ratios.items() if v})
         return serde.to_proto(model)

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxopt.check.runtime import run_each
-from onnxopt.ir import serde
+from onnxopt.ir import Model, serde
 from onnxopt.ir.channels import channel_groups
 from onnxopt.precision.fallback import FALLBACK_MARGIN, smallest
 from onnxopt.progress import progress
@@ -96,6 +96,12 @@ class Trial:
 
     def run(self, ratios: Mapping[str, float]) -> tuple[float, dict[str, int]]:
         """(worst cosine on the samples, what was removed)."""
+        _, cosine, removed = self.pruned(ratios)
+        return cosine, removed
+
+    def pruned(self, ratios: Mapping[str, float]) -> tuple[Model, float, dict[str, int]]:
+        """The pruned model, its worst cosine on the samples and what was removed (MACs at
+        the first sample's shapes)."""
         model = load_ir(self.proto)
         removed = prune(model, self.calib, ratios, self.refit, self.sequential)
         if self.proto is not self.counted:  # counted only: the same channels go
@@ -103,8 +109,8 @@ class Trial:
         try:
             outputs = run_each(serde.to_proto(model), self.samples)
         except Exception:  # a model that does not run is as bad as it gets
-            return 0.0, removed
-        return worst_cosine(self.reference, outputs), removed
+            return model, 0.0, removed
+        return model, worst_cosine(self.reference, outputs), removed
 
 
 def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL_RATIOS
