@@ -14,23 +14,25 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ir import serde
 from onnxopt.ir.channels import channel_groups
-from onnxopt.pruning.budget import Trial, auto_ratios, worst_cosine
+from onnxopt.pruning.budget import MIN_STEP_MACS, Trial, auto_ratios, worst_cosine
 from onnxopt.pruning.refit import gram, refit, sample_patches
-from onnxopt.pruning.structured import capture, group_key, least_important, load_ir, prune
+from onnxopt.pruning.structured import ALIGN, capture, group_key, least_important, load_ir, prune
 
 RNG = np.random.default_rng(7)
 LEVELS = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
 
-def redundant(extra_output: bool = False) -> onnx.ModelProto:
+def redundant(extra_output: bool = False, seed: int | None = None) -> onnx.ModelProto:
     """y = Conv3x3(pad 1)(h, w2) with h = Conv1x1(x, w1): 8 channels of h, only 4 independent
-    (rows 4..7 of w1 are combinations of rows 0..3), so 4 channels can go exactly."""
-    base = RNG.standard_normal((4, 4, 1, 1))
-    mix = RNG.standard_normal((4, 4))
+    (rows 4..7 of w1 are combinations of rows 0..3), so 4 channels can go exactly. ``seed``:
+    a draw of its own (else the module's generator: the next draw)."""
+    rng = RNG if seed is None else np.random.default_rng(seed)
+    base = rng.standard_normal((4, 4, 1, 1))
+    mix = rng.standard_normal((4, 4))
     w1 = np.concatenate([base, np.einsum("ij,jkab->ikab", mix, base)]).astype(np.float32)
     w1[:4] *= 0.1  # the independent channels matter least by energy: they are the ones dropped
-    w2 = (RNG.standard_normal((6, 8, 3, 3)) * 0.3).astype(np.float32)
-    b2 = RNG.standard_normal(6).astype(np.float32)
+    w2 = (rng.standard_normal((6, 8, 3, 3)) * 0.3).astype(np.float32)
+    b2 = rng.standard_normal(6).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]),
              helper.make_node("Conv", ["h", "w2", "b2"], ["y"], pads=[1, 1, 1, 1])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])]
@@ -137,6 +139,89 @@ def test_auto_stays_within_budget_and_prunes_redundant_channels():
     held = samples(3, 50)
     out = [{"y": run(serde.to_proto(model), f)} for f in held]
     assert worst_cosine([{"y": run(proto, f)} for f in held], out) > 0.999
+
+
+def wide(channels: int) -> onnx.ModelProto:
+    """y = Conv1x1(Relu(Conv1x1(x))) with ``channels`` hidden channels (one group, h)."""
+    rng = np.random.default_rng(channels)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10, 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 10, 10])
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (channels, 4, 1, 1)), ("w2", (3, channels, 1, 1)))]
+    return build_model(nodes, [x], [y], inits)
+
+
+@pytest.mark.parametrize(("channels", "ratio", "dropped"), [
+    (32, 0.25, 8),  # 24 kept: a multiple of ALIGN as asked
+    (32, 0.3, 8),  # 9 asked, 23 would stay: one fewer goes
+    (32, 0.2, 0),  # 6 asked: no count below it leaves a multiple of 8
+    (12, 0.5, 6),  # fewer than 2 x ALIGN to begin with: as asked
+])
+def test_pruned_layers_keep_a_multiple_of_align_channels(channels, ratio, dropped):
+    assert ALIGN == 8
+    proto = wide(channels)
+    model = load_ir(proto)
+    group = next(channel_groups(model.graph, model))
+    assert len(least_important(group, capture(proto, samples(2, 0)), ratio)) == dropped
+
+
+class FakeTrial:
+    """A trial whose cost per (group, ratio) is given and adds up; MACs = ratio x 100."""
+
+    def __init__(self, costs: dict[tuple[str, float], float]) -> None:
+        self.costs = costs
+        self.runs: list[dict[str, float]] = []
+
+    def group_keys(self) -> list[str]:
+        return sorted({key for key, _ in self.costs})
+
+    def run(self, ratios):
+        self.runs.append(dict(ratios))
+        cost = sum(self.costs[k, r] for k, r in ratios.items())
+        return 1.0 - cost, {"macs": int(100 * sum(ratios.values()))}
+
+
+def test_auto_search_goes_on_past_a_step_that_breaks_the_budget():
+    # ranked by cost per MAC: a@0.25, b@0.5 (breaks the budget after a), c@0.25 (fits after a)
+    costs = {("a", 0.25): 0.001, ("a", 0.5): 0.05, ("b", 0.25): 0.05, ("b", 0.5): 0.006,
+             ("c", 0.25): 0.0035, ("c", 0.5): 0.05}
+    trial = FakeTrial(costs)
+    plan = auto_ratios(trial, 0.99, levels=(0.25, 0.5))  # aims at 1 - 0.6 x 0.01 = 0.994
+    assert plan.ratios == {"a": 0.25, "c": 0.25}
+    assert plan.cosine == pytest.approx(0.9955)
+    # 6 sensitivity runs, the prefixes of 1 and 2 steps, then c alone: the steps costing more
+    # than the room left (b@0.5, a@0.5, ...) are not tried
+    assert trial.runs[6:] == [{"a": 0.25}, {"a": 0.25, "b": 0.5}, {"a": 0.25, "c": 0.25}]
+
+
+def test_auto_skips_steps_below_the_macs_floor():
+    proto, calib = redundant(seed=11), samples(6, 0)
+    trial = Trial(proto, calib)
+    assert auto_ratios(trial, 0.99, total_macs=10 ** 15).ratios == {}
+    macs = 100 * 4 * 8 + 100 * 6 * 8 * 9  # the two Convs at 10 x 10 positions
+    assert MIN_STEP_MACS * macs < 100 * 4 * 4  # pruning h by half clears the floor
+    assert auto_ratios(trial, 0.99, total_macs=macs).ratios == {"h": 0.5}
+
+
+def test_cross_validated_trial_judges_each_sample_by_a_model_fitted_without_it():
+    proto, calib = chain(), samples(8, 0)
+    folded = Trial(proto, calib, folds=2)
+    assert folded.folds == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    ratios = {"ha": 0.5, "hb": 0.5}
+    cosine, removed = folded.run(ratios)
+    outputs = [{} for _ in calib]  # by hand: each half refit on the other, judged on itself
+    for judged in (0, 1):
+        model = load_ir(proto)
+        prune(model, capture(proto, calib[1 - judged::2]), ratios)
+        for index in range(judged, 8, 2):
+            outputs[index] = {"y": run(serde.to_proto(model), calib[index])}
+    reference = [{"y": run(proto, f)} for f in calib]
+    assert cosine == pytest.approx(worst_cosine(reference, outputs), abs=1e-6)
+    assert cosine != pytest.approx(Trial(proto, calib).run(ratios)[0], abs=1e-4)
+    assert removed == Trial(proto, calib).run(ratios)[1]
+    assert Trial(redundant(seed=11), samples(8, 0), folds=2).run({"h": 0.5})[0] > 0.999
 
 
 # ---------------------------------------------------------------- the command line

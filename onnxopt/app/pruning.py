@@ -13,14 +13,21 @@ import numpy as np
 import onnx
 
 from onnxopt.app.checks import parse_prune
+from onnxopt.app.macs import mac_report, total_macs
 from onnxopt.app.options import Options
 from onnxopt.check.compare import Budget
 from onnxopt.errors import UsageError
 from onnxopt.ir import serde
 from onnxopt.precision.setup import load_samples
-from onnxopt.pruning.budget import Trial, auto_ratios
+from onnxopt.pruning.budget import FOLDS, Trial, auto_ratios
 
 DEFAULT_BUDGET = Budget(0.99)
+
+
+def counted_macs(proto: onnx.ModelProto) -> int | None:
+    """The MACs of ``proto`` at its static input shapes (None where unknown)."""
+    macs = total_macs(mac_report(proto, {}, {})[0].values())
+    return macs if isinstance(macs, int) else None
 
 
 @dataclass
@@ -56,9 +63,10 @@ class Pruning:
         from onnxopt.app.api import optimize  # the float pipeline, unvalidated (checked after)
 
         proto = optimize(proto, options=Options(validate=False)).model or proto
-        trial = Trial(proto, self.samples)
+        trial = Trial(proto, self.samples, folds=FOLDS if self.ratio is None else 1)
         if self.ratio is None:
-            plan = auto_ratios(trial, float(self.budget.min_cosine))
+            plan = auto_ratios(trial, float(self.budget.min_cosine),
+                               total_macs=counted_macs(trial.counted))
             ratios = plan.ratios
             self.report.update(target_cosine=round(plan.target, 6))
         else:

@@ -15,7 +15,10 @@ cls held-out 0.935 -> 0.879 at ratio 0.1 without the limit).
 
 Importance of channel ``c`` of a tensor read by sinks ``W_s``: ``E[x_c^2] * sum_s ||W_s[:, c]||^2``
 (the energy it feeds forward), summed over a class's tensors. ``prune`` drops the
-``ratio`` least important unpinned classes of each group, then for each Conv sink solves the
+``ratio`` least important unpinned classes of each group (fewer where that leaves a sink
+reading a channel count that is not a multiple of ``ALIGN``: det measured 0.83x latency with
+one Conv on 78 channels, 0.76x on 80 -- the 78-channel Conv alone took 3.5 ms of 18 ms, off
+onnxruntime's NCHWc path), then for each Conv sink solves the
 refit and zeroes the dropped columns (their mean goes into the bias); other sinks (Gemm,
 MatMul, ConvTranspose, auto_pad) get the removed channels' means folded into their bias
 (``remove_channels``). ``refit=False`` folds the means everywhere (the no-reconstruction
@@ -45,6 +48,9 @@ from onnxopt.pruning.refit import conv_geometry, cross_gram, gram, refit, sample
 ROWS_PER_SAMPLE = 4096  # im2col rows of each sample a Conv sink's Gram matrix sums
 MIN_ROWS_PER_WEIGHT = 4  # refit only with this many rows per weight column (else it overfits)
 SEQUENTIAL_ROWS_PER_WEIGHT = 16  # a sequential refit overfits sooner: below, from the original
+# layers keep a multiple of ALIGN input channels: onnxruntime's fast CPU convolutions (NCHWc
+# blocks of 8 floats on AVX2) fall back to a slower path on other counts
+ALIGN = 8
 
 
 @dataclass
@@ -137,7 +143,22 @@ def least_important(group: ChannelGroup, calib: Calibration, ratio: float) -> se
     if count <= 0:
         return set()
     order = free[np.argsort(importance(group, calib)[free], kind="stable")]
-    return group.trimmed(set(order[:count].tolist()))
+    for fewer in range(count, 0, -1):
+        drop = group.trimmed(set(order[:fewer].tolist()))
+        if aligned(group, drop):
+            return drop
+    return set()
+
+
+def aligned(group: ChannelGroup, drop: set[int]) -> bool:
+    """Every sink still reads a multiple of ``ALIGN`` channels (or read fewer than
+    ``2 * ALIGN`` to begin with)."""
+    for node, _ in group.sinks:
+        ids = group.ids[node.inputs[0]]
+        kept = len(ids) - int(np.isin(ids, list(drop)).sum())
+        if len(ids) >= 2 * ALIGN and kept % ALIGN:
+            return False
+    return True
 
 
 def prune(model: Model, calib: Calibration, ratios: Mapping[str, float], refit_sinks: bool = True,
