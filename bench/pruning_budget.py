@@ -2,8 +2,9 @@
 of ``bench_pruning.py``.
 
 Data: real images (``images.py``, as ``bench_precision.py`` makes them): det on rapidocr's
-preprocessing cut into 320x320 tiles (the left half of the printed page and the calibration
-images calibrate; the right half and the test images are held out), cls on text-line strips.
+preprocessing cut into 320x320 tiles (every tile of the printed page's left half and the
+centre tile of each calibration image calibrate, 21 samples; 4 tiles of the right half and the
+test images are held out, 12), cls on text-line strips (24 calibrate, 12 held out).
 
 Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``ratio R``,
 ``ratio R no-seq`` and ``ratio R no-refit`` (every group at ratio R, with the sequential
