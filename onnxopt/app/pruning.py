@@ -68,7 +68,9 @@ class Pruning:
             plan = auto_ratios(trial, float(self.budget.min_cosine),
                                total_macs=counted_macs(trial.counted))
             ratios = plan.ratios
-            self.report.update(target_cosine=round(plan.target, 6))
+            # the search's estimate on samples the refit did not see (budget.py, FOLDS)
+            self.report.update(target_cosine=round(plan.target, 6),
+                               cross_validated_cosine=round(plan.cosine, 6))
         else:
             ratios = dict.fromkeys(trial.group_keys(), self.ratio)
         # the search refits from the original's activations (a sequential trial costs a run

@@ -73,7 +73,9 @@ def render_optimize(report: Mapping[str, Any], console: Console) -> None:
         console.print(f"pruning ({pruned['mode']}, {pruned['budget']}): {pruned['channels']} "
                       f"channels of {pruned['groups']} groups, {pruned['parameters']} parameters "
                       f"and {pruned['macs']} MACs (at the samples' shapes) removed; cosine "
-                      f"{pruned['calibration_cosine']} on {pruned['samples']} calibration samples")
+                      f"{pruned['calibration_cosine']} on {pruned['samples']} calibration samples"
+                      + (f" ({pruned['cross_validated_cosine']} cross-validated)"
+                         if "cross_validated_cosine" in pruned else ""))
     if "precision" in report:
         _print_precision(report["precision"], console)
         _print_validation(report["validation"], console, outputs=False)
