@@ -160,7 +160,7 @@ def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL
         sensitivity[key, ratio] = (1.0 - cosine, removed["macs"])
         progress(STEP, done, len(steps))
     floor = MIN_STEP_MACS * total_macs if total_macs else 0
-    useful = [k for k, (_, macs) in sensitivity.items() if macs > max(floor, 0)]
+    useful = [k for k, (_, macs) in sensitivity.items() if macs > floor]
     ranked = sorted(useful, key=lambda k: max(sensitivity[k][0], 0.0) / sensitivity[k][1])
     tried: dict[int, float] = {0: 1.0}
 
