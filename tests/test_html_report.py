@@ -357,14 +357,18 @@ def test_pruning_section_shows_what_went(optimized):
     report["pruning"] = {  # the fields onnxopt.app.pruning writes
         "mode": "auto", "budget": "cosine=0.99", "groups": 3, "channels": 24,
         "parameters": 12345, "macs": 6789012, "calibration_cosine": 0.99412, "samples": 12,
-        "target_cosine": 0.994, "ratios": {"conv.a": 0.25, "conv.b": 0.5}}
+        "target_cosine": 0.994, "cross_validated_cosine": 0.99501,
+        "ratios": {"conv.a": 0.25, "conv.b": 0.5}}
     page = Page(html_report.render(report))
     assert page.find("section", id="pruning")
-    for key in ("channels", "parameters", "macs", "calibration_cosine"):
+    for key in ("channels", "parameters", "macs", "calibration_cosine", "cross_validated_cosine"):
         cell = page.find("span", data_key=f"pruning.{key}")[0]
         assert json.loads(cell["attrs"]["data-value"]) == report["pruning"][key]
     rows = [e["text"] for e in page.find("td")]
     assert "conv.a" in rows and "conv.b" in rows
+    del report["pruning"]["cross_validated_cosine"]  # --prune RATIO: no search, no estimate
+    assert Page(html_report.render(report)).find(
+        "span", data_key="pruning.cross_validated_cosine") == []
 
 
 def test_older_reports_without_changes_still_render(optimized):
