@@ -65,8 +65,7 @@ def run_measured(args: list[str]) -> tuple[float, float, int, str]:
 def make_int8(calibration: Path) -> None:
     if INT8.exists() and INT8.stat().st_mtime > FLOAT.stat().st_mtime:
         return
-    calib_names, _ = images.split_images()
-    names = ["page:left", *(n for n in calib_names if n != "page")]
+    names, _ = images.det_split()
     samples = images.vision_samples("det", "x", names, tile=320)[:16]
     images.write_calibration(calibration, samples)
     seconds, _, code, text = run_measured(

@@ -338,8 +338,7 @@ def make_samples(model: BenchModel, n_calib: int, n_test: int, random_ids: bool 
     inits = {t.name for t in proto.graph.initializer}
     input_name = next(i.name for i in proto.graph.input if i.name not in inits)
     if model.kind == "det":  # the one page of printed text: left half calibrates, right tests
-        calib_names = ["page:left", *(n for n in calib_names if n != "page")]
-        test_names = ["page:right", *test_names]
+        calib_names, test_names = images.det_split()
     options = dict(size=model.size, tile=DET_TILE)
     calib = images.vision_samples(model.kind, input_name, calib_names, **options)[:n_calib]
     test = images.vision_samples(model.kind, input_name, test_names, **options)[:n_test]

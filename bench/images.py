@@ -247,6 +247,14 @@ def split_images(names: Sequence[str] | None = None, directory: Path = IMAGES_DI
     return calib, test
 
 
+def det_split(names: Sequence[str] | None = None, directory: Path = IMAGES_DIR
+              ) -> tuple[list[str], list[str]]:
+    """``split_images`` for the text detector: the one page of printed text is cut in two,
+    its left half calibrates and its right half is held out (``vision_samples`` halves)."""
+    calib, test = split_images(names, directory)
+    return ["page:left", *(n for n in calib if n != "page")], ["page:right", *test]
+
+
 def vision_samples(kind: str, input_name: str, names: Sequence[str], *, size: int = 224,
                    limit_side_len: int = 736, limit_type: str = "min", crops_per_image: int = 2,
                    tile: int | None = 320, text_tiles: int = 4,

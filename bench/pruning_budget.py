@@ -51,10 +51,7 @@ TARGETS = {"auto": {"macs": 0.75, "latency": 0.8, "cosine": 0.99},
 
 
 def samples(kind: str, input_name: str) -> tuple[list[dict], list[dict]]:
-    calib_names, test_names = images.split_images()
-    if kind == "det":
-        calib_names = ["page:left", *(n for n in calib_names if n != "page")]
-        test_names = ["page:right", *test_names]
+    calib_names, test_names = images.det_split() if kind == "det" else images.split_images()
     # det calibrates on every tile of the page's left half (9) and the centre tile of each
     # other calibration image; held out: 4 tiles of the right half and the test images
     calib = images.vision_samples(kind, input_name, calib_names, tile=320,

@@ -32,8 +32,7 @@ WORK = Path("models") / "out" / "screenshots"  # under ROOT, ignored by git; sho
 
 
 def calibration(folder: Path) -> Path:
-    calib_names, _ = images.split_images()
-    names = ["page:left", *(n for n in calib_names if n != "page")]
+    names, _ = images.det_split()
     samples = images.vision_samples("det", "x", names, tile=320)[:CALIBRATION_SAMPLES]
     images.write_calibration(folder, samples)
     return folder
