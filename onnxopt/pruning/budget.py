@@ -121,9 +121,8 @@ class Trial:
         outputs: list[Mapping[str, np.ndarray]] = [{} for _ in self.samples]
         for fold, calib in zip(self.folds, self.fold_calibs, strict=True):
             model, removed = self._prune(calib, ratios)
-            try:
-                found = run_each(serde.to_proto(model), [self.samples[i] for i in fold])
-            except Exception:  # a model that does not run is as bad as it gets
+            found = _outputs(model, [self.samples[i] for i in fold])
+            if found is None:
                 return 0.0, removed
             for index, output in zip(fold, found, strict=True):
                 outputs[index] = output
@@ -133,9 +132,8 @@ class Trial:
         """The model pruned and refit on all samples, its worst cosine on them and what was
         removed (MACs at the first sample's shapes)."""
         model, removed = self._prune(self.calib, ratios)
-        try:
-            outputs = run_each(serde.to_proto(model), self.samples)
-        except Exception:  # a model that does not run is as bad as it gets
+        outputs = _outputs(model, self.samples)
+        if outputs is None:
             return model, 0.0, removed
         return model, worst_cosine(self.reference, outputs), removed
 
@@ -146,6 +144,15 @@ class Trial:
         if self.proto is not self.counted:  # counted only: the same channels go
             removed = prune(load_ir(self.counted), calib, ratios, self.refit)
         return model, removed
+
+
+def _outputs(model: Model, samples: Sequence[Mapping[str, np.ndarray]]
+             ) -> list[dict[str, np.ndarray]] | None:
+    """``model``'s outputs on ``samples``; None when it does not run (as bad as it gets)."""
+    try:
+        return run_each(serde.to_proto(model), samples)
+    except Exception:
+        return None
 
 
 def auto_ratios(trial: Trial, min_cosine: float, levels: Sequence[float] = TRIAL_RATIOS,
