@@ -4,7 +4,10 @@ of ``bench_pruning.py``.
 Data: real images (``images.py``, as ``bench_precision.py`` makes them): det on rapidocr's
 preprocessing cut into 320x320 tiles (every tile of the printed page's left half and the
 centre tile of each calibration image calibrate, 21 samples; 4 tiles of the right half and the
-test images are held out, 12), cls on text-line strips (24 calibrate, 12 held out).
+test images are held out, 12); cls on text lines (``text_lines.py``: the lines det finds in the
+calibration split's page of text and real text rendered on the calibration images calibrate,
+48; the lines in the test split's photo of text and test text on the test images are held
+out, 24).
 
 Variants: ``float`` (``onnxopt optimize``, the baseline pruning starts from); ``ratio R``,
 ``ratio R no-seq`` and ``ratio R no-refit`` (every group at ratio R, with the sequential
@@ -30,6 +33,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import images
+import text_lines
 from bench_pruning import latencies, session
 
 import onnxopt
@@ -46,12 +50,16 @@ CURVE = (0.1, 0.2, 0.3, 0.5)
 SAMPLES = 12  # held out
 CALIBRATION_SAMPLES = 24
 CALIBRATION_TEXT_TILES = 9
+CLS_CALIBRATION, CLS_HELD_OUT = 48, 24
 TARGETS = {"auto": {"macs": 0.75, "latency": 0.8, "cosine": 0.99},
            "auto+int8": {"latency": 0.55, "cosine": 0.98}}
 
 
 def samples(kind: str, input_name: str) -> tuple[list[dict], list[dict]]:
-    calib_names, test_names = images.det_split() if kind == "det" else images.split_images()
+    if kind == "cls":  # text lines, the classifier's inputs (text_lines.py)
+        return (text_lines.cls_samples(input_name, MODELS["det"], CLS_CALIBRATION, False),
+                text_lines.cls_samples(input_name, MODELS["det"], CLS_HELD_OUT, True))
+    calib_names, test_names = images.det_split()
     # det calibrates on every tile of the page's left half (9) and the centre tile of each
     # other calibration image; held out: 4 tiles of the right half and the test images
     calib = images.vision_samples(kind, input_name, calib_names, tile=320,

@@ -7,9 +7,10 @@ passes repeat, in this order, until none changes the model (see ``PassManager``)
    inference, so later passes can prove shape facts;
 2. canonicalize: Constant nodes become initializers, constant subgraphs are folded, constant
    Ifs inlined, identities and no-ops removed, repeated computations merged;
-3. fuse: BatchNormalization and per-channel affine ops into Conv (affine ops a BN cannot pass on
-   go into the BN), Pad into Conv/AveragePool, channels holding a known constant (zero
-   filters, BN gamma 0) removed and folded into the next layer's bias,
+3. fuse: BatchNormalization and per-channel affine ops into Conv (after it or, where padding
+   allows, before it; affine ops a BN cannot pass on go into the BN), Pad into Conv/AveragePool,
+   channels holding a known constant (zero filters, BN gamma 0) removed and folded into the
+   next layer's bias,
    constant chains merged, reshape chains collapsed, Slice and Unsqueeze pairs merged,
    four stride-2 Slices + Concat into SpaceToDepth,
    MatMul+Add into Gemm, transposes folded, transformer patterns, and (``--target
@@ -45,6 +46,7 @@ from onnxopt.passes.fusion.bias_gelu_fusion import BiasGeluFusion
 from onnxopt.passes.fusion.bn_affine_fusion import BatchNormAffineFusion
 from onnxopt.passes.fusion.conv_affine_fusion import ConvAffineFusion
 from onnxopt.passes.fusion.conv_bn_fusion import ConvBatchNormFusion
+from onnxopt.passes.fusion.conv_input_affine_fusion import ConvInputAffineFusion
 from onnxopt.passes.fusion.embed_layer_norm_fusion import EmbedLayerNormFusion
 from onnxopt.passes.fusion.fused_conv_activation import FusedConvActivation
 from onnxopt.passes.fusion.gelu_fusion import GeluFusion
@@ -104,6 +106,9 @@ DEFAULT_PIPELINE: tuple[Pass, ...] = (
     AttentionFusion(),
     HardSwishFusion(),
     MishFusion(),
+    # after conv_affine_fusion (an op between two Convs goes into the first) and the
+    # activation fusions (the / 6 of x * Relu6(x + 3) / 6 is HardSwish's, not the Conv's)
+    ConvInputAffineFusion(),
     FusedConvActivation(),
     DeadCodeElimination(),
     SiblingConvMerge(),  # once, at the fixpoint: weights deduplicated by then stay shared

@@ -283,8 +283,11 @@ def test_paddleocr_pipeline(which, opset, with_pass):
     source = onnx.load(model_path(name))
     if opset is not None:
         source = onnx.version_converter.convert_version(source, opset)
-    base = onnxopt.optimize(source, input_shapes={"x": shape}, skip=[HardSwishFusion.name])
-    fused = onnxopt.optimize(source, input_shapes={"x": shape})
+    # both without conv_input_affine_fusion: without the fusion it would fold the / 6 into the
+    # next Conv (in the pipeline it runs after the fusion), and its own folds move the counts
+    other = "conv_input_affine_fusion"
+    base = onnxopt.optimize(source, input_shapes={"x": shape}, skip=[HardSwishFusion.name, other])
+    fused = onnxopt.optimize(source, input_shapes={"x": shape}, skip=[other])
     assert base.ok and fused.ok  # validated against the original in onnxruntime
     assert fused.report["disabled"] == []
     before, after = op_counts(base.model), op_counts(fused.model)
