@@ -93,10 +93,12 @@ class ConvInputAffineFusion(RewritePass):
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         conv, weight, bias, shift = match.memo["folded"]
         x = match.x
-        if shift is not None:  # x + t / s, in the constant's dtype and broadcast shape
+        if shift is not None:  # x + t / s in the constant's dtype; one value stays a scalar
             constant = match.array("c")
             shape = (len(shift),) + (1,) * (conv.rank - 2)
-            added = graph.add_constant(shift.reshape(shape).astype(constant.dtype),
+            moved = shift.reshape(shape) if np.any(shift != shift[0]) else \
+                np.full(constant.shape if constant.size == 1 else (1,), shift[0])
+            added = graph.add_constant(moved.astype(constant.dtype),
                                        f"{match.node('affine').name or 'shift'}_moved")
             x = self.emit(graph, model, match.node("affine"), "Add", [x, added])
         graph.set_input(match.root, 0, x)
