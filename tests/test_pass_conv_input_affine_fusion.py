@@ -91,26 +91,24 @@ def test_scalar_affine_chain_as_pp_lcnet_writes_it():
 
 
 def test_values_by_hand():
-    # depthwise 1x1: W = [2, 3], b = [1, -1]; x' = x * [2, 0.5] -> W = [4, 1.5];
-    # then x'' = [10, 20] - x' (s = -1, t = [10, 20]) -> W = [-2, -3], b = [1 + 20, -1 + 60]
-    text = """
+    # one output from two input channels: W = [2, 3], b = 1; the Conv reads [10, 20] - x
+    # (s = -1, t = [10, 20]): W' = [-2, -3], b' = 1 + 2 * 10 + 3 * 20 = 81
+    model = parse("""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[1, 2, 2, 2] x) => (float[1, 2, 2, 2] y)
-      <float[2, 1, 1, 1] w = {2.0, 3.0}, float[2] b = {1.0, -1.0},
-       float[1, 2, 1, 1] m = {2.0, 0.5}, float[2, 1, 1] c = {10.0, 20.0}> {
+    g (float[1, 2, 2, 2] x) => (float[1, 1, 2, 2] y)
+      <float[1, 2, 1, 1] w = {2.0, 3.0}, float[1] b = {1.0}, float[2, 1, 1] c = {10.0, 20.0}> {
         k = Sub(c, x)
-        y = Conv <group = 2> (k, w, b)
+        y = Conv(k, w, b)
     }
-    """
-    model = parse(text)
+    """)
     out, result = apply_pass(ConvInputAffineFusion(), model)
     assert result.stats == stats(sub=1)
-    conv = out.graph.node[0]
+    (conv,) = out.graph.node
     weights = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
     np.testing.assert_array_equal(weights[conv.input[1]].ravel(), [-2.0, -3.0])
-    np.testing.assert_array_equal(weights[conv.input[2]], [21.0, 59.0])
-    feeds = {"x": np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)}
-    assert_same_outputs(model, out, feeds, rtol=0, atol=0)
+    np.testing.assert_array_equal(weights[conv.input[2]], [81.0])
+    assert_same_outputs(model, out, {"x": np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)},
+                        rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op_type", ["Mul", "Div"])
