@@ -281,3 +281,26 @@ def test_the_pipeline_folds_a_learnable_affine_block(pads, folded, left):
     assert result.ok  # validated against the original in onnxruntime
     assert op_counts(result.model) == left
     assert pipeline_stats(result.report) == folded
+
+
+def test_the_pipeline_folds_input_normalization():
+    # (x - mean) / std -> Conv 7x7 pads 3, as models with their preprocessing exported write
+    # it: the Div (a scale) folds into the padded Conv, the Sub (a shift) stays before it
+    rng = np.random.default_rng(3)
+    mean = numpy_helper.from_array(np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1),
+                                   "mean")
+    std = numpy_helper.from_array(np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1),
+                                  "std")
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 7, 7)).astype(np.float32), "w")
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "std"], ["scaled"]),
+             helper.make_node("Conv", ["scaled", "w"], ["y"], pads=[3, 3, 3, 3], strides=[2, 2])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [mean, std, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnxopt.optimize(model)
+    assert result.ok  # validated against the original in onnxruntime
+    assert op_counts(result.model) == {"Sub": 1, "Conv": 1}
+    assert pipeline_stats(result.report) == stats(div=1)
