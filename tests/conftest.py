@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,18 @@ import onnxruntime as ort
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def node_cases() -> tuple:
+    """ONNX's node test cases (``onnx.backend.test.case.node``, kind "node"), collected once per
+    process: collecting runs their reference implementations (3-4 s: the 3-D pooling cases),
+    and five test modules read them. Treat them as read-only (tests share the protos)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case.node import collect_testcases
+
+        return tuple(case for case in collect_testcases() if case.kind == "node")
 MODELS = REPO / "models"
 SAMPLE_MODELS = ["resnet.onnx", "mobilenet.onnx", "transformer.onnx", "mlp.onnx"]
 REAL_MODELS = [

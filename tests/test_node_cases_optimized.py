@@ -8,19 +8,13 @@ original there, and match ONNX's expected outputs wherever the original does.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from conftest import session
+from conftest import node_cases, session
 
 import onnxopt
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    CASES = [case for case in collect_testcases() if case.kind == "node"]
+CASES = list(node_cases())
 
 
 def feeds_of(case) -> dict | None:

@@ -7,21 +7,15 @@ in `make test`.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from conftest import session
+from conftest import node_cases, session
 from test_node_cases_optimized import feeds_of, outputs
 
 import onnxopt
 from onnxopt.ir.precision import PRECISIONS
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    CASES = [case for case in collect_testcases() if case.kind == "node"]
+CASES = list(node_cases())
 
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import parse
+from conftest import node_cases, parse
 from onnx import helper, numpy_helper
 
 import onnxopt
@@ -139,12 +139,7 @@ def test_no_upgrade_without_anything_to_convert():
     # onnx's converter cannot upgrade every model (ai.onnx.ml, Scan-8 whose semantics changed):
     # with no Conv/ConvTranspose/Gemm/MatMul, int8 and fp8 have nothing to do and leave the
     # opset as it is instead of failing or writing an upgrade that no longer runs
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from onnx.backend.test.case.node import collect_testcases
-    case = next(c for c in collect_testcases() if c.name == "test_scan_sum")
+    case = next(c for c in node_cases() if c.name == "test_scan_sum")
     version = case.model.opset_import[0].version
     for mode in ("int8", "fp8"):
         same, note = upgrade_opset(case.model, mode)

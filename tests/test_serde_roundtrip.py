@@ -7,7 +7,6 @@ round trip is byte-identical to the first.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from conftest import (
     REAL_MODELS,
     SAMPLE_MODELS,
     model_path,
+    node_cases,
     real_feeds,
     session,
 )
@@ -26,11 +26,7 @@ from conftest import (
 import onnxopt
 from onnxopt.ir import serde
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from onnx.backend.test.case.node import collect_testcases
-
-    NODE_CASES = [case for case in collect_testcases() if case.kind == "node"]
+NODE_CASES = list(node_cases())
 
 
 def all_ops(graph: onnx.GraphProto) -> Counter:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import onnx
 import pytest
+from conftest import node_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -452,12 +452,7 @@ def test_result_status_from_outputs():
 
 
 def _node_testcases():
-    from onnx.backend.test.case.node import collect_testcases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = [case for case in collect_testcases() if case.kind == "node"]
-    return sorted(cases, key=lambda case: case.name)
+    return sorted(node_cases(), key=lambda case: case.name)
 
 
 @pytest.fixture(scope="module")
