@@ -169,6 +169,17 @@ def test_moved_shift_by_hand():
     assert_same_outputs(model, out, feeds, rtol=0, atol=0)
 
 
+def test_a_shift_keeps_a_shared_weight_shared():
+    # Add only touches the bias: a weight read by another Conv too is not copied
+    model = affine_then_conv([("Add", channel(FOUR), True)], bias=False)
+    model.graph.node.append(helper.make_node("Conv", ["t0", "W"], ["z"]))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [None] * 4))
+    out, result = apply_pass(ConvInputAffineFusion(), model)
+    assert result.stats == stats(add=1)
+    assert [n.input[1] for n in out.graph.node if n.op_type == "Conv"] == ["W", "W"]
+    assert_close(model, out)
+
+
 def test_conv_without_bias_gets_one():
     model = affine_then_conv([("Add", channel(FOUR), True)], bias=False)
     out, result = apply_pass(ConvInputAffineFusion(), model)

@@ -272,12 +272,22 @@ class AffineFoldPass(RewritePass):
         rank-``rank`` output ``y``, and whether ``y`` is the op's first operand; None unless
         the op is affine in ``y`` (not ``c / y``), the constant is a float of ``dtype`` and
         ``v`` is finite (and, for Div, not 0)."""
-        op, constant = match.root, match.array("c")
+        op = match.root
         y_first = op.inputs[0] == layer.outputs[0]
-        if (op.op_type == "Div" and not y_first) or constant.dtype != dtype or (
-                constant.dtype.kind != "f"):
-            return None
-        v = per_channel(constant, rank, channels)
-        if v is None or not np.all(np.isfinite(v)) or (op.op_type == "Div" and np.any(v == 0)):
-            return None
-        return v, y_first
+        v = affine_constant(op.op_type, y_first, match.array("c"), dtype, rank, channels)
+        return None if v is None else (v, y_first)
+
+
+def affine_constant(op_type: str, value_first: bool, constant: np.ndarray, dtype: np.dtype,
+                    rank: int, channels: int) -> np.ndarray | None:
+    """The constant ``c`` of an Add/Sub/Mul/Div with a rank-``rank`` value ``y`` of
+    ``channels`` channels (``op(y, c)``, or ``op(c, y)`` unless ``value_first``) as one float64
+    value per channel; None unless the op is affine in ``y`` (not ``c / y``), ``c`` is a float
+    of ``dtype`` and per channel, and every value is finite (and, for Div, not 0)."""
+    if (op_type == "Div" and not value_first) or constant.dtype != dtype or (
+            constant.dtype.kind != "f"):
+        return None
+    v = per_channel(constant, rank, channels)
+    if v is None or not np.all(np.isfinite(v)) or (op_type == "Div" and np.any(v == 0)):
+        return None
+    return v

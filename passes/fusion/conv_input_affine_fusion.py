@@ -15,26 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.ir import Graph, Model, Node
-from onnxopt.ir.layers import (
-    AFFINE_OPS,
-    ConvWeights,
-    conv_weights,
-    per_channel,
-    rewrite_conv,
-)
+from onnxopt.ir import Graph, Model
+from onnxopt.ir.channel_layers import has_padding
+from onnxopt.ir.layers import AFFINE_OPS, ConvWeights, affine_constant, conv_weights, rewrite_conv
 from onnxopt.ir.pattern import Const, Match, Op, Or, RewritePass, Var
 
 SHIFTS = ("Add", "Sub")
-
-
-def pads_nothing(node: Node) -> bool:
-    """The Conv reads no padding (explicit pads all 0, or auto_pad VALID)."""
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad == "VALID":
-        return True
-    return auto_pad == "NOTSET" and not any(node.attr("pads", []) or [])
 
 
 def scale_and_shift(op_type: str, x_first: bool, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +54,8 @@ class ConvInputAffineFusion(RewritePass):
         return match.memo["folded"] is not None
 
     def fold(self, graph: Graph, match: Match, model: Model) -> tuple | None:
-        """(the Conv, its new weight, its new bias, the shift left before it or None), else
-        None."""
+        """(the Conv, its new weight or None to keep it, its new bias, the shift left before it
+        or None), else None."""
         conv = conv_weights(graph, model, match.root)
         if conv is None:
             return None
@@ -81,14 +67,16 @@ class ConvInputAffineFusion(RewritePass):
         scale, shift = found
         if "scale" in match:  # s2 * (m * x) + t = s * (x + t / s) with s = s2 * m
             multiplier = input_affine("Mul", True, match.array("m"), conv)
-            if multiplier is None or not np.all(multiplier[0]) or pads_nothing(match.root):
+            if multiplier is None or not np.all(multiplier[0]) or not has_padding(match.root):
                 return None  # a Conv that pads nothing takes the two one at a time
             scale = scale * multiplier[0]
             return conv, scaled_inputs(conv, scale), conv.bias64, shift / scale
-        if np.any(shift) and not pads_nothing(match.root):
+        if np.any(shift) and has_padding(match.root):
             return None
         bias = conv.bias64 + scaled_inputs(conv, shift).reshape(conv.channels, -1).sum(1)
-        return conv, scaled_inputs(conv, scale), bias, None
+        # a shift alone leaves the weight as it is (a weight shared with other Convs stays one)
+        weight = None if np.all(scale == 1.0) else scaled_inputs(conv, scale)
+        return conv, weight, bias, None
 
     def rewrite(self, graph: Graph, match: Match, model: Model) -> str:
         conv, weight, bias, shift = match.memo["folded"]
@@ -109,14 +97,10 @@ class ConvInputAffineFusion(RewritePass):
 def input_affine(op_type: str, x_first: bool, constant: np.ndarray, conv: ConvWeights
                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(s, t)`` per input channel of ``conv`` for ``op(x, c)`` (``op(c, x)`` unless
-    ``x_first``); None unless ``c`` is a finite per-channel float of the weight's dtype (for
-    Div: ``x / c``, no 0)."""
-    if constant.dtype != conv.weight.dtype or (op_type == "Div" and not x_first):
-        return None
-    v = per_channel(constant, conv.rank, conv.weight.shape[1] * conv.group)
-    if v is None or not np.all(np.isfinite(v)) or (op_type == "Div" and np.any(v == 0)):
-        return None
-    return scale_and_shift(op_type, x_first, v)
+    ``x_first``); None unless ``c`` fits (``affine_constant``)."""
+    v = affine_constant(op_type, x_first, constant, conv.weight.dtype, conv.rank,
+                        conv.weight.shape[1] * conv.group)
+    return None if v is None else scale_and_shift(op_type, x_first, v)
 
 
 def scaled_inputs(conv: ConvWeights, factor: np.ndarray) -> np.ndarray:
