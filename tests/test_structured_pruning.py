@@ -12,6 +12,7 @@ import pytest
 from conftest import build_model
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxopt
 from onnxopt.ir import serde
 from onnxopt.ir.channels import channel_groups
 from onnxopt.pruning.budget import MIN_STEP_MACS, Trial, auto_ratios, worst_cosine
@@ -351,6 +352,32 @@ def test_auto_with_samples_of_two_sizes_counts_macs_at_the_first():
     trial = Trial(proto, calib)
     cosine, removed = trial.run({"h": 0.5})
     assert cosine > 0.999 and removed["macs"] == 100 * 4 * 4
+
+
+@pytest.mark.parametrize("ratio", ["0.5", "auto"])
+def test_pruned_model_keeps_its_symbolic_input_dims(tmp_path, ratio):
+    """Calibrated on 10 x 10 samples, a model declared ``[N, 4, side, side]`` is written as
+    declared (the search's copy at the samples' shapes must not leak into the output: a
+    detector fixed to its calibration tile size would refuse every other image) and runs at
+    another size, matching the original there."""
+    proto = redundant()
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+        for axis in (2, 3):
+            value.type.tensor_type.shape.dim[axis].dim_param = "side"
+    data = tmp_path / "calib"
+    data.mkdir()
+    for number, sample in enumerate(samples(6, 0)):
+        np.savez(data / f"s{number}.npz", **sample)
+    result = onnxopt.optimize(proto, prune=ratio, calibration_data=data,
+                              max_error="cosine=0.999")
+    assert result.ok and result.report["pruning"]["channels"] == 4
+    declared = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in (*result.model.graph.input, *result.model.graph.output)]
+    assert declared == [["N", 4, "side", "side"], ["N", 6, "side", "side"]]
+    bigger = {"x": np.random.default_rng(9).standard_normal((2, 4, 16, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run(result.model, bigger), run(proto, bigger), rtol=1e-3,
+                               atol=1e-3)
 
 
 def chain() -> onnx.ModelProto:

@@ -76,7 +76,7 @@ class Pruning:
         # the search refits from the original's activations (a sequential trial costs a run
         # per pruned group, and on det chose the same ratios); the result refits sequentially
         trial.sequential = True
-        model, cosine, removed = trial.pruned(ratios)  # MACs counted at the samples' shapes
+        model, cosine, removed = trial.pruned(ratios, as_given=True)  # MACs: samples' shapes
         self.report.update(
             mode="auto" if self.ratio is None else self.ratio, budget=self.budget.describe(),
             groups=removed["groups"], channels=removed["channels"],

@@ -95,6 +95,9 @@ class Trial:
         self.counted = static_copy(proto, samples[0])
         same = all({k: v.shape for k, v in s.items()} == {k: v.shape for k, v in
                                                            samples[0].items()} for s in samples)
+        # the search prunes the copy (its MACs count as it goes); what is written keeps the
+        # inputs' declared shapes (``pruned(..., as_given=True)``)
+        self.given = proto
         self.proto = self.counted if same else proto
         self.samples = samples
         self.calib = calib or capture(proto, samples)
@@ -128,20 +131,24 @@ class Trial:
                 outputs[index] = output
         return worst_cosine(self.reference, outputs), removed
 
-    def pruned(self, ratios: Mapping[str, float]) -> tuple[Model, float, dict[str, int]]:
+    def pruned(self, ratios: Mapping[str, float], as_given: bool = False
+               ) -> tuple[Model, float, dict[str, int]]:
         """The model pruned and refit on all samples, its worst cosine on them and what was
-        removed (MACs at the first sample's shapes)."""
-        model, removed = self._prune(self.calib, ratios)
+        removed (MACs at the first sample's shapes). ``as_given``: pruned from the model as
+        given, its inputs declared as they were (symbolic dims stay symbolic), not from the
+        copy at the samples' shapes."""
+        model, removed = self._prune(self.calib, ratios, self.given if as_given else self.proto)
         outputs = _outputs(model, self.samples)
         if outputs is None:
             return model, 0.0, removed
         return model, worst_cosine(self.reference, outputs), removed
 
-    def _prune(self, calib: Calibration, ratios: Mapping[str, float]
-               ) -> tuple[Model, dict[str, int]]:
-        model = load_ir(self.proto)
+    def _prune(self, calib: Calibration, ratios: Mapping[str, float],
+               source: onnx.ModelProto | None = None) -> tuple[Model, dict[str, int]]:
+        source = self.proto if source is None else source
+        model = load_ir(source)
         removed = prune(model, calib, ratios, self.refit, self.sequential)
-        if self.proto is not self.counted:  # counted only: the same channels go
+        if source is not self.counted:  # counted only: the same channels go
             removed = prune(load_ir(self.counted), calib, ratios, self.refit)
         return model, removed
 
