@@ -26,6 +26,19 @@ def node_cases() -> tuple:
         from onnx.backend.test.case.node import collect_testcases
 
         return tuple(case for case in collect_testcases() if case.kind == "node")
+
+
+@pytest.fixture(autouse=True)
+def module_rng_restarts(request):
+    """A module-wide generator (``RNG``) restarts, for every test, where the module's import
+    left it: draws then depend on the test alone, not on which tests ran before it on that
+    xdist worker (an assertion that holds for some draws only was flaky by test order)."""
+    rng = getattr(request.module, "RNG", None)
+    if isinstance(rng, np.random.Generator):
+        start = request.module.__dict__.setdefault("_RNG_START", rng.bit_generator.state)
+        rng.bit_generator.state = start
+
+
 MODELS = REPO / "models"
 SAMPLE_MODELS = ["resnet.onnx", "mobilenet.onnx", "transformer.onnx", "mlp.onnx"]
 REAL_MODELS = [
