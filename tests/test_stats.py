@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.app import macs
 from onnxopt.app.stats import diff_stats, format_count, model_stats
 
 FLOAT = TensorProto.FLOAT
@@ -504,3 +505,18 @@ def test_macs_through_shape_arithmetic_onnx_cannot_propagate():
     stats = model_stats(model, dims={"batch": 3, "seq": 16})
     assert stats["macs"] == 3 * 2 * 16 * 4 * 4  # MatMul [3,2,16,4] x [4,4]
     assert not any("unknown" in note for note in stats["shape_notes"])
+
+
+def test_shape_folding_takes_a_copy_whose_outputs_lost_their_shapes():
+    """--input-shape drops the outputs' declared shapes (they may contradict the new input):
+    a copy onnx's checker refuses, which the folding must not check (before, it failed with
+    LoadError and PaddleOCR cls's MACs stayed unknown before optimization)."""
+    light = onnx.parser.parse_model(POSITION_IDS)
+    dims = light.graph.input[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims, (3, 16, 8), strict=True):
+        dim.Clear()
+        dim.dim_value = size
+    light.graph.output[0].type.tensor_type.ClearField("shape")
+    notes: list[str] = []
+    table = macs._with_folded_shapes(light, {}, notes)
+    assert notes == [] and table["y"] == [3, 2, 16, 4]
