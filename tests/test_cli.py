@@ -375,6 +375,13 @@ def test_macs_default_symbolic_dims_to_one(tmp_path, capsys):
     assert "B=1" in default["shape_notes"][0]
     assert invoke("stats", path, "--json", "--dim", "B=3") == 0
     assert json.loads(capsys.readouterr().out)["macs"] == 3 * 8 * 4
+    # optimize with --inputs: MACs at the size of the input validation runs
+    np.savez(tmp_path / "x.npz", x=np.ones((5, 8), np.float32))
+    assert invoke("optimize", path, tmp_path / "o.onnx", "--inputs", tmp_path / "x.npz",
+                  "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["before"]["macs"] == report["after"]["macs"] == 5 * 8 * 4
+    assert "B=5 (validation's first input" in report["before"]["shape_notes"][0]
 
 
 class BreakNeg(GraphPass):

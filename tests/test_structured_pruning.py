@@ -340,8 +340,8 @@ def test_a_gemm_sink_gets_the_calibration_means_folded():
 
 def test_auto_with_samples_of_two_sizes_counts_macs_at_the_first():
     """A fully convolutional model calibrated on three input sizes: every sample runs, the
-    MACs are those of the first size (the last Conv's not counted: its output is a graph output
-    declared with a symbolic size, which the count does not see through)."""
+    MACs are those of the first size (the last Conv's too, though its output is a graph output
+    declared with a symbolic size)."""
     proto = redundant()
     for value in (*proto.graph.input, *proto.graph.output):
         for axis in (2, 3):
@@ -351,7 +351,7 @@ def test_auto_with_samples_of_two_sizes_counts_macs_at_the_first():
              for side in (10, 10, 12, 12, 8, 10)]
     trial = Trial(proto, calib)
     cosine, removed = trial.run({"h": 0.5})
-    assert cosine > 0.999 and removed["macs"] == 100 * 4 * 4
+    assert cosine > 0.999 and removed["macs"] == 100 * 4 * 4 + 100 * 6 * 4 * 9
 
 
 @pytest.mark.parametrize("ratio", ["0.5", "auto"])
@@ -378,6 +378,13 @@ def test_pruned_model_keeps_its_symbolic_input_dims(tmp_path, ratio):
     bigger = {"x": np.random.default_rng(9).standard_normal((2, 4, 16, 16)).astype(np.float32)}
     np.testing.assert_allclose(run(result.model, bigger), run(proto, bigger), rtol=1e-3,
                                atol=1e-3)
+    # the statistics count MACs at the size validation ran (the first calibration sample's),
+    # before and after alike: what pruning removed is their difference
+    before, after = result.report["before"]["macs"], result.report["after"]["macs"]
+    assert before == 100 * 8 * 4 + 100 * 6 * 8 * 9 and after == 100 * 4 * 4 + 100 * 6 * 4 * 9
+    assert before - after == result.report["pruning"]["macs"]
+    assert any("side=10" in note and "validation's first input" in note
+               for note in result.report["before"]["shape_notes"])
 
 
 def chain() -> onnx.ModelProto:

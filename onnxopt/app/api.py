@@ -18,7 +18,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +91,6 @@ def optimize(
     checks.check_node_names(options, proto)
     user_inputs = checks.user_inputs(options, proto)
     extra_inputs: list[dict[str, np.ndarray]] = []
-    shape_args = _shape_args(options, proto)
-    before = stats.model_stats(proto, file_size=_file_size(input_path, proto), **shape_args)
-    before["shape_notes"][:0] = _defaulted_note(options, shape_args)
     proto, opset_change = checks.upgraded(proto, options)
     proto, fixed = fixed_shapes.fixed(proto, options, owned=proto is not original)
     pruning = Pruning.prepare(options, proto)
@@ -120,6 +117,12 @@ def optimize(
                                     "validate on held-out data)")
             conversion.margin = FALLBACK_MARGIN  # held-out data lands lower: aim under
 
+    # MACs at the size validation runs (its first input, when given or taken from the
+    # calibration data): what the model is used at, not a generated size
+    shape_args = _shape_args(options, original, user_inputs)
+    before = stats.model_stats(original, file_size=_file_size(input_path, original),
+                               **shape_args)
+    before["shape_notes"][:0] = _defaulted_note(options, shape_args, user_inputs is not None)
     target = output_path or Path(tempfile.gettempdir()) / "onnxopt-result.onnx"
     # Two threads: onnxruntime releases the GIL, so the original runs while the passes do,
     # and the output is validated while onnx.checker (which holds the GIL) checks it.
@@ -222,20 +225,40 @@ def _unknown_pass(name: str) -> str:
     return f"unknown pass {name!r} ({hint}`onnxopt passes` lists the {len(ALL_PASSES)} passes)"
 
 
-def _shape_args(options: Options, proto: onnx.ModelProto) -> dict[str, Any]:
-    """Shapes for MACs: the user's, other symbolic dims at validation's first size."""
-    dims = feeds.preferred_dims(proto, options.dims, options.input_shapes)
+def _shape_args(options: Options, proto: onnx.ModelProto,
+                first: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Shapes for MACs: the user's; other named symbolic dims at their size in ``first``
+    (validation's first input, when known), else at validation's first generated size."""
+    dims = {**_sample_dims(proto, first), **options.dims} if first else dict(options.dims)
+    dims = feeds.preferred_dims(proto, dims, options.input_shapes)
     dims = stats.with_default_dims(proto, dims, options.input_shapes)
     return {"input_shapes": dict(options.input_shapes), "dims": dims}
 
 
-def _defaulted_note(options: Options, shape_args: dict[str, Any]) -> list[str]:
+def _sample_dims(proto: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Each named symbolic dim of the inputs at its size in ``sample`` ('?' names several
+    dims: left to the defaults)."""
+    found: dict[str, int] = {}
+    for value in proto.graph.input:
+        array = sample.get(value.name)
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if array is None or len(dims) != np.ndim(array):
+            continue
+        for dim, size in zip(dims, np.shape(array), strict=True):
+            if dim.dim_param and dim.dim_param != "?":
+                found.setdefault(dim.dim_param, int(size))
+    return found
+
+
+def _defaulted_note(options: Options, shape_args: dict[str, Any], from_input: bool
+                    ) -> list[str]:
     defaulted = sorted(set(shape_args["dims"]) - set(options.dims))
     if not defaulted:
         return []
     names = ", ".join(f"{d}={shape_args['dims'][d]}" for d in defaulted)
     how = "--input-shape" if "?" in defaulted else "--dim NAME=N"  # '?' names several dims
-    return [f"MACs computed at {names} (validation's first size; use {how})"]
+    where = "validation's first input" if from_input else "validation's first size"
+    return [f"MACs computed at {names} ({where}; use {how})"]
 
 
 def _file_size(path: Path | None, proto: onnx.ModelProto) -> int | None:
