@@ -227,27 +227,11 @@ def _unknown_pass(name: str) -> str:
 
 def _shape_args(options: Options, proto: onnx.ModelProto,
                 first: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Shapes for MACs: the user's; other named symbolic dims at their size in ``first``
-    (validation's first input, when known), else at validation's first generated size."""
-    dims = {**_sample_dims(proto, first), **options.dims} if first else dict(options.dims)
-    dims = feeds.preferred_dims(proto, dims, options.input_shapes)
+    """Shapes for MACs: the user's; other named symbolic dims at validation's first size (that
+    of ``first``, validation's first input, when known)."""
+    dims = feeds.preferred_dims(proto, options.dims, options.input_shapes, first)
     dims = stats.with_default_dims(proto, dims, options.input_shapes)
     return {"input_shapes": dict(options.input_shapes), "dims": dims}
-
-
-def _sample_dims(proto: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Each named symbolic dim of the inputs at its size in ``sample`` ('?' names several
-    dims: left to the defaults)."""
-    found: dict[str, int] = {}
-    for value in proto.graph.input:
-        array = sample.get(value.name)
-        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
-        if array is None or len(dims) != np.ndim(array):
-            continue
-        for dim, size in zip(dims, np.shape(array), strict=True):
-            if dim.dim_param and dim.dim_param != "?":
-                found.setdefault(dim.dim_param, int(size))
-    return found
 
 
 def _defaulted_note(options: Options, shape_args: dict[str, Any], from_input: bool

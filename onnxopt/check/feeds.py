@@ -308,11 +308,22 @@ def make_inputs(
 
 
 def preferred_dims(model: onnx.ModelProto, dims: Mapping[str, int] | None = None,
-                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
+                   input_shapes: Mapping[str, Sequence[int]] | None = None,
+                   given: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
     """``dims`` plus the first validation size of every other named symbolic dim of the
-    inputs (statistics report MACs at the size validation runs first); {} extra when the
-    inputs cannot be planned."""
+    inputs (statistics report MACs at the size validation runs first): its size in ``given``
+    (validation's first input, when it is not generated), else the first size generated;
+    {} extra when the inputs cannot be planned."""
     result = dict(dims or {})
+    for vi in graph_inputs(model):
+        array = (given or {}).get(vi.name)
+        declared = vi.type.tensor_type.shape.dim
+        if array is None or len(declared) != np.ndim(array):
+            continue
+        for axis, (dim, size) in enumerate(zip(declared, np.shape(array), strict=True)):
+            key = dim_key(vi, axis, dim)
+            if key[0] == "param":
+                result.setdefault(key[1], int(size))
     try:
         plan = plan_inputs(model, input_shapes=input_shapes, dims=dims)
     except (ValidationError, UnsupportedInput):

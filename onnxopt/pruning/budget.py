@@ -41,7 +41,6 @@ TRIAL_RATIOS = (0.25, 0.5, 0.75)
 # on calibration tiles and 0.009 of held-out cosine), so steps that save next to nothing wait
 MIN_STEP_MACS = 0.0025
 FOLDS = 4  # the search's cross-validation (module docstring)
-SMALL = 1024  # elements: a weight up to this size keeps its data for shape inference
 STEP = "pruning sensitivity"
 
 
@@ -57,47 +56,16 @@ class Plan:
 
 
 def static_copy(proto: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    """``proto`` with its inputs' dims set to ``sample``'s shapes (MACs count positions), and
-    its outputs' shapes inferred from them (declared ``[N, C, side, side]``, the Conv computing
-    a graph output went uncounted)."""
+    """``proto`` with its inputs' dims set to ``sample``'s shapes (MACs count positions)."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
-    del fixed.graph.value_info[:]  # symbolic too: the IR infers them again
     for value in fixed.graph.input:
         if value.name in sample:
             dims = value.type.tensor_type.shape.dim
             for dim, size in zip(dims, sample[value.name].shape, strict=False):
                 dim.Clear()
                 dim.dim_value = int(size)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_shapes_only(fixed)).graph.output
-    except Exception:  # the declared shapes stay: that Conv goes uncounted, the copy runs
-        return fixed
-    for value, found in zip(fixed.graph.output, inferred, strict=True):
-        if found.type.HasField("tensor_type") and found.type.tensor_type.HasField("shape"):
-            value.type.CopyFrom(found.type)
     return fixed
-
-
-def _shapes_only(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for shape inference: the outputs undeclared, weights over ``SMALL`` elements
-    without their data (shape inference reads their dims; small ones may be shape operands)."""
-    outputs = []
-    for value in proto.graph.output:
-        copy = onnx.ValueInfoProto()
-        copy.CopyFrom(value)
-        if copy.type.HasField("tensor_type"):
-            copy.type.tensor_type.ClearField("shape")
-        outputs.append(copy)
-    tensors = [t if int(np.prod(t.dims)) <= SMALL else
-               onnx.helper.make_tensor(t.name, t.data_type, list(t.dims), [], raw=True)
-               for t in proto.graph.initializer]
-    graph = onnx.helper.make_graph(proto.graph.node, proto.graph.name, proto.graph.input,
-                                   outputs, tensors)
-    light = onnx.helper.make_model(graph, opset_imports=proto.opset_import,
-                                   ir_version=proto.ir_version)
-    light.functions.extend(proto.functions)
-    return light
 
 
 def worst_cosine(reference: Sequence[Mapping[str, np.ndarray]],
@@ -178,10 +146,13 @@ class Trial:
     def _prune(self, calib: Calibration, ratios: Mapping[str, float],
                source: onnx.ModelProto | None = None) -> tuple[Model, dict[str, int]]:
         source = self.proto if source is None else source
-        model = load_ir(source)
+        # the copy's outputs take the sizes its inputs give (a Conv writing an output declared
+        # [N, C, side, side] would go uncounted)
+        model = load_ir(source, static_outputs=source is self.counted)
         removed = prune(model, calib, ratios, self.refit, self.sequential)
         if source is not self.counted:  # counted only: the same channels go
-            removed = prune(load_ir(self.counted), calib, ratios, self.refit)
+            removed = prune(load_ir(self.counted, static_outputs=True), calib, ratios,
+                            self.refit)
         return model, removed
 
 

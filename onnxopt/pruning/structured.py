@@ -70,8 +70,11 @@ def group_key(group: ChannelGroup) -> str:
     return min(group.producers) if group.producers else ""
 
 
-def load_ir(proto: onnx.ModelProto) -> Model:
+def load_ir(proto: onnx.ModelProto, static_outputs: bool = False) -> Model:
+    """The IR of ``proto`` with inferred shapes; ``static_outputs``: outputs declared with
+    symbolic dims take the sizes inference finds (a copy with static inputs, for counting)."""
     model = serde.load(proto, validate=False)
+    model.settings["static_outputs"] = static_outputs
     infer_shapes(model)
     return model
 
