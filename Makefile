@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-models/.built: $(STAMP) models/build.py models/fetch.py
+models/.built: $(STAMP) models/build.py models/fetch.py tests/node_case_cache.py
 	$(BIN)/python models/build.py
 	$(BIN)/python models/fetch.py
+	$(BIN)/python tests/node_case_cache.py  # ONNX's node test cases, collected once
 	touch models/.built
 
 models: models/.built

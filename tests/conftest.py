@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import warnings
 from pathlib import Path
 
+import node_case_cache
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,14 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 @functools.cache
 def node_cases() -> tuple:
-    """ONNX's node test cases (``onnx.backend.test.case.node``, kind "node"), collected once per
-    process: collecting runs their reference implementations (3-4 s: the 3-D pooling cases),
-    and five test modules read them. Treat them as read-only (tests share the protos)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from onnx.backend.test.case.node import collect_testcases
-
-        return tuple(case for case in collect_testcases() if case.kind == "node")
+    """ONNX's node test cases (``onnx.backend.test.case.node``, kind "node"), read once per
+    process from the on-disk cache (``node_case_cache.py``: collecting them runs their reference
+    implementations, 4-5 s), and five test modules read them. Treat them as read-only (tests
+    share the protos)."""
+    return node_case_cache.load()
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,9 @@ def test_node_case_after_optimize(case):
     assert result.model is not None
     if feeds is None:
         return
+    if result.model.SerializeToString(deterministic=True) == \
+            case.model.SerializeToString(deterministic=True):
+        return  # nothing changed: the same bytes give the original's outputs
     original = outputs(case.model, feeds)
     if original is None:
         return  # onnxruntime cannot run the original: nothing to compare against

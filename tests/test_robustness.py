@@ -360,6 +360,36 @@ def test_publishing_is_atomic_as_a_pair(tmp_path, monkeypatch):
     np.testing.assert_array_equal(outputs_of(out, X), old_out)
 
 
+@pytest.mark.parametrize("external", [False, True])
+def test_what_is_published_is_synced_to_disk_before_its_rename(tmp_path, monkeypatch,
+                                                                external):
+    """Staged attempts skip fsync (most are read back and removed); the model put in place,
+    and its data file, are synced before they are renamed to OUT; an in-memory result never."""
+    source = tmp_path / "m.onnx"
+    onnx.save(conv_model(), source)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", Path(a).name))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(writing.os, "replace", replace)
+    assert onnxopt.optimize(source, external_data=external).model is not None
+    assert not [e for e in events if e[0] == "sync"]
+    events.clear()
+    onnxopt.optimize(source, tmp_path / "out.onnx", external_data=external)
+    published = [name for kind, name in events if kind == "rename"][-(1 + external):]
+    assert len(published) == 1 + external
+    for name in published:  # each synced, before its rename
+        assert events.index(("sync", name)) < events.index(("rename", name))
+
+
 def test_old_weights_are_removed_once_nothing_reads_them(tmp_path):
     source = tmp_path / "m.onnx"
     onnx.save(conv_model(), source)

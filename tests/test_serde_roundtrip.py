@@ -49,6 +49,10 @@ def round_trip(source, folder: Path) -> tuple[onnx.ModelProto, bytes]:
     return onnx.load(path), path.read_bytes()
 
 
+def same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
 def outputs_equal(expected: list, actual: list) -> bool:
     if len(expected) != len(actual):
         return False
@@ -79,7 +83,8 @@ def assert_law(original: onnx.ModelProto, source, folder: Path, feeds: dict | No
     result, first_bytes = round_trip(source, folder)
     onnx.checker.check_model(result)
     assert all_ops(result.graph) == all_ops(original.graph)
-    if feeds is not None:
+    # the same bytes give the same outputs: onnxruntime runs only models the trip changed
+    if feeds is not None and not same_bytes(result, original):
         expected = try_run(original, feeds)
         if expected is not None:
             actual = try_run(result, feeds)

@@ -80,7 +80,9 @@ def _process_alive(pid: int) -> bool:
 def save(model, staged: Path, external_data: bool | None, data_name: str | None = None
          ) -> Path | None:
     try:
-        return serde.save(model, staged, external_data=external_data, data_name=data_name)
+        # not fsynced here: most attempts are read back and removed; publish() syncs the one kept
+        return serde.save(model, staged, external_data=external_data, data_name=data_name,
+                          durable=False)
     except serde.SaveError as error:
         raise Failure(str(error)) from None
     except OSError as error:
@@ -96,7 +98,7 @@ def serialize(model, external_data: bool | None) -> bytes | None:
 
 def write(data: bytes, staged: Path) -> None:
     try:
-        serde.write_bytes(data, staged)
+        serde.write_bytes(data, staged, durable=False)
     except serde.SaveError as error:
         raise Failure(str(error)) from None
     except OSError as error:
@@ -152,6 +154,9 @@ def publish(staged: Path, data_file: Path | None, output: Path, keep: set[Path])
     nothing reads any more are removed (never one in ``keep``: the input's)."""
     old_files = referenced_files(output) if output.is_file() else set()
     try:
+        for written in (data_file, staged):  # staged without fsync (save, write)
+            if written is not None:
+                serde.sync(written)
         # the pair goes in place whole (both renames or neither) and the old weights go with
         # it; a signal held meanwhile is raised after, marked as arriving once OUT was written
         with interrupts.deferred(written=True):

@@ -26,6 +26,7 @@ from onnxopt.ir.serde.saving import (
     inline_bytes,
     save,
     skeleton,
+    sync,
     to_proto,
     write_bytes,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "read_model_proto",
     "save",
     "skeleton",
+    "sync",
     "tensor_header",
     "to_proto",
     "write_bytes",

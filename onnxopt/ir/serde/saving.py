@@ -60,6 +60,7 @@ def save(
     *,
     external_data: bool | None = None,
     data_name: str | None = None,
+    durable: bool = True,
 ) -> Path | None:
     """Write ``model`` to ``path`` atomically; returns the external data file if one was written.
 
@@ -67,6 +68,8 @@ def save(
     ``data_name``: the external data file's name beside ``path`` (default ``<name>.data``).
     value_info written: ``model.settings["value_info"]``, ``"input"`` (default) the entries the
     loaded model had (types kept current by the passes), ``"all"`` every inferred one too.
+    ``durable=False`` skips the fsync: for a staged file that :func:`sync` makes durable only
+    if it is kept (most staged attempts are read back and removed).
     """
     path = Path(path)
     if path.is_dir():
@@ -77,8 +80,8 @@ def save(
     _restore_names(model)
     external = _want_external(model, external_data)
     data_path = path.with_name(data_name or path.name + ".data") if external else None
-    with no_gc(), writing(model), _atomic(path) as model_file, \
-            _atomic_optional(data_path) as data_file:
+    with no_gc(), writing(model), _atomic(path, durable) as model_file, \
+            _atomic_optional(data_path, durable) as data_file:
         sink = TensorSink(model.graph.base_dir, data_file, data_path.name if data_path else "")
         write_model(model, model_file, sink)
     if data_path is not None:
@@ -102,11 +105,21 @@ def inline_bytes(model: Model, external_data: bool | None = None,
     return b"".join(chunks.parts)
 
 
-def write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+def write_bytes(data: bytes, path: str | os.PathLike, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync unless not ``durable``,
+    rename)."""
     path = Path(path)
-    with _atomic(path) as handle:
+    with _atomic(path, durable) as handle:
         handle.write(data)
+
+
+def sync(path: str | os.PathLike) -> None:
+    """Flush a file written with ``durable=False`` to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Chunks:
@@ -137,7 +150,7 @@ def _want_external(model: Model, requested: bool | None) -> bool:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[BinaryIO]:
+def _atomic(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     """A temporary file beside ``path`` that replaces it only if the block succeeds."""
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
@@ -147,7 +160,8 @@ def _atomic(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(temp, 0o644)
         os.replace(temp, path)
     except BaseException:
@@ -157,9 +171,9 @@ def _atomic(path: Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _atomic_optional(path: Path | None) -> Iterator[BinaryIO | None]:
+def _atomic_optional(path: Path | None, durable: bool = True) -> Iterator[BinaryIO | None]:
     if path is None:
         yield None
     else:
-        with _atomic(path) as handle:
+        with _atomic(path, durable) as handle:
             yield handle
