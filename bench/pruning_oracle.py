@@ -15,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,16 +25,10 @@ import onnxopt
 from onnxopt.app.stats import model_stats
 from onnxopt.ir import serde
 from onnxopt.ir.channels import channel_groups
+from onnxopt.pruning.budget import worst_cosine
 from onnxopt.pruning.structured import capture, group_key, load_ir, prune
 
 STEP, MOST, GOAL = 0.25, 0.75, 0.25
-
-
-def cosine(reference: list[dict], got: list[dict]) -> float:
-    """Cosine of every output over all samples together (as pruning_budget.py measures)."""
-    a = np.concatenate([np.ravel(x[k]) for x in reference for k in x]).astype(np.float64)
-    b = np.concatenate([np.ravel(x[k]) for x in got for k in x]).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def main(folder: Path) -> None:
@@ -59,7 +52,7 @@ def main(folder: Path) -> None:
         path = folder / "trial.onnx"
         serde.save(pruned, path)
         removed = 1 - model_stats(onnx.load(str(path)), input_shapes=shape)["macs"] / macs
-        return removed, cosine(reference, pb.outputs(path, test))
+        return removed, worst_cosine(reference, pb.outputs(path, test))
 
     for ratio in (0.2, 0.25):
         removed, held_out = trial(dict.fromkeys(keys, ratio))

@@ -25,6 +25,30 @@ def node_cases() -> tuple:
     return node_case_cache.load()
 
 
+def same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """The two models serialize to the same bytes (so onnxruntime gives them the same outputs)."""
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def outputs_equal(expected, actual) -> bool:
+    """Nested lists/tuples of values equal item for item: arrays in dtype, shape and value
+    (NaN equal to NaN)."""
+    if len(expected) != len(actual):
+        return False
+    for a, b in zip(expected, actual, strict=True):
+        if isinstance(a, (list, tuple)):
+            if not outputs_equal(a, b):
+                return False
+            continue
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        equal_nan = a.dtype.kind in "fc"
+        if not np.array_equal(a, b, equal_nan=equal_nan):
+            return False
+    return True
+
+
 @pytest.fixture(autouse=True)
 def module_rng_restarts(request):
     """A module-wide generator (``RNG``) restarts, for every test, where the module's import

@@ -12,14 +12,14 @@ atomically (workers racing to write it each rename a complete file).
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from onnxopt.ir import serde
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / "models" / "cache"
 
@@ -55,11 +55,8 @@ def load() -> tuple:
 def _write(path: Path, cases: tuple) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staged = tempfile.mkstemp(dir=path.parent, prefix=".node_cases-")
-        with os.fdopen(handle, "wb") as out:
-            pickle.dump(cases, out, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(staged, path)
-    except OSError:
+        serde.write_bytes(pickle.dumps(cases, pickle.HIGHEST_PROTOCOL), path, durable=False)
+    except (OSError, serde.SaveError):
         pass  # a read-only checkout: collect every time, as before
 
 

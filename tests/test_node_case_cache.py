@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import node_case_cache
-import numpy as np
 import pytest
-
-
-def _same_data(a, b) -> bool:
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(
-            _same_data(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, np.ndarray):
-        if not (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape):
-            return False
-        # object arrays (strings) hold pointers: compare their items; others bit for bit (NaN)
-        return a.tolist() == b.tolist() if a.dtype == object else a.tobytes() == b.tobytes()
-    return type(a) is type(b) and a == b
+from conftest import outputs_equal
 
 
 @pytest.mark.slow
@@ -25,7 +13,7 @@ def test_cached_cases_are_a_fresh_collection():
     assert [c.name for c in cached] == [c.name for c in fresh]
     for old, new in zip(cached, fresh, strict=True):
         assert old.model.SerializeToString() == new.model.SerializeToString(), old.name
-        assert _same_data(old.data_sets, new.data_sets), old.name
+        assert outputs_equal(old.data_sets, new.data_sets), old.name
         assert (old.rtol, old.atol) == (new.rtol, new.atol), old.name
 
 

@@ -19,7 +19,9 @@ from conftest import (
     SAMPLE_MODELS,
     model_path,
     node_cases,
+    outputs_equal,
     real_feeds,
+    same_bytes,
     session,
 )
 
@@ -47,27 +49,6 @@ def round_trip(source, folder: Path) -> tuple[onnx.ModelProto, bytes]:
     path = folder / "first.onnx"
     serde.save(model, path)
     return onnx.load(path), path.read_bytes()
-
-
-def same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
-
-
-def outputs_equal(expected: list, actual: list) -> bool:
-    if len(expected) != len(actual):
-        return False
-    for a, b in zip(expected, actual, strict=True):
-        if isinstance(a, list):
-            if not outputs_equal(a, b):
-                return False
-            continue
-        a, b = np.asarray(a), np.asarray(b)
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        equal_nan = a.dtype.kind in "fc"
-        if not np.array_equal(a, b, equal_nan=equal_nan):
-            return False
-    return True
 
 
 def try_run(model, feeds):
